@@ -1,0 +1,50 @@
+# ichseg: the two set-up commands are `make demo` (main job on synthetic data) and `make test`.
+# Both create .venv when it is missing. TORCH_SPEC picks the PyTorch build installed first,
+# e.g. `make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"`.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ichseg-installed
+SWEEP ?=
+PROTOCOL ?= paper
+DEMO_ARGS ?=
+
+export WANDB_MODE ?= offline
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint format demo report clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv with torch ($$TORCH_SPEC) first, then ichseg and its dev tools
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP) ## run the test suite (CPU, a few minutes)
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: $(STAMP) ## the 20-job unet,dunet x fold 0..9 sweep at demo scale on synthetic data, then the report
+	$(PY) train.py -m experiment=demo model=unet,dunet fold=0..9 $(DEMO_ARGS)
+	$(MAKE) --no-print-directory report
+
+report: $(STAMP) ## report of SWEEP=dir (default: the latest sweep under experiments/)
+	$(VENV)/bin/ichseg report $(SWEEP) --experiments experiments --protocol $(PROTOCOL)
+
+clean: ## remove the venv, caches and the synthetic data (keeps experiments/)
+	rm -rf $(VENV) data .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
