@@ -1,0 +1,183 @@
+"""Batched random affine augmentation on the device of the batch (the paper's Keras generator).
+
+The paper augments on the fly with Keras' `ImageDataGenerator`: rotations, horizontal flips,
+width and height shifts, shear ("cuts") and zoom. Here every sample of a batch gets its own
+parameters, drawn in one `torch.rand` call, and the whole batch is warped by one
+`affine_grid` + `grid_sample` call: no per-sample Python loop, so it runs on the GPU next to
+the model.
+
+Parameter convention (pixel coordinates centred on the image, x to the right, y down, so the
+transform is the same on square and non-square images):
+
+- `angle`: degrees; positive turns the content counter-clockwise as displayed, so +90 equals
+  `torch.rot90(x, 1, dims=(-2, -1))` (and `np.rot90`).
+- `shift`: `(tx, ty)` as fractions of width and height; positive moves the content right / down.
+- `shear`: degrees; horizontal shear `x' = x + tan(shear) * y` (rows further down move right).
+- `zoom`: `(zx, zy)` magnification of the content; > 1 enlarges it. x and y are drawn
+  independently, as Keras does.
+- `flip`: mirror left-right.
+
+`warp` takes explicit parameters (tests, figures); it is not named `apply` because that would
+shadow `nn.Module.apply`, which recursion over a module tree relies on.
+
+Forward map of the content: flip first, then rotation, shear, zoom, and shift last
+(`p_out = Z · Sh · R · flip(p_in) + t`). The flip is done by index reversal (exact), the rest is
+one 2×3 matrix per sample. Images are sampled bilinearly, masks by nearest neighbour so they stay
+exactly binary and on the same grid as the image. Both pad with zeros: an image is windowed CT in
+[0, 1] where 0 is air (at or below the window's bottom), which is what lies outside the head, and
+an empty mask is the right label there.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ichseg.errors import IchsegError
+
+# Columns of the single `torch.rand(B, 8)` draw.
+_ANGLE, _TX, _TY, _SHEAR, _ZX, _ZY, _FLIP, _APPLY = range(8)
+
+
+class BatchAugment(nn.Module):
+    """Random rotation, shift, shear, zoom and horizontal flip, one draw per sample."""
+
+    def __init__(
+        self,
+        rotation_deg: float = 15.0,
+        shift: float = 0.1,
+        shear_deg: float = 10.0,
+        zoom: float = 0.1,
+        hflip: float = 0.5,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("rotation_deg", rotation_deg), ("shift", shift), ("zoom", zoom)):
+            if value < 0:
+                raise IchsegError(f"augment.{name}={value}: expected a range >= 0")
+        if not 0 <= shear_deg < 90:
+            raise IchsegError(f"augment.shear_deg={shear_deg}: expected 0 <= shear_deg < 90")
+        if zoom >= 1:
+            raise IchsegError(f"augment.zoom={zoom}: expected 0 <= zoom < 1 (factor 1 ± zoom)")
+        for name, value in (("hflip", hflip), ("p", p)):
+            if not 0 <= value <= 1:
+                raise IchsegError(f"augment.{name}={value}: expected a probability in [0, 1]")
+        self.rotation_deg = float(rotation_deg)
+        self.shift = float(shift)
+        self.shear_deg = float(shear_deg)
+        self.zoom = float(zoom)
+        self.hflip = float(hflip)
+        self.p = float(p)
+
+    def extra_repr(self) -> str:
+        """Show the ranges when the module is printed."""
+        return (
+            f"rotation_deg={self.rotation_deg}, shift={self.shift}, shear_deg={self.shear_deg}, "
+            f"zoom={self.zoom}, hflip={self.hflip}, p={self.p}"
+        )
+
+    def sample_params(
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Draw per-sample parameters (uniform in ± range) in the convention of `warp`."""
+        # Draw where the generator lives so a CPU generator also drives a CUDA batch.
+        draw_device = generator.device if generator is not None else device
+        u = torch.rand(batch, 8, generator=generator, device=draw_device).to(device)
+        keep = u[:, _APPLY] < self.p
+
+        def sym(col: int, half_range: float) -> Tensor:
+            return ((2 * u[:, col] - 1) * half_range).where(keep, 0.0)
+
+        return {
+            "angle": sym(_ANGLE, self.rotation_deg),
+            "shift": torch.stack([sym(_TX, self.shift), sym(_TY, self.shift)], dim=1),
+            "shear": sym(_SHEAR, self.shear_deg),
+            "zoom": 1 + torch.stack([sym(_ZX, self.zoom), sym(_ZY, self.zoom)], dim=1),
+            "flip": (u[:, _FLIP] < self.hflip) & keep,
+        }
+
+    def forward(
+        self, image: Tensor, mask: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Augment `image` (B,C,H,W) and `mask` (B,1,H,W) with the same random draw per sample."""
+        params = self.sample_params(image.shape[0], image.device, generator)
+        return self.warp(image, mask, **params)
+
+    @staticmethod
+    def warp(
+        image: Tensor,
+        mask: Tensor,
+        angle: Tensor,
+        shift: Tensor,
+        shear: Tensor,
+        zoom: Tensor,
+        flip: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Warp with given parameters: angle, shear (B,) degrees; shift, zoom (B,2); flip (B,)."""
+        if image.dim() != 4 or mask.dim() != 4 or image.shape[0] != mask.shape[0]:
+            raise ValueError(
+                f"expected image (B,C,H,W) and mask (B,1,H,W), got {tuple(image.shape)} "
+                f"and {tuple(mask.shape)}"
+            )
+        if image.shape[-2:] != mask.shape[-2:]:
+            raise ValueError(f"image {tuple(image.shape)} and mask {tuple(mask.shape)} differ")
+        bshape = (-1,) + (1,) * (image.dim() - 1)
+        flip = flip.to(image.device).view(bshape)
+        image = torch.where(flip, image.flip(-1), image)
+        mask = torch.where(flip, mask.flip(-1), mask)
+
+        theta = _theta(angle, shift, shear, zoom, image.shape[-2], image.shape[-1], image.device)
+        eye = torch.eye(2, 3, device=image.device)
+        warped = ~(theta == eye).flatten(1).all(dim=1)
+        if not bool(warped.any()):
+            return image, mask
+        # A sample whose matrix is exactly the identity keeps its pixels bit for bit.
+        warped = warped.view(bshape)
+        image = torch.where(warped, _warp(image, theta, "bilinear"), image)
+        mask = torch.where(warped, _warp(mask, theta, "nearest"), mask)
+        return image, mask
+
+
+def _theta(
+    angle: Tensor,
+    shift: Tensor,
+    shear: Tensor,
+    zoom: Tensor,
+    height: int,
+    width: int,
+    device: torch.device,
+) -> Tensor:
+    """Sampling matrices (B,2,3) for `affine_grid`: output -> input in normalised coordinates."""
+    f32 = {"device": device, "dtype": torch.float32}
+    a = torch.deg2rad(angle.to(**f32))
+    sh = torch.tan(torch.deg2rad(shear.to(**f32)))
+    zoom = zoom.to(**f32)
+    shift = shift.to(**f32)
+    cos, sin, one, zero = torch.cos(a), torch.sin(a), torch.ones_like(a), torch.zeros_like(a)
+    # Inverses of the forward maps, in centred pixel coordinates with y down.
+    rot_inv = torch.stack([cos, -sin, sin, cos], dim=1).view(-1, 2, 2)
+    shear_inv = torch.stack([one, -sh, zero, one], dim=1).view(-1, 2, 2)
+    zoom_inv = torch.diag_embed(1 / zoom)
+    lin_pix = rot_inv @ shear_inv @ zoom_inv
+    # Normalised coordinates are pixels scaled by (W/2, H/2): conjugate so non-square images
+    # rotate rigidly rather than in the stretched normalised frame.
+    scale = torch.tensor([width / 2, height / 2], **f32)
+    lin = lin_pix * scale.view(1, 1, 2) / scale.view(1, 2, 1)
+    # p_in = lin (p_out - t); a shift of a fraction f of the size is 2 f in normalised units.
+    trans = -(lin @ (2 * shift).unsqueeze(-1))
+    return torch.cat([lin, trans], dim=2)
+
+
+def _warp(x: Tensor, theta: Tensor, mode: str) -> Tensor:
+    """Resample `x` at the grid of `theta` in float32, returning x's dtype and memory format."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    # The grid must stay fp32 under bf16 autocast: bf16 coordinates are off by whole pixels.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(
+            x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False
+        ).to(x.dtype)
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out

@@ -1,0 +1,300 @@
+"""The prepared cache as in-memory tensors, batched by tensor indexing, augmented on device.
+
+The balanced set is small (hundreds of slices), so the whole of it sits in memory as tensors and
+a batch is one indexing operation: the sampler yields a tensor of rows, the dataset returns the
+whole batch for it, and the `DataLoader` (`batch_size=None`, no workers) only passes it through.
+Augmentation runs after the batch reached the device (`on_after_batch_transfer`), on training
+batches only.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ichseg.data.augment import BatchAugment
+from ichseg.data.phantom import ensure_phantom
+from ichseg.data.prepare import PrepareConfig, PreparedData, load_prepared, prepare
+from ichseg.errors import IchsegError
+
+PHANTOM_KEYS = ("root", "patients", "size", "seed")
+
+
+def _stream_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from several integers (seed, epoch, stream)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+class RowBatchSampler(Sampler[Tensor]):
+    """Yields batches of row indices as tensors; the shuffle is a function of (seed, epoch)."""
+
+    def __init__(self, rows: Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.rows = rows
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the epoch whose order the next pass yields (Lightning calls this every epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        epoch = self.epoch
+        # Outside Lightning nobody calls set_epoch: advance so successive passes still differ.
+        self.epoch += 1
+        order = self.rows
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(_stream_seed(self.seed, epoch))
+            order = self.rows[torch.randperm(len(self.rows), generator=gen)]
+        yield from order.split(self.batch_size)
+
+
+class RowBatchDataset(Dataset):
+    """Indexing with a tensor of rows returns that whole batch as a dict of tensors."""
+
+    def __init__(self, images: Tensor, masks: Tensor) -> None:
+        self.images = images
+        self.masks = masks
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows: Tensor | Sequence[int]) -> dict[str, Tensor]:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return {"image": self.images[rows], "mask": self.masks[rows], "row": rows}
+
+
+class ICHDataModule(pl.LightningDataModule):
+    """One fold of the prepared balanced set: train/val from the fold, test from the hold-out."""
+
+    def __init__(
+        self,
+        fold: int,
+        release_root: str | None = None,
+        phantom: Mapping | None = None,
+        cache_root: str = "data/cache",
+        size: int = 256,
+        window_level: float = 40.0,
+        window_width: float = 120.0,
+        split: str = "slice",
+        seed: int = 0,
+        n_folds: int = 10,
+        test_fraction: float = 0.1,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        augment: Mapping | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__()
+        if (release_root is None) == (phantom is None):
+            found = "neither" if release_root is None else "both"
+            raise IchsegError(
+                "data config: expected exactly one of data.root (a PhysioNet CT-ICH release "
+                f"folder, e.g. data=physionet data.root=PATH) or data.phantom, found {found}"
+            )
+        self.n_folds = _positive_int("data.n_folds", n_folds)
+        if isinstance(fold, bool) or not isinstance(fold, numbers.Integral):
+            raise IchsegError(
+                f"fold={fold!r} is not an integer: expected an integer 0..{self.n_folds - 1}"
+            )
+        if not 0 <= fold < self.n_folds:
+            raise IchsegError(
+                f"fold={fold} is out of range: expected an integer 0..{self.n_folds - 1}"
+            )
+        self.fold = int(fold)
+        self.release_root = None if release_root is None else Path(release_root)
+        self.phantom = None if phantom is None else _phantom_config(phantom)
+        self.cache_root = Path(cache_root)
+        # PrepareConfig validates size, window, split, seed and fractions now, not mid-run.
+        self.prepare_config = PrepareConfig(
+            size=size,
+            level=window_level,
+            width=window_width,
+            split=split,
+            seed=seed,
+            n_folds=self.n_folds,
+            test_fraction=test_fraction,
+        )
+        self.seed = seed
+        self.batch_size = _positive_int("data.batch_size", batch_size)
+        self.eval_batch_size = (
+            self.batch_size
+            if eval_batch_size is None
+            else _positive_int("data.eval_batch_size", eval_batch_size)
+        )
+        self.augmenter = _augmenter(augment)
+        self.source = source
+
+        self.cache_dir: Path | None = None
+        self.data: PreparedData | None = None
+        self.images: Tensor | None = None
+        self.masks: Tensor | None = None
+        self.train_rows: Tensor | None = None
+        self.val_rows: Tensor | None = None
+        self.test_rows: Tensor | None = None
+        self._dataset: RowBatchDataset | None = None
+        self._aug_generator: torch.Generator | None = None
+        self._aug_epoch = -1
+
+    def _ensure_cache(self) -> Path:
+        """Write the phantom (if configured) and the prepared cache; both reuse what exists."""
+        root = self.release_root
+        if self.phantom is not None:
+            root = ensure_phantom(
+                Path(self.phantom["root"]),
+                patients=self.phantom["patients"],
+                size=self.phantom["size"],
+                seed=self.phantom["seed"],
+            )
+        return prepare(root, self.cache_root, self.prepare_config)
+
+    def prepare_data(self) -> None:
+        """Build the phantom and the prepared cache once (Lightning runs this on one process)."""
+        self._ensure_cache()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cache as tensors and resolve this fold's rows (once; later stages reuse it)."""
+        if self.data is not None:
+            return
+        # Recomputed rather than carried over from prepare_data, which may run in another
+        # process; with the cache built this is a CSV read and a few stats.
+        self.cache_dir = self._ensure_cache()
+        data = load_prepared(self.cache_dir)
+        found = data.meta.get("source")
+        if self.source is not None and found != self.source:
+            raise IchsegError(
+                f"data.source={self.source!r}: the release behind {self.cache_dir} is "
+                f"{found!r}; point data.root at a {self.source} release or fix data.source"
+            )
+        folds = data.splits["folds"]
+        if len(folds) != self.n_folds:
+            raise IchsegError(
+                f"{self.cache_dir / 'splits.json'}: expected {self.n_folds} folds "
+                f"(data.n_folds), found {len(folds)}"
+            )
+        index = {sid: row for row, sid in enumerate(data.ids)}
+
+        def rows(ids: list[str]) -> Tensor:
+            return torch.tensor([index[sid] for sid in ids], dtype=torch.long)
+
+        self.train_rows = rows(folds[self.fold]["train"])
+        self.val_rows = rows(folds[self.fold]["val"])
+        self.test_rows = rows(data.splits["test"])
+        self.images = torch.from_numpy(data.images).unsqueeze(1).float().div_(255)
+        self.masks = torch.from_numpy(data.masks).unsqueeze(1).float()
+        self._dataset = RowBatchDataset(self.images, self.masks)
+        self.data = data
+
+    def _loader(self, rows: Tensor | None, batch_size: int, shuffle: bool) -> DataLoader:
+        if self._dataset is None or rows is None:
+            raise IchsegError("ICHDataModule: call setup() before asking for a dataloader")
+        sampler = RowBatchSampler(rows, batch_size, shuffle=shuffle, seed=self.seed)
+        return DataLoader(
+            self._dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training rows of this fold, in the order of (seed, epoch)."""
+        return self._loader(self.train_rows, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation rows of this fold, in row order."""
+        return self._loader(self.val_rows, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out test rows (shared by every fold), in row order."""
+        return self._loader(self.test_rows, self.eval_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Augment training batches on their device; validation, test and predict pass as is."""
+        trainer = self.trainer
+        if self.augmenter is None or trainer is None or not trainer.training:
+            return batch
+        image, mask = self.augmenter(
+            batch["image"], batch["mask"], generator=self._generator(batch["image"].device)
+        )
+        return {**batch, "image": image, "mask": mask}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """Augmentation RNG seeded from (seed, epoch): a resumed epoch draws what it drew before."""
+        epoch = self.trainer.current_epoch
+        gen = self._aug_generator
+        if gen is None or gen.device != device or self._aug_epoch != epoch:
+            gen = torch.Generator(device=device).manual_seed(_stream_seed(self.seed, epoch, 1))
+            self._aug_generator, self._aug_epoch = gen, epoch
+        return gen
+
+    def _loaded(self) -> PreparedData:
+        if self.data is None:
+            raise IchsegError("ICHDataModule: call setup() before asking for row metadata")
+        return self.data
+
+    def row_ids(self, rows: Tensor | Sequence[int]) -> list[str]:
+        """Slice ids (`PPP_SS`) of cache rows."""
+        ids = self._loaded().ids
+        return [ids[int(r)] for r in torch.as_tensor(rows).flatten()]
+
+    def row_subtypes(self, rows: Tensor | Sequence[int]) -> np.ndarray:
+        """Subtype flags (n, 5) uint8 of cache rows, in `release.SUBTYPES` order."""
+        return self._loaded().subtypes[torch.as_tensor(rows).flatten().numpy()]
+
+    def row_patients(self, rows: Tensor | Sequence[int]) -> np.ndarray:
+        """Patient numbers (n,) of cache rows."""
+        return self._loaded().patients[torch.as_tensor(rows).flatten().numpy()]
+
+
+def _positive_int(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise IchsegError(f"{key}={value!r}: expected a positive integer")
+    return int(value)
+
+
+def _phantom_config(phantom: Mapping) -> dict:
+    """Check the phantom block has its four keys; ensure_phantom validates the values."""
+    if not isinstance(phantom, Mapping):
+        raise IchsegError(
+            f"data.phantom: expected a mapping with keys {', '.join(PHANTOM_KEYS)}, "
+            f"found {type(phantom).__name__}"
+        )
+    missing = [key for key in PHANTOM_KEYS if key not in phantom]
+    extra = sorted(set(phantom) - set(PHANTOM_KEYS))
+    if missing or extra:
+        raise IchsegError(
+            f"data.phantom: expected keys {', '.join(PHANTOM_KEYS)}, "
+            f"found missing {missing or 'none'} and unknown {extra or 'none'}"
+        )
+    return {key: phantom[key] for key in PHANTOM_KEYS}
+
+
+def _augmenter(augment: Mapping | None) -> BatchAugment | None:
+    """`None`, `{}` or `enabled: false` turn augmentation off; other keys go to BatchAugment."""
+    if augment is None:
+        return None
+    if not isinstance(augment, Mapping):
+        raise IchsegError(f"data.augment: expected a mapping, found {type(augment).__name__}")
+    kwargs = dict(augment)
+    if not kwargs or not kwargs.pop("enabled", True):
+        return None
+    allowed = ("rotation_deg", "shift", "shear_deg", "zoom", "hflip", "p")
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise IchsegError(
+            f"data.augment: unknown keys {unknown}; expected enabled, {', '.join(allowed)}"
+        )
+    return BatchAugment(**kwargs)
