@@ -1,0 +1,326 @@
+"""Build (once) and load the prepared cache: the balanced, windowed, resized slice set + splits.
+
+The cache lives in `out_root/<key>`, where the key hashes everything the arrays depend on, so a
+change of release, size, window, seed or split mode lands in a new folder instead of silently
+reusing a stale one. Every job of a sweep calls `prepare`; one builds under a lock, the others
+wait and reuse the folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import numbers
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ichseg.atomic import atomic_path, file_lock
+from ichseg.data.release import CSV_NAME, SUBTYPES, Release, SliceLabel, slice_id
+from ichseg.data.splits import MODES, make_splits
+from ichseg.data.transforms import resize_images, resize_masks, to_slices, window
+from ichseg.errors import IchsegError
+
+# Bump whenever the arrays or files written for the same inputs change.
+CACHE_VERSION = 1
+CACHE_FILES = ("images.npy", "masks.npy", "index.csv", "splits.json", "meta.json")
+INDEX_COLUMNS = ("row", "slice_id", "patient", "slice", "has_ich", *SUBTYPES, "fracture")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything the prepared arrays depend on besides the release itself."""
+
+    size: int = 256
+    level: float = 40.0
+    width: float = 120.0
+    split: str = "slice"
+    seed: int = 0
+    n_folds: int = 10
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        def bad(key: str, expected: str) -> IchsegError:
+            return IchsegError(
+                f"prepare config {key}: expected {expected}, found {getattr(self, key)!r}"
+            )
+
+        for key in ("size", "seed", "n_folds"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise bad(key, "an integer")
+            # Plain Python numbers: 40 and 40.0 (or numpy ints) must give the same cache key.
+            object.__setattr__(self, key, int(value))
+        if self.size < 1:
+            raise bad("size", "a positive number of pixels")
+        if self.n_folds < 2:
+            raise bad("n_folds", "an integer >= 2")
+        for key in ("level", "width", "test_fraction"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise bad(key, "a number")
+            if not math.isfinite(value):
+                raise bad(key, "a finite number")
+            object.__setattr__(self, key, float(value))
+        if self.width <= 0:
+            raise bad("width", "a positive window width in HU")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise bad("test_fraction", "a number in (0, 1)")
+        if self.split not in MODES:
+            raise bad("split", f"one of {', '.join(MODES)}")
+
+
+@dataclass
+class PreparedData:
+    """The cache in memory: arrays in row order plus the index columns, splits and provenance."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    ids: list[str]
+    patients: np.ndarray
+    has_ich: np.ndarray
+    subtypes: np.ndarray
+    splits: dict
+    meta: dict
+
+
+def cache_key(release: Release, cfg: PrepareConfig) -> str:
+    """Short sha256 of the release CSV, the volume files' sizes, every config field and version."""
+    # The CSV alone does not pin the volumes (a phantom written at another size can share its
+    # labels); file sizes are a free stat that tells those apart.
+    files = {
+        str(p): [release.scan_path(p).stat().st_size, release.mask_path(p).stat().st_size]
+        for p in release.patients
+    }
+    payload = {
+        "csv_sha256": release.csv_sha256,
+        "volume_bytes": files,
+        "cfg": dataclasses.asdict(cfg),
+        "cache_version": CACHE_VERSION,
+    }
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def prepare(release_root: str | Path, out_root: str | Path, cfg: PrepareConfig) -> Path:
+    """Return `out_root/<key>`, building the cache there first unless a complete one exists."""
+    release = Release.open(release_root)
+    key = cache_key(release, cfg)
+    out_root = Path(out_root)
+    cache = out_root / key
+    if (cache / "meta.json").is_file():
+        return cache
+    with file_lock(out_root / f".{key}.lock"):
+        # Another process may have finished the build while this one waited for the lock.
+        if (cache / "meta.json").is_file():
+            return cache
+        with atomic_path(cache, is_dir=True) as tmp:
+            _build(release, cfg, tmp)
+    return cache
+
+
+def _balanced_labels(release: Release, seed: int) -> list[SliceLabel]:
+    """Every hemorrhage slice plus as many clean slices drawn with `seed`, sorted by slice."""
+    labels = sorted(release.labels, key=lambda lab: (lab.patient, lab.slice_number))
+    ich = [lab for lab in labels if lab.has_ich]
+    clean = [lab for lab in labels if not lab.has_ich]
+    csv_path = Path(release.root) / CSV_NAME
+    if not ich:
+        raise IchsegError(f"{csv_path}: expected hemorrhage slices to balance, found none")
+    if len(clean) < len(ich):
+        raise IchsegError(
+            f"{csv_path}: expected at least as many clean slices as hemorrhage slices "
+            f"({len(ich)}) to draw a balanced set, found {len(clean)}"
+        )
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(len(clean), size=len(ich), replace=False)
+    chosen = ich + [clean[i] for i in drawn]
+    return sorted(chosen, key=lambda lab: (lab.patient, lab.slice_number))
+
+
+def _build(release: Release, cfg: PrepareConfig, dest: Path) -> None:
+    """Write the five cache files into `dest`, `meta.json` last."""
+    start = time.perf_counter()
+    chosen = _balanced_labels(release, cfg.seed)
+    ids = [lab.slice_id for lab in chosen]
+    has_ich = np.array([lab.has_ich for lab in chosen], dtype=bool)
+    patients = np.array([lab.patient for lab in chosen], dtype=np.int64)
+    # Splits first: a config the data cannot satisfy fails before minutes of volume reading.
+    splits = make_splits(
+        ids, has_ich, patients, cfg.split, cfg.seed, cfg.n_folds, cfg.test_fraction
+    )
+
+    n, size = len(chosen), cfg.size
+    images = np.empty((n, size, size), dtype=np.uint8)
+    masks = np.empty((n, size, size), dtype=bool)
+    rows = {sid: row for row, sid in enumerate(ids)}
+    for patient in release.patients:
+        # Every patient is loaded, not only those with chosen slices: loading validates the
+        # volume against the CSV, and a broken release should fail here, not at prediction.
+        volume = release.load_patient(patient)
+        picked = [lab for lab in chosen if lab.patient == patient]
+        if not picked:
+            continue
+        index = [lab.slice_number - 1 for lab in picked]
+        target = [rows[lab.slice_id] for lab in picked]
+        hu = volume.hu[:, :, index]
+        scaled = resize_images(torch.from_numpy(to_slices(window(hu, cfg.level, cfg.width))), size)
+        # Clamp guards the uint8 cast; [0, 1] inputs stay in range after antialiased bilinear.
+        images[target] = (scaled * 255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        masks[target] = resize_masks(
+            torch.from_numpy(to_slices(volume.mask[:, :, index])), size
+        ).numpy()
+
+    np.save(dest / "images.npy", images)
+    np.save(dest / "masks.npy", masks)
+    _write_index(dest / "index.csv", chosen)
+    (dest / "splits.json").write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
+    meta = {
+        "cfg": dataclasses.asdict(cfg),
+        "cache_version": CACHE_VERSION,
+        "csv_sha256": release.csv_sha256,
+        "release_root": str(Path(release.root).resolve()),
+        "source": _source(Path(release.root)),
+        "counts": _counts(chosen, release),
+        "build_seconds": round(time.perf_counter() - start, 3),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (dest / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+
+def _write_index(path: Path, chosen: list[SliceLabel]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(INDEX_COLUMNS)
+        for row, lab in enumerate(chosen):
+            writer.writerow(
+                [
+                    row,
+                    lab.slice_id,
+                    lab.patient,
+                    lab.slice_number,
+                    int(lab.has_ich),
+                    *lab.subtypes,
+                    lab.fracture,
+                ]
+            )
+
+
+def _counts(chosen: list[SliceLabel], release: Release) -> dict:
+    n_ich = sum(lab.has_ich for lab in chosen)
+    return {
+        "n_slices": len(chosen),
+        "n_ich": n_ich,
+        "n_clean": len(chosen) - n_ich,
+        "n_patients": len({lab.patient for lab in chosen}),
+        "subtypes": {
+            name: sum(lab.subtypes[i] for lab in chosen) for i, name in enumerate(SUBTYPES)
+        },
+        "fracture": sum(lab.fracture for lab in chosen),
+        "release_slices": len(release.labels),
+        "release_patients": len(release.patients),
+    }
+
+
+def _source(root: Path) -> str:
+    """`phantom` when the release's Read_me.txt calls itself synthetic, else `physionet`."""
+    for path in root.iterdir():
+        if path.name.lower() == "read_me.txt" and path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace").lower()
+            return "phantom" if "synthetic" in text else "physionet"
+    return "physionet"
+
+
+def load_prepared(cache_dir: str | Path) -> PreparedData:
+    """Load a cache folder written by `prepare`, checking its files exist and agree in length."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        raise IchsegError(f"{cache_dir}: expected a prepared cache folder, found none")
+    for name in CACHE_FILES:
+        if not (cache_dir / name).is_file():
+            raise IchsegError(
+                f"{cache_dir / name}: missing from the prepared cache; delete {cache_dir} and "
+                "run prepare again"
+            )
+    images = _load_array(cache_dir / "images.npy", np.uint8)
+    masks = _load_array(cache_dir / "masks.npy", np.bool_)
+    if masks.shape != images.shape:
+        raise IchsegError(
+            f"{cache_dir / 'masks.npy'}: expected shape {images.shape} as images.npy, "
+            f"found {masks.shape}"
+        )
+    ids, patients, has_ich, subtypes = _read_index(cache_dir / "index.csv", len(images))
+    splits = _read_json(cache_dir / "splits.json")
+    meta = _read_json(cache_dir / "meta.json")
+    known = set(ids)
+    listed = [*splits.get("test", [])]
+    for fold in splits.get("folds", []):
+        listed += fold.get("train", []) + fold.get("val", [])
+    if "folds" not in splits or not known.issuperset(listed):
+        raise IchsegError(
+            f"{cache_dir / 'splits.json'}: expected test and folds over the ids of index.csv, "
+            "found missing keys or unknown ids"
+        )
+    return PreparedData(images, masks, ids, patients, has_ich, subtypes, splits, meta)
+
+
+def _load_array(path: Path, dtype: type) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise IchsegError(
+            f"{path}: expected a numpy array file, found unreadable data ({err})"
+        ) from err
+    if array.dtype != dtype or array.ndim != 3:
+        raise IchsegError(
+            f"{path}: expected a 3-d {np.dtype(dtype).name} array, "
+            f"found {array.ndim}-d {array.dtype.name}"
+        )
+    return array
+
+
+def _read_index(path: Path, n: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = tuple(next(reader, ()))
+        rows = list(reader)
+    if header != INDEX_COLUMNS:
+        raise IchsegError(
+            f"{path}: expected header {','.join(INDEX_COLUMNS)}, found {','.join(header)}"
+        )
+    if len(rows) != n:
+        raise IchsegError(
+            f"{path}: expected {n} rows (one per image in images.npy), found {len(rows)}"
+        )
+    try:
+        table = np.array([[int(v) for v in (r[0], *r[2:])] for r in rows], dtype=np.int64)
+    except (ValueError, IndexError) as err:
+        raise IchsegError(
+            f"{path}: expected integer columns besides slice_id, found {err}"
+        ) from err
+    if table.shape != (n, len(INDEX_COLUMNS) - 1) or not np.array_equal(table[:, 0], np.arange(n)):
+        raise IchsegError(
+            f"{path}: expected rows numbered 0..{n - 1} with {len(INDEX_COLUMNS)} columns"
+        )
+    ids = [r[1] for r in rows]
+    if ids != [slice_id(int(p), int(s)) for p, s in table[:, 1:3]]:
+        raise IchsegError(f"{path}: expected slice_id to match the patient and slice columns")
+    subtypes = table[:, 4 : 4 + len(SUBTYPES)].astype(np.uint8)
+    return ids, table[:, 1].copy(), table[:, 3].astype(bool), subtypes
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise IchsegError(f"{path}: expected JSON, found unreadable data ({err})") from err
+    if not isinstance(data, dict):
+        raise IchsegError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
