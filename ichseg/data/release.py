@@ -1,0 +1,424 @@
+"""Read and validate a CT-ICH 1.3.1 release folder (real PhysioNet or the synthetic phantom).
+
+Layout: `ct_scans/NNN.nii` and `masks/NNN.nii` (or `.nii.gz`), `hemorrhage_diagnosis_raw_ct.csv`
+and `Patient_demographics.csv`; folder and file names are matched case-insensitively because
+copies of the release differ in capitalisation. Every inconsistency is an `IchsegError` with a
+one-line message naming the file, patient and slice.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ichseg.errors import IchsegError
+
+SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
+CSV_NAME = "hemorrhage_diagnosis_raw_ct.csv"
+CSV_COLUMNS = ("PatientNumber", "SliceNumber", *SUBTYPES, "No_Hemorrhage", "Fracture_Yes_No")
+DEMOGRAPHICS_NAME = "patient_demographics.csv"
+SCAN_DIR = "ct_scans"
+MASK_DIR = "masks"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+# Masks and scans written by different tools differ by float rounding in the affine only.
+_AFFINE_ATOL = 1e-3
+_AFFINE_RTOL = 1e-4
+# What nibabel, gzip and numpy raise on a damaged or foreign file.
+_READ_ERRORS = (
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+)
+
+
+def slice_id(patient: int, slice_number: int) -> str:
+    """The project-wide slice id `PPP_SS` (patient number, 1-based slice number)."""
+    return f"{patient:03d}_{slice_number:02d}"
+
+
+@dataclass(frozen=True)
+class SliceLabel:
+    """One row of the diagnosis CSV; `slice_number` is 1-based (volume index + 1)."""
+
+    patient: int
+    slice_number: int
+    subtypes: tuple[int, ...]
+    no_hemorrhage: int
+    fracture: int
+
+    @property
+    def slice_id(self) -> str:
+        """The slice id `PPP_SS`."""
+        return slice_id(self.patient, self.slice_number)
+
+    @property
+    def has_ich(self) -> bool:
+        """Whether the CSV marks this slice as showing hemorrhage."""
+        return self.no_hemorrhage == 0
+
+
+@dataclass(frozen=True)
+class PatientVolume:
+    """A validated scan in Hounsfield units and its binary mask, both (H, W, N) as stored."""
+
+    patient: int
+    hu: np.ndarray
+    mask: np.ndarray
+    zooms: tuple[float, float, float]
+    affine: np.ndarray
+
+
+def _children_by_lower_name(folder: Path) -> dict[str, Path]:
+    """Map lower-cased entry names of `folder` to their paths (case-insensitive lookup)."""
+    return {child.name.lower(): child for child in folder.iterdir()}
+
+
+def _parse_cell(text: str, where: str, column: str, binary: bool) -> int:
+    """Parse one CSV cell as an integer (0/1 when `binary`), or raise naming file, line, column."""
+    value = text.strip()
+    try:
+        number = int(value)
+    except ValueError:
+        raise IchsegError(f"{where}: column {column} must be an integer, found {value!r}") from None
+    if binary and number not in (0, 1):
+        raise IchsegError(f"{where}: column {column} must be 0 or 1, found {value!r}")
+    if not binary and number < 1:
+        raise IchsegError(f"{where}: column {column} must be a positive integer, found {value!r}")
+    return number
+
+
+def _parse_row(row: dict[str, str], where: str) -> SliceLabel:
+    """Turn one CSV record into a `SliceLabel`, checking every cell and No_Hemorrhage."""
+    cells = {
+        col: _parse_cell(row[col] or "", where, col, col not in CSV_COLUMNS[:2])
+        for col in CSV_COLUMNS
+    }
+    subtypes = tuple(cells[name] for name in SUBTYPES)
+    # A subtype on a slice marked clean contradicts itself; which fact is wrong is unknowable.
+    # The reverse (hemorrhage without a subtype) is kept: the mask, not the subtype, is the label.
+    if cells["No_Hemorrhage"] == 1 and any(subtypes):
+        marked = ", ".join(name for name, flag in zip(SUBTYPES, subtypes, strict=True) if flag)
+        raise IchsegError(f"{where}: No_Hemorrhage=1 but subtype {marked}=1")
+    return SliceLabel(
+        patient=cells["PatientNumber"],
+        slice_number=cells["SliceNumber"],
+        subtypes=subtypes,
+        no_hemorrhage=cells["No_Hemorrhage"],
+        fracture=cells["Fracture_Yes_No"],
+    )
+
+
+def parse_labels(text: str, name: str = CSV_NAME) -> list[SliceLabel]:
+    """Parse and validate the diagnosis CSV text; rows come back sorted by patient, slice."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = [column.strip() for column in (reader.fieldnames or [])]
+    if not header:
+        raise IchsegError(f"{name}: file is empty, expected header {','.join(CSV_COLUMNS)}")
+    reader.fieldnames = header
+    missing = [column for column in CSV_COLUMNS if column not in header]
+    if missing:
+        raise IchsegError(
+            f"{name}: missing column(s) {', '.join(missing)}; found {', '.join(header)}"
+        )
+    labels = []
+    for row in reader:
+        if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
+            continue
+        labels.append(_parse_row(row, f"{name} line {reader.line_num}"))
+    if not labels:
+        raise IchsegError(f"{name}: no data rows below the header")
+    labels.sort(key=lambda label: (label.patient, label.slice_number))
+    _check_slice_numbers(labels, name)
+    return labels
+
+
+def _check_slice_numbers(labels: list[SliceLabel], name: str) -> None:
+    """Each patient must have exactly one row per slice 1..n (labels sorted)."""
+    by_patient: dict[int, list[int]] = {}
+    for label in labels:
+        by_patient.setdefault(label.patient, []).append(label.slice_number)
+    for patient, numbers in by_patient.items():
+        seen: set[int] = set()
+        for number in numbers:
+            if number in seen:
+                raise IchsegError(f"{name}: duplicate row for patient {patient} slice {number}")
+            seen.add(number)
+        if numbers[-1] != len(numbers):
+            gaps = sorted(set(range(1, numbers[-1] + 1)) - seen)
+            raise IchsegError(
+                f"{name}: patient {patient} slice numbers must be 1..{len(numbers)}, "
+                f"found {len(numbers)} rows up to {numbers[-1]} (missing {gaps[:5]})"
+            )
+
+
+def _find_volume(folder: Path | None, patient: int) -> Path | None:
+    """The scan or mask file of `patient` in `folder` (`NNN.nii` or `NNN.nii.gz`), if any."""
+    if folder is None:
+        return None
+    entries = _children_by_lower_name(folder)
+    found = [
+        entries[f"{patient:03d}{suffix}"]
+        for suffix in NIFTI_SUFFIXES
+        if f"{patient:03d}{suffix}" in entries
+    ]
+    if len(found) > 1:
+        raise IchsegError(
+            f"{folder}: both {found[0].name} and {found[1].name} exist for patient {patient}, "
+            "keep one"
+        )
+    return found[0] if found else None
+
+
+def _load_nifti(
+    path: Path, label: str
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read a 3-D NIfTI through nibabel's scaling: float32 (H, W, N) data, affine and zooms."""
+    try:
+        image = nib.load(path)
+        if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+            raise IchsegError(f"{label}: expected a NIfTI image, found {type(image).__name__}")
+        shape = image.shape
+        # A trailing singleton axis (H, W, N, 1) is still one volume; real 4-D data is not.
+        if len(shape) < 3 or any(extent != 1 for extent in shape[3:]):
+            raise IchsegError(f"{label}: expected a 3-D volume (H, W, slices), found shape {shape}")
+        data = image.get_fdata(dtype=np.float32, caching="unchanged").reshape(shape[:3])
+        zooms = tuple(float(zoom) for zoom in image.header.get_zooms()[:3])
+    except IchsegError:
+        raise
+    except _READ_ERRORS as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise IchsegError(f"{label}: cannot read as NIfTI ({detail})") from err
+    return data, image.affine, zooms  # type: ignore[return-value]
+
+
+class Release:
+    """A validated release folder: the CSV labels and where each patient's scan and mask lie."""
+
+    def __init__(
+        self,
+        root: Path,
+        labels: list[SliceLabel],
+        csv_path: Path,
+        csv_sha256: str,
+        scans: dict[int, Path],
+        masks: dict[int, Path],
+    ) -> None:
+        """Use `Release.open(root)`; this stores already validated parts."""
+        self.root = root
+        self.labels = labels
+        self.csv_path = csv_path
+        self.csv_sha256 = csv_sha256
+        self.patients = sorted(scans)
+        self._scans = scans
+        self._masks = masks
+        self._by_patient: dict[int, list[SliceLabel]] = {}
+        for label in labels:
+            self._by_patient.setdefault(label.patient, []).append(label)
+
+    @classmethod
+    def open(cls, root: str | Path) -> Release:
+        """Validate the folder and CSV and locate every CSV patient's scan and mask."""
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise IchsegError(f"release folder {root} does not exist")
+        if not root.is_dir():
+            raise IchsegError(f"release folder {root} is not a folder")
+        entries = _children_by_lower_name(root)
+        if not entries:
+            raise IchsegError(
+                f"release folder {root} is empty, expected {SCAN_DIR}/, {MASK_DIR}/ and {CSV_NAME}"
+            )
+        csv_path = entries.get(CSV_NAME)
+        if csv_path is None or not csv_path.is_file():
+            raise IchsegError(f"{root}: missing {CSV_NAME} (the slice labels of the release)")
+        raw = csv_path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise IchsegError(
+                f"{csv_path}: not UTF-8 text ({err.reason} at byte {err.start})"
+            ) from None
+        labels = parse_labels(text, str(csv_path))
+        folders = {name: entries.get(name) for name in (SCAN_DIR, MASK_DIR)}
+        found: dict[str, dict[int, Path]] = {SCAN_DIR: {}, MASK_DIR: {}}
+        for patient in sorted({label.patient for label in labels}):
+            for name, folder in folders.items():
+                path = _find_volume(folder if folder and folder.is_dir() else None, patient)
+                if path is None:
+                    kind = "scan" if name == SCAN_DIR else "mask"
+                    raise IchsegError(
+                        f"patient {patient} is in {csv_path.name} but has no {kind}: "
+                        f"expected {root / name / f'{patient:03d}.nii'} (or .nii.gz)"
+                    )
+                found[name][patient] = path
+        return cls(
+            root,
+            labels,
+            csv_path,
+            hashlib.sha256(raw).hexdigest(),
+            found[SCAN_DIR],
+            found[MASK_DIR],
+        )
+
+    def _check_patient(self, patient: int) -> None:
+        """Raise unless `patient` is one of the CSV's patients."""
+        if patient not in self._scans:
+            raise IchsegError(
+                f"patient {patient} is not in {self.csv_path} "
+                f"(patients {self.patients[0]}..{self.patients[-1]})"
+            )
+
+    def labels_for(self, patient: int) -> list[SliceLabel]:
+        """The CSV rows of one patient, ordered by slice number."""
+        self._check_patient(patient)
+        return self._by_patient[patient]
+
+    def scan_path(self, patient: int) -> Path:
+        """Path of the patient's CT scan file."""
+        self._check_patient(patient)
+        return self._scans[patient]
+
+    def mask_path(self, patient: int) -> Path:
+        """Path of the patient's mask file."""
+        self._check_patient(patient)
+        return self._masks[patient]
+
+    def _relative(self, path: Path) -> str:
+        """`path` relative to the release root, for short messages."""
+        return path.relative_to(self.root).as_posix()
+
+    def load_patient(self, patient: int) -> PatientVolume:
+        """Read scan and mask of one patient and check them against each other and the CSV."""
+        labels = self.labels_for(patient)
+        scan_name, mask_name = (
+            self._relative(self.scan_path(patient)),
+            self._relative(self.mask_path(patient)),
+        )
+        hu, affine, zooms = _load_nifti(self._scans[patient], scan_name)
+        mask_values, mask_affine, _ = _load_nifti(self._masks[patient], mask_name)
+        if mask_values.shape != hu.shape:
+            raise IchsegError(
+                f"{mask_name}: shape {mask_values.shape} differs from {scan_name} shape {hu.shape}"
+            )
+        if not np.allclose(mask_affine, affine, rtol=_AFFINE_RTOL, atol=_AFFINE_ATOL):
+            raise IchsegError(
+                f"{mask_name}: affine differs from {scan_name} "
+                f"(max difference {np.abs(mask_affine - affine).max():.4g})"
+            )
+        if hu.shape[2] != len(labels):
+            raise IchsegError(
+                f"{scan_name}: {self.csv_path.name} lists {len(labels)} slices for patient "
+                f"{patient}, the volume has {hu.shape[2]} (shape {hu.shape})"
+            )
+        bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
+        if bad:
+            raise IchsegError(f"{scan_name}: {bad} voxels are NaN or infinite (patient {patient})")
+        mask = mask_values > 0
+        self._check_mask_against_csv(mask, labels, mask_name)
+        return PatientVolume(patient=patient, hu=hu, mask=mask, zooms=zooms, affine=affine)
+
+    def _check_mask_against_csv(
+        self, mask: np.ndarray, labels: list[SliceLabel], mask_name: str
+    ) -> None:
+        """A slice's mask is non-empty exactly when the CSV says it shows hemorrhage."""
+        counts = np.count_nonzero(mask, axis=(0, 1))
+        for label, count in zip(labels, counts, strict=True):
+            if count and not label.has_ich:
+                raise IchsegError(
+                    f"{mask_name}: slice {label.slice_number} has {count} mask voxels but "
+                    f"{self.csv_path.name} says No_Hemorrhage=1 (patient {label.patient})"
+                )
+            if not count and label.has_ich:
+                raise IchsegError(
+                    f"{mask_name}: slice {label.slice_number} has an empty mask but "
+                    f"{self.csv_path.name} says No_Hemorrhage=0 (patient {label.patient})"
+                )
+
+    def read_demographics(self) -> list[dict[str, str]]:
+        """Rows of Patient_demographics.csv keyed by combined header names; [] if it is absent.
+
+        The file is metadata only, so its absence is not an error. Its two-row merged header is
+        joined into one name per column ("group sub"), and only rows whose first cell is a patient
+        number are kept (the footer of totals is dropped).
+        """
+        path = _children_by_lower_name(self.root).get(DEMOGRAPHICS_NAME)
+        if path is None or not path.is_file():
+            return []
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")  # spreadsheet exports; any byte decodes
+        return parse_demographics(text)
+
+
+def _is_patient_number(cell: str) -> bool:
+    """Whether a first cell holds a patient number (data row) rather than a title or total."""
+    return cell.strip().isdigit()
+
+
+def _header_names(header_rows: list[list[str]], width: int) -> list[str]:
+    """Combine stacked header rows into one unique name per column.
+
+    A group title spans the columns to its right (a merged cell) only when it sits above a
+    sub-column name; a title over an empty sub-cell is a column of its own.
+    """
+    # Spreadsheet titles may wrap onto several lines inside one cell ("Age\n(years)").
+    rows = [
+        [" ".join(cell.split()) for cell in row] + [""] * (width - len(row)) for row in header_rows
+    ]
+    *groups, last = rows
+    names: list[str] = []
+    for column in range(width):
+        parts = [*(_spanning_title(group, last, column) for group in groups), last[column]]
+        name = " ".join(dict.fromkeys(part for part in parts if part)) or f"column_{column + 1}"
+        names.append(name)
+    return _unique(names)
+
+
+def _spanning_title(group: list[str], sub: list[str], column: int) -> str:
+    """The group title covering `column`: its own cell, or a merged title from the left."""
+    if group[column]:
+        return group[column]
+    for left in range(column - 1, -1, -1):
+        if group[left]:
+            return group[left] if sub[left] and sub[column] else ""
+    return ""
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Suffix repeated names with `_2`, `_3`, ... so every column keeps its own key."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
+def parse_demographics(text: str) -> list[dict[str, str]]:
+    """Parse demographics CSV text: header rows until the first patient row, footer dropped."""
+    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    first = next((i for i, row in enumerate(rows) if row and _is_patient_number(row[0])), None)
+    if first is None:
+        return []
+    width = max(len(row) for row in rows)
+    names = _header_names(rows[:first] or [[]], width)
+    records = []
+    for row in rows[first:]:
+        if not (row and _is_patient_number(row[0])):
+            continue
+        cells = [cell.strip() for cell in row] + [""] * (width - len(row))
+        records.append(dict(zip(names, cells, strict=True)))
+    return records
