@@ -59,13 +59,13 @@ def _cache_ids(cache_dir: Path) -> list[str]:
 )
 def test_bad_fold_fails_in_constructor(fold: object, message: str, tmp_path: Path) -> None:
     with pytest.raises(IchsegError, match=message):
-        ICHDataModule(fold=fold, release_root=str(tmp_path))
+        ICHDataModule(fold=fold, root=str(tmp_path))
 
 
 def test_fold_range_follows_n_folds(tmp_path: Path) -> None:
-    ICHDataModule(fold=4, release_root=str(tmp_path), n_folds=5)
+    ICHDataModule(fold=4, root=str(tmp_path), n_folds=5)
     with pytest.raises(IchsegError, match=r"expected an integer 0\.\.4"):
-        ICHDataModule(fold=5, release_root=str(tmp_path), n_folds=5)
+        ICHDataModule(fold=5, root=str(tmp_path), n_folds=5)
 
 
 def test_data_source_must_be_exactly_one(tmp_path: Path) -> None:
@@ -73,21 +73,21 @@ def test_data_source_must_be_exactly_one(tmp_path: Path) -> None:
         ICHDataModule(fold=0)
     phantom = {"root": str(tmp_path), "patients": 6, "size": 64, "seed": 0}
     with pytest.raises(IchsegError, match=r"data\.root.*found both"):
-        ICHDataModule(fold=0, release_root=str(tmp_path), phantom=phantom)
+        ICHDataModule(fold=0, root=str(tmp_path), phantom=phantom)
 
 
 def test_bad_phantom_and_augment_blocks(tmp_path: Path) -> None:
     with pytest.raises(IchsegError, match=r"data\.phantom.*missing \['seed'\]"):
         ICHDataModule(fold=0, phantom={"root": str(tmp_path), "patients": 6, "size": 64})
     with pytest.raises(IchsegError, match=r"data\.augment: unknown keys \['rotate'\]"):
-        ICHDataModule(fold=0, release_root=str(tmp_path), augment={"rotate": 5})
+        ICHDataModule(fold=0, root=str(tmp_path), augment={"rotate": 5})
     with pytest.raises(IchsegError, match=r"data\.batch_size=0"):
-        ICHDataModule(fold=0, release_root=str(tmp_path), batch_size=0)
+        ICHDataModule(fold=0, root=str(tmp_path), batch_size=0)
 
 
 @pytest.mark.parametrize("augment", [None, {}, {"enabled": False, "hflip": 1.0}])
 def test_augmentation_off(augment: dict | None, tmp_path: Path) -> None:
-    assert ICHDataModule(fold=0, release_root=str(tmp_path), augment=augment).augmenter is None
+    assert ICHDataModule(fold=0, root=str(tmp_path), augment=augment).augmenter is None
 
 
 def test_rows_match_splits_json(dm: ICHDataModule) -> None:

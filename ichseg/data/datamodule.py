@@ -82,7 +82,7 @@ class ICHDataModule(pl.LightningDataModule):
     def __init__(
         self,
         fold: int,
-        release_root: str | None = None,
+        root: str | None = None,
         phantom: Mapping | None = None,
         cache_root: str = "data/cache",
         size: int = 256,
@@ -98,8 +98,8 @@ class ICHDataModule(pl.LightningDataModule):
         source: str | None = None,
     ) -> None:
         super().__init__()
-        if (release_root is None) == (phantom is None):
-            found = "neither" if release_root is None else "both"
+        if (root is None) == (phantom is None):
+            found = "neither" if root is None else "both"
             raise IchsegError(
                 "data config: expected exactly one of data.root (a PhysioNet CT-ICH release "
                 f"folder, e.g. data=physionet data.root=PATH) or data.phantom, found {found}"
@@ -114,7 +114,7 @@ class ICHDataModule(pl.LightningDataModule):
                 f"fold={fold} is out of range: expected an integer 0..{self.n_folds - 1}"
             )
         self.fold = int(fold)
-        self.release_root = None if release_root is None else Path(release_root)
+        self.release_root = None if root is None else Path(root)
         self.phantom = None if phantom is None else _phantom_config(phantom)
         self.cache_root = Path(cache_root)
         # PrepareConfig validates size, window, split, seed and fractions now, not mid-run.

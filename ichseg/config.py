@@ -1,0 +1,18 @@
+"""Hydra/OmegaConf glue: the custom resolvers the configs use."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+
+def scale_filters(base: list[int], width: float) -> list[int]:
+    """Filters per level multiplied by `width` (at least 1), keeping the doubling per level."""
+    if width <= 0:
+        raise ValueError(f"model.width must be > 0, got {width}")
+    return [max(1, round(f * width)) for f in base]
+
+
+def register_resolvers() -> None:
+    """Register ichseg's resolvers once (idempotent)."""
+    if not OmegaConf.has_resolver("scale_filters"):
+        OmegaConf.register_new_resolver("scale_filters", scale_filters)

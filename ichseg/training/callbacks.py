@@ -1,0 +1,152 @@
+"""Checkpoint records: every N epochs a checkpoint plus one metrics row, the stuff of Table 1."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+
+from ichseg.atomic import atomic_path
+from ichseg.training.records import read_records, upsert_history, upsert_record
+from ichseg.visualize import overlay_rgb
+
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
+
+
+def checkpoint_name(epoch: int) -> str:
+    """Relative path of the checkpoint written after `epoch` epochs (1-based)."""
+    return f"checkpoints/epoch={epoch:04d}.ckpt"
+
+
+def save_checkpoint_atomically(trainer: pl.Trainer, path: Path) -> None:
+    """Save a full training checkpoint through a temporary file, so a crash never leaves half."""
+    with atomic_path(path) as tmp:
+        trainer.save_checkpoint(tmp)
+
+
+def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+class CheckpointRecorder(pl.Callback):
+    """After each validation: a history row; every `every_n_epochs` (and at the last epoch) a
+    checkpoint and a record row; then `last.ckpt` for resuming.
+
+    Epochs are counted from 1, as in the paper ("checkpoints every 100 epochs").
+    Files are written in the order checkpoint -> record -> last.ckpt, so a crash at any point
+    leaves records that a resumed run rewrites (records are keyed by epoch), never duplicates.
+    """
+
+    def __init__(
+        self,
+        job_dir: str | os.PathLike,
+        model_name: str,
+        fold: int,
+        every_n_epochs: int = 100,
+        save_last: bool = True,
+        overlay_count: int = 4,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {every_n_epochs}")
+        self.job_dir = Path(job_dir)
+        self.model_name = model_name
+        self.fold = fold
+        self.every_n_epochs = every_n_epochs
+        self.save_last = save_last
+        self.overlay_count = overlay_count
+
+    def is_checkpoint_epoch(self, epoch: int, max_epochs: int) -> bool:
+        """Whether `epoch` (1-based) gets a checkpoint and a record."""
+        return epoch % self.every_n_epochs == 0 or epoch == max_epochs
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for logger in _wandb_loggers(trainer):
+            run = logger.experiment
+            # Curves against epochs, and checkpoint metrics against the checkpoint epoch, so a
+            # dashboard can line up the same checkpoint across folds and architectures.
+            run.define_metric("epoch")
+            run.define_metric("train/*", step_metric="epoch")
+            run.define_metric("val/*", step_metric="epoch")
+            run.define_metric("checkpoint/epoch")
+            run.define_metric("checkpoint/*", step_metric="checkpoint/epoch")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not getattr(pl_module, "epoch_metrics", None):
+            return
+        epoch = trainer.current_epoch + 1
+        metrics = pl_module.epoch_metrics
+        row = {"epoch": epoch}
+        for stage, values in metrics.items():
+            row.update({f"{stage}/{k}": v for k, v in values.items()})
+        upsert_history(self.job_dir, row)
+        if self.is_checkpoint_epoch(epoch, trainer.max_epochs):
+            name = checkpoint_name(epoch)
+            save_checkpoint_atomically(trainer, self.job_dir / name)
+            record = {
+                "model": self.model_name,
+                "fold": self.fold,
+                "epoch": epoch,
+                "checkpoint": name,
+                "train": metrics["train"],
+                "val": metrics["val"],
+            }
+            upsert_record(self.job_dir, record)
+            self._log_to_wandb(trainer, pl_module, record)
+        if self.save_last:
+            save_checkpoint_atomically(trainer, self.job_dir / LAST_CHECKPOINT)
+
+    def _log_to_wandb(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: dict
+    ) -> None:
+        loggers = _wandb_loggers(trainer)
+        if not loggers:
+            return
+        flat = {"checkpoint/epoch": record["epoch"]}
+        for stage in ("train", "val"):
+            for key, value in record[stage].items():
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    flat[f"checkpoint/{stage}_{key}"] = value
+        rows = read_records(self.job_dir)
+        keys = sorted({k for r in rows for s in ("train", "val") for k in r[s]})
+        columns = ["model", "fold", "epoch"] + [f"{s}_{k}" for s in ("train", "val") for k in keys]
+        data = [
+            [r["model"], r["fold"], r["epoch"]]
+            + [r[s].get(k) for s in ("train", "val") for k in keys]
+            for r in rows
+        ]
+        images, captions = self._overlays(trainer, pl_module)
+        for logger in loggers:
+            logger.experiment.log(flat)
+            logger.log_table(key="checkpoint_records", columns=columns, data=data)
+            if images:
+                logger.log_image(key="val_overlays", images=images, caption=captions)
+
+    def _overlays(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[list[np.ndarray], list[str]]:
+        """CT / truth / prediction pictures of the first few validation slices with a bleed."""
+        datamodule = trainer.datamodule
+        if self.overlay_count <= 0 or datamodule is None:
+            return [], []
+        rows = datamodule.val_rows
+        with_bleed = torch.from_numpy(datamodule.data.has_ich[rows.numpy()])
+        rows = rows[with_bleed][: self.overlay_count]
+        if len(rows) == 0:
+            return [], []
+        image = datamodule.images[rows].to(pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            pred = pl_module.predict_mask(pl_module(image)).float().cpu()
+        pl_module.train(was_training)
+        truth = datamodule.masks[rows]
+        pictures = [
+            overlay_rgb(image[i, 0].float().cpu().numpy(), truth[i, 0].numpy(), pred[i, 0].numpy())
+            for i in range(len(rows))
+        ]
+        return pictures, datamodule.row_ids(rows)

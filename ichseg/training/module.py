@@ -1,0 +1,113 @@
+"""The LightningModule: a U-Net-family network trained with soft Dice loss, scored per protocol."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from ichseg.metrics import ProtocolAccumulator
+from ichseg.models.unet import UNet
+from ichseg.training.losses import soft_dice_loss
+
+STAGES = ("train", "val")
+
+
+class SegmentationModule(pl.LightningModule):
+    """Binary hemorrhage segmentation with soft Dice loss, Adam, and every metric protocol.
+
+    The network is built from its hyperparameters, so a checkpoint alone restores the model.
+    Train metrics are the running values over the epoch's augmented, train-mode batches, as
+    Keras reported them in the paper; validation metrics come from the unaugmented fold in eval
+    mode. Both are computed once per epoch, at the end of validation, and kept in
+    `epoch_metrics = {"train": {...}, "val": {...}}` for the checkpoint records.
+    """
+
+    def __init__(
+        self,
+        filters: Sequence[int] = (64, 128, 256, 512, 1024),
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        threshold: float = 0.5,
+        smooth: float = 1.0,
+        loss_per_sample: bool = False,
+        min_detection_area: int = 0,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = UNet(filters=tuple(filters), batch_norm=batch_norm, dropout=dropout)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        # A probability threshold p on sigmoid outputs equals the logit threshold log(p / (1 - p)).
+        self.logit_threshold = math.log(threshold / (1.0 - threshold))
+        self.scores = {
+            stage: ProtocolAccumulator(smooth=smooth, min_area=min_detection_area)
+            for stage in STAGES
+        }
+        self._loss_total: dict[str, torch.Tensor | float] = dict.fromkeys(STAGES, 0.0)
+        self._loss_count: dict[str, int] = dict.fromkeys(STAGES, 0)
+        self.epoch_metrics: dict[str, dict[str, float]] = {}
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of windowed CT slices (B, 1, H, W)."""
+        if self.hparams.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return self.net(image)
+
+    def predict_mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """Boolean masks from logits at the configured probability threshold."""
+        return logits > self.logit_threshold
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        target = batch["mask"]
+        loss = soft_dice_loss(
+            logits, target, smooth=self.hparams.smooth, per_sample=self.hparams.loss_per_sample
+        )
+        with torch.no_grad():
+            self.scores[stage].update(self.predict_mask(logits.detach()), target > 0.5)
+        # Accumulate on the device: a .item() per step would force a GPU sync.
+        self._loss_total[stage] = self._loss_total[stage] + loss.detach() * target.shape[0]
+        self._loss_count[stage] += target.shape[0]
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def _finish(self, stage: str) -> dict[str, float]:
+        """This epoch's loss and protocol metrics for `stage`; resets the accumulators."""
+        count = self._loss_count[stage]
+        metrics = {"loss": float(self._loss_total[stage]) / count if count else math.nan}
+        if count:
+            metrics.update(self.scores[stage].compute())
+        self.scores[stage].reset()
+        self._loss_total[stage], self._loss_count[stage] = 0.0, 0
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._finish("val")
+            return
+        self.epoch_metrics = {stage: self._finish(stage) for stage in STAGES}
+        logged = {
+            f"{stage}/{key}": value
+            for stage, values in self.epoch_metrics.items()
+            for key, value in values.items()
+            if not math.isnan(value)
+        }
+        shown = {k: v for k, v in logged.items() if k in ("val/dice_paper", "val/dice_lesion")}
+        self.log_dict(shown, prog_bar=True)
+        self.log_dict({k: v for k, v in logged.items() if k not in shown})
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )

@@ -1,0 +1,188 @@
+"""One sweep job: skip it if done, resume it if interrupted, otherwise train it from scratch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ichseg.atomic import atomic_write_text
+from ichseg.errors import IchsegError
+from ichseg.training.callbacks import LAST_CHECKPOINT, CheckpointRecorder
+from ichseg.training.provenance import code_version, hardware, package_versions, project_root
+from ichseg.training.records import read_job, read_records, write_job
+
+log = logging.getLogger(__name__)
+
+# Config parts that change results; paths, loggers and launchers do not.
+RESULT_KEYS = ("model", "data", "trainer", "seed", "fold", "checkpoint_every", "precision")
+PATH_KEYS = ("root", "cache_root", "phantom.root")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Short hash of everything that determines a job's results (not where files live)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    parts = {key: resolved.get(key) for key in RESULT_KEYS}
+    data = parts.get("data") or {}
+    for key in PATH_KEYS:
+        head, _, tail = key.partition(".")
+        if tail and isinstance(data.get(head), dict):
+            data[head].pop(tail, None)
+        elif not tail:
+            data.pop(head, None)
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' means bf16 mixed precision on a GPU that supports it, full fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def sweep_group(cfg: DictConfig) -> str:
+    """The W&B group of this job: the sweep folder's name, or 'single' outside a multirun."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"{cfg.experiment_name}/{Path(hydra_cfg.sweep.dir).name}"
+    return f"{cfg.experiment_name}/single"
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """Print the composed config as a tree (resolved), one branch per top-level group."""
+    from rich import print as rich_print
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        if key == "hydra":
+            continue
+        branch = tree.add(str(key))
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else value
+        branch.add(Syntax(str(text), "yaml", theme="ansi_dark", word_wrap=True))
+    rich_print(tree, file=sys.stdout)
+
+
+def build_loggers(cfg: DictConfig, group: str) -> list:
+    """Instantiate every configured logger; W&B gets the sweep group and the whole config."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if name == "wandb":
+            logger = instantiate(logger_cfg, group=group)
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        else:
+            logger = instantiate(logger_cfg)
+        loggers.append(logger)
+    return loggers
+
+
+def instantiate_checked(node: DictConfig, **kwargs):
+    """`hydra.utils.instantiate`, re-raising a constructor's IchsegError as itself (one line)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, IchsegError):
+            raise exc.__cause__ from None
+        raise
+
+
+def finish_wandb() -> None:
+    """Close the W&B run, if any: without this every later multirun job logs into the first."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def last_val_dice(job_dir: Path) -> float | None:
+    """Validation Dice (paper protocol) of the job's last record: the sweep's return value."""
+    records = read_records(job_dir)
+    return records[-1]["val"].get("dice_paper") if records else None
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """Train `cfg.model` on `cfg.fold`, writing checkpoints, records and job state to its folder."""
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise IchsegError("data.root is required with data=physionet: data.root=/path/to/release")
+    job_dir = Path(cfg.paths.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    digest = config_hash(cfg)
+    state = read_job(job_dir)
+    if state is not None and state.get("config_hash") != digest:
+        raise IchsegError(
+            f"{job_dir}: holds results of another configuration (config hash "
+            f"{state.get('config_hash')}, this run {digest}); choose another hydra.sweep.dir"
+        )
+    if state is not None and state.get("status") == "done":
+        log.info("%s: already finished, skipped", job_dir.name)
+        return last_val_dice(job_dir)
+
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    print_config_tree(cfg)
+    atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    resume = job_dir / LAST_CHECKPOINT
+    ckpt_path = str(resume) if resume.exists() else None
+    if ckpt_path:
+        log.info("%s: resuming from %s", job_dir.name, resume)
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate_checked(cfg.data)
+    module = instantiate_checked(cfg.model.module)
+    recorder = CheckpointRecorder(
+        job_dir,
+        model_name=cfg.model.name,
+        fold=cfg.fold,
+        every_n_epochs=cfg.checkpoint_every,
+        overlay_count=cfg.overlay_count,
+    )
+    state = {
+        "model": cfg.model.name,
+        "fold": cfg.fold,
+        "seed": cfg.seed,
+        "experiment": cfg.experiment_name,
+        "config_hash": digest,
+        "status": "running",
+        "started": (state or {}).get("started", time.time()),
+        "resumed_from": ckpt_path,
+        "code_version": code_version(project_root()),
+        "packages": package_versions(),
+        "hardware": hardware(),
+    }
+    write_job(job_dir, state)
+    try:
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[recorder],
+            logger=build_loggers(cfg, sweep_group(cfg)) or False,
+            precision=resolve_precision(cfg.precision),
+            deterministic=cfg.deterministic,
+            benchmark=not cfg.deterministic,
+            default_root_dir=str(job_dir),
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except BaseException as exc:
+        write_job(job_dir, {**state, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        finish_wandb()
+    state.update(status="done", finished=time.time(), cache_dir=str(datamodule.cache_dir))
+    write_job(job_dir, state)
+    return last_val_dice(job_dir)
