@@ -107,6 +107,27 @@ class SegmentationModule(pl.LightningModule):
         self.log_dict(shown, prog_bar=True)
         self.log_dict({k: v for k, v in logged.items() if k not in shown})
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning does not save the global RNG, which dropout draws from: without it a resumed
+        # run would diverge from an uninterrupted one.
+        checkpoint["ichseg_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["ichseg_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Applied at the next epoch start, not here: Lightning may still finish the checkpointed
+        # epoch's loop (drawing loader seeds) before training resumes.
+        self._resumed_rng = checkpoint.get("ichseg_rng")
+
+    def on_train_epoch_start(self) -> None:
+        state = getattr(self, "_resumed_rng", None)
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        self._resumed_rng = None
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
             self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
