@@ -1,0 +1,492 @@
+"""Assemble `<sweep>/report/`: report.md, Table 1 (csv, LaTeX), summary.json and figures.
+
+The folder is written into a temporary sibling and renamed into place, so a reader sees the old
+report or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ichseg.atomic import atomic_path
+from ichseg.errors import IchsegError
+from ichseg.report import figures
+from ichseg.report.collect import Job, Sweep, collect_sweep, latest_sweep, read_cache_meta
+from ichseg.report.compare import PairedComparison, compare_all, comparison_markdown
+from ichseg.report.heldout import TestResult, test_markdown
+from ichseg.report.selection import Selection, select, selection_markdown
+from ichseg.report.table import (
+    DETECTION_DESCRIPTION,
+    PROTOCOLS,
+    STD_MEANING,
+    TRAIN_MEANING,
+    ArchInfo,
+    TableRow,
+    arch_info,
+    detection_markdown,
+    detection_rows,
+    display_name,
+    protocol,
+    table1_csv,
+    table1_latex,
+    table1_markdown,
+    table_rows,
+    undefined_values,
+)
+
+__all__ = ["TestEval", "build_report", "latest_sweep"]
+
+TestEval = Callable[[Sweep, Selection], Sequence[TestResult]]
+# Published validation numbers (DATASET.md): source, protocol, split, architecture, IoU, Dice, test.
+PUBLISHED = (
+    (
+        "D-Unet paper, Table 1",
+        "paper",
+        "slice, 10 folds",
+        "U-Net 600 ep.",
+        "0.65 (0.04)",
+        "0.79 (0.03)",
+        "—",
+    ),
+    (
+        "D-Unet paper, Table 1",
+        "paper",
+        "slice, 10 folds",
+        "D-Unet 800 ep.",
+        "0.72 (0.05)",
+        "0.84 (0.03)",
+        "0.86 / 0.89",
+    ),
+    ("Same work, later version", "paper", "slice, 3 × 10 folds", "U-Net", "0.59", "0.72", "—"),
+    (
+        "Same work, later version",
+        "paper",
+        "slice, 3 × 10 folds",
+        "D-Unet",
+        "0.68 (0.08)",
+        "0.81 (0.06)",
+        "—",
+    ),
+    (
+        "Dataset paper (Hssayeni et al. 2020)",
+        "lesion",
+        "patient, 5 folds",
+        "U-Net",
+        "—",
+        "0.31",
+        "—",
+    ),
+)
+PUBLISHED_NOTE = (
+    "Compare our paper-protocol table with the D-Unet paper, and our lesion protocol on a "
+    "`data.split=patient` sweep with the dataset paper: the gap between the published numbers "
+    "is mostly the evaluation protocol and the split."
+)
+
+
+def build_report(
+    sweep_dir: str | Path | Sweep,
+    out_dir: str | Path | None = None,
+    protocol: str = "paper",
+    test_eval: TestEval | Sequence[TestResult] | None = None,
+) -> Path:
+    """Write the report of the sweep at `sweep_dir` (default `<sweep>/report/`); return its path.
+
+    `sweep_dir` may also be a `Sweep` read from another source (e.g. `collect_wandb`); one that
+    is not a folder needs `out_dir`. `protocol` chooses the metric protocol of the selection and
+    the headline comparison; `test_eval` is a callable `(sweep, selection) -> [TestResult]`, or
+    its results, or None when the test split is not scored.
+    """
+    main_protocol = _protocol_name(protocol)
+    sweep = sweep_dir if isinstance(sweep_dir, Sweep) else collect_sweep(sweep_dir)
+    if out_dir is None and not sweep.root.is_dir():
+        raise IchsegError(f"{sweep.root}: not a folder; give out_dir for the report")
+    if not any(j.records for j in sweep.jobs):
+        raise IchsegError(
+            f"{sweep.root}: no job has written a checkpoint record yet "
+            f"({len(sweep.jobs)} job folders found); nothing to report"
+        )
+    rows = {name: table_rows(sweep, name) for name in PROTOCOLS}
+    selections = {name: select(rows[name], name) for name in PROTOCOLS}
+    comparisons = {name: compare_all(sweep, selections[name]) for name in PROTOCOLS}
+    archs = {m: arch_info(sweep, m) for m in sweep.models}
+    if callable(test_eval):
+        results = list(test_eval(sweep, selections[main_protocol]))
+    else:
+        results = list(test_eval or [])
+
+    out = Path(out_dir) if out_dir is not None else sweep.root / "report"
+    with atomic_path(out, is_dir=True) as tmp:
+        all_rows = [r for name in PROTOCOLS for r in rows[name]]
+        (tmp / "table1.csv").write_text(table1_csv(all_rows), encoding="utf-8")
+        (tmp / "table1.tex").write_text(_latex(rows, archs, selections), encoding="utf-8")
+        pictures = {}
+        if figures.loss_curves(sweep, tmp / "loss_curves.png"):
+            pictures["loss_curves.png"] = "Training and validation Dice loss per epoch"
+        by_epoch = {name: rows[name] for name in ("paper", "lesion")}
+        if figures.val_dice_by_epoch(by_epoch, selections, tmp / "val_dice_by_epoch.png"):
+            pictures["val_dice_by_epoch.png"] = "Validation Dice per checkpoint epoch"
+        for i, result in enumerate(results):
+            name = f"test_overlays_{result.model}_{i}.png"
+            if figures.test_overlays(result, tmp / name):
+                pictures[name] = f"Test slices, {display_name(result.model)}, {result.scoring}"
+        summary = _summary(sweep, selections, comparisons, main_protocol)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        text = _markdown(
+            sweep, rows, archs, selections, comparisons, main_protocol, results, pictures
+        )
+        (tmp / "report.md").write_text(text, encoding="utf-8")
+    return out
+
+
+def _protocol_name(name: str) -> str:
+    """Validate the protocol argument early, before any file is read."""
+    return protocol(name).name
+
+
+def _latex(
+    rows: dict[str, list[TableRow]],
+    archs: dict[str, ArchInfo | None],
+    selections: dict[str, Selection],
+) -> str:
+    """table1.tex: the paper-style table first, then the same table under the other protocols."""
+    parts = [
+        "% Needs \\usepackage{booktabs}. Bold: selected checkpoint per architecture; "
+        "underlined: best overall.\n"
+    ]
+    for name, p in PROTOCOLS.items():
+        caption = (
+            f"Performance per architecture and checkpoint epoch, {p.description} "
+            f"{TRAIN_MEANING} {STD_MEANING}"
+        )
+        parts.append(
+            table1_latex(
+                rows[name],
+                archs,
+                selections[name].epochs(),
+                selections[name].best_key(),
+                caption,
+                f"tab:table1-{name}",
+            )
+        )
+    return "\n".join(parts)
+
+
+def _checkpoints(sweep: Sweep, model: str, epoch: int) -> dict[str, str]:
+    """Fold -> checkpoint path of the records at (model, epoch), where the record names one."""
+    out = {}
+    for job in sweep.jobs_of(model):
+        record = job.record(epoch)
+        if record is not None and record.get("checkpoint") and job.dir is not None:
+            out[str(job.fold)] = str(job.dir / record["checkpoint"])
+    return out
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN."""
+    return value if math.isfinite(value) else None
+
+
+def _summary(
+    sweep: Sweep,
+    selections: dict[str, Selection],
+    comparisons: dict[str, list[PairedComparison]],
+    main_protocol: str,
+) -> dict[str, Any]:
+    """Machine-readable selection, comparison and completeness (for test evaluation, predict)."""
+    return {
+        "sweep": str(sweep.root),
+        "protocol": main_protocol,
+        "selection": {
+            name: {
+                "best": sel.best,
+                "models": {
+                    m: {
+                        "epoch": c.epoch,
+                        "val_iou_mean": _finite(c.row.val_iou.mean),
+                        "val_iou_std": _finite(c.row.val_iou.std),
+                        "val_dice_mean": _finite(c.row.val_dice.mean),
+                        "val_dice_std": _finite(c.row.val_dice.std),
+                        "n_folds": c.row.n_folds,
+                        "checkpoints": _checkpoints(sweep, m, c.epoch),
+                    }
+                    for m, c in sel.choices.items()
+                },
+            }
+            for name, sel in selections.items()
+        },
+        "comparisons": {
+            name: [
+                {
+                    "metric": c.metric,
+                    "a": c.model_a,
+                    "epoch_a": c.epoch_a,
+                    "b": c.model_b,
+                    "epoch_b": c.epoch_b,
+                    "folds": list(c.folds),
+                    "mean_diff_b_minus_a": _finite(c.mean_diff),
+                    "t_ci": [_finite(x) for x in c.t_ci],
+                    "bootstrap_ci": [_finite(x) for x in c.bootstrap_ci],
+                    "wilcoxon_statistic": _finite(c.statistic),
+                    "p_value": _finite(c.p_value),
+                    "method": c.method,
+                    "significant": c.significant,
+                    "verdict": c.verdict,
+                }
+                for c in cs
+            ]
+            for name, cs in comparisons.items()
+        },
+        "completeness": {
+            "expected_folds": sweep.expected_folds,
+            "missing_jobs": [f"{m}-fold{f}" for m, f in sweep.missing_jobs],
+            "unfinished_jobs": {j.name: j.status for j in sweep.unfinished},
+            "missing_records": [
+                {"model": m, "fold": f, "epoch": e} for m, f, e in sweep.missing_records
+            ],
+        },
+    }
+
+
+def _distinct(sweep: Sweep, key: str) -> list[str]:
+    """Distinct job.json values of `key` across jobs, as text (dicts as `k=v` lists)."""
+    values = []
+    for job in sweep.jobs:
+        value = job.state.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
+        values.append(str(value))
+    return list(dict.fromkeys(values))
+
+
+def _config_values(sweep: Sweep, key: str) -> str:
+    """Distinct values of a config key across jobs, joined; 'not set' when no job has it."""
+    values = [repr(j.get(key, None)) for j in sweep.jobs if j.config]
+    values = [v for v in dict.fromkeys(values) if v != "None"]
+    return " / ".join(v.strip("'") for v in values) or "not set"
+
+
+def _flat(value: Any) -> str:
+    """Nested counts as `key value, group: (key value, ...)` text."""
+    if isinstance(value, dict):
+        return ", ".join(
+            f"{k}: ({_flat(v)})" if isinstance(v, dict) else f"{k} {v}" for k, v in value.items()
+        )
+    return str(value)
+
+
+def _when(stamp: float | str) -> str:
+    """A job.json time (Unix seconds, or text as written) in UTC."""
+    if isinstance(stamp, (int, float)):
+        return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return str(stamp)
+
+
+def _provenance(sweep: Sweep, archs: dict[str, ArchInfo | None]) -> list[str]:
+    """The provenance section: data, split, key config, code version, hardware."""
+    lines = ["## Provenance", ""]
+    metas = [(j, read_cache_meta(j)) for j in sweep.jobs]
+    caches = list(dict.fromkeys(str(j.state.get("cache_dir")) for j, _ in metas))
+    meta = next((m for _, m in metas if m), None)
+    if meta is None:
+        lines.append(
+            "- Data: unknown — no job's cache_dir meta.json could be read "
+            f"(cache_dir: {', '.join(caches)})."
+        )
+    else:
+        source = meta.get("source", "unknown")
+        kind = {"phantom": "synthetic phantom (not patient data)", "physionet": "PhysioNet CT-ICH"}
+        lines.append(f"- Data: {kind.get(source, source)}; CSV sha256 `{meta.get('csv_sha256')}`.")
+        if meta.get("counts"):
+            lines.append(f"- Prepared set: {_flat(meta['counts'])}.")
+    if len(caches) > 1:
+        lines.append(f"- **Jobs used different prepared caches**: {', '.join(caches)}.")
+    else:
+        lines.append(f"- Prepared cache: `{caches[0]}`.")
+    lines.append(
+        f"- Split: `data.split={_config_values(sweep, 'data.split')}` "
+        f"(slice = the paper's per-slice split, one patient's slices on both sides; patient = "
+        f"no patient in both), data.n_folds {_config_values(sweep, 'data.n_folds')}, "
+        f"data.seed {_config_values(sweep, 'data.seed')}."
+    )
+    lines.append(
+        f"- Training: image size {_config_values(sweep, 'data.size')}, batch size "
+        f"{_config_values(sweep, 'data.batch_size')} (evaluation batches: "
+        f"{_config_values(sweep, 'data.eval_batch_size')}, 'not set' = the batch size; the "
+        f"paper protocol averages over them), max epochs "
+        f"{_config_values(sweep, 'trainer.max_epochs')}, checkpoint every "
+        f"{_config_values(sweep, 'checkpoint_every')} epochs, seed "
+        f"{_config_values(sweep, 'seed')}; experiment "
+        f"`{_config_values(sweep, 'experiment_name')}`."
+    )
+    for model, info in archs.items():
+        if info is not None:
+            lines.append(
+                f"- {display_name(model)}: filters {info.filters_text}, batch norm "
+                f"{'yes' if info.batch_norm else 'no'}, dropout {info.dropout_text}."
+            )
+            if info.conflicts:
+                lines.append(
+                    f"  - **Config differs between {display_name(model)} folds**: "
+                    + ", ".join(info.conflicts)
+                )
+    for key, label in (
+        ("code_version", "Code version"),
+        ("hardware", "Hardware"),
+        ("packages", "Packages"),
+    ):
+        values = _distinct(sweep, key)
+        lines.append(f"- {label}: " + ("; ".join(f"`{v}`" for v in values) or "not recorded") + ".")
+    started = [j.state["started"] for j in sweep.jobs if j.state.get("started")]
+    finished = [j.state["finished"] for j in sweep.jobs if j.state.get("finished")]
+    if started:
+        last = _when(max(finished)) if finished else "not finished"
+        lines.append(f"- Jobs ran from {_when(min(started))} to {last}.")
+    return [*lines, ""]
+
+
+def _status(job: Job) -> str:
+    """A job's status for the reader: a `running` job may also have been killed."""
+    if job.status == "running":
+        return "running, or interrupted"
+    if job.status == "failed" and job.state.get("error"):
+        return f"failed: {str(job.state['error']).splitlines()[0][:120]}"
+    return job.status
+
+
+def _completeness(sweep: Sweep) -> list[str]:
+    """The completeness section: which jobs and records are missing or unfinished."""
+    n_expected = len(sweep.models) * len(sweep.expected_folds)
+    lines = [
+        "## Completeness",
+        "",
+        f"Expected {n_expected} jobs: models {', '.join(sweep.models)} × folds "
+        f"{', '.join(map(str, sweep.expected_folds))} (from {sweep.folds_from}); expected "
+        "checkpoint epochs: every checkpoint_every epochs up to trainer.max_epochs, plus the last. "
+        "Means are over the folds present; n_folds says how many.",
+        "",
+    ]
+    done = sum(1 for j in sweep.jobs if j.status == "done")
+    lines.append(f"- Jobs found: {len(sweep.jobs)} ({done} done).")
+    missing = ", ".join(f"{m}-fold{f}" for m, f in sweep.missing_jobs)
+    lines.append(f"- Missing jobs (never started, or their folder is gone): {missing or 'none'}.")
+    unfinished = ", ".join(f"{j.name} ({_status(j)})" for j in sweep.unfinished)
+    lines.append(f"- Unfinished jobs (their records so far are included): {unfinished or 'none'}.")
+    by_job: dict[tuple[str, int], list[int]] = {}
+    for m, f, e in sweep.missing_records:
+        by_job.setdefault((m, f), []).append(e)
+    if by_job:
+        lines.append("- Missing checkpoint records:")
+        for (m, f), epochs in by_job.items():
+            tag = " (job missing)" if (m, f) in sweep.missing_jobs else ""
+            lines.append(f"  - {m}-fold{f}{tag}: epochs {', '.join(map(str, epochs))}")
+    else:
+        lines.append("- Missing checkpoint records: none.")
+    lines += [f"- {note}" for note in sweep.notes]
+    return [*lines, ""]
+
+
+def _markdown(
+    sweep: Sweep,
+    rows: dict[str, list[TableRow]],
+    archs: dict[str, ArchInfo | None],
+    selections: dict[str, Selection],
+    comparisons: dict[str, list[PairedComparison]],
+    main_protocol: str,
+    results: list[TestResult],
+    pictures: dict[str, str],
+) -> str:
+    """report.md."""
+    main = PROTOCOLS[main_protocol]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# ichseg report: `{sweep.root.name}`",
+        "",
+        f"Sweep `{sweep.root}`, built {stamp}. Selection and headline comparison use the "
+        f"**{main.name}** protocol.",
+        "",
+        *_provenance(sweep, archs),
+        *_completeness(sweep),
+        f"## Table 1 ({main.name} protocol)",
+        "",
+        f"Protocol — {main.description}",
+        "",
+        f"{TRAIN_MEANING} {STD_MEANING} Bold: selected checkpoint per architecture; †: best "
+        "overall. Kernel and pool sizes are fixed by the network class.",
+        "",
+        table1_markdown(
+            rows[main.name], archs, selections[main.name].epochs(), selections[main.name].best_key()
+        ),
+        "## Selection",
+        "",
+        selection_markdown(selections[main.name]),
+        "## Paired comparison",
+        "",
+        comparison_markdown(comparisons[main.name]),
+        "## Test set",
+        "",
+    ]
+    if results:
+        lines += [
+            "Selected checkpoints scored on the held-out test split under every protocol, "
+            "overall and per hemorrhage subtype (a slice counts for each subtype it carries; "
+            "NA where a metric is undefined on that subset, e.g. specificity without negatives). "
+            "Scoring: *ensemble* = the fold models' probabilities at the selected epoch averaged, "
+            "then thresholded; *best fold* = the single fold model with the highest validation "
+            "score at that epoch (the paper tested one selected model). Both are reported.",
+            "",
+            test_markdown(results),
+        ]
+    else:
+        lines += ["Not scored: no test evaluation was run for this report.", ""]
+    for name, p in PROTOCOLS.items():
+        if name == main.name:
+            continue
+        sel = selections[name]
+        lines += [
+            f"## Table 1 under the {name} protocol",
+            "",
+            f"Protocol — {p.description} {STD_MEANING}",
+            "",
+            table1_markdown(rows[name], archs, sel.epochs(), sel.best_key()),
+            selection_markdown(sel),
+            *(f"- {c.metric_label}: {c.verdict}" for c in comparisons[name]),
+            "",
+        ]
+    lines += [
+        "## Detection (validation)",
+        "",
+        f"Protocol — {DETECTION_DESCRIPTION} {STD_MEANING}",
+        "",
+        detection_markdown(detection_rows(sweep)),
+    ]
+    undefined = [u for name in PROTOCOLS for u in undefined_values(sweep, name)]
+    if undefined:
+        lines += [
+            "Undefined metric values (null in the records, left out of the means): "
+            + "; ".join(undefined)
+            + ".",
+            "",
+        ]
+    lines += ["## Figures", ""]
+    lines += [f"![{caption}]({name})" for name, caption in pictures.items()] or ["None drawn."]
+    lines += [
+        "",
+        "## Published numbers to compare against",
+        "",
+        "| Source | Protocol | Split | Architecture | Val IoU (std) | Val Dice (std) "
+        "| Test IoU / Dice |",
+        "|---|---|---|---|---|---|---|",
+        *("| " + " | ".join(row) + " |" for row in PUBLISHED),
+        "",
+        PUBLISHED_NOTE,
+        "",
+    ]
+    return "\n".join(lines)

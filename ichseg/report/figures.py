@@ -1,0 +1,128 @@
+"""Report figures as PNG files, drawn on matplotlib `Figure` objects (Agg, no global pyplot state).
+
+- loss curves: training and validation Dice loss per epoch, mean +/- std over folds, one panel
+  per architecture (the paper's Fig. 3);
+- validation Dice per checkpoint epoch, both architectures with std bands, one panel per
+  protocol;
+- test overlays: CT, CT + ground truth, CT + prediction for a few test slices (the paper's Fig. 4).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ichseg.report.collect import Sweep
+from ichseg.report.heldout import TestResult
+from ichseg.report.selection import Selection
+from ichseg.report.table import PROTOCOLS, TableRow, display_name
+
+DPI = 120
+
+
+def _mean_std_by_epoch(
+    sweep: Sweep, model: str, column: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean and sample std (0 where one fold) of a history column over folds."""
+    by_epoch: dict[int, list[float]] = {}
+    for job in sweep.jobs_of(model):
+        for row in job.history:
+            value = row.get(column, math.nan)
+            if math.isfinite(value):
+                by_epoch.setdefault(int(row["epoch"]), []).append(value)
+    epochs = np.array(sorted(by_epoch), dtype=int)
+    values = [np.array(by_epoch[e]) for e in epochs]
+    mean = np.array([v.mean() for v in values])
+    std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+    return epochs, mean, std
+
+
+def loss_curves(sweep: Sweep, path: Path) -> bool:
+    """Draw train/val loss mean +/- std per architecture to `path`; False when no history."""
+    models = [m for m in sweep.models if any(j.history for j in sweep.jobs_of(m))]
+    if not models:
+        return False
+    fig = Figure(figsize=(5 * len(models), 4), dpi=DPI)
+    axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+    for ax, model in zip(axes, models, strict=True):
+        n = sum(1 for j in sweep.jobs_of(model) if j.history)
+        for column, label in (("train/loss", "training"), ("val/loss", "validation")):
+            epochs, mean, std = _mean_std_by_epoch(sweep, model, column)
+            if len(epochs):
+                ax.plot(epochs, mean, label=f"{label} loss")
+                ax.fill_between(epochs, mean - std, mean + std, alpha=0.25)
+        ax.set_title(f"{display_name(model)} (mean ± std over {n} folds)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("Dice loss")
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def val_dice_by_epoch(
+    rows: dict[str, list[TableRow]], selections: dict[str, Selection], path: Path
+) -> bool:
+    """Draw mean val Dice +/- std per checkpoint epoch, one panel per protocol in `rows`."""
+    protocols = [p for p, r in rows.items() if r]
+    if not protocols:
+        return False
+    fig = Figure(figsize=(5.5 * len(protocols), 4), dpi=DPI)
+    axes = fig.subplots(1, len(protocols), squeeze=False)[0]
+    for ax, name in zip(axes, protocols, strict=True):
+        for model in dict.fromkeys(r.model for r in rows[name]):
+            own = [r for r in rows[name] if r.model == model]
+            epochs = np.array([r.epoch for r in own])
+            mean = np.array([r.val_dice.mean for r in own])
+            std = np.nan_to_num(np.array([r.val_dice.std for r in own]))
+            (line,) = ax.plot(epochs, mean, marker="o", label=display_name(model))
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            choice = selections[name].choices.get(model) if name in selections else None
+            if choice is not None:
+                ax.scatter(
+                    [choice.epoch],
+                    [choice.row.val_dice.mean],
+                    s=160,
+                    facecolors="none",
+                    edgecolors=line.get_color(),
+                    linewidths=2,
+                )
+        ax.set_title(f"validation Dice, {PROTOCOLS[name].name} protocol")
+        ax.set_xlabel("checkpoint epoch")
+        ax.set_ylabel("Dice (mean ± std over folds)")
+        ax.grid(alpha=0.3)
+        ax.legend(title="circled: selected")
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def test_overlays(result: TestResult, path: Path) -> bool:
+    """Draw CT / CT + ground truth / CT + prediction rows for the result's examples."""
+    if not result.examples:
+        return False
+    n = len(result.examples)
+    fig = Figure(figsize=(2.2 * n, 6.9), dpi=DPI)
+    axes = fig.subplots(3, n, squeeze=False)
+    for col, ex in enumerate(result.examples):
+        image = np.asarray(ex.image, dtype=float)
+        image = image / 255.0 if image.max() > 1.0 else image
+        for row, overlay in enumerate((None, ex.mask, ex.prediction)):
+            ax = axes[row][col]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            if overlay is not None:
+                layer = np.ma.masked_where(~np.asarray(overlay, dtype=bool), overlay)
+                ax.imshow(layer, cmap="autumn", alpha=0.5, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0][col].set_title(f"{ex.slice_id}\n{', '.join(ex.subtypes) or 'no ICH'}", fontsize=8)
+    for row, label in enumerate(("CT", "ground truth", "prediction")):
+        axes[row][0].set_ylabel(label)
+    fig.suptitle(f"{display_name(result.model)} epoch {result.epoch}: {result.scoring}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return True

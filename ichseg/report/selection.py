@@ -1,0 +1,129 @@
+"""The paper's selection criterion: per architecture, the checkpoint epoch with the best mean
+validation IoU and Dice over the folds; then the best architecture overall.
+
+The paper asks for "the maximum in both metrics" and does not say what happens when IoU and Dice
+disagree or tie, so the rule is made explicit (RULE) and every disagreement is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ichseg.report.table import TableRow, display_name, fmt
+
+# Scores equal to this many decimals count as tied; float sums of the same fold values taken in
+# a different order can differ in the last bit.
+TIE_DECIMALS = 9
+RULE = (
+    "For each architecture, among the checkpoint epochs recorded by the largest number of folds, "
+    "the epoch with the highest mean of (mean validation IoU, mean validation Dice) is selected; "
+    f"ties (equal to {TIE_DECIMALS} decimals) go to the lower mean of the two standard "
+    "deviations, then to the earlier epoch. The best overall is the selected row with the "
+    "highest score, ties broken the same way, then by architecture order in the sweep."
+)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The selected checkpoint of one architecture and why."""
+
+    model: str
+    row: TableRow
+    best_iou_epoch: int  # epoch with the highest mean validation IoU alone
+    best_dice_epoch: int  # epoch with the highest mean validation Dice alone
+    excluded_epochs: tuple[int, ...]  # recorded by fewer folds than the most-complete epochs
+
+    @property
+    def epoch(self) -> int:
+        """The selected epoch."""
+        return self.row.epoch
+
+    @property
+    def agreement(self) -> str:
+        """One sentence on whether IoU and Dice alone would have picked the same epoch."""
+        if self.best_iou_epoch == self.best_dice_epoch == self.epoch:
+            return "IoU and Dice alone pick the same epoch."
+        return (
+            f"IoU alone would pick epoch {self.best_iou_epoch}, Dice alone epoch "
+            f"{self.best_dice_epoch}; the combined rule picks {self.epoch}."
+        )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Selected checkpoint per architecture and the best overall, under one protocol."""
+
+    protocol: str
+    choices: dict[str, Choice]
+    best: str | None  # model name of the best overall
+
+    def epochs(self) -> dict[str, int]:
+        """Selected epoch per architecture."""
+        return {m: c.epoch for m, c in self.choices.items()}
+
+    def best_key(self) -> tuple[str, int] | None:
+        """(model, epoch) of the best overall, or None when nothing was selectable."""
+        return None if self.best is None else (self.best, self.choices[self.best].epoch)
+
+
+def _key(row: TableRow) -> tuple[float, float, int]:
+    """Sort key, smaller is better: -score, mean std (undefined std last), epoch."""
+    std = (row.val_iou.std + row.val_dice.std) / 2
+    return (-round(row.score, TIE_DECIMALS), math.inf if math.isnan(std) else std, row.epoch)
+
+
+def _defined(row: TableRow) -> bool:
+    """A row can be selected only when both its mean IoU and mean Dice are defined."""
+    return math.isfinite(row.val_iou.mean) and math.isfinite(row.val_dice.mean)
+
+
+def select(rows: list[TableRow], protocol: str) -> Selection:
+    """Apply RULE to the Table 1 rows of one protocol (rows of other protocols are ignored)."""
+    rows = [r for r in rows if r.protocol == protocol and _defined(r)]
+    models = list(dict.fromkeys(r.model for r in rows))
+    choices: dict[str, Choice] = {}
+    for model in models:
+        own = [r for r in rows if r.model == model]
+        most = max(r.n_folds for r in own)
+        candidates = [r for r in own if r.n_folds == most]
+        choices[model] = Choice(
+            model=model,
+            row=min(candidates, key=_key),
+            best_iou_epoch=max(candidates, key=lambda r: (r.val_iou.mean, -r.epoch)).epoch,
+            best_dice_epoch=max(candidates, key=lambda r: (r.val_dice.mean, -r.epoch)).epoch,
+            excluded_epochs=tuple(r.epoch for r in own if r.n_folds < most),
+        )
+    best = None
+    if choices:
+        best = min(choices, key=lambda m: (_key(choices[m].row), models.index(m)))
+    return Selection(protocol=protocol, choices=choices, best=best)
+
+
+def selection_markdown(selection: Selection) -> str:
+    """The selection as Markdown bullet points, with the rule and any disagreement."""
+    if not selection.choices:
+        return "No architecture has a checkpoint with defined validation IoU and Dice.\n"
+    lines = [f"Rule: {RULE}", ""]
+    for model, c in selection.choices.items():
+        r = c.row
+        line = (
+            f"- **{display_name(model)}**: epoch {c.epoch} — val IoU {fmt(r.val_iou.mean)} "
+            f"({fmt(r.val_iou.std)}), val Dice {fmt(r.val_dice.mean)} ({fmt(r.val_dice.std)}), "
+            f"score {fmt(r.score, 4)}, over {r.n_folds} folds. {c.agreement}"
+        )
+        if c.excluded_epochs:
+            line += (
+                " Not considered (recorded by fewer folds): "
+                + ", ".join(str(e) for e in c.excluded_epochs)
+                + "."
+            )
+        lines.append(line)
+    best = selection.choices[selection.best] if selection.best else None
+    if best is not None:
+        lines.append(
+            f"- **Best overall**: {display_name(best.model)} at epoch {best.epoch} "
+            f"(score {fmt(best.row.score, 4)}). Ranking by mean scores alone is not a "
+            "significance test: see the paired comparison."
+        )
+    return "\n".join(lines) + "\n"

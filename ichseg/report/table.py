@@ -1,0 +1,435 @@
+"""Table 1 of the paper from checkpoint records: one row per architecture x checkpoint epoch.
+
+Numbers are means over the folds that have a record at that epoch; the validation std is the
+sample standard deviation (ddof=1) over those folds. The same table is built for each metric
+protocol, because "Dice" on a set where half the masks are empty means nothing until the
+empty-mask policy is named.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ichseg.errors import IchsegError
+from ichseg.metrics import PROTOCOLS as METRIC_PROTOCOLS
+from ichseg.report.collect import Job, Sweep
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A metric protocol: which record keys hold its IoU and Dice, and what they average."""
+
+    name: str
+    iou: str
+    dice: str
+    description: str
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "paper": Protocol(
+        "paper",
+        "iou_paper",
+        "dice_paper",
+        f"paper-style: {METRIC_PROTOCOLS['paper']}",
+    ),
+    "lesion": Protocol(
+        "lesion",
+        "iou_lesion",
+        "dice_lesion",
+        f"lesion: {METRIC_PROTOCOLS['lesion']} Comparable with the dataset paper's Dice.",
+    ),
+    "pooled": Protocol(
+        "pooled", "iou_pooled", "dice_pooled", f"pooled: {METRIC_PROTOCOLS['pooled']}"
+    ),
+}
+DETECTION_KEYS = ("sensitivity_detection", "specificity_detection")
+DETECTION_DESCRIPTION = f"detection: {METRIC_PROTOCOLS['detection']}"
+TRAIN_MEANING = (
+    "Train = the running metric over each epoch's augmented training batches (model in training "
+    "mode, dropout on), as Keras reported it, averaged over folds; not a re-scoring of the "
+    "training set."
+)
+STD_MEANING = "Std = sample standard deviation (ddof=1) over the folds present (n_folds)."
+# The network class has fixed 3x3 convolutions and 2x2 max pooling (ichseg/models/unet.py).
+KERNEL = "(3x3)"
+POOL = "(2x2)"
+DISPLAY_NAMES = {"unet": "U-Net", "dunet": "D-Unet"}
+CSV_COLUMNS = (
+    "architecture",
+    "epoch",
+    "protocol",
+    "train_iou",
+    "train_dice",
+    "val_iou_mean",
+    "val_iou_std",
+    "val_dice_mean",
+    "val_dice_std",
+    "n_folds",
+)
+
+
+def protocol(name: str) -> Protocol:
+    """The protocol called `name`; IchsegError listing the known ones otherwise."""
+    if name not in PROTOCOLS:
+        raise IchsegError(f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def display_name(model: str) -> str:
+    """The paper's spelling of an architecture name."""
+    return DISPLAY_NAMES.get(model, model)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std of per-fold values (NaN where undefined) and how many were defined."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> Stat:
+        """Mean/std (ddof=1) over the finite values; null/NaN values are left out."""
+        finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+        mean = float(finite.mean()) if finite.size else math.nan
+        std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+        return cls(mean, std, int(finite.size))
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """The architecture columns of Table 1, read from the jobs' configs."""
+
+    model: str
+    filters: tuple[int, ...]
+    dropout: float
+    batch_size: int
+    batch_norm: bool
+    conflicts: tuple[str, ...]  # config keys whose value differs between this model's folds
+
+    @property
+    def filters_text(self) -> str:
+        """Filters per layer as the paper writes them, e.g. (64,128,256,512,1024)."""
+        return "(" + ",".join(str(f) for f in self.filters) + ")"
+
+    @property
+    def dropout_text(self) -> str:
+        """Dropout factor, NA when the model has none (as in the paper)."""
+        return "NA" if not self.dropout else f"{self.dropout:g}"
+
+
+# The network's settings sit under model.module (the Lightning module's arguments); model.net is
+# accepted too, for configs that nest the network separately.
+NET_SECTIONS = ("model.module", "model.net")
+NET_KEYS = ("filters", "dropout", "batch_norm")
+# Keys that must agree across one model's folds for their mean to describe one configuration.
+CONSISTENCY_KEYS = (
+    *(f"{s}.{k}" for s in NET_SECTIONS for k in NET_KEYS),
+    "data.batch_size",
+    "data.size",
+    "data.split",
+    "data.n_folds",
+    "data.seed",
+    "trainer.max_epochs",
+    "checkpoint_every",
+)
+
+
+def net_value(job: Job, name: str) -> Any:
+    """A network setting (`filters`, `dropout`, `batch_norm`) from the first section that has it."""
+    for section in NET_SECTIONS:
+        value = job.get(f"{section}.{name}", None)
+        if value is not None:
+            return value
+    raise IchsegError(
+        f"{job.source}: config key '{NET_SECTIONS[0]}.{name}' (or '{NET_SECTIONS[1]}.{name}') "
+        "is missing"
+    )
+
+
+def arch_info(sweep: Sweep, model: str) -> ArchInfo | None:
+    """Architecture columns of `model` from its first configured job; None when none has one."""
+    jobs = [j for j in sweep.jobs_of(model) if j.config]
+    if not jobs:
+        return None
+    first = jobs[0]
+    conflicts = tuple(k for k in CONSISTENCY_KEYS if len({repr(j.get(k, None)) for j in jobs}) > 1)
+    return ArchInfo(
+        model=model,
+        filters=tuple(int(f) for f in net_value(first, "filters")),
+        dropout=float(net_value(first, "dropout") or 0.0),
+        batch_size=int(first.get("data.batch_size")),
+        batch_norm=bool(net_value(first, "batch_norm")),
+        conflicts=conflicts,
+    )
+
+
+def fold_values(
+    sweep: Sweep, model: str, epoch: int, split: str, key: str
+) -> dict[int, float | None]:
+    """Per-fold value of metric `key` in the `split` ("train"/"val") dict of the epoch's records."""
+    out: dict[int, float | None] = {}
+    for job in sweep.jobs_of(model):
+        record = job.record(epoch)
+        if record is not None:
+            value = (record.get(split) or {}).get(key)
+            out[job.fold] = None if value is None else float(value)
+    return out
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of Table 1 under one protocol."""
+
+    model: str
+    epoch: int
+    protocol: str
+    train_iou: Stat
+    train_dice: Stat
+    val_iou: Stat
+    val_dice: Stat
+    folds: tuple[int, ...]  # folds with a record at this epoch
+
+    @property
+    def n_folds(self) -> int:
+        """How many folds have a record at this epoch."""
+        return len(self.folds)
+
+    @property
+    def score(self) -> float:
+        """The selection score: mean of the mean validation IoU and mean validation Dice."""
+        return (self.val_iou.mean + self.val_dice.mean) / 2
+
+
+def table_rows(sweep: Sweep, protocol_name: str) -> list[TableRow]:
+    """Table 1 rows under one protocol, architectures in sweep order, epochs ascending."""
+    p = protocol(protocol_name)
+    rows = []
+    for model in sweep.models:
+        for epoch in sweep.epochs(model):
+            folds = tuple(sorted(fold_values(sweep, model, epoch, "val", "loss")))
+            if not folds:
+                continue
+
+            def stat(split: str, key: str, model: str = model, epoch: int = epoch) -> Stat:
+                return Stat.of(list(fold_values(sweep, model, epoch, split, key).values()))
+
+            rows.append(
+                TableRow(
+                    model=model,
+                    epoch=epoch,
+                    protocol=p.name,
+                    train_iou=stat("train", p.iou),
+                    train_dice=stat("train", p.dice),
+                    val_iou=stat("val", p.iou),
+                    val_dice=stat("val", p.dice),
+                    folds=folds,
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class DetectionRow:
+    """Validation detection sensitivity/specificity of one architecture x epoch."""
+
+    model: str
+    epoch: int
+    sensitivity: Stat
+    specificity: Stat
+    n_folds: int
+
+
+def detection_rows(sweep: Sweep) -> list[DetectionRow]:
+    """Detection rows for every architecture x recorded epoch."""
+    rows = []
+    for model in sweep.models:
+        for epoch in sweep.epochs(model):
+            sens = fold_values(sweep, model, epoch, "val", DETECTION_KEYS[0])
+            spec = fold_values(sweep, model, epoch, "val", DETECTION_KEYS[1])
+            n = len(fold_values(sweep, model, epoch, "val", "loss"))
+            if n:
+                rows.append(
+                    DetectionRow(
+                        model, epoch, Stat.of(list(sens.values())), Stat.of(list(spec.values())), n
+                    )
+                )
+    return rows
+
+
+def undefined_values(sweep: Sweep, protocol_name: str) -> list[str]:
+    """Records whose metric under this protocol is null (e.g. lesion Dice on a fold w/o lesions)."""
+    p = protocol(protocol_name)
+    out = []
+    for job in sweep.jobs:
+        for r in job.records:
+            for split in ("train", "val"):
+                for key in (p.iou, p.dice):
+                    if (r.get(split) or {}).get(key) is None:
+                        out.append(f"{job.name} epoch {r['epoch']} {split}/{key}")
+    return out
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """A number for tables; NA where undefined."""
+    return "NA" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def fmt_stat(stat: Stat, digits: int = 3) -> str:
+    """`mean (std)` as the paper writes it."""
+    return f"{fmt(stat.mean, digits)} ({fmt(stat.std, digits)})"
+
+
+def table1_csv(rows: list[TableRow]) -> str:
+    """table1.csv: one line per architecture x epoch x protocol; empty cells where undefined."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+
+    def cell(v: float) -> str:
+        return repr(v) if math.isfinite(v) else ""
+
+    for r in rows:
+        writer.writerow(
+            [
+                r.model,
+                r.epoch,
+                r.protocol,
+                cell(r.train_iou.mean),
+                cell(r.train_dice.mean),
+                cell(r.val_iou.mean),
+                cell(r.val_iou.std),
+                cell(r.val_dice.mean),
+                cell(r.val_dice.std),
+                r.n_folds,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _marked(
+    rows: list[TableRow], chosen: dict[str, int], best: tuple[str, int] | None
+) -> Iterator[tuple[TableRow, bool, bool, bool]]:
+    """Yield (row, first_of_architecture, is_selected, is_best_overall)."""
+    previous = None
+    for r in rows:
+        yield (
+            r,
+            r.model != previous,
+            chosen.get(r.model) == r.epoch,
+            best == (r.model, r.epoch),
+        )
+        previous = r.model
+
+
+def table1_markdown(
+    rows: list[TableRow],
+    archs: dict[str, ArchInfo | None],
+    chosen: dict[str, int],
+    best: tuple[str, int] | None,
+) -> str:
+    """Table 1 as Markdown; selected rows bold, the best overall marked with a dagger."""
+    head = (
+        "| Architecture | Conv. filters per layer | Kernel | Pool | Dropout | Batch | Epochs "
+        "| Train IoU | Train Dice | Val IoU (std) | Val Dice (std) | n_folds |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r, first, selected, top in _marked(rows, chosen, best):
+        info = archs.get(r.model)
+        arch_cells = (
+            [display_name(r.model), *_arch_cells(info)] if first else ["", "", "", "", "", ""]
+        )
+        numbers = [
+            str(r.epoch) + (" †" if top else ""),
+            fmt(r.train_iou.mean),
+            fmt(r.train_dice.mean),
+            fmt_stat(r.val_iou),
+            fmt_stat(r.val_dice),
+        ]
+        if selected:
+            numbers = [f"**{c}**" for c in numbers]
+        lines.append("| " + " | ".join([*arch_cells, *numbers, str(r.n_folds)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _arch_cells(info: ArchInfo | None) -> list[str]:
+    """Filters, kernel, pool, dropout, batch size; '?' when no config was readable."""
+    if info is None:
+        return ["?", KERNEL, POOL, "?", "?"]
+    return [info.filters_text, KERNEL, POOL, info.dropout_text, str(info.batch_size)]
+
+
+def detection_markdown(rows: list[DetectionRow]) -> str:
+    """Validation detection sensitivity/specificity per architecture x epoch, as Markdown."""
+    lines = [
+        "| Architecture | Epochs | Val sensitivity (std) | Val specificity (std) | n_folds |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {display_name(r.model)} | {r.epoch} | {fmt_stat(r.sensitivity)} | "
+        f"{fmt_stat(r.specificity)} | {r.n_folds} |"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    """Escape the LaTeX special characters that can appear in names and descriptions."""
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&")):
+        text = text.replace(a, b)
+    return text.replace("#", r"\#")
+
+
+def table1_latex(
+    rows: list[TableRow],
+    archs: dict[str, ArchInfo | None],
+    chosen: dict[str, int],
+    best: tuple[str, int] | None,
+    caption: str,
+    label: str,
+) -> str:
+    """One Table 1 as a LaTeX table (booktabs); selected rows bold, the best overall underlined."""
+    lines = [
+        r"\begin{table}[ht]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{lllllrrrrllr}",
+        r"\toprule",
+        r"Architecture & Conv.\ filters per layer & Kernel & Pool & Dropout & Batch & Epochs & "
+        r"Train IoU & Train Dice & Val IoU (std) & Val Dice (std) & $n$ \\",
+        r"\midrule",
+    ]
+    for r, first, selected, top in _marked(rows, chosen, best):
+        if first and lines[-1] != r"\midrule":
+            lines.append(r"\midrule")
+        info = archs.get(r.model)
+        arch_cells = [display_name(r.model), *_arch_cells(info)] if first else [""] * 6
+        numbers = [
+            str(r.epoch),
+            fmt(r.train_iou.mean),
+            fmt(r.train_dice.mean),
+            fmt_stat(r.val_iou),
+            fmt_stat(r.val_dice),
+        ]
+        if selected:
+            numbers = [rf"\textbf{{{c}}}" for c in numbers]
+        if top:
+            numbers = [rf"\underline{{{c}}}" for c in numbers]
+        cells = [*(_tex(c) for c in arch_cells), *numbers, str(r.n_folds)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        rf"\caption{{{_tex(caption)}}}",
+        rf"\label{{{label}}}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"

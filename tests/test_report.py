@@ -1,0 +1,517 @@
+"""The report stage on hand-made sweep folders: Table 1, selection, paired test, completeness."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from matplotlib.image import imread
+from scipy import stats
+
+from ichseg.errors import IchsegError
+from ichseg.report.build import build_report
+from ichseg.report.collect import collect_sweep, latest_sweep
+from ichseg.report.heldout import TestExample, TestResult
+from ichseg.report.selection import select
+from ichseg.report.table import CSV_COLUMNS, table_rows
+from ichseg.training.records import read_records, upsert_history, upsert_record, write_job
+
+KEYS = ("iou_paper", "dice_paper", "iou_lesion", "dice_lesion", "iou_pooled", "dice_pooled")
+DETECTION = ("sensitivity_detection", "specificity_detection")
+PROTOCOL_KEYS = {
+    "paper": ("iou_paper", "dice_paper"),
+    "lesion": ("iou_lesion", "dice_lesion"),
+    "pooled": ("iou_pooled", "dice_pooled"),
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def random_metrics(rng: np.random.Generator) -> dict:
+    """A record's metric dict with every key random in (0.2, 0.9)."""
+    out = {k: float(rng.uniform(0.2, 0.9)) for k in (*KEYS, *DETECTION)}
+    out["loss"] = 1 - out["dice_paper"]
+    return out
+
+
+def make_sweep(
+    root: Path,
+    metrics=None,
+    models=("unet", "dunet"),
+    folds=range(10),
+    max_epochs: int = 300,
+    every: int = 100,
+    skip_jobs=(),
+    skip_records=(),
+    status=None,
+    fold_override: str | None = "range(0,10)",
+    data: dict | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Write a fake sweep: multirun.yaml, and per job config.yaml, job.json, records, history.
+
+    `metrics(model, fold, epoch, split)` returns a metric dict; random by default.
+    """
+    rng = np.random.default_rng(0)
+    metrics = metrics or (lambda m, f, e, s: random_metrics(rng))
+    status = status or {}
+    root.mkdir(parents=True)
+    cache = cache_dir or root.parent / f"{root.name}-cache"
+    if cache_dir is None:
+        cache.mkdir()
+        meta = {"csv_sha256": "ab" * 32, "source": "phantom", "counts": {"slices": 636}}
+        (cache / "meta.json").write_text(json.dumps(meta))
+    task = [f"model={','.join(models)}"] + ([f"fold={fold_override}"] if fold_override else [])
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    epochs = sorted({*range(every, max_epochs + 1, every), max_epochs})
+    for model in models:
+        for fold in folds:
+            if (model, fold) in skip_jobs:
+                continue
+            job = root / f"{model}-fold{fold}"
+            job.mkdir()
+            filters = [64, 128, 256, 512, 1024] if model == "unet" else [32, 64, 128, 256, 512]
+            config = {
+                "model": {
+                    "name": model,
+                    "module": {
+                        "filters": filters,
+                        "batch_norm": model == "dunet",
+                        "dropout": 0.2 if model == "dunet" else 0.0,
+                    },
+                },
+                "data": {
+                    "batch_size": 32,
+                    "size": 64,
+                    "split": "slice",
+                    "n_folds": 10,
+                    "seed": 0,
+                    **(data or {}),
+                    "fold": fold,
+                },
+                "trainer": {"max_epochs": max_epochs},
+                "checkpoint_every": every,
+                "seed": 0,
+                "fold": fold,
+                "experiment_name": "test",
+            }
+            (job / "config.yaml").write_text(yaml.safe_dump(config))
+            write_job(
+                job,
+                {
+                    "model": model,
+                    "fold": fold,
+                    "seed": 0,
+                    "status": status.get((model, fold), "done"),
+                    "config_hash": "0" * 16,
+                    "code_version": "v0-test",
+                    "packages": {"torch": "2.13"},
+                    "hardware": {"machine": "x86_64"},
+                    "started": 1.7e9,
+                    "finished": 1.7e9 + 60,
+                    "cache_dir": str(cache),
+                },
+            )
+            for epoch in epochs:
+                if (model, fold, epoch) in skip_records:
+                    continue
+                upsert_record(
+                    job,
+                    {
+                        "model": model,
+                        "fold": fold,
+                        "epoch": epoch,
+                        "checkpoint": f"checkpoints/epoch={epoch:04d}.ckpt",
+                        "train": metrics(model, fold, epoch, "train"),
+                        "val": metrics(model, fold, epoch, "val"),
+                    },
+                )
+            for epoch in range(1, max_epochs + 1, max(1, max_epochs // 3)):
+                upsert_history(
+                    job,
+                    {
+                        "epoch": epoch,
+                        "train/loss": 1 / epoch + 0.01 * fold,
+                        "val/loss": 1.1 / epoch + 0.01 * fold,
+                    },
+                )
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """table1.csv as dicts."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def report_section(text: str, title: str) -> str:
+    """The text of one `## title` section of report.md."""
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else None]
+
+
+def test_table1_csv_matches_an_independent_computation(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    out = build_report(sweep)
+    with open(out / "table1.csv", newline="") as fh:
+        assert tuple(next(csv.reader(fh))) == CSV_COLUMNS
+    rows = read_csv(out / "table1.csv")
+    assert len(rows) == 2 * 3 * 3  # models x epochs x protocols
+    for row in rows:
+        iou_key, dice_key = PROTOCOL_KEYS[row["protocol"]]
+        records = [
+            r
+            for f in range(10)
+            for r in read_records(sweep / f"{row['architecture']}-fold{f}")
+            if r["epoch"] == int(row["epoch"])
+        ]
+        assert int(row["n_folds"]) == len(records) == 10
+        for column, split, key in (
+            ("train_iou", "train", iou_key),
+            ("train_dice", "train", dice_key),
+            ("val_iou_mean", "val", iou_key),
+            ("val_dice_mean", "val", dice_key),
+        ):
+            expected = np.mean([r[split][key] for r in records])
+            assert float(row[column]) == pytest.approx(expected, abs=1e-12)
+        for column, key in (("val_iou_std", iou_key), ("val_dice_std", dice_key)):
+            expected = np.std([r["val"][key] for r in records], ddof=1)
+            assert float(row[column]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_markdown_and_latex_contain_every_row(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    out = build_report(sweep)
+    text = (out / "report.md").read_text()
+    tex = (out / "table1.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == 3
+    assert "(64,128,256,512,1024)" in text and "(32,64,128,256,512)" in tex
+    for row in read_csv(out / "table1.csv"):
+        cell = f"{float(row['val_dice_mean']):.3f} ({float(row['val_dice_std']):.3f})"
+        section = report_section(
+            text,
+            "Table 1 (paper protocol)"
+            if row["protocol"] == "paper"
+            else f"Table 1 under the {row['protocol']} protocol",
+        )
+        lines = [line.replace("*", "") for line in section.splitlines()]
+        assert any(cell in line and f"| {row['epoch']} " in line for line in lines)
+        assert any(cell in line for line in tex.splitlines() if "&" in line)
+    assert "ddof=1" in text and "augmented training batches" in text
+    assert "synthetic phantom" in text and "ab" * 32 in text and "v0-test" in text
+
+
+def test_selection_picks_best_epoch_and_breaks_ties(tmp_path):
+    # Per-fold val IoU = Dice values, by (model, epoch): unet peaks at 200; dunet's epochs 100,
+    # 200 and 300 tie on the mean, 200 and 300 have the lower (zero) std, 200 comes first.
+    values = {
+        ("unet", 100): [0.5] * 10,
+        ("unet", 200): [0.7] * 10,
+        ("unet", 300): [0.6] * 10,
+        ("dunet", 100): [0.5, 0.7] * 5,
+        ("dunet", 200): [0.6] * 10,
+        ("dunet", 300): [0.6] * 10,
+    }
+
+    def metrics(model, fold, epoch, split):
+        v = values[(model, epoch)][fold]
+        return {**{k: v for k in (*KEYS, *DETECTION)}, "loss": 1 - v}
+
+    sweep = make_sweep(tmp_path / "sweep", metrics=metrics)
+    selection = select(table_rows(collect_sweep(sweep), "paper"), "paper")
+    assert selection.epochs() == {"unet": 200, "dunet": 200}
+    assert selection.best == "unet"
+    summary = json.loads((build_report(sweep) / "summary.json").read_text())
+    chosen = summary["selection"]["paper"]["models"]["dunet"]
+    assert chosen["epoch"] == 200
+    assert chosen["checkpoints"]["3"].endswith("dunet-fold3/checkpoints/epoch=0200.ckpt")
+
+
+def test_selection_uses_the_combined_score_when_iou_and_dice_disagree(tmp_path):
+    def metrics(model, fold, epoch, split):
+        iou, dice = {100: (0.70, 0.70), 200: (0.60, 0.75), 300: (0.66, 0.76)}[epoch]
+        return {**{k: 0.5 for k in (*KEYS, *DETECTION)}, "iou_paper": iou, "dice_paper": dice}
+
+    sweep = make_sweep(tmp_path / "sweep", metrics=metrics, models=("dunet",))
+    choice = select(table_rows(collect_sweep(sweep), "paper"), "paper").choices["dunet"]
+    assert (choice.epoch, choice.best_iou_epoch, choice.best_dice_epoch) == (300, 100, 300)
+    assert "IoU alone would pick epoch 100" in choice.agreement
+
+
+def test_missing_job_and_missing_records_are_named(tmp_path):
+    sweep = make_sweep(
+        tmp_path / "sweep",
+        skip_jobs={("dunet", 3)},
+        skip_records={("unet", 1, 200), ("unet", 2, 300)},
+        status={("unet", 2): "running"},
+    )
+    out = build_report(sweep)
+    text = report_section((out / "report.md").read_text(), "Completeness")
+    assert "folder is gone): dunet-fold3." in text
+    assert "unet-fold1: epochs 200" in text
+    assert "unet-fold2: epochs 300" in text
+    assert "unet-fold2 (running, or interrupted)" in text
+    assert "dunet-fold3 (job missing): epochs 100, 200, 300" in text
+    n_folds = {(r["architecture"], r["epoch"]): r["n_folds"] for r in read_csv(out / "table1.csv")}
+    assert n_folds[("dunet", "100")] == "9"
+    assert n_folds[("unet", "200")] == "9"
+    assert n_folds[("unet", "300")] == "9"
+    assert n_folds[("unet", "100")] == "10"
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"model": "unet", "fold": 1, "epoch": 200} in summary["completeness"]["missing_records"]
+    assert summary["completeness"]["missing_jobs"] == ["dunet-fold3"]
+
+
+def test_expected_folds_come_from_n_folds_without_a_fold_override(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", folds=range(3), fold_override=None)
+    found = collect_sweep(sweep)
+    assert found.expected_folds == list(range(10))
+    assert ("unet", 9) in found.missing_jobs and ("dunet", 3) in found.missing_jobs
+
+
+def test_sweep_without_records_or_multirun_is_an_error(tmp_path):
+    sweep = make_sweep(
+        tmp_path / "empty",
+        max_epochs=100,
+        skip_records={(m, f, 100) for m in ("unet", "dunet") for f in range(10)},
+    )
+    with pytest.raises(IchsegError, match=re.escape(str(sweep))):
+        build_report(sweep)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(IchsegError, match=re.escape("multirun.yaml")):
+        build_report(plain)
+    with pytest.raises(IchsegError, match="protocol"):
+        build_report(sweep, protocol="nope")
+
+
+def _pairs(sweep: Path, key: str, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-fold val values of unet and dunet at `epoch`, read straight from the records."""
+
+    def values(model):
+        return np.array(
+            [
+                r["val"][key]
+                for f in range(10)
+                for r in read_records(sweep / f"{model}-fold{f}")
+                if r["epoch"] == epoch
+            ]
+        )
+
+    return values("unet"), values("dunet")
+
+
+def test_clear_difference_is_claimed_with_scipy_p_value(tmp_path):
+    def metrics(model, fold, epoch, split):
+        # The same fold draws the same U-Net values; D-Unet adds 0.05-0.07 to each.
+        base = random_metrics(np.random.default_rng([fold, split == "val"]))
+        if model == "dunet":
+            lift = np.random.default_rng([fold, 9]).uniform(0.05, 0.07)
+            base = {k: v + lift for k, v in base.items()}
+        return base
+
+    sweep = make_sweep(tmp_path / "sweep", metrics=metrics, max_epochs=100)
+    out = build_report(sweep)
+    summary = json.loads((out / "summary.json").read_text())
+    for name, comparisons in summary["comparisons"].items():
+        for c in comparisons:
+            key = PROTOCOL_KEYS[name][0 if c["metric"] == "iou" else 1]
+            unet, dunet = _pairs(sweep, key, 100)
+            assert c["p_value"] == pytest.approx(stats.wilcoxon(dunet, unet).pvalue, rel=1e-12)
+            assert c["significant"] == (c["p_value"] < 0.05)
+    paper = summary["comparisons"]["paper"]
+    unet, dunet = _pairs(sweep, "dice_paper", 100)
+    assert np.all(dunet > unet)
+    dice = next(c for c in paper if c["metric"] == "dice")
+    assert dice["p_value"] == pytest.approx(2 / 2**10)  # exact: all 10 signs agree
+    assert dice["mean_diff_b_minus_a"] == pytest.approx(np.mean(dunet - unet))
+    d = dunet - unet
+    half = stats.t.ppf(0.975, 9) * d.std(ddof=1) / np.sqrt(10)
+    assert dice["t_ci"] == pytest.approx([d.mean() - half, d.mean() + half])
+    text = report_section((out / "report.md").read_text(), "Paired comparison")
+    assert "D-Unet is better than U-Net on validation Dice (paper protocol)" in text
+
+
+def test_noise_difference_is_not_claimed(tmp_path):
+    rng = np.random.default_rng(7)
+    sweep = make_sweep(tmp_path / "sweep", metrics=lambda *a: random_metrics(rng), max_epochs=100)
+    for key in ("iou_paper", "dice_paper"):
+        unet, dunet = _pairs(sweep, key, 100)
+        assert stats.wilcoxon(dunet, unet).pvalue >= 0.05  # the premise of this test
+    out = build_report(sweep)
+    text = report_section((out / "report.md").read_text(), "Paired comparison")
+    assert "is better than" not in text
+    assert text.count("is not supported") == 2
+
+
+def test_one_fold_is_not_enough_to_compare(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", folds=[0], fold_override="0", max_epochs=100)
+    text = (build_report(sweep) / "report.md").read_text()
+    assert "Not enough folds" in report_section(text, "Paired comparison")
+    assert "is better than" not in text
+
+
+def test_figures_are_pngs_and_test_results_are_rendered(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    image = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    mask = np.zeros((32, 32), bool)
+    mask[10:20, 10:20] = True
+    result = TestResult(
+        model="dunet",
+        epoch=200,
+        scoring="ensemble of 10 fold models",
+        n_slices=64,
+        overall={k: 0.5 for k in (*KEYS, *DETECTION)},
+        by_subtype={"Epidural": {"dice_lesion": 0.625, "specificity_detection": None}},
+        subtype_counts={"Epidural": 12},
+        examples=[TestExample("049_12", image, mask, np.roll(mask, 2, axis=0), ("Epidural",))],
+    )
+    calls = []
+
+    def evaluate(found, selection):
+        calls.append((found.root, selection.protocol))
+        return [result]
+
+    out = build_report(sweep, out_dir=tmp_path / "out", test_eval=evaluate)
+    assert calls == [(sweep, "paper")]
+    names = ["loss_curves.png", "val_dice_by_epoch.png", "test_overlays_dunet_0.png"]
+    for name in names:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE)
+        assert imread(out / name).ndim == 3
+    text = (out / "report.md").read_text()
+    assert all(f"]({name})" in text for name in names)
+    test = report_section(text, "Test set")
+    assert "| Epidural | 12 |" in test and "0.625" in test and "ensemble of 10 fold models" in test
+
+
+def test_rebuilding_replaces_the_report(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", max_epochs=100)
+    out = build_report(sweep)
+    (out / "stale.txt").write_text("old")
+    assert build_report(sweep) == out
+    assert not (out / "stale.txt").exists()
+    assert not [p for p in sweep.iterdir() if p.name.startswith(".report")]
+
+
+def test_latest_sweep_is_the_last_launched(tmp_path):
+    with pytest.raises(IchsegError, match="no sweep"):
+        latest_sweep(tmp_path)
+    older = tmp_path / "demo" / "a"
+    newer = tmp_path / "paper" / "b"
+    for path, stamp in ((older, 1_000), (newer, 2_000)):
+        path.mkdir(parents=True)
+        (path / "multirun.yaml").write_text("{}")
+        os.utime(path / "multirun.yaml", (stamp, stamp))
+    assert latest_sweep(tmp_path) == newer
+
+
+def test_test_eval_scores_ensemble_and_best_fold(tmp_path):
+    torch = pytest.importorskip("torch")
+    import pytorch_lightning as pl
+
+    from ichseg.data.datamodule import ICHDataModule
+    from ichseg.metrics import confusion_counts, lesion_dice, paper_dice
+    from ichseg.report.test_eval import evaluate_test
+    from ichseg.training.module import SegmentationModule
+
+    data = {
+        "_target_": "ichseg.data.datamodule.ICHDataModule",
+        "phantom": {"root": str(tmp_path / "phantom"), "patients": 6, "size": 64, "seed": 0},
+        "cache_root": str(tmp_path / "cache"),
+        "size": 32,
+        "batch_size": 8,
+    }
+    dm = ICHDataModule(fold=0, **{k: v for k, v in data.items() if k != "_target_"})
+    dm.setup("test")
+    sweep = make_sweep(
+        tmp_path / "sweep",
+        models=("dunet",),
+        folds=[0, 1],
+        fold_override="0,1",
+        max_epochs=100,
+        data=data,
+        cache_dir=dm.cache_dir,
+    )
+    modules = {}
+    for fold in (0, 1):
+        torch.manual_seed(fold)
+        module = SegmentationModule(filters=(4, 8, 16, 32, 64), batch_norm=True, dropout=0.2)
+        path = sweep / f"dunet-fold{fold}" / "checkpoints" / "epoch=0100.ckpt"
+        path.parent.mkdir()
+        checkpoint = {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        }
+        torch.save(checkpoint, path)
+        modules[fold] = module.eval()
+
+    found = collect_sweep(sweep)
+    selection = select(table_rows(found, "paper"), "paper")
+    ensemble, single = evaluate_test(found, selection, n_examples=3, device="cpu")
+
+    def val_score(fold):
+        val = read_records(sweep / f"dunet-fold{fold}")[0]["val"]
+        return (val["iou_paper"] + val["dice_paper"]) / 2
+
+    best = max((0, 1), key=val_score)
+    images, target = dm.images[dm.test_rows], dm.masks[dm.test_rows] > 0.5
+    with torch.no_grad():
+        probs = {f: torch.sigmoid(m(images)) for f, m in modules.items()}
+    for result, prob in ((ensemble, (probs[0] + probs[1]) / 2), (single, probs[best])):
+        pred = prob > 0.5
+        batches = zip(pred.split(8), target.split(8), strict=True)
+        expected_paper = np.mean([paper_dice(p, t) for p, t in batches])
+        expected_lesion = lesion_dice(*confusion_counts(pred, target))
+        assert result.overall["dice_paper"] == pytest.approx(expected_paper)
+        assert result.overall["dice_lesion"] == pytest.approx(expected_lesion)
+        assert result.n_slices == len(dm.test_rows)
+        subtypes = dm.row_subtypes(dm.test_rows)
+        assert result.subtype_counts["Epidural"] == int(subtypes[:, 3].sum())
+        assert len(result.examples) == min(3, int(subtypes.any(axis=1).sum()))
+    assert ensemble.scoring == "ensemble of 2 folds (0, 1)"
+    assert single.scoring == f"best fold ({best})"
+
+
+def test_wandb_source_gives_the_same_table(tmp_path):
+    from types import SimpleNamespace
+
+    from ichseg.report.wandb_source import collect_wandb
+    from ichseg.training.records import read_history
+
+    sweep = make_sweep(tmp_path / "sweep", skip_records={("unet", 1, 200)})
+    runs = []
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        rows = [
+            {"checkpoint/epoch": r["epoch"]}
+            | {f"checkpoint/{s}_{k}": v for s in ("train", "val") for k, v in r[s].items()}
+            for r in read_records(job)
+        ]
+        rows += [{**h, "epoch": int(h["epoch"]) - 1} for h in read_history(job)]
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        runs.append(
+            SimpleNamespace(
+                config=config,
+                state="finished",
+                path=["me", "ichseg", job.name],
+                scan_history=lambda rows=rows: iter(rows),
+                group="test/sweep",
+            )
+        )
+    api = SimpleNamespace(
+        runs=lambda project, filters: [r for r in runs if r.group == filters["group"]]
+    )
+    local = build_report(sweep)
+    remote = build_report(collect_wandb("me/ichseg", "test/sweep", api), out_dir=tmp_path / "wb")
+    assert (remote / "table1.csv").read_text() == (local / "table1.csv").read_text()
+    text = (remote / "report.md").read_text()
+    assert "unet-fold1: epochs 200" in text and "Read from W&B" in text
+    with pytest.raises(IchsegError, match="no run in group"):
+        collect_wandb("me/ichseg", "other", api)
