@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,10 +17,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ichseg.atomic import atomic_write_text
 from ichseg.errors import IchsegError
+from ichseg.launch.placement import trainer_overrides
 from ichseg.training.callbacks import LAST_CHECKPOINT, CheckpointRecorder
 from ichseg.training.provenance import code_version, hardware, package_versions, project_root
 from ichseg.training.records import read_job, read_records, write_job
@@ -116,6 +120,44 @@ def last_val_dice(job_dir: Path) -> float | None:
     return records[-1]["val"].get("dice_paper") if records else None
 
 
+def check_resume_checkpoint(path: Path, module_cfg: DictConfig) -> None:
+    """Raise unless the checkpoint to resume from was saved with the configured model settings."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise IchsegError(
+            f"{path}: cannot read the checkpoint to resume from ({detail}); delete it to "
+            "train the job from scratch"
+        ) from None
+    saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict):
+        raise IchsegError(
+            f"{path}: not a checkpoint of this training (no hyper_parameters); delete it to "
+            "train the job from scratch"
+        )
+    wanted = OmegaConf.to_container(module_cfg, resolve=True)
+    differ = [
+        f"{key} {_plain(saved[key])} != {_plain(value)}"
+        for key, value in wanted.items()
+        if key in saved and _plain(saved[key]) != _plain(value)
+    ]
+    if differ:
+        raise IchsegError(
+            f"{path}: saved by another model configuration (model.module {'; '.join(differ)}, "
+            "checkpoint != config); choose another hydra.sweep.dir or delete this job folder"
+        )
+
+
+def _plain(value: object) -> object:
+    """Lists for tuples and OmegaConf containers, so saved and configured values compare."""
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """Train `cfg.model` on `cfg.fold`, writing checkpoints, records and job state to its folder."""
     if OmegaConf.is_missing(cfg.data, "root"):
@@ -133,15 +175,17 @@ def run_job(cfg: DictConfig) -> float | None:
         log.info("%s: already finished, skipped", job_dir.name)
         return last_val_dice(job_dir)
 
+    resume = job_dir / LAST_CHECKPOINT
+    ckpt_path = str(resume) if resume.exists() else None
+    if ckpt_path:
+        # Before anything is written: a refused folder keeps its files as they were.
+        check_resume_checkpoint(resume, cfg.model.module)
+        log.info("%s: resuming from %s", job_dir.name, resume)
+
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     print_config_tree(cfg)
     atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
-    resume = job_dir / LAST_CHECKPOINT
-    ckpt_path = str(resume) if resume.exists() else None
-    if ckpt_path:
-        log.info("%s: resuming from %s", job_dir.name, resume)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate_checked(cfg.data)
@@ -176,8 +220,20 @@ def run_job(cfg: DictConfig) -> float | None:
             deterministic=cfg.deterministic,
             benchmark=not cfg.deterministic,
             default_root_dir=str(job_dir),
+            **trainer_overrides(),
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # Pre-empted: CheckpointRecorder saved last.ckpt; exit like a SIGTERM-killed process
+        # (143), so a scheduler requeues the job and nothing reads this as a finished sweep.
+        write_job(job_dir, {**state, "status": "preempted", "stopped_at_step": trainer.global_step})
+        kept = f"{LAST_CHECKPOINT} saved" if trainer.global_step else "no step to save yet"
+        print(
+            f"train.py: {job_dir.name}: stopped by SIGTERM at step {trainer.global_step}, "
+            f"{kept}; run the sweep again to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + signal.SIGTERM) from None
     except BaseException as exc:
         write_job(job_dir, {**state, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise

@@ -1,0 +1,1 @@
+"""ichseg's Hydra launchers: `hydra/launcher=gpus` (one machine, many GPUs) and `slurm`."""
