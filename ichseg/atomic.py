@@ -9,12 +9,18 @@ holder exits, so a killed process never leaves a stale lock behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from ichseg.errors import IchsegError
+
+# A full disk or quota: the user can act on it, and the previous file is still there.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _current_umask() -> int:
@@ -28,25 +34,35 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     prefix = f".{path.name}.tmp-"
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        mode = 0o777
     else:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
         os.close(fd)
         tmp = Path(name)
-        # mkstemp creates 0600; give the final file the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        mode = 0o666
+    # mkstemp/mkdtemp create 0600/0700; give the result the permissions a plain open() or
+    # mkdir would, so caches and reports are readable by the rest of a shared group.
+    os.chmod(tmp, mode & ~_current_umask())
     try:
         yield tmp
         if is_dir and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            kept = f"the previous {path.name} is kept" if existed else "nothing was written"
+            raise IchsegError(
+                f"{path}: cannot write it, {os.strerror(exc.errno).lower()} ({kept}; "
+                "free space and run again)"
+            ) from exc
         raise
 
 

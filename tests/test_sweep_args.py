@@ -78,6 +78,16 @@ def test_good_overrides_pass_and_n_folds_override_is_honoured():
         check_overrides(["data.n_folds=5", "fold=5"], CONF)
 
 
+# The case names are rows of docs/reliability.md (tests/conftest.py).
+CASES = {
+    "fold=0..9 sweeps 10 values: add -m": "range without -m",
+    "fold=10 is out of range": "fold outside 0-9",
+    "fold=abc is not an integer": "fold not an integer",
+    "model=foo is unknown": "unknown model=",
+}
+
+
+@pytest.mark.reliability(entry="train.py")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -87,7 +97,7 @@ def test_good_overrides_pass_and_n_folds_override_is_honoured():
         (["model=foo"], "model=foo is unknown"),
     ],
 )
-def test_train_py_fails_with_one_line_before_any_job(args, message, tmp_path):
+def test_train_py_fails_with_one_line_before_any_job(args, message, tmp_path, record_behaviour):
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         capture_output=True,
@@ -101,3 +111,8 @@ def test_train_py_fails_with_one_line_before_any_job(args, message, tmp_path):
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert not (tmp_path / "experiments").exists()
+    record_behaviour(
+        f"exit 2, no job started, nothing written: {lines[0]}",
+        case=CASES[message],
+        did=f"python train.py {' '.join(args)}",
+    )

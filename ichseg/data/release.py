@@ -81,7 +81,10 @@ class PatientVolume:
 
 def _children_by_lower_name(folder: Path) -> dict[str, Path]:
     """Map lower-cased entry names of `folder` to their paths (case-insensitive lookup)."""
-    return {child.name.lower(): child for child in folder.iterdir()}
+    try:
+        return {child.name.lower(): child for child in folder.iterdir()}
+    except OSError as err:
+        raise IchsegError(f"{folder}: cannot list the folder ({err.strerror})") from None
 
 
 def _parse_cell(text: str, where: str, column: str, binary: bool) -> int:
@@ -185,6 +188,11 @@ def _load_nifti(
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read a 3-D NIfTI through nibabel's scaling: float32 (H, W, N) data, affine and zooms."""
     try:
+        with open(path, "rb"):
+            pass  # nibabel's file-type sniffing would hide why a file cannot be opened
+    except OSError as err:
+        raise IchsegError(f"{label}: cannot read the file ({err.strerror})") from None
+    try:
         image = nib.load(path)
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
             raise IchsegError(f"{label}: expected a NIfTI image, found {type(image).__name__}")
@@ -200,6 +208,21 @@ def _load_nifti(
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise IchsegError(f"{label}: cannot read as NIfTI ({detail})") from err
     return data, image.affine, zooms  # type: ignore[return-value]
+
+
+def _check_no_unlisted_volumes(
+    folder: Path | None, listed: dict[int, Path], csv_path: Path
+) -> None:
+    """A volume whose patient has no CSV rows means the CSV lost that patient: refuse it."""
+    if folder is None or not folder.is_dir():
+        return
+    for name, path in sorted(_children_by_lower_name(folder).items()):
+        stem = next((name[: -len(s)] for s in NIFTI_SUFFIXES if name.endswith(s)), "")
+        if stem.isdigit() and int(stem) not in listed:
+            raise IchsegError(
+                f"{csv_path.name} has no rows for patient {int(stem)}, but {path} exists; "
+                "expected one row per slice of every scan"
+            )
 
 
 class Release:
@@ -242,7 +265,10 @@ class Release:
         csv_path = entries.get(CSV_NAME)
         if csv_path is None or not csv_path.is_file():
             raise IchsegError(f"{root}: missing {CSV_NAME} (the slice labels of the release)")
-        raw = csv_path.read_bytes()
+        try:
+            raw = csv_path.read_bytes()
+        except OSError as err:
+            raise IchsegError(f"{csv_path}: cannot read the file ({err.strerror})") from None
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as err:
@@ -262,6 +288,8 @@ class Release:
                         f"expected {root / name / f'{patient:03d}.nii'} (or .nii.gz)"
                     )
                 found[name][patient] = path
+        for folder in folders.values():
+            _check_no_unlisted_volumes(folder, found[SCAN_DIR], csv_path)
         return cls(
             root,
             labels,

@@ -10,6 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ichseg.atomic import atomic_path
 from ichseg.training.records import read_records, upsert_history, upsert_record
@@ -98,6 +99,14 @@ class CheckpointRecorder(pl.Callback):
             upsert_record(self.job_dir, record)
             self._log_to_wandb(trainer, pl_module, record)
         if self.save_last:
+            save_checkpoint_atomically(trainer, self.job_dir / LAST_CHECKPOINT)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning turns SIGTERM (a scheduler's pre-emption) into SIGTERMException after the
+        # current batch; keep that progress so a re-run resumes here instead of an epoch back.
+        if isinstance(exception, SIGTERMException) and self.save_last and trainer.global_step:
             save_checkpoint_atomically(trainer, self.job_dir / LAST_CHECKPOINT)
 
     def _log_to_wandb(
