@@ -8,6 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ichseg-installed
 SWEEP ?=
+SOURCE ?= local
+WANDB_PROJECT ?=
+GROUP ?=
 PROTOCOL ?= paper
 DEMO_ARGS ?=
 
@@ -42,8 +45,9 @@ demo: $(STAMP) ## the 20-job unet,dunet x fold 0..9 sweep at demo scale on synth
 	$(PY) train.py -m experiment=demo model=unet,dunet fold=0..9 $(DEMO_ARGS)
 	$(MAKE) --no-print-directory report
 
-report: $(STAMP) ## report of SWEEP=dir (default: the latest sweep under experiments/)
-	$(VENV)/bin/ichseg report $(SWEEP) --experiments experiments --protocol $(PROTOCOL)
+report: $(STAMP) ## report of SWEEP=dir (default: latest); SOURCE=wandb WANDB_PROJECT=entity/project GROUP=g
+	$(VENV)/bin/ichseg report $(SWEEP) --experiments experiments --protocol $(PROTOCOL) \
+		--source $(SOURCE) $(if $(filter wandb,$(SOURCE)),--project "$(WANDB_PROJECT)" --group "$(GROUP)")
 
 clean: ## remove the venv, caches and the synthetic data (keeps experiments/)
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -6,17 +6,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, train
 
 from ichseg.data.prepare import load_prepared
 from ichseg.training.module import SegmentationModule
 from ichseg.training.records import read_history, read_job, read_records
 
-ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL_KEYS = {
     "loss",
     "dice_paper",
@@ -30,37 +29,6 @@ PROTOCOL_KEYS = {
 }
 
 pytestmark = pytest.mark.slow
-
-
-def train(args: list[str], root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run train.py as a user would, with data and experiments under `root`."""
-    env = {**os.environ, "ICHSEG_ROOT": str(root), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=env,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweep")
-    sweep = root / "experiments" / "tiny" / "s1"
-    result = train(
-        [
-            "-m",
-            "model=unet,dunet",
-            "fold=0..9",
-            "experiment=tiny",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        root,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return sweep
 
 
 def test_sweep_runs_twenty_jobs_with_a_record_for_every_checkpoint(tiny_sweep):
@@ -140,7 +108,12 @@ def test_rerun_skips_finished_jobs(tiny_sweep):
     assert before == after
 
 
-def test_sweep_dir_of_another_config_is_refused(tiny_sweep):
+@pytest.mark.reliability(
+    case="sweep directory of another experiment",
+    did="re-run into a finished sweep folder with model.module.lr=0.5",
+    entry="train.py -m",
+)
+def test_sweep_dir_of_another_config_is_refused(tiny_sweep, record_behaviour):
     root = tiny_sweep.parents[2]
     result = train(
         [
@@ -154,10 +127,17 @@ def test_sweep_dir_of_another_config_is_refused(tiny_sweep):
         root,
     )
     assert result.returncode == 2
-    assert "holds results of another configuration" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds results of another configuration" in lines[0]
+    record_behaviour(f"exit 2, the job is not started: {lines[0]}")
 
 
-def test_killed_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.reliability(
+    case="SIGKILL mid-epoch, sweep re-run",
+    did="SIGKILL once last.ckpt of epoch 1 exists (3 epochs, deterministic, CPU), same command",
+    entry="train.py -m",
+)
+def test_killed_job_resumes_and_matches_an_uninterrupted_run(tmp_path, record_behaviour):
     """SIGKILL after the first checkpoint; the re-run resumes and ends with identical records."""
     common = ["-m", "model=dunet", "fold=2", "experiment=tiny", "trainer.max_epochs=3"]
     common += ["deterministic=true", "logger=none"]
@@ -191,3 +171,7 @@ def test_killed_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
     expected = read_records(reference / "dunet-fold2")
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     assert json.dumps(resumed, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    record_behaviour(
+        "job.json stays 'running'; the re-run resumes from last.ckpt and its records.jsonl "
+        "(epochs 1-3, one row each) equals the uninterrupted run's"
+    )

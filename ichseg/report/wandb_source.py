@@ -20,6 +20,8 @@ from ichseg.report.collect import Job, Sweep, assemble_sweep
 STATES = {"finished": "done", "running": "running", "crashed": "failed", "failed": "failed"}
 CHECKPOINT_PREFIX = "checkpoint/"
 SPLITS = ("train", "val")
+# Seconds per HTTP request: without a network the API must fail in seconds, not retry for minutes.
+API_TIMEOUT_S = 10
 
 
 def _record(row: dict[str, Any], model: str, fold: int) -> dict:
@@ -75,16 +77,50 @@ def job_from_run(run: Any) -> Job:
     )
 
 
-def collect_wandb(project: str, group: str, api: Any = None) -> Sweep:
-    """The sweep whose runs are in W&B `project` ("entity/project") and `group`."""
-    if api is None:
-        import wandb
+def merge_jobs(runs: list[tuple[str, Job]]) -> list[Job]:
+    """One `Job` per (model, fold) from `(created_at, job)` pairs: a resumed job logs a second
+    run, whose records and history rows replace the earlier run's for the same epochs."""
+    by_key: dict[tuple[str, int], list[tuple[str, Job]]] = {}
+    for created, job in runs:
+        by_key.setdefault((job.model, job.fold), []).append((created, job))
+    merged = []
+    for parts in by_key.values():
+        jobs = [job for _, job in sorted(parts, key=lambda p: p[0])]
+        last = jobs[-1]
+        if len(jobs) > 1:
+            records = {r["epoch"]: r for job in jobs for r in job.records}
+            history: dict[float, dict[str, float]] = {}
+            for job in jobs:
+                for row in job.history:
+                    history.setdefault(row["epoch"], {}).update(row)
+            last.records = [records[e] for e in sorted(records)]
+            last.history = [history[e] for e in sorted(history)]
+            last.state = {**last.state, "wandb_runs": [j.state.get("wandb_run") for j in jobs]}
+            last.state["started"] = jobs[0].state.get("started", "")
+        merged.append(last)
+    return merged
 
-        api = wandb.Api()
-    runs = list(api.runs(project, filters={"group": group}))
+
+def collect_wandb(project: str, group: str, api: Any = None, timeout: int = API_TIMEOUT_S) -> Sweep:
+    """The sweep whose runs are in W&B `project` ("entity/project") and `group`."""
+    entity, _, name = project.partition("/")
+    if not entity or not name or "/" in name:
+        raise IchsegError(f"W&B project {project!r}: expected entity/project")
+    import wandb
+
+    try:
+        if api is None:
+            api = wandb.Api(timeout=timeout)
+        runs = list(api.runs(project, filters={"group": group}))
+        found = [(str(getattr(run, "created_at", "")), job_from_run(run)) for run in runs]
+    except (wandb.errors.Error, OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise IchsegError(
+            f"W&B {project}, group {group!r}: the W&B API cannot be read ({reason}); "
+            f"check the network and `wandb login`, or report from the sweep folder"
+        ) from None
     if not runs:
         raise IchsegError(f"W&B {project}: no run in group {group!r}")
-    jobs = [job_from_run(run) for run in runs]
-    sweep = assemble_sweep(Path(f"wandb:{project}/{group}"), {}, jobs)
+    sweep = assemble_sweep(Path(f"wandb:{project}/{group}"), {}, merge_jobs(found))
     sweep.notes.append(f"Read from W&B project {project}, group {group}; no checkpoint files.")
     return sweep

@@ -1,0 +1,159 @@
+"""Read a sweep's W&B offline run files (`<job>/wandb/offline-run-*/run-*.wandb`) as W&B runs.
+
+An offline run file is W&B's transaction log: a 7-byte header (`:W&B`, magic 0xBEE1, version 0)
+and then LevelDB-log framing (32 KiB blocks; each chunk `crc32 uint32, length uint16, type uint8`
+and its bytes; a record is one FULL chunk or FIRST, MIDDLE..., LAST) around serialized
+`wandb_internal_pb2.Record` messages. wandb 0.31 writes it from Go and no longer ships a Python
+reader, so the framing is read here. Each run becomes an object that `job_from_run` reads like an
+API run, so this source yields the same `Job`s the W&B API source does: the report path that needs
+the network can be checked where the network is not reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ichseg.errors import IchsegError
+from ichseg.report.collect import Sweep, assemble_sweep
+from ichseg.report.wandb_source import job_from_run, merge_jobs
+
+RUN_FILES = "*/wandb/offline-run-*/run-*.wandb"
+HEADER = struct.Struct("<4sHB")
+HEADER_FIELDS = (b":W&B", 0xBEE1, 0)
+CHUNK = struct.Struct("<IHB")
+BLOCK = 32768
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_log(path: Path) -> Iterator[bytes]:
+    """The records of a W&B transaction log, in order; a torn last record (killed run) ends it."""
+    data = path.read_bytes()
+    if len(data) < HEADER.size or HEADER.unpack_from(data) != HEADER_FIELDS:
+        raise IchsegError(f"{path}: not a W&B run file (expected the ':W&B' version 0 header)")
+    pos, pending = HEADER.size, None
+    while pos + CHUNK.size <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < CHUNK.size:  # a block's tail too short for a chunk header is padding
+            pos += left
+            continue
+        crc, length, kind = CHUNK.unpack_from(data, pos)
+        if kind == 0 and length == 0:  # zero padding up to the next block
+            pos += left
+            continue
+        start = pos + CHUNK.size
+        if start + length > len(data):
+            return
+        chunk = data[start : start + length]
+        if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            raise IchsegError(f"{path}: corrupt record at byte {pos} (checksum mismatch)")
+        pos = start + length
+        if kind == FULL:
+            yield chunk
+        elif kind == FIRST:
+            pending = chunk
+        elif kind in (MIDDLE, LAST) and pending is not None:
+            pending += chunk
+            if kind == LAST:
+                yield pending
+                pending = None
+        else:
+            raise IchsegError(f"{path}: unexpected record chunk type {kind} at byte {pos}")
+
+
+def _key(item: Any) -> list[str]:
+    """The key path of a config/history item: `key`, or `nested_key` for nested values."""
+    return [item.key] if item.key else list(item.nested_key)
+
+
+def _set(config: dict, path: list[str], value: Any) -> None:
+    """Set a (possibly nested) config key, as W&B merges config updates."""
+    node = config
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+@dataclass
+class OfflineRun:
+    """One offline run with the attributes `job_from_run` reads from an API run."""
+
+    path: tuple[str, ...]
+    config: dict = field(default_factory=dict)
+    state: str = "running"
+    created_at: str = ""
+    group: str = ""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def scan_history(self) -> Iterator[dict[str, Any]]:
+        """The logged rows in order, like `wandb.apis.public.Run.scan_history`."""
+        return iter(self.rows)
+
+
+def read_offline_run(path: str | Path) -> OfflineRun:
+    """An `OfflineRun` from one `run-*.wandb` file: config, history rows, group, final state."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = Path(path)
+    run = OfflineRun(path=(str(path),))
+    for raw in read_log(path):
+        record = pb.Record()
+        try:
+            record.ParseFromString(raw)
+        except DecodeError as exc:
+            raise IchsegError(f"{path}: unreadable W&B record ({exc})") from None
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.group = record.run.run_group
+            started = record.run.start_time.ToDatetime(timezone.utc)
+            if started > datetime.fromtimestamp(0, timezone.utc):
+                run.created_at = started.isoformat()
+            updates, removes = record.run.config.update, record.run.config.remove
+        elif kind == "config":
+            updates, removes = record.config.update, record.config.remove
+        elif kind == "history":
+            run.rows.append(
+                {".".join(_key(i)): json.loads(i.value_json) for i in record.history.item}
+            )
+            continue
+        elif kind == "exit":
+            run.state = "finished" if record.exit.exit_code == 0 else "failed"
+            continue
+        else:
+            continue
+        for item in updates:
+            _set(run.config, _key(item), json.loads(item.value_json))
+        for item in removes:
+            *head, last = _key(item)
+            node = run.config
+            for part in head:
+                node = node.get(part) or {}
+            node.pop(last, None)
+    # The API leaves W&B's own bookkeeping out of a run's config.
+    run.config = {k: v for k, v in run.config.items() if not k.startswith("_wandb")}
+    return run
+
+
+def collect_wandb_offline(sweep_dir: str | Path) -> Sweep:
+    """The sweep as the W&B API would give it, read from its jobs' offline run files."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise IchsegError(f"{root}: sweep folder not found")
+    files = sorted(root.glob(RUN_FILES))
+    if not files:
+        raise IchsegError(f"{root}: no W&B offline run file ({RUN_FILES}); was logger=wandb on?")
+    runs = [read_offline_run(f) for f in files]
+    jobs = merge_jobs([(run.created_at, job_from_run(run)) for run in runs])
+    sweep = assemble_sweep(root, {}, jobs)
+    groups = ", ".join(sorted({r.group for r in runs if r.group})) or "none"
+    sweep.notes.append(
+        f"Read from {len(files)} W&B offline run files (group {groups}); no checkpoint files."
+    )
+    return sweep
