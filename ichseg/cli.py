@@ -1,4 +1,4 @@
-"""The `ichseg` command: phantom, prepare, report.
+"""The `ichseg` command: phantom, prepare, predict, evaluate, report.
 
 Every subcommand turns a user error into one line on stderr and exit status 2.
 """
@@ -49,11 +49,67 @@ def _report(args: argparse.Namespace) -> None:
     from ichseg.report.build import build_report, latest_sweep
     from ichseg.report.test_eval import evaluate_test
 
-    sweep = Path(args.sweep) if args.sweep else latest_sweep(Path(args.experiments))
-    out = build_report(
-        sweep, protocol=args.protocol, test_eval=None if args.no_test else evaluate_test
-    )
+    out = Path(args.out) if args.out else None
+    if args.source != "wandb" and (args.project or args.group):
+        raise IchsegError(f"--project and --group go with --source wandb, not {args.source}")
+    if args.source == "wandb":
+        from ichseg.report.wandb_source import collect_wandb
+
+        if not args.project or not args.group:
+            raise IchsegError("--source wandb needs --project entity/project and --group GROUP")
+        if args.sweep:
+            raise IchsegError(f"--source wandb reads no sweep folder, found {args.sweep!r}")
+        # The group is `<experiment_name>/<sweep folder>`: where the local sweep would be.
+        out = out or Path(args.experiments) / args.group / "report-wandb"
+        sweep = collect_wandb(args.project, args.group)
+        test_eval = None  # checkpoints are not on W&B
+    else:
+        sweep = Path(args.sweep) if args.sweep else latest_sweep(Path(args.experiments))
+        test_eval = None if args.no_test else evaluate_test
+        if args.source == "wandb-offline":
+            from ichseg.report.wandb_offline import collect_wandb_offline
+
+            out = out or sweep / "report-wandb-offline"
+            sweep, test_eval = collect_wandb_offline(sweep), None
+    out = build_report(sweep, out, protocol=args.protocol, test_eval=test_eval)
     print(f"report written to {out}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from ichseg.predict import predict_scans, split_paths
+
+    checkpoints, scans = split_paths(args.paths)
+    start = time.perf_counter()
+
+    def show(summary: dict) -> None:
+        print(
+            f"{summary['scan']}: {summary['bleed_volume_ml']:.2f} mL, "
+            f"{summary['n_slices_with_hemorrhage']}/{summary['n_slices']} slices, "
+            f"{summary['n_bleeds']} bleed(s) -> {summary['mask']}"
+        )
+
+    done = predict_scans(checkpoints, scans, args.out, **_inference_kwargs(args), on_scan=show)
+    print(
+        f"{len(done)} scan(s), {len(checkpoints)} checkpoint(s) on {done[0]['device']} "
+        f"({done[0]['precision']}) in {time.perf_counter() - start:.1f} s"
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ichseg.evaluate import evaluate
+
+    s = evaluate(args.checkpoints, args.release, args.splits, args.out, **_inference_kwargs(args))
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(
+        f"{s['n_patients']} test patients: 3-D Dice {fmt(s['dice_3d_mean'])} "
+        f"(over {s['dice_3d_defined_for']}), mean |volume error| "
+        f"{fmt(s['volume_abs_error_ml_mean'])} mL, patient sensitivity "
+        f"{fmt(s['patient_sensitivity'])}, specificity {fmt(s['patient_specificity'])} "
+        f"-> {args.out}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,13 +134,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_prepare)
 
+    p = sub.add_parser("predict", help="segment whole CT scans (NIfTI) into mask NIfTIs")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="CKPT|SCAN",
+        help="checkpoints (.ckpt, .pt, .pth; several are averaged) and scans (.nii, .nii.gz)",
+    )
+    p.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
+    _inference_options(p)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="3-D Dice, volume error, detection on held-out patients")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints (several are averaged)")
+    p.add_argument("--release", required=True, help="release folder the cache was prepared from")
+    p.add_argument(
+        "--splits", required=True, help="a patient-split prepared cache folder or its splits.json"
+    )
+    p.add_argument("-o", "--out", required=True, help="folder for patients.csv and summary.json")
+    _inference_options(p)
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("report", help="Table 1, selection, test scores and figures of a sweep")
     p.add_argument("sweep", nargs="?", help="sweep folder (default: the latest under experiments/)")
     p.add_argument("--experiments", default="experiments", help="where to look for the latest")
     p.add_argument("--protocol", default="paper", choices=("paper", "lesion", "pooled"))
     p.add_argument("--no-test", action="store_true", help="skip scoring the held-out test split")
+    p.add_argument(
+        "--source",
+        choices=("local", "wandb", "wandb-offline"),
+        default="local",
+        help="read the sweep folder's records (local), the W&B API (wandb: --project, --group), "
+        "or the sweep's W&B offline run files (wandb-offline)",
+    )
+    p.add_argument("--project", help="W&B entity/project (with --source wandb)")
+    p.add_argument("--group", help="W&B run group, <experiment_name>/<sweep folder>")
+    p.add_argument(
+        "--out",
+        help="report folder (default: SWEEP/report, SWEEP/report-wandb-offline, or "
+        "EXPERIMENTS/GROUP/report-wandb)",
+    )
     p.set_defaults(func=_report)
     return parser
+
+
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by predict and evaluate."""
+    p.add_argument("--flip", action="store_true", help="average with left-right mirrored input")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU when present)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 where the GPU or CPU (AMX, AVX512-BF16) computes it natively, else fp32",
+    )
+
+
+def _inference_kwargs(args: argparse.Namespace) -> dict:
+    """The shared inference options as keyword arguments."""
+    keys = ("flip", "batch_size", "device", "precision")
+    return {key: getattr(args, key) for key in keys}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,6 +113,14 @@ class SegmentationModule(pl.LightningModule):
         checkpoint["ichseg_rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["ichseg_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        # `ichseg predict` must window and resize whole scans exactly as the training cache was.
+        prepare_config = getattr(self.trainer.datamodule, "prepare_config", None)
+        if prepare_config is not None:
+            checkpoint["ichseg_preprocess"] = {
+                "size": prepare_config.size,
+                "level": prepare_config.level,
+                "width": prepare_config.width,
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Applied at the next epoch start, not here: Lightning may still finish the checkpointed

@@ -1,0 +1,209 @@
+"""Whole-volume scores on the held-out patients of a patient-mode split.
+
+Each test patient's scan is predicted whole by `ichseg.predict.Ensemble` (every slice, not only
+the balanced set's) and compared with the release's mask:
+- 3-D Dice `2|P∩T| / (|P| + |T|)` per patient; undefined (NaN) when prediction and mask are both
+  empty, so the mean Dice is over patients where it is defined, and patients without bleed and
+  without prediction are scored by specificity instead;
+- volume error `predicted mL - true mL` (voxels × prod(zooms) / 1000);
+- patient-level detection: a patient is predicted positive when any voxel is predicted, truly
+  positive when the mask has any voxel; sensitivity TP / (TP + FN), specificity TN / (TN + FP),
+  NaN when there is no patient of that class.
+Only a `patient` split makes this meaningful: with a `slice` split the test patients' other
+slices sit in the training folds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ichseg.atomic import atomic_write_text
+from ichseg.data.release import Release
+from ichseg.errors import IchsegError
+from ichseg.predict import Ensemble, pick_device, prepare_outdir, progress_bar
+
+CSV_COLUMNS = (
+    "patient",
+    "n_slices",
+    "true_voxels",
+    "predicted_voxels",
+    "true_ml",
+    "predicted_ml",
+    "volume_error_ml",
+    "dice_3d",
+    "true_positive_patient",
+    "predicted_positive_patient",
+)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise IchsegError(f"{path}: cannot read as JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise IchsegError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def heldout_patients(splits: str | os.PathLike, release: Release) -> tuple[list[int], Path]:
+    """Patients of the test split in `splits` (a prepared cache folder or its splits.json)."""
+    path = Path(splits)
+    if path.is_dir():
+        path = path / "splits.json"
+    if not path.is_file():
+        raise IchsegError(f"{path}: expected splits.json of a prepared cache, found nothing")
+    data = _read_json(path)
+    mode = data.get("mode")
+    if mode != "patient":
+        raise IchsegError(
+            f"{path}: split mode is {mode!r}, expected 'patient' (with a slice split the test "
+            "patients' other slices are in the training folds); prepare with --split patient"
+        )
+    meta_path = path.parent / "meta.json"
+    if meta_path.is_file():
+        made_from = _read_json(meta_path).get("csv_sha256")
+        if made_from and made_from != release.csv_sha256:
+            raise IchsegError(
+                f"{meta_path}: this cache was prepared from another release than {release.root} "
+                "(the diagnosis CSVs differ)"
+            )
+    ids = data.get("test")
+    try:
+        patients = sorted({int(str(sid).split("_")[0]) for sid in ids or []})
+    except ValueError:
+        raise IchsegError(f"{path}: test ids must look like PPP_SS") from None
+    if not patients:
+        raise IchsegError(f"{path}: expected test slice ids, found none")
+    missing = [p for p in patients if p not in release.patients]
+    if missing:
+        raise IchsegError(
+            f"{path}: test patient(s) {missing[:5]} are not in {release.csv_path} "
+            f"(patients {release.patients[0]}..{release.patients[-1]})"
+        )
+    return patients, path
+
+
+def dice_3d(pred: np.ndarray, truth: np.ndarray) -> float:
+    """2|P∩T| / (|P| + |T|) over the whole volume; NaN when both are empty."""
+    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(truth))
+    if total == 0:
+        return math.nan
+    return 2.0 * int(np.count_nonzero(pred & truth)) / total
+
+
+def patient_row(patient: int, pred: np.ndarray, truth: np.ndarray, zooms: Sequence[float]) -> dict:
+    """One patient's CSV row: voxels, mL, volume error, 3-D Dice, detection flags."""
+    voxel_ml = float(np.prod(zooms[:3])) / 1000.0
+    true_voxels, pred_voxels = int(np.count_nonzero(truth)), int(np.count_nonzero(pred))
+    return {
+        "patient": patient,
+        "n_slices": int(truth.shape[2]),
+        "true_voxels": true_voxels,
+        "predicted_voxels": pred_voxels,
+        "true_ml": true_voxels * voxel_ml,
+        "predicted_ml": pred_voxels * voxel_ml,
+        "volume_error_ml": (pred_voxels - true_voxels) * voxel_ml,
+        "dice_3d": dice_3d(pred, truth),
+        "true_positive_patient": true_voxels > 0,
+        "predicted_positive_patient": pred_voxels > 0,
+    }
+
+
+def _ratio(numer: int, denom: int) -> float | None:
+    return numer / denom if denom else None
+
+
+def summarize_rows(rows: Sequence[dict]) -> dict:
+    """Mean 3-D Dice (where defined), volume errors and patient-level detection rates."""
+    dices = [r["dice_3d"] for r in rows if not math.isnan(r["dice_3d"])]
+    errors = np.array([r["volume_error_ml"] for r in rows], dtype=float)
+    truth = np.array([r["true_positive_patient"] for r in rows], dtype=bool)
+    pred = np.array([r["predicted_positive_patient"] for r in rows], dtype=bool)
+    tp, fn = int(np.sum(truth & pred)), int(np.sum(truth & ~pred))
+    tn, fp = int(np.sum(~truth & ~pred)), int(np.sum(~truth & pred))
+    return {
+        "n_patients": len(rows),
+        "dice_3d_mean": float(np.mean(dices)) if dices else None,
+        "dice_3d_median": float(np.median(dices)) if dices else None,
+        "dice_3d_defined_for": len(dices),
+        "volume_error_ml_mean": float(errors.mean()) if len(rows) else None,
+        "volume_abs_error_ml_mean": float(np.abs(errors).mean()) if len(rows) else None,
+        "volume_abs_error_ml_median": float(np.median(np.abs(errors))) if len(rows) else None,
+        "patient_sensitivity": _ratio(tp, tp + fn),
+        "patient_specificity": _ratio(tn, tn + fp),
+        "patient_counts": {"tp": tp, "fn": fn, "tn": tn, "fp": fp},
+    }
+
+
+def _csv_text(rows: Sequence[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                k: (f"{v:.6g}" if isinstance(v, float) else int(v) if isinstance(v, bool) else v)
+                for k, v in row.items()
+            }
+        )
+    return out.getvalue()
+
+
+def evaluate(
+    checkpoints: Sequence[str | os.PathLike],
+    release_root: str | os.PathLike,
+    splits: str | os.PathLike,
+    outdir: str | os.PathLike,
+    *,
+    flip: bool = False,
+    batch_size: int = 16,
+    device: str | None = None,
+    precision: str = "auto",
+    on_patient: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Predict the split's test patients whole; write `patients.csv` and `summary.json`."""
+    target = pick_device(device)
+    ensemble = Ensemble.load(checkpoints, target, flip, batch_size, precision)
+    release = Release.open(release_root)
+    patients, splits_path = heldout_patients(splits, release)
+    out = prepare_outdir(outdir)
+    rows = []
+    with progress_bar(len(patients), "patients", progress) as advance:
+        for patient in patients:
+            volume = release.load_patient(patient)
+            row = patient_row(patient, ensemble.predict(volume.hu), volume.mask, volume.zooms)
+            rows.append(row)
+            advance()
+            if on_patient is not None:
+                on_patient(row)
+    summary = {
+        **summarize_rows(rows),
+        "definitions": {
+            "dice_3d": "2|P∩T|/(|P|+|T|) per patient over the whole volume; NaN (left out of "
+            "the mean) when both are empty",
+            "volume_error_ml": "predicted minus true, voxels × prod(zooms) / 1000",
+            "patient_detection": "positive when any voxel is predicted / has a mask voxel",
+        },
+        "release": str(release.root),
+        "splits": str(splits_path),
+        "patients": patients,
+        "checkpoints": [str(m.path) for m in ensemble.members],
+        "flip_tta": flip,
+        "threshold": ensemble.threshold,
+        "device": str(target),
+        "precision": ensemble.precision,
+    }
+    # The CSV first: summary.json is the marker of a finished evaluation.
+    atomic_write_text(out / "patients.csv", _csv_text(rows))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary

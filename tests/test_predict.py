@@ -1,0 +1,442 @@
+"""Whole-scan prediction and patient-level evaluation on tiny synthetic scans and networks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ichseg.cli import main
+from ichseg.data.phantom import write_phantom
+from ichseg.data.prepare import PrepareConfig, prepare
+from ichseg.data.release import Release
+from ichseg.data.transforms import to_slices, window
+from ichseg.evaluate import dice_3d
+from ichseg.predict import Ensemble, from_slices, load_member, open_scan, predict_scans
+from ichseg.training.module import SegmentationModule
+
+FILTERS = (4, 8, 16)
+ZOOMS = (0.5, 0.4, 5.0)
+PRE = {"size": 32, "level": 40.0, "width": 120.0}
+GEOMETRY_KEYS = (
+    "dim",
+    "pixdim",
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "xyzt_units",
+)
+
+
+def random_module(seed: int = 0, batch_norm: bool = True, symmetric: bool = False):
+    """A tiny SegmentationModule with random weights (and BN statistics), optionally with every
+    kernel mirrored left-right, which makes the network commute with a horizontal flip."""
+    torch.manual_seed(seed)
+    module = SegmentationModule(filters=FILTERS, batch_norm=batch_norm)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+            if symmetric and isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+                m.weight.copy_((m.weight + m.weight.flip(-1)) / 2)
+        # Centre the logits on inputs like the tests' scans, so masks are neither empty nor full.
+        module.eval()
+        module.net.head.bias -= module(torch.rand(2, 1, 32, 32)).median()
+    return module
+
+
+def passthrough_module():
+    """A network whose logit is 20 * input - 10: it predicts exactly the pixels above 0.5."""
+    module = SegmentationModule(filters=FILTERS, batch_norm=False)
+    net = module.net
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.down[0][0].weight[0, 0, 1, 1] = 1.0  # (conv, relu, conv, relu) without batch norm
+        net.down[0][2].weight[0, 0, 1, 1] = 1.0
+        # The last decoder block sees [upsampled deeper features (zero), skip]: keep the skip.
+        net.up[-1][0].weight[0, FILTERS[0], 1, 1] = 1.0
+        net.up[-1][2].weight[0, 0, 1, 1] = 1.0
+        net.head.weight[0, 0, 0, 0] = 20.0
+        net.head.bias[0] = -10.0
+    return module
+
+
+def save_checkpoint(module, path: Path, preprocess: dict | None = PRE) -> Path:
+    """The parts of a Lightning checkpoint that predict reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    if preprocess is not None:
+        checkpoint["ichseg_preprocess"] = preprocess
+    torch.save(checkpoint, path)
+    return path
+
+
+def save_scan(path: Path, hu: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    """HU stored as int16 through slope 2 / intercept -1024, like a scaled scanner export."""
+    affine = np.diag([*ZOOMS, 1.0]) if affine is None else affine
+    image = nib.Nifti1Image(np.rint((hu + 1024) / 2).astype(np.int16), affine)
+    image.header.set_slope_inter(2.0, -1024.0)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+    return path
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        "pass": save_checkpoint(passthrough_module(), root / "pass.ckpt", {**PRE, "size": 64}),
+        "pass32": save_checkpoint(passthrough_module(), root / "pass32.ckpt"),
+        "a": save_checkpoint(random_module(0), root / "a.ckpt"),
+        "b": save_checkpoint(random_module(1), root / "b.ckpt"),
+        "sym": save_checkpoint(random_module(2, symmetric=True), root / "sym.ckpt"),
+    }
+
+
+def test_from_slices_inverts_to_slices():
+    volume = np.random.default_rng(0).random((5, 7, 3))
+    upright = to_slices(volume)
+    assert upright.shape == (3, 7, 5)
+    assert np.array_equal(upright[1], np.rot90(volume[:, :, 1]))
+    assert np.array_equal(from_slices(upright), volume)
+
+
+def boxes_volume() -> tuple[np.ndarray, np.ndarray]:
+    """64×64×6 HU volume: brain (30 HU) with two bleeds (200 HU), and the bleeds' mask.
+
+    Bleed 1 spans slices 2-3 and touches a third box on slice 4 only by a corner (one
+    26-connected bleed); bleed 2 lies apart on slice 6. Asymmetric, so a wrong rotation shows.
+    """
+    mask = np.zeros((64, 64, 6), dtype=bool)
+    mask[10:20, 30:34, 1:3] = True  # 10 × 4 × 2 = 80
+    mask[20:23, 34:36, 3] = True  # corner-touching (19, 33, 2) -> (20, 34, 3): 3 × 2 = 6
+    mask[40:45, 5:15, 5] = True  # 5 × 10 = 50
+    hu = np.where(mask, 200.0, 30.0)
+    return hu, mask
+
+
+def test_known_mask_volume_slices_and_bleeds(ckpts, tmp_path, capsys):
+    hu, mask = boxes_volume()
+    scan = save_scan(tmp_path / "head.nii", hu)
+    code, out, err = run_cli(
+        ["predict", ckpts["pass"], scan, "-o", tmp_path / "out", "--precision", "fp32"], capsys
+    )
+    assert code == 0, err
+    predicted = nib.load(tmp_path / "out" / "head_mask.nii.gz")
+    assert np.array_equal(np.asarray(predicted.dataobj), mask.astype(np.uint8))
+    summary = json.loads((tmp_path / "out" / "head.json").read_text())
+    voxel_ml = 0.5 * 0.4 * 5.0 / 1000
+    assert summary["bleed_voxels"] == 136
+    assert math.isclose(summary["bleed_volume_ml"], 136 * voxel_ml, rel_tol=1e-6)
+    assert summary["slices_with_hemorrhage"] == [2, 3, 4, 6]
+    assert summary["n_bleeds"] == 2
+    assert [(b["voxels"], b["slices"]) for b in summary["bleeds"]] == [(86, [2, 4]), (50, [6, 6])]
+    assert summary["precision"] == "fp32"
+    assert f"{136 * voxel_ml:.2f} mL" in out
+
+
+def test_output_geometry_equals_input(ckpts, tmp_path, capsys):
+    # Non-square, oblique, qform and sform differing, resized 64×48 -> 32×32 and back.
+    hu = np.full((64, 48, 4), 30.0)
+    hu[8:40, 10:22, 1:3] = 200.0
+    affine = np.array(
+        [[-0.45, 0.02, 0.0, 90.0], [0.01, 0.45, 0.1, -80.0], [0.0, -0.03, 5.0, -40.0], [0, 0, 0, 1]]
+    )
+    image = nib.Nifti1Image(np.rint(hu).astype(np.int16), affine)
+    image.header.set_qform(np.diag([-0.45, 0.45, 5.0, 1.0]), code=1)
+    image.header.set_sform(affine, code=2)
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, tmp_path / "oblique.nii.gz")
+    four_d = nib.Nifti1Image(np.rint(hu).astype(np.int16)[..., None], affine)
+    nib.save(four_d, tmp_path / "single_volume.nii")
+    code, _, err = run_cli(
+        [
+            *("predict", ckpts["pass32"], tmp_path / "oblique.nii.gz"),
+            *(tmp_path / "single_volume.nii", "-o", tmp_path / "out", "--precision", "fp32"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    for name in ("oblique", "single_volume"):
+        scan = nib.load(tmp_path / f"{name}.nii{'.gz' if name == 'oblique' else ''}")
+        result = nib.load(tmp_path / "out" / f"{name}_mask.nii.gz")
+        assert result.shape == scan.shape
+        assert np.allclose(result.affine, scan.affine, atol=0, rtol=0)
+        assert result.header.get_zooms() == scan.header.get_zooms()
+        for key in GEOMETRY_KEYS:
+            assert np.array_equal(result.header[key], scan.header[key]), key
+        assert result.get_data_dtype() == np.uint8
+        data = np.asarray(result.dataobj).reshape(hu.shape)
+        assert set(np.unique(data)) <= {0, 1}
+        # The round trip through 32×32 keeps the box in place (a wrong rotation would not).
+        truth = hu > 100
+        assert 2 * np.sum(data & truth) / (data.sum() + truth.sum()) > 0.9
+
+
+def test_ensembling_and_flip_change_nothing_where_they_should_not(ckpts, tmp_path):
+    rng = np.random.default_rng(3)
+    hu = rng.uniform(-20, 100, (32, 32, 5))
+    hu = (hu + hu[::-1]) / 2  # mirrored upright slices are the same slices
+    scan = open_scan(save_scan(tmp_path / "sym.nii", hu))
+    hu = scan.read_hu()
+    cpu = torch.device("cpu")
+
+    def mask(paths, flip=False):
+        return Ensemble.load(paths, cpu, flip=flip, precision="fp32").predict(hu)
+
+    single = mask([ckpts["a"]])
+    assert 0 < single.sum() < single.size  # a non-trivial prediction to compare
+    copy = tmp_path / "copy.ckpt"
+    shutil.copy(ckpts["a"], copy)
+    assert np.array_equal(mask([ckpts["a"], copy]), single)
+    # A network with mirrored kernels commutes with the flip: TTA is the identity.
+    sym = mask([ckpts["sym"]])
+    assert 0 < sym.sum() < sym.size
+    assert np.array_equal(mask([ckpts["sym"]], flip=True), sym)
+    assert np.array_equal(sym, sym[::-1])  # a symmetric input gives a symmetric mask
+    # Where they should change something, they average probabilities.
+    x = Ensemble.load([ckpts["a"]], cpu, precision="fp32").slices(hu)
+    p_a, p_b = (Ensemble.load([ckpts[c]], cpu, precision="fp32")._probabilities(x) for c in "ab")
+    both = Ensemble.load([ckpts["a"], ckpts["b"]], cpu, precision="fp32")._probabilities(x)
+    assert torch.allclose(both, (p_a + p_b) / 2, atol=1e-6)
+    flipped = Ensemble.load([ckpts["a"]], cpu, flip=True, precision="fp32")._probabilities(x)
+    assert torch.allclose(flipped, (p_a + p_a.flip(-1)) / 2, atol=1e-6)
+
+
+def test_bf16_agrees_with_fp32(ckpts, tmp_path):
+    hu = np.random.default_rng(4).uniform(-20, 100, (32, 32, 4))
+    cpu = torch.device("cpu")
+    fp32 = Ensemble.load([ckpts["a"]], cpu, precision="fp32").predict(hu)
+    bf16 = Ensemble.load([ckpts["a"]], cpu, precision="bf16").predict(hu)
+    assert np.mean(fp32 == bf16) > 0.99
+
+
+def test_batch_norm_folding_keeps_outputs(ckpts):
+    module = random_module(0)
+    module.eval()
+    x = torch.rand(3, 1, 32, 32)
+    member = load_member(ckpts["a"], torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in member.net.modules())
+    with torch.no_grad():
+        assert torch.allclose(member.net(x), module(x), atol=1e-4)
+
+
+class _TinyData(pl.LightningDataModule):
+    """Two 32×32 slices; `prepare_config` as ICHDataModule has it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepare_config = PrepareConfig(size=32, level=35.0, width=90.0)
+
+    def _loader(self) -> DataLoader:
+        batch = {"image": torch.rand(2, 1, 32, 32), "mask": torch.zeros(2, 1, 32, 32)}
+        return DataLoader([batch], batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+def test_trained_checkpoint_carries_preprocessing_and_config_fallback(tmp_path):
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(SegmentationModule(filters=FILTERS, batch_norm=True), datamodule=_TinyData())
+    path = tmp_path / "trained.ckpt"
+    trainer.save_checkpoint(path)
+    member = load_member(path, torch.device("cpu"))
+    assert (member.preprocess.size, member.preprocess.level, member.preprocess.width) == (
+        32,
+        35.0,
+        90.0,
+    )
+    assert member.preprocess_source == "checkpoint"
+    # An older checkpoint without the key: the job's config.yaml next to checkpoints/.
+    job = tmp_path / "dunet-fold0"
+    old = save_checkpoint(random_module(), job / "checkpoints" / "epoch=0001.ckpt", None)
+    (job / "config.yaml").write_text(
+        "data:\n  size: 32\n  window_level: 50.0\n  window_width: 80\n"
+    )
+    member = load_member(old, torch.device("cpu"))
+    assert (member.preprocess.level, member.preprocess.width) == (50.0, 80.0)
+    assert member.preprocess_source == str(job / "config.yaml")
+
+
+def _assert_refused(argv, capsys, outdir: Path, *needles: str) -> None:
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ichseg predict: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not outdir.exists() or not any(outdir.iterdir())
+
+
+def test_bad_inputs_fail_with_one_line_and_write_nothing(ckpts, tmp_path, capsys):
+    good = save_scan(tmp_path / "good.nii", np.full((32, 32, 3), 30.0))
+    out = tmp_path / "out"
+    fp32 = ["-o", out, "--precision", "fp32"]
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image\n")
+    _assert_refused(["predict", ckpts["a"], good, text, *fp32], capsys, out, str(text), ".nii")
+    fake = tmp_path / "fake.nii"
+    fake.write_text("not an image either\n" * 40)
+    _assert_refused(["predict", ckpts["a"], fake, *fp32], capsys, out, str(fake), "NIfTI")
+    flat = tmp_path / "flat.nii"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)), flat)
+    _assert_refused(["predict", ckpts["a"], good, flat, *fp32], capsys, out, str(flat), "3-D")
+    series = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 3, 2), np.int16), np.eye(4)), series)
+    _assert_refused(
+        ["predict", ckpts["a"], good, series, *fp32], capsys, out, str(series), "(32, 32, 3, 2)"
+    )
+
+    foreign = tmp_path / "resnet.ckpt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "epoch": 3}, foreign)
+    _assert_refused(["predict", foreign, good, *fp32], capsys, out, str(foreign), "SegmentationM")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00\x01 not a pickle")
+    _assert_refused(["predict", junk, good, *fp32], capsys, out, str(junk), "PyTorch")
+    wide = save_checkpoint(SegmentationModule(filters=(4, 8, 32)), tmp_path / "wide.ckpt")
+    _assert_refused(
+        ["predict", ckpts["a"], wide, good, *fp32], capsys, out, str(ckpts["a"]), str(wide)
+    )
+    other_window = save_checkpoint(random_module(), tmp_path / "w.ckpt", {**PRE, "width": 80.0})
+    _assert_refused(
+        ["predict", ckpts["a"], other_window, good, *fp32], capsys, out, "preprocess", "w.ckpt"
+    )
+    lying = torch.load(wide, weights_only=False)
+    lying["hyper_parameters"]["filters"] = FILTERS
+    torch.save(lying, tmp_path / "lying.ckpt")
+    _assert_refused(
+        ["predict", tmp_path / "lying.ckpt", good, *fp32], capsys, out, "do not fit", "lying.ckpt"
+    )
+    bare = save_checkpoint(random_module(), tmp_path / "bare" / "x.ckpt", None)
+    _assert_refused(["predict", bare, good, *fp32], capsys, out, "ichseg_preprocess", "config.yaml")
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder should go\n")
+    _assert_refused(
+        ["predict", ckpts["a"], good, "-o", blocker / "out"], capsys, blocker / "out", str(blocker)
+    )
+    _assert_refused(["predict", ckpts["a"], good, "-o", blocker], capsys, out, str(blocker))
+    assert blocker.read_text().startswith("a file")
+
+
+@pytest.fixture(scope="module")
+def patient_release(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("release")
+    release = write_phantom(root / "phantom", patients=12, size=64, seed=0)
+    cache = prepare(release, root / "cache", PrepareConfig(size=64, split="patient", n_folds=2))
+    return release, cache
+
+
+def test_evaluate_matches_an_independent_computation(ckpts, patient_release, tmp_path, capsys):
+    release_root, cache = patient_release
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli(
+        [
+            *("evaluate", ckpts["pass"], "--release", release_root, "--splits", cache),
+            *("-o", out, "--precision", "fp32"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    splits = json.loads((cache / "splits.json").read_text())
+    patients = sorted({int(sid[:3]) for sid in splits["test"]})
+    release = Release.open(release_root)
+    with open(out / "patients.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["patient"]) for r in rows] == patients
+    truth_flags, pred_flags, dices = [], [], []
+    for row, patient in zip(rows, patients, strict=True):
+        volume = release.load_patient(patient)
+        # The pass-through network predicts the 8-bit windowed pixels above one half.
+        pred = np.rint(window(volume.hu, 40.0, 120.0) * 255) >= 128
+        voxel_ml = np.prod(volume.zooms) / 1000
+        error = (pred.sum() - volume.mask.sum()) * voxel_ml
+        assert math.isclose(float(row["volume_error_ml"]), error, rel_tol=1e-4, abs_tol=1e-6)
+        both = pred.sum() + volume.mask.sum()
+        dice = 2 * np.sum(pred & volume.mask) / both if both else math.nan
+        assert math.isclose(float(row["dice_3d"]), dice, rel_tol=1e-4) or (
+            math.isnan(dice) and row["dice_3d"] == "nan"
+        )
+        truth_flags.append(volume.mask.any())
+        pred_flags.append(pred.any())
+        dices.append(dice)
+    summary = json.loads((out / "summary.json").read_text())
+    t, p = np.array(truth_flags), np.array(pred_flags)
+    assert summary["patient_counts"] == {
+        "tp": int(np.sum(t & p)),
+        "fn": int(np.sum(t & ~p)),
+        "tn": int(np.sum(~t & ~p)),
+        "fp": int(np.sum(~t & p)),
+    }
+    assert math.isclose(summary["dice_3d_mean"], np.nanmean(dices), rel_tol=1e-9)
+    assert f"{len(patients)} test patients" in stdout
+
+
+def test_dice_3d_is_nan_only_when_both_are_empty():
+    empty = np.zeros((4, 4, 2), dtype=bool)
+    some = empty.copy()
+    some[1, 1, 0] = True
+    assert math.isnan(dice_3d(empty, empty))
+    assert dice_3d(some, empty) == 0.0
+    assert dice_3d(some, some) == 1.0
+
+
+def test_evaluate_refuses_a_slice_split(ckpts, patient_release, tmp_path, capsys):
+    release_root, _ = patient_release
+    cache = prepare(release_root, tmp_path / "cache", PrepareConfig(size=64, n_folds=2))
+    out = tmp_path / "eval"
+    code, _, err = run_cli(
+        ["evaluate", ckpts["pass"], "--release", release_root, "--splits", cache, "-o", out],
+        capsys,
+    )
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "'slice'" in err and "patient" in err
+    assert not out.exists()
+
+
+def test_predict_scans_api_reports_each_scan(ckpts, tmp_path):
+    hu, mask = boxes_volume()
+    scans = [save_scan(tmp_path / f"s{i}.nii.gz", hu) for i in range(2)]
+    seen = []
+    done = predict_scans(
+        [ckpts["pass"]], scans, tmp_path / "o", precision="fp32", on_scan=seen.append
+    )
+    assert [s["scan"] for s in seen] == [str(p) for p in scans] == [s["scan"] for s in done]
+    assert all(s["bleed_voxels"] == mask.sum() for s in done)
