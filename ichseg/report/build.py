@@ -19,6 +19,7 @@ from ichseg.report import figures
 from ichseg.report.collect import Job, Sweep, collect_sweep, latest_sweep, read_cache_meta
 from ichseg.report.compare import PairedComparison, compare_all, comparison_markdown
 from ichseg.report.heldout import TestResult, test_markdown
+from ichseg.report.patient_eval import PatientResult, evaluate_patients, patient_markdown
 from ichseg.report.selection import Selection, select, selection_markdown
 from ichseg.report.table import (
     DETECTION_DESCRIPTION,
@@ -137,8 +138,12 @@ def build_report(
                 pictures[name] = f"Test slices, {display_name(result.model)}, {result.scoring}"
         summary = _summary(sweep, selections, comparisons, main_protocol)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        # Whole-volume scores need the release itself: only when the test split is scored.
+        patients = (
+            evaluate_patients(sweep, selections[main_protocol], tmp) if callable(test_eval) else []
+        )
         text = _markdown(
-            sweep, rows, archs, selections, comparisons, main_protocol, results, pictures
+            sweep, rows, archs, selections, comparisons, main_protocol, results, pictures, patients
         )
         (tmp / "report.md").write_text(text, encoding="utf-8")
     return out
@@ -402,6 +407,7 @@ def _markdown(
     main_protocol: str,
     results: list[TestResult],
     pictures: dict[str, str],
+    patients: list[PatientResult],
 ) -> str:
     """report.md."""
     main = PROTOCOLS[main_protocol]
@@ -446,6 +452,8 @@ def _markdown(
         ]
     else:
         lines += ["Not scored: no test evaluation was run for this report.", ""]
+    if patients:
+        lines += ["## Held-out patients, whole volumes", "", patient_markdown(patients)]
     for name, p in PROTOCOLS.items():
         if name == main.name:
             continue

@@ -44,7 +44,7 @@ def evaluate_test(
     return results
 
 
-def _checkpoints(sweep: Sweep, model: str, epoch: int) -> list[tuple[Job, Path]]:
+def checkpoints_at(sweep: Sweep, model: str, epoch: int) -> list[tuple[Job, Path]]:
     """(job, checkpoint file) of every fold with a record at `epoch` whose checkpoint exists."""
     found = []
     for job in sweep.jobs_of(model):
@@ -144,7 +144,7 @@ def _evaluate_model(
     modules: dict[str, ICHDataModule],
 ) -> list[TestResult]:
     """Ensemble and best-fold results of one architecture at its selected epoch."""
-    found = _checkpoints(sweep, choice.model, choice.epoch)
+    found = checkpoints_at(sweep, choice.model, choice.epoch)
     dm = _data_module(found[0][0], modules)
     rows = dm.test_rows
     images, target = dm.images[rows], dm.masks[rows] > 0.5

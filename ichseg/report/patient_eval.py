@@ -1,0 +1,84 @@
+"""Whole-volume scores of the selected checkpoints on a patient split's held-out patients.
+
+Only a `data.split=patient` sweep has held-out patients whose every slice is unseen; there each
+architecture's fold models at the selected epoch are ensembled by `ichseg.evaluate.evaluate`
+over the test patients' full volumes (3-D Dice, volume error in mL, patient-level detection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ichseg.evaluate import evaluate
+from ichseg.report.collect import Sweep, read_cache_meta
+from ichseg.report.selection import Selection
+from ichseg.report.table import display_name
+from ichseg.report.test_eval import checkpoints_at
+
+
+@dataclass(frozen=True)
+class PatientResult:
+    """One architecture's whole-volume scores on the held-out patients."""
+
+    model: str
+    epoch: int
+    folds: tuple[int, ...]
+    folder: str  # relative to the report folder: patients.csv and summary.json
+    summary: dict
+
+
+def patient_split_release(sweep: Sweep) -> tuple[str, str] | None:
+    """(release root, cache folder) when the sweep was prepared with a patient split."""
+    for job in sweep.jobs:
+        meta = read_cache_meta(job)
+        if meta is not None:
+            if meta.get("cfg", {}).get("split") != "patient":
+                return None
+            return meta["release_root"], job.state["cache_dir"]
+    return None
+
+
+def evaluate_patients(sweep: Sweep, selection: Selection, out_dir: Path) -> list[PatientResult]:
+    """Score each selected architecture on whole held-out patients; [] unless split by patient."""
+    found = patient_split_release(sweep)
+    if found is None:
+        return []
+    release_root, cache_dir = found
+    results = []
+    for choice in selection.choices.values():
+        pairs = checkpoints_at(sweep, choice.model, choice.epoch)
+        folder = f"patients_{choice.model}"
+        summary = evaluate(
+            [path for _, path in pairs], release_root, cache_dir, out_dir / folder, progress=False
+        )
+        folds = tuple(job.fold for job, _ in pairs)
+        results.append(PatientResult(choice.model, choice.epoch, folds, folder, summary))
+    return results
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "NA" if value is None else f"{value:.{digits}f}"
+
+
+def patient_markdown(results: list[PatientResult]) -> str:
+    """The report section: one row per architecture, definitions beside it."""
+    lines = [
+        "Each architecture's fold models at its selected epoch, ensembled (probabilities "
+        "averaged), predict every slice of each held-out patient; scores are over whole "
+        "volumes. 3-D Dice is left out of the mean for patients with neither bleed nor "
+        "prediction (they count for specificity). Volume error = predicted − true mL.",
+        "",
+        "| Architecture | Epoch | Folds | Patients | 3-D Dice mean (defined for) | "
+        "Mean abs. volume error (mL) | Patient sensitivity | Patient specificity | Files |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        s = r.summary
+        lines.append(
+            f"| {display_name(r.model)} | {r.epoch} | {len(r.folds)} | {s['n_patients']} | "
+            f"{_fmt(s['dice_3d_mean'])} ({s['dice_3d_defined_for']}) | "
+            f"{_fmt(s['volume_abs_error_ml_mean'], 2)} | {_fmt(s['patient_sensitivity'])} | "
+            f"{_fmt(s['patient_specificity'])} | `{r.folder}/` |"
+        )
+    return "\n".join(lines) + "\n"
