@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ichseg.atomic import atomic_write_text
+from ichseg.data.prepare import read_cache_json
 from ichseg.data.release import Release
 from ichseg.errors import IchsegError
 from ichseg.predict import Ensemble, pick_device, prepare_outdir, progress_bar
@@ -44,16 +45,6 @@ CSV_COLUMNS = (
 )
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise IchsegError(f"{path}: cannot read as JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise IchsegError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
 def heldout_patients(splits: str | os.PathLike, release: Release) -> tuple[list[int], Path]:
     """Patients of the test split in `splits` (a prepared cache folder or its splits.json)."""
     path = Path(splits)
@@ -61,7 +52,7 @@ def heldout_patients(splits: str | os.PathLike, release: Release) -> tuple[list[
         path = path / "splits.json"
     if not path.is_file():
         raise IchsegError(f"{path}: expected splits.json of a prepared cache, found nothing")
-    data = _read_json(path)
+    data = read_cache_json(path)
     mode = data.get("mode")
     if mode != "patient":
         raise IchsegError(
@@ -70,7 +61,7 @@ def heldout_patients(splits: str | os.PathLike, release: Release) -> tuple[list[
         )
     meta_path = path.parent / "meta.json"
     if meta_path.is_file():
-        made_from = _read_json(meta_path).get("csv_sha256")
+        made_from = read_cache_json(meta_path).get("csv_sha256")
         if made_from and made_from != release.csv_sha256:
             raise IchsegError(
                 f"{meta_path}: this cache was prepared from another release than {release.root} "

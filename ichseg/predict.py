@@ -24,7 +24,6 @@ import os
 import pickle
 import time
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ichseg.atomic import atomic_path
+from ichseg.data.release import NIFTI_READ_ERRORS
 from ichseg.data.transforms import resize_images, to_slices, window
 from ichseg.errors import IchsegError
 from ichseg.models.unet import UNet
@@ -64,15 +64,6 @@ _TORCH_LOAD_ERRORS = (
     KeyError,
     TypeError,
     zipfile.BadZipFile,
-)
-# What nibabel, gzip and numpy raise on a damaged or foreign NIfTI file.
-_NIFTI_ERRORS = (
-    nib.filebasedimages.ImageFileError,
-    nib.spatialimages.HeaderDataError,
-    OSError,
-    EOFError,
-    ValueError,
-    zlib.error,
 )
 
 
@@ -357,7 +348,7 @@ class Scan:
         """Hounsfield units (H, W, N) float32 through nibabel's scaling; all finite."""
         try:
             data = self.image.get_fdata(dtype=np.float32, caching="unchanged")
-        except _NIFTI_ERRORS as err:
+        except NIFTI_READ_ERRORS as err:
             raise IchsegError(
                 f"scan {self.path}: cannot read voxels ({_first_line(err)})"
             ) from None
@@ -387,7 +378,7 @@ def open_scan(path: str | os.PathLike) -> Scan:
         zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     except IchsegError:
         raise
-    except _NIFTI_ERRORS as err:
+    except NIFTI_READ_ERRORS as err:
         raise IchsegError(f"scan {path}: cannot read as NIfTI ({_first_line(err)})") from None
     # A trailing singleton axis (H, W, N, 1) is still one volume; real 4-D data is not.
     if len(shape) < 3 or any(n != 1 for n in shape[3:]):

@@ -257,8 +257,8 @@ def load_prepared(cache_dir: str | Path) -> PreparedData:
             f"found {masks.shape}"
         )
     ids, patients, has_ich, subtypes = _read_index(cache_dir / "index.csv", len(images))
-    splits = _read_json(cache_dir / "splits.json")
-    meta = _read_json(cache_dir / "meta.json")
+    splits = read_cache_json(cache_dir / "splits.json")
+    meta = read_cache_json(cache_dir / "meta.json")
     known = set(ids)
     listed = [*splits.get("test", [])]
     for fold in splits.get("folds", []):
@@ -316,7 +316,8 @@ def _read_index(path: Path, n: int) -> tuple[list[str], np.ndarray, np.ndarray, 
     return ids, table[:, 1].copy(), table[:, 3].astype(bool), subtypes
 
 
-def _read_json(path: Path) -> dict:
+def read_cache_json(path: Path) -> dict:
+    """A JSON object file of a prepared cache (splits.json, meta.json); one line if unreadable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

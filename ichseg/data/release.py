@@ -31,8 +31,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Masks and scans written by different tools differ by float rounding in the affine only.
 _AFFINE_ATOL = 1e-3
 _AFFINE_RTOL = 1e-4
-# What nibabel, gzip and numpy raise on a damaged or foreign file.
-_READ_ERRORS = (
+# What nibabel, gzip and numpy raise on a damaged or foreign NIfTI file.
+NIFTI_READ_ERRORS = (
     nib.filebasedimages.ImageFileError,
     nib.spatialimages.HeaderDataError,
     OSError,
@@ -204,7 +204,7 @@ def _load_nifti(
         zooms = tuple(float(zoom) for zoom in image.header.get_zooms()[:3])
     except IchsegError:
         raise
-    except _READ_ERRORS as err:
+    except NIFTI_READ_ERRORS as err:
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise IchsegError(f"{label}: cannot read as NIfTI ({detail})") from err
     return data, image.affine, zooms  # type: ignore[return-value]
