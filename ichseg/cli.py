@@ -6,6 +6,7 @@ Every subcommand turns a user error into one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,11 @@ def _prepare(args: argparse.Namespace) -> None:
     )
 
 
+# Set when a W&B request failed: wandb's exit hook then joins its service process, which may
+# still wait on a silent server, so the console script leaves without running exit hooks.
+_wandb_may_hang_at_exit = False
+
+
 def _report(args: argparse.Namespace) -> None:
     from ichseg.report.build import build_report, latest_sweep
     from ichseg.report.test_eval import evaluate_test
@@ -61,7 +67,12 @@ def _report(args: argparse.Namespace) -> None:
             raise IchsegError(f"--source wandb reads no sweep folder, found {args.sweep!r}")
         # The group is `<experiment_name>/<sweep folder>`: where the local sweep would be.
         out = out or Path(args.experiments) / args.group / "report-wandb"
-        sweep = collect_wandb(args.project, args.group)
+        try:
+            sweep = collect_wandb(args.project, args.group)
+        except IchsegError:
+            global _wandb_may_hang_at_exit
+            _wandb_may_hang_at_exit = True
+            raise
         test_eval = None  # checkpoints are not on W&B
     else:
         sweep = Path(args.sweep) if args.sweep else latest_sweep(Path(args.experiments))
@@ -208,5 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console() -> None:
+    """The `ichseg` console script: `main`, then exit without hanging on a stuck W&B service."""
+    code = main()
+    if _wandb_may_hang_at_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

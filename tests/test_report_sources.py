@@ -147,20 +147,24 @@ def test_wandb_api_that_never_answers_times_out(tmp_path):
             tmp_path, WANDB_API_KEY="x" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{port}"
         )
         code = (
-            "from ichseg.errors import IchsegError\n"
-            "from ichseg.report.wandb_source import collect_wandb\n"
-            "try:\n"
-            "    collect_wandb('me/ichseg', 'tiny/s1', timeout=2)\n"
-            "except IchsegError as exc:\n"
-            "    print(exc)\n"
+            "import sys\n"
+            "import ichseg.report.wandb_source as source\n"
+            "from ichseg.cli import console\n"
+            "source.API_TIMEOUT_S = 2\n"
+            "sys.argv = ['ichseg', 'report', '--source', 'wandb', '--project', 'me/ichseg', "
+            "'--group', 'tiny/s1']\n"
+            "console()\n"
         )
         start = time.monotonic()
         result = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
         )
         elapsed = time.monotonic() - start
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("W&B me/ichseg, group 'tiny/s1': the W&B API cannot be read")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.startswith(
+        "ichseg report: error: W&B me/ichseg, group 'tiny/s1': the W&B API cannot be read"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
     # wandb's own default is 19 s per request; the 2 s asked for must be what limits it.
     assert elapsed < 15
 

@@ -10,6 +10,8 @@ evaluation.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +103,39 @@ def merge_jobs(runs: list[tuple[str, Job]]) -> list[Job]:
     return merged
 
 
-def collect_wandb(project: str, group: str, api: Any = None, timeout: int = API_TIMEOUT_S) -> Sweep:
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """`call()`, or TimeoutError after `seconds`: wandb retries timed-out requests internally,
+    so its per-request timeout alone does not bound how long a silent server can hold us."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {seconds:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def collect_wandb(project: str, group: str, api: Any = None, timeout: int | None = None) -> Sweep:
     """The sweep whose runs are in W&B `project` ("entity/project") and `group`."""
+    timeout = API_TIMEOUT_S if timeout is None else timeout
     entity, _, name = project.partition("/")
     if not entity or not name or "/" in name:
         raise IchsegError(f"W&B project {project!r}: expected entity/project")
     import wandb
 
     try:
-        if api is None:
-            api = wandb.Api(timeout=timeout)
-        runs = list(api.runs(project, filters={"group": group}))
+        client = api if api is not None else wandb.Api(timeout=timeout)
+        # The first contact is where a silent server hangs; bound it as a whole.
+        runs = within(3 * timeout, lambda: list(client.runs(project, filters={"group": group})))
         found = [(str(getattr(run, "created_at", "")), job_from_run(run)) for run in runs]
     except (wandb.errors.Error, OSError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
