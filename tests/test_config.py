@@ -3,12 +3,14 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ichseg.config import register_resolvers, scale_filters
-from ichseg.training.task import config_hash
+from ichseg.errors import IchsegError
+from ichseg.training.task import apply_torch_settings, config_hash, set_float32_precision
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -82,3 +84,60 @@ def test_config_hash_ignores_paths_but_not_results():
         cfg.paths.output_dir = "/out"  # the hydra: resolver only exists inside a Hydra run
     assert config_hash(base) == config_hash(moved)
     assert config_hash(base) != config_hash(other)
+
+
+def test_config_hash_ignores_speed_settings_but_not_float32_precision():
+    def digest(*overrides: str) -> str:
+        cfg = compose_train(["experiment=tiny", *overrides])
+        OmegaConf.set_struct(cfg, False)
+        cfg.paths.output_dir = "/out"
+        return config_hash(cfg)
+
+    base = digest()
+    assert digest("model.module.compile=true") == base
+    assert digest("data.resident=false") == base
+    assert digest("float32_matmul_precision=highest") != base
+
+
+def test_float32_precision_sets_matmuls_and_convolutions():
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        set_float32_precision("highest")
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert not torch.backends.cudnn.allow_tf32
+        set_float32_precision("high")
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32
+        with pytest.raises(IchsegError, match=r"float32_matmul_precision='fast': expected one of"):
+            set_float32_precision("fast")
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
+
+
+def test_job_settings_flush_subnormals_on_cpu():
+    cfg = compose_train(["model=unet"])
+    assert cfg.flush_denormal is True
+    tiny = torch.tensor([1e-20])
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormals (no SSE3)")
+    try:
+        apply_torch_settings(cfg)
+        # 1e-40 is subnormal in fp32: flushed to zero while the setting is on.
+        assert (tiny * tiny).item() == 0.0
+        cfg.flush_denormal = False
+        apply_torch_settings(cfg)
+        assert (tiny * tiny).item() == pytest.approx(1e-40, rel=1e-2)
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
+
+
+def test_fast_path_defaults():
+    cfg = compose_train(["model=unet"])
+    assert cfg.float32_matmul_precision == "high"
+    assert cfg.data.resident is True and cfg.model.module.compile is False
+    physionet = compose_train(["model=dunet", "data=physionet", "data.root=/somewhere"])
+    assert physionet.data.resident is True and physionet.model.module.compile is False

@@ -12,7 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from ichseg.data.datamodule import ICHDataModule, RowBatchSampler
+from ichseg.data.datamodule import ICHDataModule, RowBatchSampler, _data_device
 from ichseg.errors import IchsegError
 
 FLIP_ONLY = {"rotation_deg": 0, "shift": 0, "shear_deg": 0, "zoom": 0, "hflip": 1.0}
@@ -221,3 +221,50 @@ def test_lightning_fit_augments_training_batches_only(roots: dict[str, Path]) ->
     for order in per_epoch:
         assert sorted(order.tolist()) == sorted(module.train_rows.tolist())
     assert not torch.equal(per_epoch[0], per_epoch[1])
+
+
+def _on(device: str) -> SimpleNamespace:
+    """A stand-in trainer whose strategy runs on `device`."""
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+
+
+@pytest.mark.parametrize(
+    ("trainer", "expected"),
+    [(None, "cpu"), (_on("cpu"), "cpu"), (_on("cuda:0"), "cuda:0"), (_on("meta"), "meta")],
+)
+def test_data_device_is_the_trainers_unless_cpu(trainer, expected: str) -> None:
+    assert _data_device(trainer) == torch.device(expected)
+
+
+def test_resident_data_moves_to_the_trainers_device_once(
+    roots: dict[str, Path], dm: ICHDataModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The meta device stands in for a GPU: tensors move there, and nothing can be read back.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    resident = _dm(roots, fold=1, eval_batch_size=4)
+    resident.trainer = _on("meta")
+    resident.setup("fit")
+    assert resident.images.device.type == "meta" == resident.masks.device.type
+    images = resident.images
+    resident.setup("validate")
+    assert resident.images is images  # moved once, not again per stage
+    loader = resident.val_dataloader()
+    assert not loader.pin_memory  # pinning a device tensor raises
+    batches = list(loader)
+    assert [b["image"].shape[0] for b in batches] == [len(b["row"]) for b in batches]
+    for batch in batches:
+        assert batch["image"].device.type == "meta" == batch["mask"].device.type
+        assert batch["row"].device.type == "cpu"
+    assert torch.equal(torch.cat([b["row"] for b in batches]), dm.val_rows)
+
+    # On a CPU trainer, or with resident=False, the data stays on the CPU and pins for a GPU.
+    for kept in (_dm(roots, fold=1), _dm(roots, fold=1, resident=False)):
+        kept.trainer = _on("cpu") if kept.resident else _on("meta")
+        kept.setup("fit")
+        assert kept.images.device.type == "cpu" == kept.masks.device.type
+        assert kept.val_dataloader().pin_memory
+
+
+def test_resident_must_be_a_bool(tmp_path: Path) -> None:
+    with pytest.raises(IchsegError, match=r"data\.resident='yes': expected true or false"):
+        ICHDataModule(fold=0, root=str(tmp_path), resident="yes")

@@ -3,6 +3,8 @@
 The balanced set is small (hundreds of slices), so the whole of it sits in memory as tensors and
 a batch is one indexing operation: the sampler yields a tensor of rows, the dataset returns the
 whole batch for it, and the `DataLoader` (`batch_size=None`, no workers) only passes it through.
+With `resident=True` and a trainer on a GPU, `setup()` moves the tensors to that device once, so
+a batch is indexed on the GPU and only its row numbers cross PCIe; on the CPU nothing moves.
 Augmentation runs after the batch reached the device (`on_after_batch_transfer`), on training
 batches only.
 """
@@ -72,8 +74,16 @@ class RowBatchDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, rows: Tensor | Sequence[int]) -> dict[str, Tensor]:
+        """The batch of `rows`; its `"row"` stays a CPU tensor wherever the data lives."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        return {"image": self.images[rows], "mask": self.masks[rows], "row": rows}
+        index = rows.to(self.images.device, non_blocking=True)
+        return {"image": self.images[index], "mask": self.masks[index], "row": rows}
+
+
+def _data_device(trainer: pl.Trainer | None) -> torch.device:
+    """Where resident data lives: the trainer's device if it is not the CPU, else the CPU."""
+    device = None if trainer is None else trainer.strategy.root_device
+    return torch.device("cpu") if device is None or device.type == "cpu" else device
 
 
 class ICHDataModule(pl.LightningDataModule):
@@ -96,6 +106,7 @@ class ICHDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         augment: Mapping | None = None,
         source: str | None = None,
+        resident: bool = True,
     ) -> None:
         super().__init__()
         if (root is None) == (phantom is None):
@@ -136,6 +147,9 @@ class ICHDataModule(pl.LightningDataModule):
         )
         self.augmenter = _augmenter(augment)
         self.source = source
+        if not isinstance(resident, bool):
+            raise IchsegError(f"data.resident={resident!r}: expected true or false")
+        self.resident = resident
 
         self.cache_dir: Path | None = None
         self.data: PreparedData | None = None
@@ -167,6 +181,7 @@ class ICHDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Load the cache as tensors and resolve this fold's rows (once; later stages reuse it)."""
         if self.data is not None:
+            self._place()
             return
         # Recomputed rather than carried over from prepare_data, which may run in another
         # process; with the cache built this is a CSV read and a few stats.
@@ -196,6 +211,14 @@ class ICHDataModule(pl.LightningDataModule):
         self.masks = torch.from_numpy(data.masks).unsqueeze(1).float()
         self._dataset = RowBatchDataset(self.images, self.masks)
         self.data = data
+        self._place()
+
+    def _place(self) -> None:
+        """Move images and masks to the trainer's GPU if resident (else the CPU), once."""
+        device = _data_device(self.trainer) if self.resident else torch.device("cpu")
+        if self.images.device != device:
+            self.images, self.masks = self.images.to(device), self.masks.to(device)
+            self._dataset = RowBatchDataset(self.images, self.masks)
 
     def _loader(self, rows: Tensor | None, batch_size: int, shuffle: bool) -> DataLoader:
         if self._dataset is None or rows is None:
@@ -206,7 +229,8 @@ class ICHDataModule(pl.LightningDataModule):
             sampler=sampler,
             batch_size=None,
             num_workers=0,
-            pin_memory=torch.cuda.is_available(),
+            # Only CPU tensors can be pinned (resident GPU data raises).
+            pin_memory=torch.cuda.is_available() and self.images.device.type == "cpu",
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -156,7 +156,8 @@ def _evaluate_model(
     for job, path in found:
         if _data_module(job, modules) is not dm:
             raise IchsegError(f"{job.name}: its data config differs from {found[0][0].name}'s")
-        module = SegmentationModule.load_from_checkpoint(path, map_location="cpu")
+        # Scoring a few batches does not repay compiling a model trained with compile=true.
+        module = SegmentationModule.load_from_checkpoint(path, map_location="cpu", compile=False)
         prob = _probabilities(module, images, dm.eval_batch_size, device)
         total += prob
         if job is best:

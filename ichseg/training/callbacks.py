@@ -153,7 +153,7 @@ class CheckpointRecorder(pl.Callback):
         with torch.no_grad():
             pred = pl_module.predict_mask(pl_module(image)).float().cpu()
         pl_module.train(was_training)
-        truth = datamodule.masks[rows]
+        truth = datamodule.masks[rows].cpu()  # resident data may live on the GPU
         pictures = [
             overlay_rgb(image[i, 0].float().cpu().numpy(), truth[i, 0].numpy(), pred[i, 0].numpy())
             for i in range(len(rows))

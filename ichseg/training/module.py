@@ -37,12 +37,17 @@ class SegmentationModule(pl.LightningModule):
         loss_per_sample: bool = False,
         min_detection_area: int = 0,
         channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = UNet(filters=tuple(filters), batch_norm=batch_norm, dropout=dropout)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if compile:
+            # In place (nn.Module.compile): the state_dict keys, and so checkpoints, stay as they
+            # are, and a checkpoint loads with compile=False for inference.
+            self.net.compile()
         # A probability threshold p on sigmoid outputs equals the logit threshold log(p / (1 - p)).
         self.logit_threshold = math.log(threshold / (1.0 - threshold))
         self.scores = {

@@ -30,21 +30,40 @@ from ichseg.training.records import read_job, read_records, write_job
 log = logging.getLogger(__name__)
 
 # Config parts that change results; paths, loggers and launchers do not.
-RESULT_KEYS = ("model", "data", "trainer", "seed", "fold", "checkpoint_every", "precision")
-PATH_KEYS = ("root", "cache_root", "phantom.root")
+RESULT_KEYS = (
+    "model",
+    "data",
+    "trainer",
+    "seed",
+    "fold",
+    "checkpoint_every",
+    "precision",
+    "float32_matmul_precision",
+    "flush_denormal",
+)
+# Keys inside those parts that set where files live or only how fast a job runs: a job may
+# change them and still resume.
+IGNORED_KEYS = (
+    "data.root",
+    "data.cache_root",
+    "data.phantom.root",
+    "data.resident",
+    "model.module.compile",
+)
+FLOAT32_PRECISIONS = ("highest", "high", "medium")
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Short hash of everything that determines a job's results (not where files live)."""
+    """Short hash of everything that determines a job's results (not paths or speed settings)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     parts = {key: resolved.get(key) for key in RESULT_KEYS}
-    data = parts.get("data") or {}
-    for key in PATH_KEYS:
-        head, _, tail = key.partition(".")
-        if tail and isinstance(data.get(head), dict):
-            data[head].pop(tail, None)
-        elif not tail:
-            data.pop(head, None)
+    for key in IGNORED_KEYS:
+        *parents, leaf = key.split(".")
+        node = parts
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -56,6 +75,28 @@ def resolve_precision(precision: str) -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+def set_float32_precision(precision: str) -> None:
+    """Internal precision of fp32 matmuls and cuDNN convolutions: "high" and "medium" allow TF32."""
+    if precision not in FLOAT32_PRECISIONS:
+        raise IchsegError(
+            f"float32_matmul_precision={precision!r}: expected one of "
+            f"{', '.join(FLOAT32_PRECISIONS)}"
+        )
+    torch.set_float32_matmul_precision(precision)
+    # The networks are convolutions, which that setting leaves alone: "highest" means fp32 here too.
+    torch.backends.cudnn.allow_tf32 = precision != "highest"
+
+
+def apply_torch_settings(cfg: DictConfig) -> None:
+    """The job's process-wide PyTorch settings: CPU threads, fp32 precision, subnormal flushing."""
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    set_float32_precision(cfg.float32_matmul_precision)
+    # Subnormal floats (|x| < 1.2e-38) take a slow path on x86 CPUs; a U-Net whose logits run
+    # towards -inf under Dice loss produces them and slowed down threefold in our measurement.
+    torch.set_flush_denormal(bool(cfg.flush_denormal))
 
 
 def sweep_group(cfg: DictConfig) -> str:
@@ -140,7 +181,9 @@ def check_resume_checkpoint(path: Path, module_cfg: DictConfig) -> None:
     differ = [
         f"{key} {_plain(saved[key])} != {_plain(value)}"
         for key, value in wanted.items()
-        if key in saved and _plain(saved[key]) != _plain(value)
+        if key in saved
+        and f"model.module.{key}" not in IGNORED_KEYS
+        and _plain(saved[key]) != _plain(value)
     ]
     if differ:
         raise IchsegError(
@@ -182,8 +225,7 @@ def run_job(cfg: DictConfig) -> float | None:
         check_resume_checkpoint(resume, cfg.model.module)
         log.info("%s: resuming from %s", job_dir.name, resume)
 
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
+    apply_torch_settings(cfg)
     print_config_tree(cfg)
     atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
