@@ -13,11 +13,12 @@ WANDB_PROJECT ?=
 GROUP ?=
 PROTOCOL ?= paper
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo report clean
+.PHONY: help install test lint format demo report bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -48,6 +49,9 @@ demo: $(STAMP) ## the 20-job unet,dunet x fold 0..9 sweep at demo scale on synth
 report: $(STAMP) ## report of SWEEP=dir (default: latest); SOURCE=wandb WANDB_PROJECT=entity/project GROUP=g
 	$(VENV)/bin/ichseg report $(SWEEP) --experiments experiments --protocol $(PROTOCOL) \
 		--source $(SOURCE) $(if $(filter wandb,$(SOURCE)),--project "$(WANDB_PROJECT)" --group "$(GROUP)")
+
+bench: $(STAMP) ## time training (real vs bare vs MONAI loader), epochs, prepare, predict; JSON in experiments/bench
+	$(VENV)/bin/ichseg bench $(BENCH_ARGS)
 
 clean: ## remove the venv, caches and the synthetic data (keeps experiments/)
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""The `ichseg` command: phantom, prepare, predict, evaluate, report.
+"""The `ichseg` command: phantom, prepare, predict, evaluate, report, bench.
 
 Every subcommand turns a user error into one line on stderr and exit status 2.
 """
@@ -123,6 +123,39 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from ichseg.bench.run import BenchSettings, run_bench
+    from ichseg.bench.table import format_bench
+
+    settings = BenchSettings(
+        experiments=args.experiments,
+        models=args.models,
+        sections=args.sections,
+        device=args.device,
+        repeats=args.repeats,
+        warmup_steps=args.warmup_steps,
+        warmup_s=args.warmup_s,
+        window_s=args.window_s,
+        monai_workers=args.monai_workers,
+        jobs_per_device=args.jobs_per_device,
+        overrides=args.override,
+        predict_options=args.predict_option,
+        out_dir=args.out,
+    )
+    result, path = run_bench(settings)
+    print(format_bench(result))
+    print(f"figures: {path}")
+
+
+def _csv(kind: type = str):
+    """An argparse type for comma-separated lists."""
+
+    def parse(text: str) -> list:
+        return [kind(part) for part in text.split(",") if part]
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `ichseg` command."""
     parser = argparse.ArgumentParser(prog="ichseg", description=__doc__.splitlines()[0])
@@ -186,6 +219,37 @@ def build_parser() -> argparse.ArgumentParser:
         "EXPERIMENTS/GROUP/report-wandb)",
     )
     p.set_defaults(func=_report)
+
+    from ichseg.bench.run import SECTIONS, BenchSettings
+
+    d = BenchSettings()
+    p = sub.add_parser("bench", help="where training time goes: images/s, overheads, epochs")
+    p.add_argument("--experiments", type=_csv(), default=d.experiments, help="e.g. demo,paper")
+    p.add_argument("--models", type=_csv(), default=d.models, help="e.g. unet,dunet")
+    p.add_argument(
+        "--sections", type=_csv(), default=d.sections, help=f"some of {','.join(SECTIONS)}"
+    )
+    p.add_argument("--device", default=d.device, help="auto (the GPU when present), cpu or cuda")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed repetitions per figure")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--warmup-s", type=float, default=d.warmup_s, help="least warm-up seconds")
+    p.add_argument("--window-s", type=float, default=d.window_s, help="seconds per repetition")
+    p.add_argument("--monai-workers", type=int, default=d.monai_workers)
+    p.add_argument("--jobs-per-device", type=_csv(int), default=d.jobs_per_device)
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a Hydra override for every job config, e.g. data.batch_size=16 (repeatable)",
+    )
+    p.add_argument(
+        "--predict-option",
+        action="append",
+        default=[],
+        help="an option of the timed ichseg predict, e.g. --predict-option=--flip (repeatable)",
+    )
+    p.add_argument("--out", default=d.out_dir, help="folder of the JSON files")
+    p.set_defaults(func=_bench)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""The configs a benchmark runs: the same Hydra composition `train.py` makes for a job."""
+
+from __future__ import annotations
+
+import os
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from ichseg.config import register_resolvers
+from ichseg.errors import IchsegError
+from ichseg.training.provenance import project_root
+from ichseg.training.task import resolve_precision
+
+
+def compose_job(experiment: str, model: str, overrides: list[str] | tuple = ()) -> DictConfig:
+    """The composed config of `train.py experiment=<experiment> model=<model> <overrides>`."""
+    register_resolvers()
+    root = project_root()
+    os.environ.setdefault("ICHSEG_ROOT", str(root))
+    conf = root / "conf"
+    if not (conf / "train.yaml").is_file():
+        raise IchsegError(f"{conf}: no train.yaml; run `ichseg bench` from an ichseg checkout")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[f"experiment={experiment}", f"model={model}", "logger=none", *overrides],
+        )
+
+
+def bench_device(name: str) -> torch.device:
+    """'auto' (CUDA when present), 'cpu' or 'cuda'; one line when CUDA is asked for but absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise IchsegError("--device cuda: PyTorch sees no CUDA device on this machine")
+    if name not in ("cpu", "cuda"):
+        raise IchsegError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def job_precision(cfg: DictConfig, device: torch.device) -> str:
+    """The Lightning precision a job of `cfg` trains with on `device`."""
+    if cfg.precision == "auto" and device.type == "cpu":
+        return "32-true"
+    return resolve_precision(cfg.precision)
+
+
+def bench_trainer(
+    cfg: DictConfig, device: torch.device, callbacks: list, **overrides
+) -> pl.Trainer:
+    """A Trainer built from the job's `trainer` config, without loggers, bars or summaries."""
+    from hydra.utils import instantiate
+
+    settings = {
+        "accelerator": device.type,
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "precision": job_precision(cfg, device),
+        "deterministic": bool(cfg.deterministic),
+        "benchmark": not cfg.deterministic,
+        "callbacks": callbacks,
+        **overrides,
+    }
+    return instantiate(cfg.trainer, **settings)
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up banners and advice out of the benchmark's output."""
+    import logging
+    import warnings
+
+    for name in ("pytorch_lightning", "lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for noise in (
+        ".*does not have many workers.*",
+        ".*weights_only.*",
+        ".*limit_train_batches=1.*",
+        ".*`srun` command is available.*",
+        ".*no `val_dataloader`.*",
+        ".*LeafSpec.*",
+    ):
+        warnings.filterwarnings("ignore", message=noise)

@@ -1,0 +1,131 @@
+"""`ichseg prepare` on a full-size release and `ichseg predict` on a 40-slice scan, timed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from ichseg.bench.measure import peak_memory, summarize
+from ichseg.data.phantom import ensure_phantom
+from ichseg.data.prepare import PrepareConfig, prepare
+
+DUNET_FILTERS = (32, 64, 128, 256, 512)
+
+
+def time_prepare(data_dir: Path, repeats: int, patients: int = 75, size: int = 512) -> dict:
+    """Seconds of building the 256² cache from the full-size synthetic release, each build into
+    an empty folder (the release's files are in the page cache after the first, untimed one)."""
+    start = time.perf_counter()
+    release = ensure_phantom(
+        data_dir / f"phantom-p{patients}-s{size}-seed0", patients=patients, size=size, seed=0
+    )
+    release_s = time.perf_counter() - start
+    times = []
+    with peak_memory(torch.device("cpu")) as memory:
+        for i in range(repeats + 1):
+            with tempfile.TemporaryDirectory(dir=data_dir, prefix=".bench-prepare-") as out:
+                start = time.perf_counter()
+                prepare(release, out, PrepareConfig(size=256))
+                if i:
+                    times.append(time.perf_counter() - start)
+    return {
+        "release": str(release),
+        "release_patients": patients,
+        "release_size": size,
+        "release_ready_s": release_s,
+        "seconds": summarize(times),
+        "memory": memory,
+    }
+
+
+def write_scan(path: Path, size: int, slices: int, seed: int = 0) -> None:
+    """An elliptic 'head' (bone rim, brain, a bright blob) in noise, stored as int16 + scaling."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    r = np.hypot(x / 0.75, y / 0.9)
+    base = np.where(r < 0.92, 35.0, np.where(r < 1.0, 1200.0, -1000.0)).astype(np.float32)
+    base[(x - 0.2) ** 2 + (y + 0.1) ** 2 < 0.01] = 70.0
+    hu = base[:, :, None] + rng.normal(0, 5, (size, size, slices)).astype(np.float32)
+    image = nib.Nifti1Image((hu + 1024).astype(np.int16), np.diag([0.45, 0.45, 5.0, 1.0]))
+    image.header.set_slope_inter(1.0, -1024.0)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+
+
+def write_checkpoint(path: Path, size: int) -> None:
+    """A paper-width D-Unet checkpoint with the keys `ichseg predict` reads, plus Adam state."""
+    from ichseg.training.module import SegmentationModule
+
+    torch.manual_seed(0)
+    module = SegmentationModule(filters=DUNET_FILTERS, batch_norm=True, dropout=0.2)
+    optimizer = module.configure_optimizers()
+    module(torch.rand(1, 1, 32, 32)).mean().backward()
+    optimizer.step()
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "optimizer_states": [optimizer.state_dict()],
+            "ichseg_preprocess": {"size": size, "level": 40.0, "width": 120.0},
+        },
+        path,
+    )
+
+
+def _run_child(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one child process, which must succeed."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    stderr = child.stderr.read().decode(errors="replace").strip()
+    child.stderr.close()
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}): {stderr[-500:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def time_predict(
+    repeats: int,
+    slices: int = 40,
+    scan_size: int = 512,
+    size: int = 256,
+    options: list[str] | tuple = (),
+) -> dict:
+    """`ichseg predict [options]` of one paper-width D-Unet on a synthetic scan, each run a new
+    process: wall time (start-up, imports, reading, prediction, writing) and peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="ichseg-bench-predict-") as tmp:
+        root = Path(tmp)
+        scan, ckpt = root / "scan.nii", root / "dunet.ckpt"
+        write_scan(scan, scan_size, slices)
+        write_checkpoint(ckpt, size)
+        command = [sys.executable, "-m", "ichseg.cli", "predict", str(ckpt), str(scan)]
+        command += ["-o", str(root / "out"), *options]
+        walls, rss, inner = [], [], []
+        for i in range(repeats + 1):
+            wall, peak = _run_child(command)
+            if i:
+                walls.append(wall)
+                rss.append(peak)
+                inner.append(json.loads((root / "out" / "scan.json").read_text())["seconds"])
+        summary = json.loads((root / "out" / "scan.json").read_text())
+    return {
+        "scan": f"{slices} slices of {scan_size}x{scan_size}",
+        "network_size": size,
+        "options": list(options),
+        "device": summary["device"],
+        "precision": summary["precision"],
+        "wall_s": summarize(walls),
+        "in_process_s": summarize(inner),
+        "memory": {"peak_rss_mb": round(max(rss), 1), "rss_scope": "child process"},
+    }

@@ -1,0 +1,224 @@
+"""`ichseg bench`: every section in one run, a table on stdout, the figures as JSON.
+
+Sections: `train` (real, bare and MONAI-loader paths per model and experiment), `epoch`
+(validation and checkpoint writes as shares of an epoch), `jobs` (several jobs on one device),
+`prepare` and `predict`. The JSON lands in `<out>/bench-<UTC time>.json`, written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ichseg.atomic import atomic_write_text
+from ichseg.bench import training
+from ichseg.bench.compute import matmul_ceiling, training_flops_per_image
+from ichseg.bench.concurrent import run_jobs
+from ichseg.bench.experiment import bench_device, compose_job, job_precision, quiet_lightning
+from ichseg.bench.inference import time_predict, time_prepare
+from ichseg.errors import IchsegError
+from ichseg.launch.placement import usable_cores
+from ichseg.training.provenance import code_version, hardware, package_versions, project_root
+
+SECTIONS = ("train", "epoch", "jobs", "prepare", "predict")
+SCHEMA = "ichseg-bench/1"
+
+
+@dataclass
+class BenchSettings:
+    """What `ichseg bench` runs; the defaults are the issue's full measurement."""
+
+    experiments: list[str] = field(default_factory=lambda: ["demo", "paper"])
+    models: list[str] = field(default_factory=lambda: ["unet", "dunet"])
+    sections: list[str] = field(default_factory=lambda: list(SECTIONS))
+    device: str = "auto"
+    repeats: int = 3
+    warmup_steps: int = 1
+    warmup_s: float = 3.0
+    window_s: float = 3.0
+    # What a user would pick: four workers, or one per core on a smaller machine.
+    monai_workers: int = field(default_factory=lambda: min(4, usable_cores()))
+    jobs_per_device: list[int] = field(default_factory=lambda: [1, 2])
+    jobs_experiment: str = "paper"
+    jobs_model: str = "dunet"
+    # Hydra overrides applied to every job config, e.g. ["data.batch_size=16"].
+    overrides: list[str] = field(default_factory=list)
+    # Options of the timed `ichseg predict`, e.g. ["--flip"] or ["--precision", "fp32"].
+    predict_options: list[str] = field(default_factory=list)
+    out_dir: str = "experiments/bench"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.sections) - set(SECTIONS))
+        if unknown:
+            raise IchsegError(f"--sections: unknown {unknown}; expected some of {SECTIONS}")
+        if self.repeats < 1:
+            raise IchsegError(f"--repeats {self.repeats}: expected at least 1")
+        if any(n < 1 for n in self.jobs_per_device):
+            raise IchsegError(f"--jobs-per-device {self.jobs_per_device}: expected counts >= 1")
+
+    def timing(self) -> dict:
+        """Arguments of `StepWindows`."""
+        return {
+            "repeats": self.repeats,
+            "warmup_steps": self.warmup_steps,
+            "warmup_s": self.warmup_s,
+            "window_s": self.window_s,
+        }
+
+
+def _say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def bench_case(cfg, device: torch.device, settings: BenchSettings, ceiling: dict) -> dict:
+    """Every figure of one (experiment, model): paths, ratios, FLOP rate, epoch shares."""
+    size = int(cfg.data.size)
+    name = f"{cfg.model.name}@{size}"
+    flops = training_flops_per_image(
+        list(cfg.model.module.filters), cfg.model.module.batch_norm, size
+    )
+    case = {
+        "experiment": cfg.experiment_name,
+        "model": cfg.model.name,
+        "size": size,
+        "batch_size": int(cfg.data.batch_size),
+        "width": float(cfg.model.width),
+        "filters": list(cfg.model.module.filters),
+        "precision": job_precision(cfg, device),
+        "flops_per_image": flops,
+    }
+    timing = settings.timing()
+    if "train" in settings.sections:
+        _say(f"{name}: real path (DataModule, augmentation, LightningModule, Adam)")
+        case["real"] = training.real_path(cfg, device, timing)
+        _say(f"{name}: bare network on ready tensors")
+        case["bare"] = training.bare_path(cfg, device, timing)
+        _say(f"{name}: MONAI Dataset + DataLoader, {settings.monai_workers} workers")
+        case["monai"] = training.monai_path(cfg, device, timing, settings.monai_workers)
+        case.update(derived_figures(case, ceiling))
+    if "epoch" in settings.sections:
+        _say(f"{name}: validation and checkpoint writes")
+        case["epoch"] = training.epoch_costs(cfg, device, settings.repeats)
+        if "real" in case:
+            case["epoch"]["split"] = training.epoch_shares(
+                case["epoch"], case["real"]["images_per_s"]["median"], int(cfg.checkpoint_every)
+            )
+    return {name: case}
+
+
+def derived_figures(case: dict, ceiling: dict | None) -> dict:
+    """Ratios of medians: overhead (bare/real), speed-up over MONAI, achieved TFLOP/s."""
+    real = case["real"]["images_per_s"]["median"]
+    bare = case["bare"]["images_per_s"]["median"]
+    monai = case["monai"]["images_per_s"]["median"]
+    tflops = real * case["flops_per_image"] / 1e12
+    out = {
+        "overhead_vs_bare": bare / real,
+        "speedup_vs_monai_loader": real / monai,
+        "achieved_tflops": tflops,
+    }
+    if ceiling is not None:
+        out["fraction_of_matmul_ceiling"] = tflops / ceiling["tflops"]["median"]
+    return out
+
+
+def projection(cases: dict, jobs: dict | None, folds: int, epochs: int) -> dict | None:
+    """Hours of the paper's sweep (folds × models × epochs) on this device, from the paper-size
+    cases' epoch times; with `jobs`, D-Unet's share divided by the measured multi-job gain."""
+    paper = {c["model"]: c for c in cases.values() if c["experiment"] == "paper"}
+    if not paper or not all("split" in c.get("epoch", {}) for c in paper.values()):
+        return None
+    hours = {m: folds * epochs * c["epoch"]["split"]["epoch_s"] / 3600 for m, c in paper.items()}
+    out = {
+        "folds": folds,
+        "epochs": epochs,
+        "models": sorted(hours),
+        "hours_per_model": hours,
+        "hours_one_job_at_a_time": sum(hours.values()),
+    }
+    if jobs and jobs["model"] in hours and jobs.get("best_gain", 1.0) > 1.0:
+        packed = dict(hours)
+        packed[jobs["model"]] /= jobs["best_gain"]
+        out["hours_with_jobs_per_device"] = sum(packed.values())
+        out["jobs_per_device"] = jobs["best_jobs"]
+    return out
+
+
+def bench_jobs(settings: BenchSettings, device: torch.device) -> dict:
+    """Total images/s of 1, 2, ... concurrent jobs on the device, and the gain over one job."""
+    runs = {}
+    for n in settings.jobs_per_device:
+        _say(f"{n} concurrent {settings.jobs_model} job(s) ({settings.jobs_experiment})")
+        runs[str(n)] = run_jobs(
+            n,
+            settings.jobs_experiment,
+            settings.jobs_model,
+            device.type,
+            settings.timing(),
+            settings.overrides,
+        )
+    out = {"experiment": settings.jobs_experiment, "model": settings.jobs_model, "runs": runs}
+    if "1" in runs:
+        base = runs["1"]["total_images_per_s"]
+        out["gain"] = {n: r["total_images_per_s"] / base for n, r in runs.items()}
+        best = max(out["gain"], key=out["gain"].get)
+        out["best_jobs"], out["best_gain"] = int(best), out["gain"][best]
+    return out
+
+
+def run_bench(settings: BenchSettings) -> tuple[dict, Path]:
+    """Run the selected sections; return the result and the JSON file it was written to."""
+    quiet_lightning()
+    device = bench_device(settings.device)
+    result: dict = {
+        "schema": SCHEMA,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(project_root()),
+        "packages": package_versions(),
+        "hardware": hardware(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "load_average_start": os.getloadavg()[0],
+        "settings": asdict(settings),
+    }
+    configs = [
+        compose_job(experiment, model, settings.overrides)
+        for experiment in settings.experiments
+        for model in settings.models
+    ]
+    ceiling = None
+    if "train" in settings.sections and configs:
+        dtype = (
+            torch.bfloat16 if job_precision(configs[-1], device) == "bf16-mixed" else torch.float32
+        )
+        _say(f"matrix-product ceiling ({dtype})")
+        ceiling = matmul_ceiling(device, dtype)
+        result["matmul_ceiling"] = ceiling
+    cases: dict = {}
+    for cfg in configs:
+        cases.update(bench_case(cfg, device, settings, ceiling))
+    result["training"] = cases
+    jobs = bench_jobs(settings, device) if "jobs" in settings.sections else None
+    if jobs:
+        result["jobs_per_device"] = jobs
+    paper = compose_job("paper", "dunet")
+    result["paper_sweep"] = projection(
+        cases, jobs, folds=int(paper.data.n_folds), epochs=int(paper.trainer.max_epochs)
+    )
+    if "prepare" in settings.sections:
+        _say("ichseg prepare on the full-size (75 patients, 512²) synthetic release")
+        result["prepare"] = time_prepare(Path(paper.paths.data_dir), settings.repeats)
+    if "predict" in settings.sections:
+        _say("ichseg predict on a 40-slice 512² scan")
+        result["predict"] = time_predict(settings.repeats, options=settings.predict_options)
+    result["load_average_end"] = os.getloadavg()[0]
+    stamp = result["created"].replace(":", "").replace("+0000", "Z")
+    path = Path(settings.out_dir) / f"bench-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return result, path
