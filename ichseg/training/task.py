@@ -238,6 +238,7 @@ def run_job(cfg: DictConfig) -> float | None:
         fold=cfg.fold,
         every_n_epochs=cfg.checkpoint_every,
         overlay_count=cfg.overlay_count,
+        last_every_s=cfg.last_checkpoint_every_s,
     )
     state = {
         "model": cfg.model.name,
