@@ -109,11 +109,18 @@ def test_epoch_split_and_projection():
         "save_last_s": {"median": 0.5},
         "checkpoint_epoch_writes_s": {"median": 10.5},
     }
-    split = training.epoch_shares(costs, train_images_per_s=100.0, checkpoint_every=100)
+    split = training.epoch_shares(costs, 100.0, checkpoint_every=100, last_every_s=0.0)
     # 5 s training + 2 s validation + 0.5 s last.ckpt + (10.5 - 0.5) / 100 s checkpoints.
     assert split["epoch_s"] == pytest.approx(7.6)
     assert split["share"]["validation"] == pytest.approx(2.0 / 7.6)
     assert sum(split["share"].values()) == pytest.approx(1.0)
+    # last.ckpt due every 30 s: every ceil(30 / 7) = 5 epochs.
+    split = training.epoch_shares(costs, 100.0, checkpoint_every=100, last_every_s=30.0)
+    assert split["epochs_per_last_checkpoint"] == 5
+    assert split["epoch_s"] == pytest.approx(7.0 + 0.5 / 5 + 0.1)
+    # ... but never fewer than once per checkpoint interval.
+    split = training.epoch_shares(costs, 100.0, checkpoint_every=2, last_every_s=30.0)
+    assert split["seconds"]["save_last"] == pytest.approx(0.5 / 2)
     cases = {
         "unet@256": {"experiment": "paper", "model": "unet", "epoch": {"split": {"epoch_s": 3.6}}},
         "dunet@256": {

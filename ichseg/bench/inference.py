@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -81,18 +80,24 @@ def write_checkpoint(path: Path, size: int) -> None:
     )
 
 
-def _run_child(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one child process, which must succeed."""
+# Runs `ichseg ARGS...` in the child, then writes the child's own peak RSS to a file.
+_CLI_WITH_PEAK = (
+    "import sys; from ichseg.cli import main; from ichseg.bench.measure import vm_hwm_mb; "
+    "code = main(sys.argv[2:]); open(sys.argv[1], 'w').write(str(vm_hwm_mb())); sys.exit(code)"
+)
+
+
+def _run_cli(args: list[str], peak_file: Path) -> tuple[float, float | None]:
+    """Wall seconds and peak RSS (MiB) of `ichseg ARGS` in a new process, which must succeed."""
+    command = [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), *args]
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    stderr = child.stderr.read().decode(errors="replace").strip()
-    child.stderr.close()
-    if child.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}): {stderr[-500:]}")
-    return wall, usage.ru_maxrss / 1024
+    if done.returncode:
+        stderr = done.stderr.decode(errors="replace").strip()
+        raise RuntimeError(f"ichseg {' '.join(args)} failed ({done.returncode}): {stderr[-500:]}")
+    peak = peak_file.read_text()
+    return wall, None if peak == "None" else float(peak)
 
 
 def time_predict(
@@ -109,11 +114,10 @@ def time_predict(
         scan, ckpt = root / "scan.nii", root / "dunet.ckpt"
         write_scan(scan, scan_size, slices)
         write_checkpoint(ckpt, size)
-        command = [sys.executable, "-m", "ichseg.cli", "predict", str(ckpt), str(scan)]
-        command += ["-o", str(root / "out"), *options]
+        args = ["predict", str(ckpt), str(scan), "-o", str(root / "out"), *options]
         walls, rss, inner = [], [], []
         for i in range(repeats + 1):
-            wall, peak = _run_child(command)
+            wall, peak = _run_cli(args, root / "peak")
             if i:
                 walls.append(wall)
                 rss.append(peak)
@@ -127,5 +131,8 @@ def time_predict(
         "precision": summary["precision"],
         "wall_s": summarize(walls),
         "in_process_s": summarize(inner),
-        "memory": {"peak_rss_mb": round(max(rss), 1), "rss_scope": "child process"},
+        "memory": {
+            "peak_rss_mb": None if None in rss else round(max(rss), 1),
+            "rss_scope": "the predict process",
+        },
     }

@@ -39,15 +39,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _vm_hwm_mb() -> float | None:
-    """This process's peak resident set since the last reset (Linux VmHWM), in MiB."""
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB; None off Linux."""
     try:
         for line in STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def vm_hwm_mb() -> float | None:
+    """This process's peak resident set since exec or the last reset (Linux VmHWM), in MiB.
+
+    Unlike `ru_maxrss`, which a child inherits across fork and exec from its parent, VmHWM
+    belongs to the process's own address space.
+    """
+    return _status_mb("VmHWM")
 
 
 def _reset_vm_hwm() -> bool:
@@ -64,21 +73,26 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
     """Fill a dict with the block's peak RSS (MiB) and, on CUDA, peak allocated GPU memory.
 
     `rss_scope` says what the RSS figure covers: "block" where the peak could be reset at
-    entry, "process" (the peak since the process started) where it could not.
+    entry, "process" (the peak since the process started) where it could not. The peak
+    includes what the process held on entry (`rss_at_start_mb`): memory earlier sections freed
+    may stay with the allocator.
     """
     out: dict = {}
     scoped = _reset_vm_hwm()
+    start = _status_mb("VmRSS")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
         yield out
     finally:
-        hwm = _vm_hwm_mb()
+        hwm = vm_hwm_mb()
         if hwm is None:
             hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             scoped = False
         out["peak_rss_mb"] = round(hwm, 1)
         out["rss_scope"] = "block" if scoped else "process"
+        if start is not None:
+            out["rss_at_start_mb"] = round(start, 1)
         if device.type == "cuda":
             out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 

@@ -107,7 +107,10 @@ def bench_case(cfg, device: torch.device, settings: BenchSettings, ceiling: dict
         case["epoch"] = training.epoch_costs(cfg, device, settings.repeats)
         if "real" in case:
             case["epoch"]["split"] = training.epoch_shares(
-                case["epoch"], case["real"]["images_per_s"]["median"], int(cfg.checkpoint_every)
+                case["epoch"],
+                case["real"]["images_per_s"]["median"],
+                int(cfg.checkpoint_every),
+                float(cfg.last_checkpoint_every_s),
             )
     return {name: case}
 

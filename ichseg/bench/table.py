@@ -17,6 +17,10 @@ def _rows(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MiB"
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -148,13 +152,15 @@ def format_bench(result: dict) -> str:
             "",
             f"ichseg prepare ({prep['release_patients']} patients, "
             f"{prep['release_size']}²) -> 256² cache: {_spread(prep['seconds'], 2)} s, "
-            f"peak RSS {prep['memory']['peak_rss_mb']:.0f} MiB",
+            f"peak RSS {_mib(prep['memory']['peak_rss_mb'])} "
+            f"(process at start: {_mib(prep['memory'].get('rss_at_start_mb'))})",
         ]
     pred = result.get("predict")
     if pred:
+        options = "".join(f" {o}" for o in pred.get("options", []))
         out += [
-            f"ichseg predict ({pred['scan']}, {pred['device']} {pred['precision']}): "
+            f"ichseg predict{options} ({pred['scan']}, {pred['device']} {pred['precision']}): "
             f"{_spread(pred['wall_s'], 2)} s end to end, {_spread(pred['in_process_s'], 2)} s "
-            f"in process, peak RSS {pred['memory']['peak_rss_mb']:.0f} MiB"
+            f"in process, peak RSS {_mib(pred['memory']['peak_rss_mb'])}"
         ]
     return "\n".join(out)

@@ -211,16 +211,24 @@ def _result(windows: StepWindows, memory: dict) -> dict:
     }
 
 
-def epoch_shares(costs: dict, train_images_per_s: float, checkpoint_every: int) -> dict:
-    """An epoch's time split into training, validation, last.ckpt and amortised checkpoints."""
+def epoch_shares(
+    costs: dict, train_images_per_s: float, checkpoint_every: int, last_every_s: float
+) -> dict:
+    """An epoch's time split into training, validation and amortised checkpoint writes.
+
+    `last.ckpt` is written every ceil(last_every_s / epoch) epochs, and at least at every
+    checkpoint epoch (`CheckpointRecorder`); a checkpoint epoch's other writes come once in
+    `checkpoint_every` epochs.
+    """
     train_s = costs["train_images"] / train_images_per_s
     val_s = costs["validation_s"]["median"]
     last_s = costs["save_last_s"]["median"]
     checkpoint_extra = max(costs["checkpoint_epoch_writes_s"]["median"] - last_s, 0.0)
+    epochs_per_last = max(1, math.ceil(last_every_s / (train_s + val_s)))
     parts = {
         "train": train_s,
         "validation": val_s,
-        "save_last": last_s,
+        "save_last": last_s / min(epochs_per_last, checkpoint_every),
         "checkpoint": checkpoint_extra / checkpoint_every,
     }
     total = sum(parts.values())
@@ -229,4 +237,6 @@ def epoch_shares(costs: dict, train_images_per_s: float, checkpoint_every: int) 
         "seconds": parts,
         "share": {key: value / total for key, value in parts.items()},
         "checkpoint_every": checkpoint_every,
+        "last_checkpoint_every_s": last_every_s,
+        "epochs_per_last_checkpoint": min(epochs_per_last, checkpoint_every),
     }
