@@ -124,7 +124,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from ichseg.bench.run import BenchSettings, run_bench
+    from ichseg.bench.run import run_bench
+    from ichseg.bench.settings import BenchSettings
     from ichseg.bench.table import format_bench
 
     settings = BenchSettings(
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_report)
 
-    from ichseg.bench.run import SECTIONS, BenchSettings
+    from ichseg.bench.settings import SECTIONS, BenchSettings
 
     d = BenchSettings()
     p = sub.add_parser("bench", help="where training time goes: images/s, overheads, epochs")

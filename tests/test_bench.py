@@ -12,7 +12,8 @@ import torch
 from ichseg.bench import measure, training
 from ichseg.bench.compute import training_flops_per_image
 from ichseg.bench.experiment import compose_job
-from ichseg.bench.run import BenchSettings, derived_figures, projection, run_bench
+from ichseg.bench.run import derived_figures, projection, run_bench
+from ichseg.bench.settings import BenchSettings
 from ichseg.bench.table import format_bench
 from ichseg.cli import main
 from ichseg.data.augment import BatchAugment
@@ -266,3 +267,16 @@ def test_prepare_and_predict_timings(root):
     assert pred["wall_s"]["median"] > pred["in_process_s"]["median"] > 0
     assert pred["memory"]["peak_rss_mb"] > 50
     assert np.isfinite(pred["wall_s"]["values"]).all()
+
+
+def test_cli_parser_does_not_import_the_benchmark():
+    """`ichseg predict` and friends must not pay for torch, Lightning or MONAI at start-up."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ichseg.cli; ichseg.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'pytorch_lightning', 'monai') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

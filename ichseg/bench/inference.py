@@ -80,10 +80,13 @@ def write_checkpoint(path: Path, size: int) -> None:
     )
 
 
-# Runs `ichseg ARGS...` in the child, then writes the child's own peak RSS to a file.
+# Runs `ichseg ARGS...` in the child, then writes the VmHWM line of its /proc status (its own
+# peak RSS; Linux only) to a file. Nothing beyond what `ichseg` imports is imported.
 _CLI_WITH_PEAK = (
-    "import sys; from ichseg.cli import main; from ichseg.bench.measure import vm_hwm_mb; "
-    "code = main(sys.argv[2:]); open(sys.argv[1], 'w').write(str(vm_hwm_mb())); sys.exit(code)"
+    "import sys; from ichseg.cli import main; code = main(sys.argv[2:]); "
+    "lines = open('/proc/self/status').read().splitlines(); "
+    "open(sys.argv[1], 'w').write(''.join(x for x in lines if x.startswith('VmHWM:'))); "
+    "sys.exit(code)"
 )
 
 
@@ -96,8 +99,8 @@ def _run_cli(args: list[str], peak_file: Path) -> tuple[float, float | None]:
     if done.returncode:
         stderr = done.stderr.decode(errors="replace").strip()
         raise RuntimeError(f"ichseg {' '.join(args)} failed ({done.returncode}): {stderr[-500:]}")
-    peak = peak_file.read_text()
-    return wall, None if peak == "None" else float(peak)
+    fields = peak_file.read_text().split()  # "VmHWM:", "<n>", "kB"
+    return wall, int(fields[1]) / 1024 if len(fields) == 3 else None
 
 
 def time_predict(
