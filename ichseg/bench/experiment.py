@@ -7,6 +7,7 @@ import os
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from ichseg.config import register_resolvers
@@ -23,11 +24,13 @@ def compose_job(experiment: str, model: str, overrides: list[str] | tuple = ()) 
     conf = root / "conf"
     if not (conf / "train.yaml").is_file():
         raise IchsegError(f"{conf}: no train.yaml; run `ichseg bench` from an ichseg checkout")
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[f"experiment={experiment}", f"model={model}", "logger=none", *overrides],
-        )
+    args = [f"experiment={experiment}", f"model={model}", "logger=none", *overrides]
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            return compose("train", overrides=args)
+    except HydraException as exc:
+        detail = str(exc).splitlines()[0]
+        raise IchsegError(f"bench job config ({' '.join(args)}): {detail}") from None
 
 
 def bench_device(name: str) -> torch.device:
