@@ -10,7 +10,12 @@ from omegaconf import OmegaConf
 
 from ichseg.config import register_resolvers, scale_filters
 from ichseg.errors import IchsegError
-from ichseg.training.task import apply_torch_settings, config_hash, set_float32_precision
+from ichseg.training.task import (
+    apply_torch_settings,
+    config_hash,
+    resolve_precision,
+    set_float32_precision,
+)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -141,3 +146,19 @@ def test_fast_path_defaults():
     assert cfg.data.resident is True and cfg.model.module.compile is False
     physionet = compose_train(["model=dunet", "data=physionet", "data.root=/somewhere"])
     assert physionet.data.resident is True and physionet.model.module.compile is False
+
+
+@pytest.mark.parametrize(
+    ("gpu", "accelerator", "expected"),
+    [
+        (True, "auto", "bf16-mixed"),
+        (True, "gpu", "bf16-mixed"),
+        (True, "cpu", "32-true"),
+        (False, "auto", "32-true"),
+    ],
+)
+def test_auto_precision_follows_the_jobs_accelerator(monkeypatch, gpu, accelerator, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: gpu)
+    assert resolve_precision("auto", accelerator) == expected
+    assert resolve_precision("16-mixed", accelerator) == "16-mixed"

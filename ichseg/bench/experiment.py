@@ -46,9 +46,7 @@ def bench_device(name: str) -> torch.device:
 
 def job_precision(cfg: DictConfig, device: torch.device) -> str:
     """The Lightning precision a job of `cfg` trains with on `device`."""
-    if cfg.precision == "auto" and device.type == "cpu":
-        return "32-true"
-    return resolve_precision(cfg.precision)
+    return resolve_precision(cfg.precision, device.type)
 
 
 def bench_trainer(

@@ -68,11 +68,13 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def resolve_precision(precision: str) -> str:
-    """'auto' means bf16 mixed precision on a GPU that supports it, full fp32 elsewhere."""
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """'auto' means bf16 mixed precision when the job trains on a GPU that supports it, full fp32
+    elsewhere, including a CPU job on a machine that has a GPU (`trainer.accelerator=cpu`)."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
 
@@ -255,15 +257,17 @@ def run_job(cfg: DictConfig) -> float | None:
     }
     write_job(job_dir, state)
     try:
+        placement = trainer_overrides()
+        accelerator = placement.get("accelerator", cfg.trainer.get("accelerator", "auto"))
         trainer = instantiate(
             cfg.trainer,
             callbacks=[recorder],
             logger=build_loggers(cfg, sweep_group(cfg)) or False,
-            precision=resolve_precision(cfg.precision),
+            precision=resolve_precision(cfg.precision, str(accelerator)),
             deterministic=cfg.deterministic,
             benchmark=not cfg.deterministic,
             default_root_dir=str(job_dir),
-            **trainer_overrides(),
+            **placement,
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
