@@ -269,8 +269,14 @@ def test_bench_cli_bad_input_is_one_line(root, capsys, args, named):
 def test_prepare_and_predict_timings(root):
     from ichseg.bench.inference import time_predict, time_prepare
 
-    prep = time_prepare(root / "data", repeats=1, patients=4, size=64)
+    cfg = compose_job("tiny", "dunet")
+    prep = time_prepare(cfg, repeats=1)
+    assert prep["release"] == str(root / "data" / "phantom-p16-s64-seed0")
     assert prep["seconds"]["n"] == 1 and prep["seconds"]["median"] > 0
+    # The tiny phantom's balanced set, as the job's DataModule sees it.
+    dm = training._datamodule(cfg)
+    dm.setup("fit")
+    assert (prep["cache_size"], prep["cache_slices"]) == (32, len(dm.data.ids))
     assert not list((root / "data").glob(".bench-prepare-*")), "timed caches must be removed"
     pred = time_predict(repeats=1, slices=4, scan_size=64, size=32)
     assert pred["wall_s"]["median"] > pred["in_process_s"]["median"] > 0

@@ -12,35 +12,49 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from ichseg.bench.measure import peak_memory, summarize
 from ichseg.data.phantom import ensure_phantom
-from ichseg.data.prepare import PrepareConfig, prepare
+from ichseg.data.prepare import load_prepared, prepare
+from ichseg.training.task import instantiate_checked
 
 DUNET_FILTERS = (32, 64, 128, 256, 512)
 
 
-def time_prepare(data_dir: Path, repeats: int, patients: int = 75, size: int = 512) -> dict:
-    """Seconds of building the 256² cache from the full-size synthetic release, each build into
-    an empty folder (the release's files are in the page cache after the first, untimed one)."""
+def time_prepare(cfg: DictConfig, repeats: int) -> dict:
+    """Seconds of `ichseg prepare` as the job config `cfg` prepares its data (the paper's: the
+    75-patient 512² synthetic release into a 256² cache), each build into an empty folder after
+    one untimed build (which also brings the release's files into the page cache)."""
+    datamodule = instantiate_checked(cfg.data)
     start = time.perf_counter()
-    release = ensure_phantom(
-        data_dir / f"phantom-p{patients}-s{size}-seed0", patients=patients, size=size, seed=0
-    )
+    if datamodule.phantom is not None:
+        phantom = datamodule.phantom
+        release = ensure_phantom(
+            Path(phantom["root"]),
+            patients=phantom["patients"],
+            size=phantom["size"],
+            seed=phantom["seed"],
+        )
+    else:
+        release = datamodule.release_root
     release_s = time.perf_counter() - start
+    scratch = datamodule.cache_root.parent
+    scratch.mkdir(parents=True, exist_ok=True)
     times = []
     with peak_memory(torch.device("cpu")) as memory:
         for i in range(repeats + 1):
-            with tempfile.TemporaryDirectory(dir=data_dir, prefix=".bench-prepare-") as out:
+            with tempfile.TemporaryDirectory(dir=scratch, prefix=".bench-prepare-") as out:
                 start = time.perf_counter()
-                prepare(release, out, PrepareConfig(size=256))
+                cache = prepare(release, out, datamodule.prepare_config)
                 if i:
                     times.append(time.perf_counter() - start)
+                slices = len(load_prepared(cache).ids)
     return {
         "release": str(release),
-        "release_patients": patients,
-        "release_size": size,
         "release_ready_s": release_s,
+        "cache_size": datamodule.prepare_config.size,
+        "cache_slices": slices,
         "seconds": summarize(times),
         "memory": memory,
     }

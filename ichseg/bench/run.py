@@ -143,11 +143,17 @@ def run_bench(settings: BenchSettings) -> tuple[dict, Path]:
         "load_average_start": os.getloadavg()[0],
         "settings": asdict(settings),
     }
-    configs = [
-        compose_job(experiment, model, settings.overrides)
-        for experiment in settings.experiments
-        for model in settings.models
-    ]
+    paper = compose_job("paper", "dunet", settings.overrides)
+    timed_training = {"train", "epoch"} & set(settings.sections)
+    configs = (
+        [
+            compose_job(experiment, model, settings.overrides)
+            for experiment in settings.experiments
+            for model in settings.models
+        ]
+        if timed_training
+        else []
+    )
     ceiling = None
     if "train" in settings.sections and configs:
         dtype = (
@@ -163,13 +169,12 @@ def run_bench(settings: BenchSettings) -> tuple[dict, Path]:
     jobs = bench_jobs(settings, device) if "jobs" in settings.sections else None
     if jobs:
         result["jobs_per_device"] = jobs
-    paper = compose_job("paper", "dunet")
     result["paper_sweep"] = projection(
         cases, jobs, folds=int(paper.data.n_folds), epochs=int(paper.trainer.max_epochs)
     )
     if "prepare" in settings.sections:
-        _say("ichseg prepare on the full-size (75 patients, 512²) synthetic release")
-        result["prepare"] = time_prepare(Path(paper.paths.data_dir), settings.repeats)
+        _say("ichseg prepare of the paper experiment's release")
+        result["prepare"] = time_prepare(paper, settings.repeats)
     if "predict" in settings.sections:
         _say("ichseg predict on a 40-slice 512² scan")
         result["predict"] = time_predict(settings.repeats, options=settings.predict_options)

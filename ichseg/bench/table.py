@@ -150,8 +150,8 @@ def format_bench(result: dict) -> str:
     if prep:
         out += [
             "",
-            f"ichseg prepare ({prep['release_patients']} patients, "
-            f"{prep['release_size']}²) -> 256² cache: {_spread(prep['seconds'], 2)} s, "
+            f"ichseg prepare {prep['release']} -> {prep['cache_slices']}-slice "
+            f"{prep['cache_size']}² cache: {_spread(prep['seconds'], 2)} s, "
             f"peak RSS {_mib(prep['memory']['peak_rss_mb'])} "
             f"(process at start: {_mib(prep['memory'].get('rss_at_start_mb'))})",
         ]
