@@ -15,8 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from ichseg.bench.measure import peak_memory, summarize
-from ichseg.data.phantom import ensure_phantom
-from ichseg.data.prepare import load_prepared, prepare
+from ichseg.data.prepare import prepare, read_cache_json
 from ichseg.training.task import instantiate_checked
 
 DUNET_FILTERS = (32, 64, 128, 256, 512)
@@ -28,16 +27,7 @@ def time_prepare(cfg: DictConfig, repeats: int) -> dict:
     one untimed build (which also brings the release's files into the page cache)."""
     datamodule = instantiate_checked(cfg.data)
     start = time.perf_counter()
-    if datamodule.phantom is not None:
-        phantom = datamodule.phantom
-        release = ensure_phantom(
-            Path(phantom["root"]),
-            patients=phantom["patients"],
-            size=phantom["size"],
-            seed=phantom["seed"],
-        )
-    else:
-        release = datamodule.release_root
+    release = datamodule.release()
     release_s = time.perf_counter() - start
     scratch = datamodule.cache_root.parent
     scratch.mkdir(parents=True, exist_ok=True)
@@ -49,12 +39,12 @@ def time_prepare(cfg: DictConfig, repeats: int) -> dict:
                 cache = prepare(release, out, datamodule.prepare_config)
                 if i:
                     times.append(time.perf_counter() - start)
-                slices = len(load_prepared(cache).ids)
+                counts = read_cache_json(cache / "meta.json")["counts"]
     return {
         "release": str(release),
         "release_ready_s": release_s,
         "cache_size": datamodule.prepare_config.size,
-        "cache_slices": slices,
+        "cache_slices": counts["n_slices"],
         "seconds": summarize(times),
         "memory": memory,
     }

@@ -162,17 +162,20 @@ class ICHDataModule(pl.LightningDataModule):
         self._aug_generator: torch.Generator | None = None
         self._aug_epoch = -1
 
+    def release(self) -> Path:
+        """The release folder: data.root, or the phantom, written first if it does not exist."""
+        if self.phantom is None:
+            return self.release_root
+        return ensure_phantom(
+            Path(self.phantom["root"]),
+            patients=self.phantom["patients"],
+            size=self.phantom["size"],
+            seed=self.phantom["seed"],
+        )
+
     def _ensure_cache(self) -> Path:
         """Write the phantom (if configured) and the prepared cache; both reuse what exists."""
-        root = self.release_root
-        if self.phantom is not None:
-            root = ensure_phantom(
-                Path(self.phantom["root"]),
-                patients=self.phantom["patients"],
-                size=self.phantom["size"],
-                seed=self.phantom["seed"],
-            )
-        return prepare(root, self.cache_root, self.prepare_config)
+        return prepare(self.release(), self.cache_root, self.prepare_config)
 
     def prepare_data(self) -> None:
         """Build the phantom and the prepared cache once (Lightning runs this on one process)."""
