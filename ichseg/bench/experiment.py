@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ichseg.config import register_resolvers
@@ -53,8 +56,6 @@ def bench_trainer(
     cfg: DictConfig, device: torch.device, callbacks: list, **overrides
 ) -> pl.Trainer:
     """A Trainer built from the job's `trainer` config, without loggers, bars or summaries."""
-    from hydra.utils import instantiate
-
     settings = {
         "accelerator": device.type,
         "devices": 1,
@@ -74,9 +75,6 @@ def bench_trainer(
 
 def quiet_lightning() -> None:
     """Keep Lightning's start-up banners and advice out of the benchmark's output."""
-    import logging
-    import warnings
-
     for name in ("pytorch_lightning", "lightning", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for noise in (

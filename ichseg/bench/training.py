@@ -164,15 +164,13 @@ class _TimedEpoch(CheckpointRecorder):
         self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        synchronize(self.device)
         start = time.perf_counter()
         self.validation_s.append(start - self._val_start)
         super().on_validation_end(trainer, pl_module)
         epoch = trainer.current_epoch + 1
-        self.writes.append((self.is_checkpoint_epoch(epoch, trainer.max_epochs), _since(start)))
-
-
-def _since(start: float) -> float:
-    return time.perf_counter() - start
+        is_checkpoint = self.is_checkpoint_epoch(epoch, trainer.max_epochs)
+        self.writes.append((is_checkpoint, time.perf_counter() - start))
 
 
 def epoch_costs(cfg: DictConfig, device: torch.device, repeats: int) -> dict:
