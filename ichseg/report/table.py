@@ -347,17 +347,21 @@ def table1_markdown(
         arch_cells = (
             [display_name(r.model), *_arch_cells(info)] if first else ["", "", "", "", "", ""]
         )
-        numbers = [
-            str(r.epoch) + (" †" if top else ""),
-            fmt(r.train_iou.mean),
-            fmt(r.train_dice.mean),
-            fmt_stat(r.val_iou),
-            fmt_stat(r.val_dice),
-        ]
+        numbers = [str(r.epoch) + (" †" if top else ""), *_metric_cells(r)]
         if selected:
             numbers = [f"**{c}**" for c in numbers]
         lines.append("| " + " | ".join([*arch_cells, *numbers, str(r.n_folds)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _metric_cells(r: TableRow) -> list[str]:
+    """Train IoU, train Dice (means), val IoU, val Dice (mean and std) of one Table 1 row."""
+    return [
+        fmt(r.train_iou.mean),
+        fmt(r.train_dice.mean),
+        fmt_stat(r.val_iou),
+        fmt_stat(r.val_dice),
+    ]
 
 
 def _arch_cells(info: ArchInfo | None) -> list[str]:
@@ -412,13 +416,7 @@ def table1_latex(
             lines.append(r"\midrule")
         info = archs.get(r.model)
         arch_cells = [display_name(r.model), *_arch_cells(info)] if first else [""] * 6
-        numbers = [
-            str(r.epoch),
-            fmt(r.train_iou.mean),
-            fmt(r.train_dice.mean),
-            fmt_stat(r.val_iou),
-            fmt_stat(r.val_dice),
-        ]
+        numbers = [str(r.epoch), *_metric_cells(r)]
         if selected:
             numbers = [rf"\textbf{{{c}}}" for c in numbers]
         if top:
