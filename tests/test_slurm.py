@@ -168,10 +168,23 @@ def slurm_ids(sweep: Path) -> list[str]:
     return sorted(p.name for p in folders if (p / f"{p.name}_submitted.pkl").exists())
 
 
+# States SLURM accounting shows while a task is still winding down after its work finished.
+UNSETTLED = ("PENDING", "RUNNING", "COMPLETING", "REQUEUE_HOLD", "RESIZING", "SUSPENDED")
+
+
 def sacct_states(cluster: SlurmCluster, job: str, *flags: str) -> list[str]:
-    """`JobID|State` rows of the job's allocations (no steps) from SLURM accounting."""
-    out = cluster.run("sacct", "-n", "-X", "-P", "-o", "JobID,State", *flags, "-j", job)
-    return out.stdout.split()
+    """`JobID|State` rows of the job's allocations (no steps) from SLURM accounting, once every
+    row has settled: accounting can still say RUNNING for a moment after the sweep collected a
+    task's result (seen once in a full CI run)."""
+    rows: list[str] = []
+
+    def settled() -> bool:
+        out = cluster.run("sacct", "-n", "-X", "-P", "-o", "JobID,State", *flags, "-j", job)
+        rows[:] = out.stdout.split()
+        return bool(rows) and not any(row.split("|")[1] in UNSETTLED for row in rows)
+
+    wait_for(f"SLURM accounting of {job} to settle", settled, timeout_s=60)
+    return rows
 
 
 @pytest.mark.slow
