@@ -12,7 +12,18 @@ def scale_filters(base: list[int], width: float) -> list[int]:
     return [max(1, round(f * width)) for f in base]
 
 
+def div(numerator: float, denominator: float) -> float:
+    """numerator / denominator, for keys derived from others (e.g. Keras' decay = lr / epochs)."""
+    if denominator == 0:
+        raise ValueError(f"div: cannot divide {numerator} by 0")
+    return numerator / denominator
+
+
+RESOLVERS = {"scale_filters": scale_filters, "div": div}
+
+
 def register_resolvers() -> None:
     """Register ichseg's resolvers once (idempotent)."""
-    if not OmegaConf.has_resolver("scale_filters"):
-        OmegaConf.register_new_resolver("scale_filters", scale_filters)
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

@@ -1,41 +1,93 @@
-"""Segmentation metrics under four named protocols (see DESIGN.md, "Metrics: say which protocol").
+"""Segmentation metrics under named protocols (see `PROTOCOLS`).
 
 Half of the balanced set has empty masks, so every number is labelled with how empty slices
-count. Inputs are boolean tensors with one sample (slice) per row of dim 0; every other dim is
-flattened. The pure functions return Python floats (NaN where the protocol is undefined);
-`ProtocolAccumulator` gathers per-slice counts over an epoch and reports all protocols at once.
+count. Hard protocols take boolean masks with one sample (slice) per row of dim 0; every other
+dim is flattened. The soft protocols (`paper` and the authors' variants of it) take sigmoid
+probabilities, as the authors' Keras metrics did. The pure functions return Python floats (NaN
+where the protocol is undefined); `ProtocolAccumulator` gathers per-slice sums over an epoch and
+reports every protocol at once.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ichseg.errors import IchsegError
 
-PROTOCOL_KEYS = (
-    "dice_paper",
-    "iou_paper",
-    "dice_lesion",
-    "iou_lesion",
-    "dice_pooled",
-    "iou_pooled",
-    "sensitivity_detection",
-    "specificity_detection",
-)
+# The authors' Keras `dice_coef` and `iou` add 100 to numerator and denominator.
+PAPER_SMOOTH = 100.0
+# Bumped whenever a metric key keeps its name but changes its meaning; records carry it, and
+# readers refuse records of another version (version 1: `dice_paper` was thresholded, +1).
+METRICS_VERSION = 2
 
-PROTOCOLS = {
-    "paper": "Keras-style smoothed Dice/IoU over each whole batch, (2·TP+1)/(|P|+|T|+1), then "
-    "the unweighted mean over batches; empty slices count as near-perfect (the paper's Table 1).",
-    "lesion": "Mean per-slice Dice/IoU over slices whose ground truth is non-empty; an empty "
-    "prediction there scores 0, slices without ground truth are left out.",
-    "pooled": "One Dice/IoU from TP, FP and FN summed over every pixel of every slice.",
-    "detection": "Slice-level sensitivity/specificity: a slice is called positive when its "
-    "predicted area exceeds min_area pixels (default 0: any pixel), truly positive when its "
-    "ground truth is non-empty.",
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named metric protocol: its record keys and what exactly it averages."""
+
+    name: str
+    keys: tuple[str, ...]
+    description: str
+    stages: tuple[str, ...] = ("train", "val", "test")
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol(
+            "paper",
+            ("dice_paper", "iou_paper"),
+            "Table 1's metric: soft Dice (2·Σpt + 100)/(Σp + Σt + 100) and IoU "
+            "(Σpt + 100)/(Σp + Σt − Σpt + 100) on sigmoid probabilities over each whole batch, "
+            "then the unweighted mean over the batches of the set; empty slices predicted "
+            "near-empty count as near-perfect.",
+        ),
+        Protocol(
+            "onebatch",
+            ("dice_onebatch", "iou_onebatch"),
+            "The paper protocol as the authors' validation computed it: Keras' validation_steps "
+            "= n // batch, i.e. only the first n // batch batches of a fresh shuffle of the fold "
+            "(one batch of 32 for a 57-slice fold), reshuffled every epoch.",
+            stages=("val",),
+        ),
+        Protocol(
+            "perimage",
+            ("dice_perimage", "iou_perimage"),
+            "The authors' test scoring (Keras evaluate with batch size 1): the soft Dice/IoU "
+            "with smooth 100 of each slice alone, averaged over slices; an empty slice predicted "
+            "near-empty scores about 1.",
+        ),
+        Protocol(
+            "lesion",
+            ("dice_lesion", "iou_lesion"),
+            "Mean per-slice Dice/IoU over slices whose ground truth is non-empty, on thresholded "
+            "masks; an empty prediction there scores 0, slices without ground truth are left out.",
+        ),
+        Protocol(
+            "pooled",
+            ("dice_pooled", "iou_pooled"),
+            "One Dice/IoU from TP, FP and FN of the thresholded masks summed over every pixel of "
+            "every slice.",
+        ),
+        Protocol(
+            "detection",
+            ("sensitivity_detection", "specificity_detection"),
+            "Slice-level sensitivity/specificity: a slice is called positive when its predicted "
+            "area exceeds min_area pixels (default 0: any pixel), truly positive when its ground "
+            "truth is non-empty.",
+        ),
+    )
 }
+PROTOCOL_KEYS = tuple(k for p in PROTOCOLS.values() for k in p.keys)
+
+
+def stage_keys(stage: str) -> tuple[str, ...]:
+    """The metric keys a record holds for `stage` ("train", "val" or "test")."""
+    return tuple(k for p in PROTOCOLS.values() if stage in p.stages for k in p.keys)
 
 
 def _check_masks(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -65,34 +117,63 @@ def confusion_counts(
     return tp, fp, fn
 
 
-def _smoothed_dice(tp: int, pred_area: int, target_area: int, smooth: float) -> float:
-    """(2·tp + s) / (|P| + |T| + s) on totals; NaN when that denominator is 0 (smooth=0)."""
-    denom = pred_area + target_area + smooth
-    return (2.0 * tp + smooth) / denom if denom else math.nan
+def soft_sums(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample (Σ p·t, Σ p, Σ t) as a float64 (B, 3) tensor; p in [0, 1], t boolean."""
+    if not prob.is_floating_point() or target.dtype != torch.bool:
+        raise IchsegError(
+            f"metrics: expected float probabilities and a boolean target, found {prob.dtype} "
+            f"and {target.dtype}"
+        )
+    if prob.shape != target.shape or prob.ndim < 1:
+        raise IchsegError(
+            f"metrics: expected probabilities and target of one shape (B, ...), "
+            f"found {tuple(prob.shape)} and {tuple(target.shape)}"
+        )
+    p = prob.float().flatten(1) if prob.ndim > 1 else prob.float().unsqueeze(1)
+    t = target.flatten(1) if target.ndim > 1 else target.unsqueeze(1)
+    inter = (p * t).sum(1)
+    return torch.stack([inter, p.sum(1), t.sum(1, dtype=torch.float32)], dim=1).double()
 
 
-def _smoothed_iou(tp: int, pred_area: int, target_area: int, smooth: float) -> float:
-    """(tp + s) / (|P ∪ T| + s) on totals; NaN when that denominator is 0 (smooth=0)."""
-    denom = pred_area + target_area - tp + smooth
-    return (tp + smooth) / denom if denom else math.nan
+def soft_dice(inter: float, prob_sum: float, target_sum: float, smooth: float) -> float:
+    """(2·Σpt + s) / (Σp + Σt + s); NaN when that denominator is 0 (smooth 0, all empty)."""
+    denom = prob_sum + target_sum + smooth
+    return (2.0 * inter + smooth) / denom if denom else math.nan
 
 
-def paper_dice(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> float:
-    """Paper protocol for ONE batch: (2·Σtp + s)/(Σ|pred| + Σ|target| + s) over all its pixels.
+def soft_iou(inter: float, prob_sum: float, target_sum: float, smooth: float) -> float:
+    """(Σpt + s) / (Σp + Σt − Σpt + s), the authors' `iou`; NaN when the denominator is 0."""
+    denom = prob_sum + target_sum - inter + smooth
+    return (inter + smooth) / denom if denom else math.nan
 
-    All slices of the batch are pooled before dividing, so a batch of empty predictions on empty
-    targets scores s/s = 1. Epoch values average this over batches (`ProtocolAccumulator`).
+
+def batch_mean(
+    sums: torch.Tensor, batches: list[torch.Tensor], smooth: float = PAPER_SMOOTH
+) -> tuple[float, float]:
+    """Unweighted mean over `batches` (row indices into `sums`) of each batch's soft Dice, IoU.
+
+    One batch's value pools its slices before dividing (Keras `dice_coef` on a batch); the set's
+    value is the mean of the batch values, as Keras reports a metric over an epoch. NaN for no
+    batches.
     """
-    tp, fp, fn = confusion_counts(pred, target)
-    tp_sum = int(tp.sum())
-    return _smoothed_dice(tp_sum, tp_sum + int(fp.sum()), tp_sum + int(fn.sum()), smooth)
+    if not batches:
+        return math.nan, math.nan
+    dice, iou = [], []
+    for rows in batches:
+        inter, p, t = (float(v) for v in sums[rows].sum(0))
+        dice.append(soft_dice(inter, p, t, smooth))
+        iou.append(soft_iou(inter, p, t, smooth))
+    return float(np.mean(dice)), float(np.mean(iou))
 
 
-def paper_iou(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> float:
-    """Paper protocol for ONE batch: (Σtp + s)/(Σ|pred ∪ target| + s) over all its pixels."""
-    tp, fp, fn = confusion_counts(pred, target)
-    tp_sum = int(tp.sum())
-    return _smoothed_iou(tp_sum, tp_sum + int(fp.sum()), tp_sum + int(fn.sum()), smooth)
+def keras_validation_batches(
+    n: int, batch_size: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """The rows Keras validated on with `validation_steps = n // batch_size`: that many full
+    batches from a fresh shuffle of the n rows (the rest is never seen that epoch)."""
+    order = torch.randperm(n, generator=generator)
+    steps = n // batch_size
+    return list(order[: steps * batch_size].split(batch_size)) if steps else []
 
 
 def _lesion_mean(numer: torch.Tensor, denom: torch.Tensor, has_gt: torch.Tensor) -> float:
@@ -144,59 +225,86 @@ def detection_rates(
 
 
 class ProtocolAccumulator:
-    """Collect per-slice counts over batches and compute every protocol of `PROTOCOL_KEYS`.
+    """Collect per-slice sums over batches and compute every protocol of `PROTOCOLS`.
 
-    `update` keeps int64 (tp, fp, fn) per slice on the batch's device without synchronising;
-    `compute` concatenates once. The paper protocol is the unweighted mean over batches of the
-    per-batch smoothed value, as tf.keras reports a metric that returns one scalar per batch
-    (standalone Keras ≤ 2.3 weighted batches by size instead; the two differ only through a
-    smaller last batch).
+    `update` keeps, per slice and on the batch's device without synchronising, the soft sums
+    (Σpt, Σp, Σt) of the probabilities and the int64 (tp, fp, fn) of the masks thresholded at
+    `threshold`; `compute` concatenates once. The paper protocol is the unweighted mean over the
+    batches given to `update` of each batch's soft value, as Keras reports a metric that returns
+    one scalar per batch: it depends on how the set was batched.
     """
 
-    def __init__(self, smooth: float = 1.0, min_area: int = 0) -> None:
-        self.smooth = float(smooth)
+    def __init__(self, min_area: int = 0, threshold: float = 0.5) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise IchsegError(f"threshold: expected a probability in (0, 1), found {threshold}")
         self.min_area = int(min_area)
+        self.threshold = float(threshold)
         self.reset()
 
     def reset(self) -> None:
         """Forget every batch seen so far."""
         self._counts: list[torch.Tensor] = []
-        self._batch_sizes: list[int] = []
+        self._sums: list[torch.Tensor] = []
+        self.batch_sizes: list[int] = []
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch of boolean masks (B, ...)."""
-        tp, fp, fn = confusion_counts(pred.detach(), target.detach())
+    def update(self, prob: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch: sigmoid probabilities (B, ...) and boolean ground truth (B, ...)."""
+        prob, target = prob.detach(), target.detach()
+        self._sums.append(soft_sums(prob, target))
+        tp, fp, fn = confusion_counts(prob > self.threshold, target)
         self._counts.append(torch.stack([tp, fp, fn], dim=1))
-        self._batch_sizes.append(int(pred.shape[0]))
+        self.batch_sizes.append(int(prob.shape[0]))
 
-    def _all_counts(self) -> torch.Tensor:
-        """(N, 3) int64 CPU tensor of (tp, fp, fn) for every slice seen."""
+    def _gather(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3) int64 (tp, fp, fn) and (N, 3) float64 soft sums, on the CPU, in update order."""
         if not self._counts:
             raise IchsegError("ProtocolAccumulator: compute() or per_sample() before any update()")
-        return torch.cat([c.cpu() for c in self._counts])
+        return torch.cat([c.cpu() for c in self._counts]), torch.cat([s.cpu() for s in self._sums])
 
     def per_sample(self) -> dict[str, np.ndarray]:
-        """Per-slice int64 arrays tp, fp, fn, pred_area, target_area in update order."""
-        tp, fp, fn = self._all_counts().numpy().T
-        return {"tp": tp, "fp": fp, "fn": fn, "pred_area": tp + fp, "target_area": tp + fn}
-
-    def compute(self) -> dict[str, float]:
-        """All eight `PROTOCOL_KEYS` as floats (NaN where a protocol is undefined)."""
-        counts = self._all_counts()
-        tp, fp, fn = counts.unbind(1)
-        dice_b, iou_b = [], []
-        for chunk in counts.split(self._batch_sizes):
-            t, p, n = (int(v) for v in chunk.sum(0))
-            dice_b.append(_smoothed_dice(t, t + p, t + n, self.smooth))
-            iou_b.append(_smoothed_iou(t, t + p, t + n, self.smooth))
-        sens, spec = detection_rates(tp + fp, tp + fn, self.min_area)
+        """Per-slice int64 tp, fp, fn, pred_area, target_area and float64 soft_dice (smooth
+        100), in update order."""
+        counts, sums = self._gather()
+        tp, fp, fn = counts.numpy().T
+        inter, p, t = sums.numpy().T
+        dice = (2 * inter + PAPER_SMOOTH) / (p + t + PAPER_SMOOTH)
         return {
-            "dice_paper": float(np.mean(dice_b)),
-            "iou_paper": float(np.mean(iou_b)),
-            "dice_lesion": lesion_dice(tp, fp, fn),
-            "iou_lesion": lesion_iou(tp, fp, fn),
-            "dice_pooled": pooled_dice(tp, fp, fn),
-            "iou_pooled": pooled_iou(tp, fp, fn),
-            "sensitivity_detection": sens,
-            "specificity_detection": spec,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "pred_area": tp + fp,
+            "target_area": tp + fn,
+            "soft_dice": dice,
         }
+
+    def compute(self, keras_validation: tuple[int, torch.Generator] | None = None) -> dict:
+        """Every protocol's keys as floats (NaN where a protocol is undefined).
+
+        `keras_validation=(batch_size, generator)` adds the `onebatch` protocol: the paper
+        protocol over the batches Keras' `validation_steps = n // batch_size` would have drawn.
+        """
+        counts, sums = self._gather()
+        tp, fp, fn = counts.unbind(1)
+        batches = list(torch.arange(len(sums)).split(self.batch_sizes))
+        dice_paper, iou_paper = batch_mean(sums, batches)
+        singles = list(torch.arange(len(sums)).split(1))
+        dice_image, iou_image = batch_mean(sums, singles)
+        sens, spec = detection_rates(tp + fp, tp + fn, self.min_area)
+        out = {"dice_paper": dice_paper, "iou_paper": iou_paper}
+        if keras_validation is not None:
+            batch_size, generator = keras_validation
+            drawn = keras_validation_batches(len(sums), batch_size, generator)
+            out["dice_onebatch"], out["iou_onebatch"] = batch_mean(sums, drawn)
+        out.update(
+            {
+                "dice_perimage": dice_image,
+                "iou_perimage": iou_image,
+                "dice_lesion": lesion_dice(tp, fp, fn),
+                "iou_lesion": lesion_iou(tp, fp, fn),
+                "dice_pooled": pooled_dice(tp, fp, fn),
+                "iou_pooled": pooled_iou(tp, fp, fn),
+                "sensitivity_detection": sens,
+                "specificity_detection": spec,
+            }
+        )
+        return out

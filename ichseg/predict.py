@@ -38,9 +38,15 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ichseg.atomic import atomic_path
 from ichseg.data.release import NIFTI_READ_ERRORS
-from ichseg.data.transforms import resize_images, to_slices, window
+from ichseg.data.transforms import (
+    INTENSITIES,
+    encode_intensity,
+    resize_images,
+    to_slices,
+    window,
+)
 from ichseg.errors import IchsegError
-from ichseg.models.unet import UNet
+from ichseg.models.unet import UNet, batch_norm_mode
 
 # Written by `SegmentationModule.on_save_checkpoint`: {"size", "level", "width"}.
 PREPROCESS_KEY = "ichseg_preprocess"
@@ -75,15 +81,18 @@ def _first_line(err: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The training inputs' settings: slice size in pixels and the CT window in HU."""
+    """The training inputs' settings: slice size in pixels, the CT window in HU, the intensity
+    encoding (checkpoints written before it existed were all "linear")."""
 
     size: int
     level: float
     width: float
+    intensity: str = "linear"
 
     @classmethod
     def parse(cls, values: dict, where: str) -> Preprocess:
-        """Validate `{"size", "level", "width"}` read from `where` (named in errors)."""
+        """Validate `{"size", "level", "width"[, "intensity"]}` read from `where` (named in
+        errors)."""
         size, level, width = (values.get(key) for key in ("size", "level", "width"))
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise IchsegError(f"{where}: size: expected a positive integer, found {size!r}")
@@ -96,7 +105,12 @@ class Preprocess:
                 raise IchsegError(f"{where}: {key}: expected a finite number, found {value!r}")
         if width <= 0:
             raise IchsegError(f"{where}: width: expected a positive window width, found {width}")
-        return cls(int(size), float(level), float(width))
+        intensity = values.get("intensity", "linear")
+        if intensity not in INTENSITIES:
+            raise IchsegError(
+                f"{where}: intensity: expected one of {', '.join(INTENSITIES)}, found {intensity!r}"
+            )
+        return cls(int(size), float(level), float(width), intensity)
 
 
 @dataclass
@@ -106,7 +120,7 @@ class Member:
     path: Path
     net: UNet
     filters: tuple[int, ...]
-    batch_norm: bool
+    batch_norm: str
     threshold: float
     preprocess: Preprocess
     preprocess_source: str
@@ -130,7 +144,9 @@ def _read_config_preprocess(path: Path) -> Preprocess | None:
     missing = [f"data.{key}" for key in keys.values() if key not in block]
     if missing:
         raise IchsegError(f"{config}: missing {', '.join(missing)} (needed by {path.name})")
-    return Preprocess.parse({ours: block[theirs] for ours, theirs in keys.items()}, str(config))
+    values = {ours: block[theirs] for ours, theirs in keys.items()}
+    values["intensity"] = block.get("intensity", "linear")
+    return Preprocess.parse(values, str(config))
 
 
 def load_member(path: str | os.PathLike, device: torch.device) -> Member:
@@ -166,7 +182,7 @@ def load_member(path: str | os.PathLike, device: torch.device) -> Member:
         )
     try:
         filters = tuple(int(f) for f in hparams["filters"])
-        batch_norm = bool(hparams.get("batch_norm", False))
+        batch_norm = batch_norm_mode(hparams.get("batch_norm", False))
         threshold = float(hparams.get("threshold", 0.5))
         net = UNet(filters=filters, batch_norm=batch_norm, dropout=hparams.get("dropout", 0.0))
     except (IchsegError, TypeError, ValueError) as err:
@@ -295,7 +311,8 @@ class Ensemble:
         upright = torch.from_numpy(to_slices(window(hu, p.level, p.width)))
         scaled = resize_images(upright, p.size)
         # The cache stores 8-bit images (the paper's PNGs); the networks never saw finer steps.
-        return scaled.mul_(255).round_().clamp_(0, 255).div_(255)[:, None]
+        eight_bit = scaled.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        return encode_intensity(eight_bit, p.intensity)[:, None]
 
     @torch.inference_mode()
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
@@ -584,6 +601,7 @@ def _predict_one(ensemble: Ensemble, scan: Scan, out: Path) -> dict:
             "size": ensemble.preprocess.size,
             "window_level": ensemble.preprocess.level,
             "window_width": ensemble.preprocess.width,
+            "intensity": ensemble.preprocess.intensity,
             "from": ensemble.members[0].preprocess_source,
         },
         "flip_tta": ensemble.flip,

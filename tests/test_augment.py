@@ -79,17 +79,21 @@ def test_plus_90_degrees_is_rot90_counter_clockwise() -> None:
     assert torch.equal(out_mask, torch.rot90(mask, 1, dims=(-2, -1)))
 
 
-def test_shift_moves_content_right_and_down_by_fraction_of_size() -> None:
+@pytest.mark.parametrize("fill", ["constant", "nearest"])
+def test_shift_moves_content_right_and_down_by_fraction_of_size(fill: str) -> None:
     image = torch.rand(2, 1, 16, 20)
     mask = _blobs(2, 20)[..., 2:18, :]
     shift = torch.tensor([[3 / 20, 0.0], [0.0, 2 / 16]])  # 3 px right; 2 px down
-    out_image, out_mask = BatchAugment.warp(image, mask, **_params(2, shift=shift))
+    out_image, out_mask = BatchAugment.warp(image, mask, **_params(2, shift=shift), fill=fill)
     torch.testing.assert_close(out_image[0, :, :, 3:], image[0, :, :, :-3], atol=1e-5, rtol=0)
     torch.testing.assert_close(out_image[1, :, 2:], image[1, :, :-2], atol=1e-5, rtol=0)
-    # What enters from outside the image is air (0), not a smeared border.
-    assert out_image[0, :, :, :3].abs().max() < 1e-5
-    assert out_image[1, :, :2].abs().max() < 1e-5
     assert torch.equal(out_mask[0, :, :, 3:], mask[0, :, :, :-3])
+    entered_left, entered_top = out_image[0, :, :, :3], out_image[1, :, :2]
+    if fill == "constant":  # air (0) enters from outside the image
+        assert entered_left.abs().max() < 1e-5 and entered_top.abs().max() < 1e-5
+    else:  # Keras' fill_mode='nearest': the edge pixel repeated
+        torch.testing.assert_close(entered_left, image[0, :, :, :1].expand(-1, -1, 3))
+        torch.testing.assert_close(entered_top, image[1, :, :1].expand(-1, 2, -1))
 
 
 def test_zoom_enlarges_content_about_the_centre() -> None:

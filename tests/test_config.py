@@ -30,25 +30,41 @@ def module_cfg(cfg):
     return OmegaConf.to_container(cfg.model.module, resolve=True)
 
 
-def test_unet_is_the_paper_baseline():
+def test_unet_is_the_authors_baseline():
     cfg = compose_train(["model=unet"])
     m = module_cfg(cfg)
     assert m["filters"] == [64, 128, 256, 512, 1024]
-    assert (m["batch_norm"], m["dropout"], m["lr"]) == (False, 0.0, 1e-4)
+    assert (m["batch_norm"], m["dropout"], m["lr"]) == ("second", 0.0, 1e-4)
     assert cfg.data.batch_size == 32
+    plain = module_cfg(compose_train(["model=unet_plain"]))
+    assert {**plain, "batch_norm": "second"} == m and plain["batch_norm"] == "none"
 
 
 def test_dunet_halves_filters_adds_batch_norm_and_dropout():
     m = module_cfg(compose_train(["model=dunet"]))
     assert m["filters"] == [32, 64, 128, 256, 512]
-    assert (m["batch_norm"], m["dropout"]) == (True, 0.2)
+    assert (m["batch_norm"], m["dropout"]) == ("both", 0.2)
 
 
-def test_paper_experiment_settings():
+def test_paper_experiment_follows_the_authors_code():
     cfg = compose_train(["experiment=paper", "model=dunet"])
     assert cfg.data.size == 256 and cfg.data.batch_size == 32
     assert cfg.trainer.max_epochs == 1000 and cfg.checkpoint_every == 100
-    assert cfg.model.module.lr == 1e-4 and cfg.model.width == 1.0
+    m = module_cfg(cfg)
+    assert m["lr"] == 1e-4 and cfg.model.width == 1.0
+    # Keras Adam(epsilon=None -> 1e-7, decay=lr/EPOCHS), dice_coef smooth 100.
+    assert (m["optimizer"], m["adam_eps"], m["smooth"]) == ("keras_adam", 1e-7, 100.0)
+    assert m["lr_decay"] == pytest.approx(1e-4 / 1000)
+    aug = OmegaConf.to_container(cfg.data.augment)
+    assert aug == {
+        "rotation_deg": 0.2,
+        "shift": 0.05,
+        "shear_deg": 0.05,
+        "zoom": 0.05,
+        "hflip": 0.5,
+        "fill": "nearest",
+    }
+    assert cfg.data.intensity == "viridis_png"
 
 
 @pytest.mark.parametrize("model", ["unet", "dunet"])

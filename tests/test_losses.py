@@ -77,7 +77,11 @@ def test_perfect_prediction_is_near_zero():
     logits = (target * 2 - 1) * 30
     assert soft_dice_loss(logits, target).item() == pytest.approx(0.0, abs=1e-6)
     assert soft_dice_loss(logits, target, per_sample=True).item() == pytest.approx(0.0, abs=1e-6)
-    assert soft_dice_loss(-logits, target).item() > 0.99
+    assert soft_dice_loss(-logits, target, smooth=1.0).item() > 0.99
+    # The default is the authors' smooth 100: a wholly wrong prediction keeps 100/(Σp+Σt+100).
+    area = float(target.sum()) + float((target == 0).sum())
+    want = 1 - 100 / (area + 100)
+    assert soft_dice_loss(-logits, target).item() == pytest.approx(want, rel=1e-5)
 
 
 def test_shape_mismatch_raises():

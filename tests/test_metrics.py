@@ -25,10 +25,9 @@ from ichseg.metrics import (
     detection_rates,
     lesion_dice,
     lesion_iou,
-    paper_dice,
-    paper_iou,
     pooled_dice,
     pooled_iou,
+    stage_keys,
 )
 
 
@@ -108,43 +107,106 @@ def test_detection_threshold_is_strict():
     assert (sens, spec) == (0.5, 0.5)
 
 
-def test_paper_against_numpy_formula():
-    p = PRED.numpy().ravel().astype(np.float64)
-    t = TARGET.numpy().ravel().astype(np.float64)
-    for s in (1.0, 1e-5):
-        inter = (p * t).sum()
-        want_dice = (2 * inter + s) / (p.sum() + t.sum() + s)
-        want_iou = (inter + s) / (p.sum() + t.sum() - inter + s)
-        assert paper_dice(PRED, TARGET, smooth=s) == pytest.approx(want_dice, rel=1e-12)
-        assert paper_iou(PRED, TARGET, smooth=s) == pytest.approx(want_iou, rel=1e-12)
+def random_probs(n: int, seed: int, size: int = 12) -> torch.Tensor:
+    """(n, 1, size, size) sigmoid probabilities near TARGET, with confident and unsure pixels."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 1, size, size, generator=g) * 3 + (TARGET[:n].float() * 4 - 2)
+    return torch.sigmoid(logits)
 
 
-def test_paper_empty_batch_scores_exactly_one():
-    empty = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
-    # The documented "near-perfect" effect: smooth/smooth on empty slices.
-    assert paper_dice(empty, empty) == 1.0 and paper_iou(empty, empty) == 1.0
-    assert math.isnan(paper_dice(empty, empty, smooth=0.0))
-    # ...while lesion and pooled protocols have nothing to score.
-    tp, fp, fn = confusion_counts(empty, empty)
-    assert math.isnan(lesion_dice(tp, fp, fn)) and math.isnan(lesion_iou(tp, fp, fn))
-    assert math.isnan(pooled_dice(tp, fp, fn)) and math.isnan(pooled_iou(tp, fp, fn))
-    sens, spec = detection_rates(tp + fp, tp + fn)
-    assert math.isnan(sens) and spec == 1.0
+PROB = random_probs(24, seed=11)
 
 
-def test_accumulator_over_uneven_batches():
-    acc = ProtocolAccumulator(smooth=1.0, min_area=1)
+def keras_dice_coef(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The authors' Keras `dice_coef` on one batch, in numpy: smooth 100, all pixels pooled."""
+    t, p = y_true.astype(np.float64).ravel(), y_pred.astype(np.float64).ravel()
+    return (2 * np.sum(t * p) + 100) / (np.sum(t) + np.sum(p) + 100)
+
+
+def keras_iou(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The authors' Keras `iou` on one batch, in numpy."""
+    t, p = y_true.astype(np.float64), y_pred.astype(np.float64)
+    inter = np.sum(t * p)
+    return (inter + 100) / (np.sum(t + p) - inter + 100)
+
+
+def test_paper_protocol_is_keras_soft_metric_averaged_over_batches():
     sizes = (5, 3, 16)
-    batches = list(zip(PRED.split(sizes), TARGET.split(sizes), strict=True))
-    for p, t in batches:
+    acc = ProtocolAccumulator()
+    for p, t in zip(PROB.split(sizes), TARGET.split(sizes), strict=True):
         acc.update(p, t)
     got = acc.compute()
-    assert tuple(got) == PROTOCOL_KEYS and all(isinstance(v, float) for v in got.values())
+    probs, truth = (
+        np.split(PROB.numpy(), np.cumsum(sizes)[:-1]),
+        np.split(TARGET.numpy(), np.cumsum(sizes)[:-1]),
+    )
+    want_dice = np.mean([keras_dice_coef(t, p) for p, t in zip(probs, truth, strict=True)])
+    want_iou = np.mean([keras_iou(t, p) for p, t in zip(probs, truth, strict=True)])
+    assert got["dice_paper"] == pytest.approx(want_dice, rel=1e-6)
+    assert got["iou_paper"] == pytest.approx(want_iou, rel=1e-6)
+    # Per image: Keras evaluate with batch size 1.
+    per_image = [keras_dice_coef(t, p) for p, t in zip(PROB.numpy(), TARGET.numpy(), strict=True)]
+    assert got["dice_perimage"] == pytest.approx(np.mean(per_image), rel=1e-6)
+    per_image_iou = [keras_iou(t, p) for p, t in zip(PROB.numpy(), TARGET.numpy(), strict=True)]
+    assert got["iou_perimage"] == pytest.approx(np.mean(per_image_iou), rel=1e-6)
+    np.testing.assert_allclose(acc.per_sample()["soft_dice"], per_image, rtol=1e-6)
+    # Soft, not thresholded: the same masks at 0/1 give another value.
+    hard = ProtocolAccumulator()
+    hard.update((PROB > 0.5).float(), TARGET)
+    assert hard.compute()["dice_paper"] != pytest.approx(
+        keras_dice_coef(TARGET.numpy(), PROB.numpy()), rel=1e-3
+    )
+
+
+def test_paper_protocol_matches_monai_batch_dice():
+    from monai.losses import DiceLoss
+
+    loss = DiceLoss(sigmoid=False, batch=True, smooth_nr=100.0, smooth_dr=100.0)
+    acc = ProtocolAccumulator()
+    acc.update(PROB, TARGET)
+    assert acc.compute()["dice_paper"] == pytest.approx(
+        1 - float(loss(PROB, TARGET.float())), rel=1e-5
+    )
+
+
+def test_empty_slices_count_as_near_perfect_under_the_soft_protocols():
+    empty = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    acc = ProtocolAccumulator()
+    acc.update(torch.full((4, 1, 8, 8), 0.01), empty)
+    got = acc.compute()
+    # 2·0 + 100 over 4·64·0.01 + 100: about 0.975 for a confident empty prediction.
+    assert got["dice_paper"] == pytest.approx(100 / (2.56 + 100))
+    assert got["dice_perimage"] == pytest.approx(100 / (0.64 + 100))
+    # ...while lesion and pooled protocols have nothing to score.
+    assert math.isnan(got["dice_lesion"]) and math.isnan(got["dice_pooled"])
+    assert math.isnan(got["sensitivity_detection"]) and got["specificity_detection"] == 1.0
+
+
+def test_onebatch_is_what_keras_validation_steps_would_draw():
+    acc = ProtocolAccumulator()
+    for p, t in zip(PROB.split(7), TARGET.split(7), strict=True):
+        acc.update(p, t)
+    got = acc.compute(keras_validation=(10, torch.Generator().manual_seed(3)))
+    # n // batch = 2 batches of 10 from one shuffle; the last 4 slices are never seen.
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(3)).numpy()
+    batches = [order[:10], order[10:20]]
+    want = np.mean([keras_dice_coef(TARGET.numpy()[b], PROB.numpy()[b]) for b in batches])
+    assert got["dice_onebatch"] == pytest.approx(want, rel=1e-6)
+    # Fewer slices than one batch: Keras validates on nothing.
+    none = acc.compute(keras_validation=(25, torch.Generator().manual_seed(3)))
+    assert math.isnan(none["dice_onebatch"]) and math.isnan(none["iou_onebatch"])
+
+
+def test_accumulator_hard_protocols_over_uneven_batches():
+    acc = ProtocolAccumulator(min_area=1, threshold=0.5)
+    sizes = (5, 3, 16)
+    for p, t in zip(PRED.float().split(sizes), TARGET.split(sizes), strict=True):
+        acc.update(p, t)
+    got = acc.compute()
+    assert tuple(got) == stage_keys("test") and all(isinstance(v, float) for v in got.values())
     tp, fp, fn = confusion_counts(PRED, TARGET)
     sens, spec = detection_rates(tp + fp, tp + fn, min_area=1)
     want = {
-        "dice_paper": np.mean([paper_dice(p, t) for p, t in batches]),
-        "iou_paper": np.mean([paper_iou(p, t) for p, t in batches]),
         "dice_lesion": lesion_dice(tp, fp, fn),
         "iou_lesion": lesion_iou(tp, fp, fn),
         "dice_pooled": pooled_dice(tp, fp, fn),
@@ -152,28 +214,24 @@ def test_accumulator_over_uneven_batches():
         "sensitivity_detection": sens,
         "specificity_detection": spec,
     }
-    for key in PROTOCOL_KEYS:
-        assert got[key] == pytest.approx(want[key], rel=1e-12), key
-    # The epoch paper value is a mean of batch values, not the value of the pooled epoch.
-    assert got["dice_paper"] != pytest.approx(paper_dice(PRED, TARGET), rel=1e-6)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-12), key
 
     per = acc.per_sample()
     np.testing.assert_array_equal(per["tp"], tp.numpy())
     np.testing.assert_array_equal(per["pred_area"], (tp + fp).numpy())
     np.testing.assert_array_equal(per["target_area"], TARGET.flatten(1).sum(1).numpy())
-    assert all(v.dtype == np.int64 for v in per.values())
 
     acc.reset()
     with pytest.raises(IchsegError, match="before any update"):
         acc.compute()
-    acc.update(*batches[1])
-    assert acc.compute()["dice_paper"] == pytest.approx(paper_dice(*batches[1]))
-    assert len(acc.per_sample()["tp"]) == 3
 
 
-def test_protocol_descriptions():
-    assert set(PROTOCOLS) == {key.split("_")[1] for key in PROTOCOL_KEYS}
-    assert all(isinstance(v, str) and v for v in PROTOCOLS.values())
+def test_protocol_registry():
+    assert tuple(k for p in PROTOCOLS.values() for k in p.keys) == PROTOCOL_KEYS
+    assert all(p.description for p in PROTOCOLS.values())
+    assert "dice_onebatch" in stage_keys("val") and "dice_onebatch" not in stage_keys("train")
+    assert all(key.endswith("_" + name) for name, p in PROTOCOLS.items() for key in p.keys)
 
 
 def test_bad_inputs_raise():

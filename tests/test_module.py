@@ -67,7 +67,7 @@ def test_compiled_training_step_matches_eager() -> None:
     batch = {"image": image, "mask": (image > 0.7).float()}
     results = []
     for module in (eager, compiled):
-        optimizer = module.configure_optimizers()
+        optimizer = module.configure_optimizers()["optimizer"]
         loss = module.training_step(batch, 0)
         loss.backward()
         grads = {name: p.grad.clone() for name, p in module.net.named_parameters()}

@@ -34,7 +34,7 @@ def one_step(module: SegmentationModule, batch: dict, bf16: bool) -> dict:
     """training_step -> backward -> Adam step, under CPU bf16 autocast (as bf16-mixed) or not."""
     seen = {}
     hook = module.net.register_forward_hook(lambda m, i, out: seen.update(logits=out.dtype))
-    optimizer = module.configure_optimizers()
+    optimizer = module.configure_optimizers()["optimizer"]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss = module.training_step(batch, 0)
     loss.backward()

@@ -15,6 +15,7 @@ from matplotlib.image import imread
 from scipy import stats
 
 from ichseg.errors import IchsegError
+from ichseg.metrics import METRICS_VERSION
 from ichseg.report.build import build_report
 from ichseg.report.collect import collect_sweep, latest_sweep
 from ichseg.report.heldout import TestExample, TestResult
@@ -22,10 +23,20 @@ from ichseg.report.selection import select
 from ichseg.report.table import CSV_COLUMNS, table_rows
 from ichseg.training.records import read_records, upsert_history, upsert_record, write_job
 
-KEYS = ("iou_paper", "dice_paper", "iou_lesion", "dice_lesion", "iou_pooled", "dice_pooled")
+KEYS = (
+    "iou_paper",
+    "dice_paper",
+    "iou_onebatch",
+    "dice_onebatch",
+    "iou_lesion",
+    "dice_lesion",
+    "iou_pooled",
+    "dice_pooled",
+)
 DETECTION = ("sensitivity_detection", "specificity_detection")
 PROTOCOL_KEYS = {
     "paper": ("iou_paper", "dice_paper"),
+    "onebatch": ("iou_onebatch", "dice_onebatch"),
     "lesion": ("iou_lesion", "dice_lesion"),
     "pooled": ("iou_pooled", "dice_pooled"),
 }
@@ -127,6 +138,7 @@ def make_sweep(
                         "fold": fold,
                         "epoch": epoch,
                         "checkpoint": f"checkpoints/epoch={epoch:04d}.ckpt",
+                        "metrics_version": METRICS_VERSION,
                         "train": metrics(model, fold, epoch, "train"),
                         "val": metrics(model, fold, epoch, "val"),
                     },
@@ -162,9 +174,11 @@ def test_table1_csv_matches_an_independent_computation(tmp_path):
     with open(out / "table1.csv", newline="") as fh:
         assert tuple(next(csv.reader(fh))) == CSV_COLUMNS
     rows = read_csv(out / "table1.csv")
-    assert len(rows) == 2 * 3 * 3  # models x epochs x protocols
+    assert len(rows) == 2 * 3 * 4  # models x epochs x protocols
     for row in rows:
         iou_key, dice_key = PROTOCOL_KEYS[row["protocol"]]
+        # onebatch is a validation protocol: its train columns are the paper protocol's.
+        train_keys = PROTOCOL_KEYS["paper" if row["protocol"] == "onebatch" else row["protocol"]]
         records = [
             r
             for f in range(10)
@@ -173,8 +187,8 @@ def test_table1_csv_matches_an_independent_computation(tmp_path):
         ]
         assert int(row["n_folds"]) == len(records) == 10
         for column, split, key in (
-            ("train_iou", "train", iou_key),
-            ("train_dice", "train", dice_key),
+            ("train_iou", "train", train_keys[0]),
+            ("train_dice", "train", train_keys[1]),
             ("val_iou_mean", "val", iou_key),
             ("val_dice_mean", "val", dice_key),
         ):
@@ -190,7 +204,7 @@ def test_markdown_and_latex_contain_every_row(tmp_path):
     out = build_report(sweep)
     text = (out / "report.md").read_text()
     tex = (out / "table1.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == 3
+    assert tex.count(r"\begin{tabular}") == 4
     assert "(64,128,256,512,1024)" in text and "(32,64,128,256,512)" in tex
     for row in read_csv(out / "table1.csv"):
         cell = f"{float(row['val_dice_mean']):.3f} ({float(row['val_dice_std']):.3f})"
@@ -417,7 +431,7 @@ def test_test_eval_scores_ensemble_and_best_fold(tmp_path):
     import pytorch_lightning as pl
 
     from ichseg.data.datamodule import ICHDataModule
-    from ichseg.metrics import confusion_counts, lesion_dice, paper_dice
+    from ichseg.metrics import confusion_counts, lesion_dice
     from ichseg.report.test_eval import evaluate_test
     from ichseg.training.module import SegmentationModule
 
@@ -465,12 +479,20 @@ def test_test_eval_scores_ensemble_and_best_fold(tmp_path):
     images, target = dm.images[dm.test_rows], dm.masks[dm.test_rows] > 0.5
     with torch.no_grad():
         probs = {f: torch.sigmoid(m(images)) for f, m in modules.items()}
+
+    def keras_dice(p: np.ndarray, t: np.ndarray) -> float:  # the authors' dice_coef, smooth 100
+        p, t = p.astype(np.float64).ravel(), t.astype(np.float64).ravel()
+        return (2 * np.sum(p * t) + 100) / (np.sum(p) + np.sum(t) + 100)
+
     for result, prob in ((ensemble, (probs[0] + probs[1]) / 2), (single, probs[best])):
         pred = prob > 0.5
-        batches = zip(pred.split(8), target.split(8), strict=True)
-        expected_paper = np.mean([paper_dice(p, t) for p, t in batches])
+        p_np, t_np = prob.numpy(), target.numpy()
+        batches = [slice(i, i + 8) for i in range(0, len(p_np), 8)]
+        expected_paper = np.mean([keras_dice(p_np[b], t_np[b]) for b in batches])
+        expected_image = np.mean([keras_dice(p, t) for p, t in zip(p_np, t_np, strict=True)])
         expected_lesion = lesion_dice(*confusion_counts(pred, target))
-        assert result.overall["dice_paper"] == pytest.approx(expected_paper)
+        assert result.overall["dice_paper"] == pytest.approx(expected_paper, rel=1e-5)
+        assert result.overall["dice_perimage"] == pytest.approx(expected_image, rel=1e-5)
         assert result.overall["dice_lesion"] == pytest.approx(expected_lesion)
         assert result.n_slices == len(dm.test_rows)
         subtypes = dm.row_subtypes(dm.test_rows)
@@ -490,7 +512,7 @@ def test_wandb_source_gives_the_same_table(tmp_path):
     runs = []
     for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
         rows = [
-            {"checkpoint/epoch": r["epoch"]}
+            {"checkpoint/epoch": r["epoch"], "checkpoint/metrics_version": r["metrics_version"]}
             | {f"checkpoint/{s}_{k}": v for s in ("train", "val") for k, v in r[s].items()}
             for r in read_records(job)
         ]
@@ -515,3 +537,19 @@ def test_wandb_source_gives_the_same_table(tmp_path):
     assert "unet-fold1: epochs 200" in text and "Read from W&B" in text
     with pytest.raises(IchsegError, match="no run in group"):
         collect_wandb("me/ichseg", "other", api)
+
+
+def test_records_of_an_older_metric_version_are_refused(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", max_epochs=100)
+    job = sweep / "unet-fold3"
+    records = read_records(job)
+    for r in records:
+        r.pop("metrics_version")
+    (job / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(IchsegError, match=r"unet-fold3.*epoch 100.*'dice_paper' was a thresh"):
+        build_report(sweep)
+    records[0]["metrics_version"] = 7
+    (job / "records.jsonl").write_text(json.dumps(records[0]) + "\n")
+    with pytest.raises(IchsegError, match="metrics_version 7, this ichseg reads 2"):
+        build_report(sweep)
+    assert not (sweep / "report").exists()

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from ichseg.data.transforms import resize_images, resize_masks, to_slices, window
+from ichseg.data.transforms import (
+    encode_intensity,
+    resize_images,
+    resize_masks,
+    to_slices,
+    window,
+)
 from ichseg.errors import IchsegError
 
 
@@ -67,3 +73,40 @@ def test_resize_masks_binary_area_kept_and_noop():
     assert abs(out[1].sum().item() - area_in) <= (19 + 28) / 2 + 1
     with pytest.raises(IchsegError, match="resize_masks"):
         resize_masks(m[0], 32)
+
+
+def _authors_png_round_trip(slice_uint8: np.ndarray) -> np.ndarray:
+    """What the authors' pipeline fed the network: matplotlib `imsave` (viridis, autoscaled)
+    of the windowed slice, read back through PIL as grey and divided by 255."""
+    import io
+
+    from matplotlib.pyplot import imsave
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    imsave(buffer, slice_uint8.astype(np.float32), format="png")
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer).convert("L"), dtype=np.float64) / 255
+
+
+def test_viridis_png_intensity_is_the_authors_png_round_trip():
+    rng = np.random.default_rng(0)
+    slices = rng.integers(0, 256, size=(3, 16, 16), dtype=np.uint8)
+    slices[0, 0, 0], slices[0, 0, 1] = 0, 255  # full range
+    slices[1] = np.clip(slices[1], 40, 90)  # a narrow range is stretched, as imsave does
+    slices[2] = 77  # constant: matplotlib maps it to the bottom colour
+    got = encode_intensity(torch.from_numpy(slices), "viridis_png").numpy()
+    for i in range(len(slices)):
+        np.testing.assert_allclose(got[i], _authors_png_round_trip(slices[i]), atol=1e-6)
+    assert got.min() == pytest.approx(30 / 255) and got.max() == pytest.approx(215 / 255)
+
+
+def test_linear_intensity_and_bad_encodings():
+    slices = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)
+    np.testing.assert_allclose(
+        encode_intensity(slices).numpy().ravel(), np.arange(256) / 255, atol=1e-7
+    )
+    with pytest.raises(IchsegError, match=r"data\.intensity: expected one of linear, viridis_png"):
+        encode_intensity(slices, "jet")
+    with pytest.raises(IchsegError, match="uint8"):
+        encode_intensity(slices.float(), "linear")

@@ -1,4 +1,6 @@
-"""UNet: shapes, size errors, paper-config parameter counts and structure, dropout, init."""
+"""UNet: shapes, size errors, paper-config parameter counts, layer order and structure, dropout,
+init. The authors' baseline (`model=unet`) has batch norm after the second convolution of each
+block only (their Keras `double_conv`); D-Unet after both; the textbook U-Net after none."""
 
 from __future__ import annotations
 
@@ -12,25 +14,29 @@ from torch import nn
 from ichseg.errors import IchsegError
 from ichseg.models.unet import UNet
 
-UNET = {"filters": (64, 128, 256, 512, 1024), "batch_norm": False, "dropout": 0.0}
-DUNET = {"filters": (32, 64, 128, 256, 512), "batch_norm": True, "dropout": 0.2}
+UNET = {"filters": (64, 128, 256, 512, 1024), "batch_norm": "second", "dropout": 0.0}
+PLAIN = {"filters": (64, 128, 256, 512, 1024), "batch_norm": "none", "dropout": 0.0}
+DUNET = {"filters": (32, 64, 128, 256, 512), "batch_norm": "both", "dropout": 0.2}
+# (BN after the first conv, BN after the second conv) of every block.
+NORMS = {"none": (False, False), "second": (False, True), "both": (True, True)}
 
 
 def closed_form_params(filters, batch_norm, cin=1, cout=1):
     """Parameter count from the architecture description, level by level."""
     k3 = 9
-    conv_bias = 0 if batch_norm else 1
-    bn = 2 if batch_norm else 0  # gamma and beta per channel
+    first, second = NORMS[batch_norm]
+
+    def conv(cin, cout, norm):  # 3x3 conv (bias only without BN) + BN's gamma and beta
+        return (cin * k3 + (0 if norm else 1)) * cout + (2 * cout if norm else 0)
+
     total = 0
     prev = cin
     for f in filters:  # contracting path + bottleneck: two 3x3 convs per level
-        total += (prev * k3 + conv_bias) * f + bn * f
-        total += (f * k3 + conv_bias) * f + bn * f
+        total += conv(prev, f, first) + conv(f, f, second)
         prev = f
     for lo, hi in itertools.pairwise(filters):  # expanding path
         total += hi * lo * 4 + lo  # 2x2 transposed conv, with bias
-        total += (2 * lo * k3 + conv_bias) * lo + bn * lo
-        total += (lo * k3 + conv_bias) * lo + bn * lo
+        total += conv(2 * lo, lo, first) + conv(lo, lo, second)
     return total + filters[0] * cout + cout  # 1x1 head with bias
 
 
@@ -79,8 +85,10 @@ def test_constructor_validation(kwargs, match):
 
 @pytest.mark.parametrize(
     "cfg, expected",
-    [(UNET, 31_030_593), (DUNET, 7_762_465)],
-    ids=["unet", "dunet"],
+    # The authors' U-Net: the plain count less the 9 second convolutions' biases (1984 channels
+    # down, 960 up), plus gamma and beta for them: 31_030_593 - 2944 + 2 x 2944.
+    [(UNET, 31_033_537), (PLAIN, 31_030_593), (DUNET, 7_762_465)],
+    ids=["unet", "unet_plain", "dunet"],
 )
 def test_paper_parameter_counts(cfg, expected):
     model = UNet(**cfg)
@@ -96,7 +104,20 @@ def _structure(model):
     return convs, ups, bns, drops
 
 
-@pytest.mark.parametrize("cfg", [UNET, DUNET], ids=["unet", "dunet"])
+@pytest.mark.parametrize("cfg", [UNET, PLAIN, DUNET], ids=["unet", "unet_plain", "dunet"])
+def test_block_layer_order(cfg):
+    first, second = NORMS[cfg["batch_norm"]]
+    want = [nn.Conv2d, *([nn.BatchNorm2d] * first), nn.ReLU]
+    want += [nn.Conv2d, *([nn.BatchNorm2d] * second), nn.ReLU]
+    model = UNet(**cfg)
+    blocks = [*model.down, *model.up]
+    assert len(blocks) == 9
+    assert all([type(m) for m in block] == want for block in blocks)
+    # The last block's batch norm sits right before the 1x1 head (as in the Keras model).
+    assert (type(model.up[-1][-2]) is nn.BatchNorm2d) == second
+
+
+@pytest.mark.parametrize("cfg", [UNET, PLAIN, DUNET], ids=["unet", "unet_plain", "dunet"])
 def test_paper_structure(cfg):
     f = cfg["filters"]
     convs, ups, bns, drops = _structure(UNet(**cfg))
@@ -118,13 +139,22 @@ def test_paper_structure(cfg):
     ]
     assert all(u.kernel_size == (2, 2) and u.stride == (2, 2) for u in ups)
     assert all(u.bias is not None for u in ups) and convs[-1].bias is not None
-    if cfg["batch_norm"]:
-        assert [b.num_features for b in bns] == [c.out_channels for c in convs[:-1]]
-        assert all(c.bias is None for c in convs[:-1])
+    normed = [n for _ in range(9) for n in NORMS[cfg["batch_norm"]]]
+    assert [b.num_features for b in bns] == [
+        c.out_channels for c, n in zip(convs[:-1], normed, strict=True) if n
+    ]
+    assert [c.bias is None for c in convs[:-1]] == normed
+    if cfg["dropout"]:
         assert len(drops) == 4 and all(type(d) is nn.Dropout and d.p == 0.2 for d in drops)
     else:
-        assert bns == [] and drops == []
-        assert all(c.bias is not None for c in convs)
+        assert drops == []
+
+
+def test_boolean_batch_norm_of_older_checkpoints():
+    assert UNet(filters=(4, 8), batch_norm=True).batch_norm == "both"
+    assert UNet(filters=(4, 8), batch_norm=False).batch_norm == "none"
+    with pytest.raises(IchsegError, match=r"model\.batch_norm: expected one of none, second, both"):
+        UNet(filters=(4, 8), batch_norm="first")
 
 
 def test_dropout_train_vs_eval():

@@ -70,7 +70,7 @@ def write_checkpoint(path: Path, size: int) -> None:
 
     torch.manual_seed(0)
     module = SegmentationModule(filters=DUNET_FILTERS, batch_norm=True, dropout=0.2)
-    optimizer = module.configure_optimizers()
+    optimizer = module.configure_optimizers()["optimizer"]
     module(torch.rand(1, 1, 32, 32)).mean().backward()
     optimizer.step()
     torch.save(

@@ -71,7 +71,7 @@ def bare_path(cfg: DictConfig, device: torch.device, timing: dict) -> dict:
         raise IchsegError(f"precision={precision}: the bare path times 32-true and bf16-mixed")
     module = _module(cfg).to(device)
     module.train()
-    net, optimizer = module.net, module.configure_optimizers()
+    net, optimizer = module.net, module.configure_optimizers()["optimizer"]
     batch, size = int(cfg.data.batch_size), int(cfg.data.size)
     generator = torch.Generator(device=device).manual_seed(0)
     image = torch.rand(batch, 1, size, size, device=device, generator=generator)

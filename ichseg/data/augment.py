@@ -23,9 +23,9 @@ shadow `nn.Module.apply`, which recursion over a module tree relies on.
 Forward map of the content: flip first, then rotation, shear, zoom, and shift last
 (`p_out = Z · Sh · R · flip(p_in) + t`). The flip is done by index reversal (exact), the rest is
 one 2×3 matrix per sample. Images are sampled bilinearly, masks by nearest neighbour so they stay
-exactly binary and on the same grid as the image. Both pad with zeros: an image is windowed CT in
-[0, 1] where 0 is air (at or below the window's bottom), which is what lies outside the head, and
-an empty mask is the right label there.
+exactly binary and on the same grid as the image. Pixels that come from outside the image take
+`fill`: "nearest" repeats the edge pixel (Keras' `fill_mode='nearest'`, the authors' setting),
+"constant" pads with zeros (air in a windowed slice, an empty label in a mask).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from ichseg.errors import IchsegError
 
 # Columns of the single `torch.rand(B, 8)` draw.
 _ANGLE, _TX, _TY, _SHEAR, _ZX, _ZY, _FLIP, _APPLY = range(8)
+# `fill` names (Keras' fill_mode) -> grid_sample padding modes.
+FILL_MODES = {"nearest": "border", "constant": "zeros"}
 
 
 class BatchAugment(nn.Module):
@@ -51,8 +53,11 @@ class BatchAugment(nn.Module):
         zoom: float = 0.1,
         hflip: float = 0.5,
         p: float = 1.0,
+        fill: str = "nearest",
     ) -> None:
         super().__init__()
+        if fill not in FILL_MODES:
+            raise IchsegError(f"augment.fill={fill!r}: expected one of {', '.join(FILL_MODES)}")
         for name, value in (("rotation_deg", rotation_deg), ("shift", shift), ("zoom", zoom)):
             if value < 0:
                 raise IchsegError(f"augment.{name}={value}: expected a range >= 0")
@@ -69,12 +74,13 @@ class BatchAugment(nn.Module):
         self.zoom = float(zoom)
         self.hflip = float(hflip)
         self.p = float(p)
+        self.fill = fill
 
     def extra_repr(self) -> str:
         """Show the ranges when the module is printed."""
         return (
             f"rotation_deg={self.rotation_deg}, shift={self.shift}, shear_deg={self.shear_deg}, "
-            f"zoom={self.zoom}, hflip={self.hflip}, p={self.p}"
+            f"zoom={self.zoom}, hflip={self.hflip}, p={self.p}, fill={self.fill}"
         )
 
     def sample_params(
@@ -102,7 +108,7 @@ class BatchAugment(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Augment `image` (B,C,H,W) and `mask` (B,1,H,W) with the same random draw per sample."""
         params = self.sample_params(image.shape[0], image.device, generator)
-        return self.warp(image, mask, **params)
+        return self.warp(image, mask, **params, fill=self.fill)
 
     @staticmethod
     def warp(
@@ -113,8 +119,10 @@ class BatchAugment(nn.Module):
         shear: Tensor,
         zoom: Tensor,
         flip: Tensor,
+        fill: str = "nearest",
     ) -> tuple[Tensor, Tensor]:
-        """Warp with given parameters: angle, shear (B,) degrees; shift, zoom (B,2); flip (B,)."""
+        """Warp with given parameters: angle, shear (B,) degrees; shift, zoom (B,2); flip (B,);
+        `fill` for pixels from outside the image (see the module doc)."""
         if image.dim() != 4 or mask.dim() != 4 or image.shape[0] != mask.shape[0]:
             raise ValueError(
                 f"expected image (B,C,H,W) and mask (B,1,H,W), got {tuple(image.shape)} "
@@ -134,8 +142,9 @@ class BatchAugment(nn.Module):
             return image, mask
         # A sample whose matrix is exactly the identity keeps its pixels bit for bit.
         warped = warped.view(bshape)
-        image = torch.where(warped, _warp(image, theta, "bilinear"), image)
-        mask = torch.where(warped, _warp(mask, theta, "nearest"), mask)
+        padding = FILL_MODES[fill]
+        image = torch.where(warped, _warp(image, theta, "bilinear", padding), image)
+        mask = torch.where(warped, _warp(mask, theta, "nearest", padding), mask)
         return image, mask
 
 
@@ -169,14 +178,14 @@ def _theta(
     return torch.cat([lin, trans], dim=2)
 
 
-def _warp(x: Tensor, theta: Tensor, mode: str) -> Tensor:
+def _warp(x: Tensor, theta: Tensor, mode: str, padding: str) -> Tensor:
     """Resample `x` at the grid of `theta` in float32, returning x's dtype and memory format."""
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     # The grid must stay fp32 under bf16 autocast: bf16 coordinates are off by whole pixels.
     with torch.autocast(device_type=x.device.type, enabled=False):
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(
-            x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False
+            x.float(), grid, mode=mode, padding_mode=padding, align_corners=False
         ).to(x.dtype)
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ichseg.data.augment import BatchAugment
 from ichseg.data.phantom import ensure_phantom
 from ichseg.data.prepare import PrepareConfig, PreparedData, load_prepared, prepare
+from ichseg.data.transforms import INTENSITIES, encode_intensity
 from ichseg.errors import IchsegError
 
 PHANTOM_KEYS = ("root", "patients", "size", "seed")
@@ -107,6 +108,7 @@ class ICHDataModule(pl.LightningDataModule):
         augment: Mapping | None = None,
         source: str | None = None,
         resident: bool = True,
+        intensity: str = "linear",
     ) -> None:
         super().__init__()
         if (root is None) == (phantom is None):
@@ -146,6 +148,11 @@ class ICHDataModule(pl.LightningDataModule):
             else _positive_int("data.eval_batch_size", eval_batch_size)
         )
         self.augmenter = _augmenter(augment)
+        if intensity not in INTENSITIES:
+            raise IchsegError(
+                f"data.intensity: expected one of {', '.join(INTENSITIES)}, found {intensity!r}"
+            )
+        self.intensity = intensity
         self.source = source
         if not isinstance(resident, bool):
             raise IchsegError(f"data.resident={resident!r}: expected true or false")
@@ -210,7 +217,7 @@ class ICHDataModule(pl.LightningDataModule):
         self.train_rows = rows(folds[self.fold]["train"])
         self.val_rows = rows(folds[self.fold]["val"])
         self.test_rows = rows(data.splits["test"])
-        self.images = torch.from_numpy(data.images).unsqueeze(1).float().div_(255)
+        self.images = encode_intensity(torch.from_numpy(data.images), self.intensity).unsqueeze(1)
         self.masks = torch.from_numpy(data.masks).unsqueeze(1).float()
         self._dataset = RowBatchDataset(self.images, self.masks)
         self.data = data
@@ -318,7 +325,7 @@ def _augmenter(augment: Mapping | None) -> BatchAugment | None:
     kwargs = dict(augment)
     if not kwargs or not kwargs.pop("enabled", True):
         return None
-    allowed = ("rotation_deg", "shift", "shear_deg", "zoom", "hflip", "p")
+    allowed = ("rotation_deg", "shift", "shear_deg", "zoom", "hflip", "p", "fill")
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise IchsegError(

@@ -65,3 +65,43 @@ def resize_masks(m: torch.Tensor, size: int) -> torch.Tensor:
     # nearest sampling would drop or keep thin bleeds depending on where the grid falls.
     frac = F.interpolate(m[:, None].to(torch.float32), size=(size, size), mode="area")
     return frac[:, 0] >= 0.5
+
+
+INTENSITIES = ("linear", "viridis_png")
+
+
+def _viridis_grey_lut() -> torch.Tensor:
+    """Grey level (0-255) of each of viridis' 256 colours as PIL's convert("L") computes it."""
+    from matplotlib import colormaps
+
+    rgba = colormaps["viridis"].resampled(256)(np.arange(256), bytes=True).astype(np.int64)
+    # PIL's ITU-R 601-2 luma in 16-bit fixed point: L = R·299/1000 + G·587/1000 + B·114/1000.
+    grey = (rgba[:, 0] * 19595 + rgba[:, 1] * 38470 + rgba[:, 2] * 7471 + 0x8000) >> 16
+    return torch.from_numpy(grey.astype(np.float32))
+
+
+def encode_intensity(slices: torch.Tensor, intensity: str = "linear") -> torch.Tensor:
+    """(N, H, W) uint8 windowed slices -> (N, H, W) float32 network input.
+
+    "linear": value / 255, in [0, 1]. "viridis_png": what the authors' networks saw, who saved
+    each windowed slice with matplotlib's `imsave` (viridis colour map, scaled to the slice's own
+    min..max) and read the PNG back as grey (PIL luma) / 255: values span about 0.12-0.85.
+    """
+    if intensity not in INTENSITIES:
+        raise IchsegError(
+            f"data.intensity: expected one of {', '.join(INTENSITIES)}, found {intensity!r}"
+        )
+    if slices.dtype != torch.uint8 or slices.ndim != 3:
+        raise IchsegError(
+            f"encode_intensity: expected (N, H, W) uint8 slices, found {slices.dtype} "
+            f"{tuple(slices.shape)}"
+        )
+    x = slices.to(torch.float32)
+    if intensity == "linear":
+        return x.div_(255)
+    low = x.amin(dim=(1, 2), keepdim=True)
+    span = x.amax(dim=(1, 2), keepdim=True) - low
+    # matplotlib's Normalize maps a constant slice to 0; Colormap takes floor(v·256), 1.0 -> 255.
+    scaled = torch.where(span > 0, (x - low) / span.clamp_min(1), torch.zeros_like(x))
+    index = (scaled * 256).floor_().clamp_(0, 255).long()
+    return _viridis_grey_lut().to(x.device)[index].div_(255)

@@ -1,17 +1,21 @@
-"""One U-Net class; the paper's U-Net and D-Unet are two configurations of it.
+"""One U-Net class; the paper's U-Net and D-Unet are configurations of it.
 
-- ``model=unet``:  filters (64, 128, 256, 512, 1024), no batch norm, no dropout.
-- ``model=dunet``: filters (32, 64, 128, 256, 512), batch norm, dropout 0.2.
+- ``model=unet``:  filters (64, 128, 256, 512, 1024), batch norm after the second convolution of
+  every block (``batch_norm="second"``), no dropout: the baseline as the authors' Keras code
+  built it (``model_utils.py`` ``double_conv``, whose second BatchNormalization is unconditional).
+- ``model=dunet``: filters (32, 64, 128, 256, 512), batch norm after both convolutions
+  (``"both"``), dropout 0.2.
+- ``model=unet_plain``: the textbook U-Net of the paper's text, no batch norm (``"none"``).
 
-Every level has two padded 3×3 convolutions, each followed by BatchNorm2d (when ``batch_norm``)
-and ReLU. The contracting path halves the size with 2×2 max pooling, followed by element-wise
-dropout (``nn.Dropout``, as Keras' ``Dropout(0.2)``) after every pooling when ``dropout > 0``.
-The last ``filters`` entry is the bottleneck. The expanding path uses 2×2 stride-2 transposed
-convolutions that halve the channels, concatenates the skip connection, then two 3×3 convolutions
-(+BN) + ReLU. A final 1×1 convolution gives logits.
+Every level has two padded 3×3 convolutions, each followed by BatchNorm2d where ``batch_norm``
+places one, and ReLU. The contracting path halves the size with 2×2 max pooling, followed by
+element-wise dropout (``nn.Dropout``, as Keras' ``Dropout(0.2)``) after every pooling when
+``dropout > 0``. The last ``filters`` entry is the bottleneck. The expanding path uses 2×2
+stride-2 transposed convolutions that halve the channels, concatenates the skip connection, then
+the same two convolutions. A final 1×1 convolution gives logits (the sigmoid is in the loss).
 
 Convolutions followed by batch norm have no bias: BN subtracts the channel mean, so such a bias
-is redundant and would only add parameters. Without batch norm every convolution has a bias.
+is redundant (Keras' layers keep it; it only adds parameters). Every other convolution has one.
 The transposed convolutions and the final 1×1 convolution always have one.
 """
 
@@ -24,13 +28,28 @@ from torch import nn
 
 from ichseg.errors import IchsegError
 
+# Where each block's two convolutions get a BatchNorm2d: (after the first, after the second).
+BATCH_NORM_MODES = {"none": (False, False), "second": (False, True), "both": (True, True)}
 
-def _double_conv(in_ch: int, out_ch: int, batch_norm: bool) -> nn.Sequential:
-    """Two padded 3×3 convolutions, each followed by optional BatchNorm2d and ReLU."""
+
+def batch_norm_mode(batch_norm: str | bool) -> str:
+    """The placement name for `batch_norm`; booleans (older checkpoints) mean "both" / "none"."""
+    if isinstance(batch_norm, bool):
+        return "both" if batch_norm else "none"
+    if batch_norm not in BATCH_NORM_MODES:
+        raise IchsegError(
+            f"model.batch_norm: expected one of {', '.join(BATCH_NORM_MODES)}, found {batch_norm!r}"
+        )
+    return batch_norm
+
+
+def _double_conv(in_ch: int, out_ch: int, batch_norm: str) -> nn.Sequential:
+    """Two padded 3×3 convolutions, each followed by BatchNorm2d where `batch_norm` puts one,
+    and ReLU."""
     layers: list[nn.Module] = []
-    for cin in (in_ch, out_ch):
-        layers.append(nn.Conv2d(cin, out_ch, kernel_size=3, padding=1, bias=not batch_norm))
-        if batch_norm:
+    for cin, norm in zip((in_ch, out_ch), BATCH_NORM_MODES[batch_norm], strict=True):
+        layers.append(nn.Conv2d(cin, out_ch, kernel_size=3, padding=1, bias=not norm))
+        if norm:
             layers.append(nn.BatchNorm2d(out_ch))
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -44,11 +63,12 @@ class UNet(nn.Module):
         filters: Sequence[int] = (64, 128, 256, 512, 1024),
         in_channels: int = 1,
         out_channels: int = 1,
-        batch_norm: bool = False,
+        batch_norm: str | bool = "none",
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         filters = tuple(filters)
+        batch_norm = batch_norm_mode(batch_norm)
         if not filters or not all(
             isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters
         ):
@@ -62,6 +82,7 @@ class UNet(nn.Module):
             raise IchsegError(f"model.dropout: expected 0 <= dropout < 1, found {dropout!r}")
 
         self.filters = filters
+        self.batch_norm = batch_norm
         self.in_channels = in_channels
         self.divisor = 2 ** (len(filters) - 1)
 

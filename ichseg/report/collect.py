@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
 from ichseg.errors import IchsegError
+from ichseg.metrics import METRICS_VERSION
 from ichseg.training.records import (
     HISTORY_FILE,
     JOB_FILE,
@@ -35,7 +36,7 @@ JOB_DIR_PATTERN = re.compile(r"^(?P<model>[A-Za-z0-9_.]+)-fold(?P<fold>\d+)$")
 NOT_STARTED = "not started"
 _MISSING = object()
 # Models the sweep does not list are ordered baseline first, so comparisons read D-Unet - U-Net.
-MODEL_ORDER = ("unet", "dunet")
+MODEL_ORDER = ("unet_plain", "unet", "dunet")
 
 
 def config_get(config: dict, key: str, where: str) -> Any:
@@ -263,10 +264,30 @@ def _first(jobs: list[Job], key: str, multirun: dict) -> Any:
         return None
 
 
+def check_metrics_version(job: Job) -> None:
+    """Refuse records whose metric keys meant something else when they were written."""
+    for record in job.records:
+        version = record.get("metrics_version")
+        if version == METRICS_VERSION:
+            continue
+        if version is None:
+            meaning = (
+                "it predates metrics_version, when 'dice_paper' was a thresholded smooth-1 "
+                "batch Dice, not Table 1's soft metric"
+            )
+        else:
+            meaning = f"it has metrics_version {version}, this ichseg reads {METRICS_VERSION}"
+        raise IchsegError(
+            f"{job.source or job.name}: the record of epoch {record.get('epoch')} cannot be "
+            f"read ({meaning}); re-run the job to score it under the current protocols"
+        )
+
+
 def assemble_sweep(root: Path, multirun: dict, jobs: list[Job]) -> Sweep:
     """Build a Sweep from jobs of any source: expected models/folds/epochs and what is missing."""
     seen: dict[tuple[str, int], Job] = {}
     for job in jobs:
+        check_metrics_version(job)
         key = (job.model, job.fold)
         if key in seen:
             raise IchsegError(

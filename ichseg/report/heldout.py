@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ichseg.report.table import DETECTION_KEYS, PROTOCOLS, display_name, fmt
+from ichseg.metrics import stage_keys
+from ichseg.report.table import display_name, fmt
 
-METRIC_COLUMNS = (*(k for p in PROTOCOLS.values() for k in (p.iou, p.dice)), *DETECTION_KEYS)
+# Every test-stage protocol, the authors' per-image scoring (`perimage`) beside the others.
+METRIC_COLUMNS = stage_keys("test")
 
 
 @dataclass(frozen=True)

@@ -24,33 +24,40 @@ from ichseg.report.collect import Job, Sweep
 
 @dataclass(frozen=True)
 class Protocol:
-    """A metric protocol: which record keys hold its IoU and Dice, and what they average."""
+    """A Table 1 protocol: which record keys hold its IoU and Dice, and what they average."""
 
     name: str
     iou: str
     dice: str
     description: str
+    # Keys of the train columns: the protocol's own, or the paper protocol's for validation-only
+    # protocols (Keras reported one running training value whatever the validation did).
+    train_iou: str
+    train_dice: str
+
+
+def _table_protocol(name: str, note: str = "") -> Protocol:
+    """The Table 1 view of `ichseg.metrics.PROTOCOLS[name]`."""
+    metric = METRIC_PROTOCOLS[name]
+    dice, iou = metric.keys
+    train = metric if "train" in metric.stages else METRIC_PROTOCOLS["paper"]
+    if train is not metric:
+        note = f"{note} Train columns: the {train.name} protocol.".strip()
+    description = f"{name}: {metric.description} {note}".strip()
+    return Protocol(name, iou, dice, description, train.keys[1], train.keys[0])
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "paper": Protocol(
-        "paper",
-        "iou_paper",
-        "dice_paper",
-        f"paper-style: {METRIC_PROTOCOLS['paper']}",
-    ),
-    "lesion": Protocol(
-        "lesion",
-        "iou_lesion",
-        "dice_lesion",
-        f"lesion: {METRIC_PROTOCOLS['lesion']} Comparable with the dataset paper's Dice.",
-    ),
-    "pooled": Protocol(
-        "pooled", "iou_pooled", "dice_pooled", f"pooled: {METRIC_PROTOCOLS['pooled']}"
-    ),
+    p.name: p
+    for p in (
+        _table_protocol("paper"),
+        _table_protocol("onebatch"),
+        _table_protocol("lesion", "Comparable with the dataset paper's Dice."),
+        _table_protocol("pooled"),
+    )
 }
 DETECTION_KEYS = ("sensitivity_detection", "specificity_detection")
-DETECTION_DESCRIPTION = f"detection: {METRIC_PROTOCOLS['detection']}"
+DETECTION_DESCRIPTION = f"detection: {METRIC_PROTOCOLS['detection'].description}"
 TRAIN_MEANING = (
     "Train = the running metric over each epoch's augmented training batches (model in training "
     "mode, dropout on), as Keras reported it, averaged over folds; not a re-scoring of the "
@@ -60,7 +67,7 @@ STD_MEANING = "Std = sample standard deviation (ddof=1) over the folds present (
 # The network class has fixed 3x3 convolutions and 2x2 max pooling (ichseg/models/unet.py).
 KERNEL = "(3x3)"
 POOL = "(2x2)"
-DISPLAY_NAMES = {"unet": "U-Net", "dunet": "D-Unet"}
+DISPLAY_NAMES = {"unet": "U-Net", "unet_plain": "U-Net (no BN)", "dunet": "D-Unet"}
 CSV_COLUMNS = (
     "architecture",
     "epoch",
@@ -227,8 +234,8 @@ def table_rows(sweep: Sweep, protocol_name: str) -> list[TableRow]:
                     model=model,
                     epoch=epoch,
                     protocol=p.name,
-                    train_iou=stat("train", p.iou),
-                    train_dice=stat("train", p.dice),
+                    train_iou=stat("train", p.train_iou),
+                    train_dice=stat("train", p.train_dice),
                     val_iou=stat("val", p.iou),
                     val_dice=stat("val", p.dice),
                     folds=folds,
@@ -271,8 +278,8 @@ def undefined_values(sweep: Sweep, protocol_name: str) -> list[str]:
     out = []
     for job in sweep.jobs:
         for r in job.records:
-            for split in ("train", "val"):
-                for key in (p.iou, p.dice):
+            for split, keys in (("train", (p.train_iou, p.train_dice)), ("val", (p.iou, p.dice))):
+                for key in keys:
                     if (r.get(split) or {}).get(key) is None:
                         out.append(f"{job.name} epoch {r['epoch']} {split}/{key}")
     return out

@@ -5,8 +5,9 @@ all folds). Two predictions are scored and both reported, each labelled:
 - ensemble: the fold models' sigmoid probabilities averaged, then thresholded;
 - best fold: the single fold model with the best validation score at that epoch (mean of
   validation IoU and Dice under the selection's protocol), the paper's "selected model".
-Scores use `ichseg.metrics.ProtocolAccumulator` over the test rows in the data module's
-evaluation batches (the paper protocol depends on batching), overall and per hemorrhage subtype.
+Scores use `ichseg.metrics.ProtocolAccumulator` over the test rows' probabilities in the data
+module's evaluation batches (the paper protocol depends on batching), overall and per hemorrhage
+subtype; `perimage` is the authors' own test scoring (Keras `evaluate` with batch size 1).
 """
 
 from __future__ import annotations
@@ -99,13 +100,13 @@ def _probabilities(
 
 
 def _scores(
-    pred: torch.Tensor, target: torch.Tensor, batch: int, smooth: float, min_area: int
+    prob: torch.Tensor, target: torch.Tensor, batch: int, threshold: float, min_area: int
 ) -> dict[str, float | None]:
     """Every protocol over the slices given, in evaluation batches; None where undefined."""
-    if len(pred) == 0:
+    if len(prob) == 0:
         return {}
-    acc = ProtocolAccumulator(smooth=smooth, min_area=min_area)
-    for p, t in zip(pred.split(batch), target.split(batch), strict=True):
+    acc = ProtocolAccumulator(min_area=min_area, threshold=threshold)
+    for p, t in zip(prob.split(batch), target.split(batch), strict=True):
         acc.update(p, t)
     return {k: (v if math.isfinite(v) else None) for k, v in acc.compute().items()}
 
@@ -162,7 +163,7 @@ def _evaluate_model(
         total += prob
         if job is best:
             best_prob = prob
-    hp = module.hparams  # threshold, smoothing and detection area: shared by the folds
+    hp = module.hparams  # threshold and detection area: shared by the folds
     folds = ", ".join(str(job.fold) for job, _ in found)
     predictions = {
         f"ensemble of {len(found)} folds ({folds})": total / len(found),
@@ -175,10 +176,10 @@ def _evaluate_model(
     for scoring, prob in predictions.items():
         pred = prob > hp.threshold
 
-        def score(keep: np.ndarray, pred: torch.Tensor = pred) -> dict[str, float | None]:
+        def score(keep: np.ndarray, prob: torch.Tensor = prob) -> dict[str, float | None]:
             keep = torch.as_tensor(keep)
             return _scores(
-                pred[keep], target[keep], dm.eval_batch_size, hp.smooth, hp.min_detection_area
+                prob[keep], target[keep], dm.eval_batch_size, hp.threshold, hp.min_detection_area
             )
 
         results.append(

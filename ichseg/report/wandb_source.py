@@ -21,6 +21,7 @@ from ichseg.report.collect import Job, Sweep, assemble_sweep
 # W&B run states -> job.json statuses.
 STATES = {"finished": "done", "running": "running", "crashed": "failed", "failed": "failed"}
 CHECKPOINT_PREFIX = "checkpoint/"
+VERSION_KEY = "checkpoint/metrics_version"
 SPLITS = ("train", "val")
 # Seconds per HTTP request: without a network the API must fail in seconds, not retry for minutes.
 API_TIMEOUT_S = 10
@@ -32,8 +33,10 @@ def _record(row: dict[str, Any], model: str, fold: int) -> dict:
     record["checkpoint"] = None
     for split in SPLITS:
         record[split] = {}
+    if row.get(VERSION_KEY) is not None:
+        record["metrics_version"] = int(row[VERSION_KEY])
     for key, value in row.items():
-        if not key.startswith(CHECKPOINT_PREFIX) or key == "checkpoint/epoch":
+        if not key.startswith(CHECKPOINT_PREFIX) or key in ("checkpoint/epoch", VERSION_KEY):
             continue
         split, _, metric = key[len(CHECKPOINT_PREFIX) :].partition("_")
         if split in SPLITS and metric:

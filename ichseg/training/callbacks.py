@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ichseg.atomic import atomic_path
+from ichseg.metrics import METRICS_VERSION
 from ichseg.training.records import read_records, upsert_history, upsert_record
 from ichseg.visualize import overlay_rgb
 
@@ -106,6 +107,7 @@ class CheckpointRecorder(pl.Callback):
                 "fold": self.fold,
                 "epoch": epoch,
                 "checkpoint": name,
+                "metrics_version": METRICS_VERSION,
                 "train": metrics["train"],
                 "val": metrics["val"],
             }
@@ -130,7 +132,7 @@ class CheckpointRecorder(pl.Callback):
         loggers = _wandb_loggers(trainer)
         if not loggers:
             return
-        flat = {"checkpoint/epoch": record["epoch"]}
+        flat = {"checkpoint/epoch": record["epoch"], "checkpoint/metrics_version": METRICS_VERSION}
         for stage in ("train", "val"):
             for key, value in record[stage].items():
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):

@@ -1,4 +1,4 @@
-"""Soft Dice loss on sigmoid probabilities, Keras-style as in the paper's reference code."""
+"""Soft Dice loss on sigmoid probabilities, as the authors' Keras `dice_coef_loss` (smooth 100)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ichseg.errors import IchsegError
 
 
 def soft_dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, per_sample: bool = False
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 100.0, per_sample: bool = False
 ) -> torch.Tensor:
     """1 − (2·Σ p·t + s)/(Σ p + Σ t + s) with p = sigmoid(logits), as an fp32 scalar.
 

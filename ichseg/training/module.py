@@ -8,9 +8,11 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 import torch
 
+from ichseg.errors import IchsegError
 from ichseg.metrics import ProtocolAccumulator
 from ichseg.models.unet import UNet
 from ichseg.training.losses import soft_dice_loss
+from ichseg.training.optim import build_optimizer, inverse_time_decay
 
 STAGES = ("train", "val")
 
@@ -22,18 +24,23 @@ class SegmentationModule(pl.LightningModule):
     Train metrics are the running values over the epoch's augmented, train-mode batches, as
     Keras reported them in the paper; validation metrics come from the unaugmented fold in eval
     mode. Both are computed once per epoch, at the end of validation, and kept in
-    `epoch_metrics = {"train": {...}, "val": {...}}` for the checkpoint records.
+    `epoch_metrics = {"train": {...}, "val": {...}}` for the checkpoint records. Validation also
+    reports the `onebatch` protocol: what the authors' one-batch Keras validation would have
+    shown, drawn afresh every epoch from a generator seeded by the epoch.
     """
 
     def __init__(
         self,
         filters: Sequence[int] = (64, 128, 256, 512, 1024),
-        batch_norm: bool = False,
+        batch_norm: str | bool = "second",
         dropout: float = 0.0,
+        optimizer: str = "keras_adam",
         lr: float = 1e-4,
+        adam_eps: float = 1e-7,
+        lr_decay: float = 0.0,
         weight_decay: float = 0.0,
         threshold: float = 0.5,
-        smooth: float = 1.0,
+        smooth: float = 100.0,
         loss_per_sample: bool = False,
         min_detection_area: int = 0,
         channels_last: bool = True,
@@ -48,10 +55,14 @@ class SegmentationModule(pl.LightningModule):
             # In place (nn.Module.compile): the state_dict keys, and so checkpoints, stay as they
             # are, and a checkpoint loads with compile=False for inference.
             self.net.compile()
+        if not 0.0 < threshold < 1.0:
+            raise IchsegError(
+                f"model.module.threshold: expected a probability in (0, 1), found {threshold}"
+            )
         # A probability threshold p on sigmoid outputs equals the logit threshold log(p / (1 - p)).
         self.logit_threshold = math.log(threshold / (1.0 - threshold))
         self.scores = {
-            stage: ProtocolAccumulator(smooth=smooth, min_area=min_detection_area)
+            stage: ProtocolAccumulator(min_area=min_detection_area, threshold=threshold)
             for stage in STAGES
         }
         self._loss_total: dict[str, torch.Tensor | float] = dict.fromkeys(STAGES, 0.0)
@@ -75,7 +86,7 @@ class SegmentationModule(pl.LightningModule):
             logits, target, smooth=self.hparams.smooth, per_sample=self.hparams.loss_per_sample
         )
         with torch.no_grad():
-            self.scores[stage].update(self.predict_mask(logits.detach()), target > 0.5)
+            self.scores[stage].update(torch.sigmoid(logits.detach().float()), target > 0.5)
         # Accumulate on the device: a .item() per step would force a GPU sync.
         self._loss_total[stage] = self._loss_total[stage] + loss.detach() * target.shape[0]
         self._loss_count[stage] += target.shape[0]
@@ -87,12 +98,19 @@ class SegmentationModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
+    def _keras_validation(self) -> tuple[int, torch.Generator]:
+        """Batch size and generator for this epoch's `onebatch` draw (Keras' seed was 1)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(datamodule, "batch_size", None) or self.scores["val"].batch_sizes[0]
+        return batch_size, torch.Generator().manual_seed(1 + self.current_epoch)
+
     def _finish(self, stage: str) -> dict[str, float]:
         """This epoch's loss and protocol metrics for `stage`; resets the accumulators."""
         count = self._loss_count[stage]
         metrics = {"loss": float(self._loss_total[stage]) / count if count else math.nan}
         if count:
-            metrics.update(self.scores[stage].compute())
+            draw = self._keras_validation() if stage == "val" else None
+            metrics.update(self.scores[stage].compute(keras_validation=draw))
         self.scores[stage].reset()
         self._loss_total[stage], self._loss_count[stage] = 0.0, 0
         return metrics
@@ -119,12 +137,14 @@ class SegmentationModule(pl.LightningModule):
         if torch.cuda.is_available():
             checkpoint["ichseg_rng"]["cuda"] = torch.cuda.get_rng_state_all()
         # `ichseg predict` must window and resize whole scans exactly as the training cache was.
-        prepare_config = getattr(self.trainer.datamodule, "prepare_config", None)
+        datamodule = self.trainer.datamodule
+        prepare_config = getattr(datamodule, "prepare_config", None)
         if prepare_config is not None:
             checkpoint["ichseg_preprocess"] = {
                 "size": prepare_config.size,
                 "level": prepare_config.level,
                 "width": prepare_config.width,
+                "intensity": getattr(datamodule, "intensity", "linear"),
             }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -141,7 +161,11 @@ class SegmentationModule(pl.LightningModule):
             torch.cuda.set_rng_state_all(state["cuda"])
         self._resumed_rng = None
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(
-            self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = build_optimizer(
+            hp.optimizer, self.net.parameters(), hp.lr, hp.adam_eps, hp.weight_decay
         )
+        # Stepped after every optimiser step, as Keras decays per iteration.
+        schedule = {"scheduler": inverse_time_decay(optimizer, hp.lr_decay), "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
