@@ -14,11 +14,12 @@ GROUP ?=
 PROTOCOL ?= paper
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+CURVES_ARGS ?=
 
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo report bench clean
+.PHONY: help install test lint format demo curves report bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -44,6 +45,10 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 demo: $(STAMP) ## the 20-job unet,dunet x fold 0..9 sweep at demo scale on synthetic data, then the report
 	$(PY) train.py -m experiment=demo model=unet,dunet fold=0..9 $(DEMO_ARGS)
+	$(MAKE) --no-print-directory report
+
+curves: $(STAMP) ## learning curves at the paper's widths and lr on a CPU-sized synthetic set (about 1 h on 2 cores)
+	$(PY) train.py -m experiment=curves model=unet,dunet fold=0 $(CURVES_ARGS)
 	$(MAKE) --no-print-directory report
 
 report: $(STAMP) ## report of SWEEP=dir (default: latest); SOURCE=wandb WANDB_PROJECT=entity/project GROUP=g

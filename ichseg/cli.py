@@ -203,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="Table 1, selection, test scores and figures of a sweep")
     p.add_argument("sweep", nargs="?", help="sweep folder (default: the latest under experiments/)")
     p.add_argument("--experiments", default="experiments", help="where to look for the latest")
-    p.add_argument("--protocol", default="paper", choices=("paper", "lesion", "pooled"))
+    p.add_argument(
+        "--protocol", default="paper", help="selection protocol: paper, onebatch, lesion or pooled"
+    )
     p.add_argument("--no-test", action="store_true", help="skip scoring the held-out test split")
     p.add_argument(
         "--source",

@@ -13,17 +13,13 @@ import torch
 from conftest import ROOT, train
 
 from ichseg.data.prepare import load_prepared
+from ichseg.metrics import METRICS_VERSION
 from ichseg.training.module import SegmentationModule
 from ichseg.training.records import read_history, read_job, read_records
 
-PROTOCOL_KEYS = {
+TRAIN_KEYS = {
     "loss",
-    "dice_paper",
-    "iou_paper",
-    "dice_lesion",
-    "iou_lesion",
-    "dice_pooled",
-    "iou_pooled",
+    *(f"{m}_{p}" for m in ("dice", "iou") for p in ("paper", "perimage", "lesion", "pooled")),
     "sensitivity_detection",
     "specificity_detection",
 }
@@ -43,7 +39,9 @@ def test_sweep_runs_twenty_jobs_with_a_record_for_every_checkpoint(tiny_sweep):
         assert [r["epoch"] for r in records] == [1, 2]
         for record in records:
             assert (record["model"], record["fold"]) == (model, int(fold))
-            assert set(record["train"]) == set(record["val"]) == PROTOCOL_KEYS
+            assert set(record["train"]) == TRAIN_KEYS
+            assert set(record["val"]) == TRAIN_KEYS | {"dice_onebatch", "iou_onebatch"}
+            assert record["metrics_version"] == METRICS_VERSION
             assert (job_dir / record["checkpoint"]).is_file()
         assert [int(r["epoch"]) for r in read_history(job_dir)] == [1, 2]
 

@@ -114,6 +114,8 @@ def monai_loader(datamodule: ICHDataModule, workers: int, pin_memory: bool):
     from monai.transforms import Compose, EnsureTyped, RandAffined, RandFlipd
     from torch.utils.data import DataLoader
 
+    from ichseg.data.augment import FILL_MODES
+
     aug = datamodule.augmenter
     if aug is None:
         raise IchsegError("data.augment is off: the MONAI comparison needs the augmentation on")
@@ -134,7 +136,7 @@ def monai_loader(datamodule: ICHDataModule, workers: int, pin_memory: bool):
                 translate_range=(aug.shift * size, aug.shift * size),
                 scale_range=(aug.zoom, aug.zoom),
                 mode=("bilinear", "nearest"),
-                padding_mode="zeros",
+                padding_mode=FILL_MODES[aug.fill],
             ),
             EnsureTyped(keys, dtype=torch.float32, track_meta=False),
         ]

@@ -335,7 +335,7 @@ def _provenance(sweep: Sweep, archs: dict[str, ArchInfo | None]) -> list[str]:
         if info is not None:
             lines.append(
                 f"- {display_name(model)}: filters {info.filters_text}, batch norm "
-                f"{'yes' if info.batch_norm else 'no'}, dropout {info.dropout_text}."
+                f"{info.batch_norm_text}, dropout {info.dropout_text}."
             )
             if info.conflicts:
                 lines.append(

@@ -16,7 +16,7 @@ from scipy import stats
 
 from ichseg.report.collect import Sweep
 from ichseg.report.selection import Selection
-from ichseg.report.table import display_name, fmt, fold_values, protocol
+from ichseg.report.table import PROTOCOLS, display_name, fmt, fold_values, protocol
 
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000
@@ -28,9 +28,9 @@ METHOD_TEXT = (
     "when there are and n <= 13, normal approximation otherwise). Mean difference with a 95% "
     "t-interval on the paired differences and a 95% percentile bootstrap interval "
     f"({BOOTSTRAP_RESAMPLES} resamples of folds, seed {BOOTSTRAP_SEED}). A difference is called "
-    f"significant only when p < {ALPHA}, test by test: IoU and Dice under three protocols make "
-    "six tests, with no correction for multiple comparisons, so the selected protocol's result "
-    "is the headline and the others are context."
+    f"significant only when p < {ALPHA}, test by test: IoU and Dice under {len(PROTOCOLS)} "
+    f"protocols make {2 * len(PROTOCOLS)} tests, with no correction for multiple comparisons, so "
+    "the selected protocol's result is the headline and the others are context."
 )
 
 

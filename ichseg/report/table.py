@@ -19,6 +19,7 @@ import numpy as np
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import PROTOCOLS as METRIC_PROTOCOLS
+from ichseg.models.unet import batch_norm_mode
 from ichseg.report.collect import Job, Sweep
 
 
@@ -119,7 +120,7 @@ class ArchInfo:
     filters: tuple[int, ...]
     dropout: float
     batch_size: int
-    batch_norm: bool
+    batch_norm: str  # none, second or both (see ichseg.models.unet)
     conflicts: tuple[str, ...]  # config keys whose value differs between this model's folds
 
     @property
@@ -128,11 +129,21 @@ class ArchInfo:
         return "(" + ",".join(str(f) for f in self.filters) + ")"
 
     @property
+    def batch_norm_text(self) -> str:
+        """Where the blocks have batch norm, in words."""
+        return BATCH_NORM_TEXT[self.batch_norm]
+
+    @property
     def dropout_text(self) -> str:
         """Dropout factor, NA when the model has none (as in the paper)."""
         return "NA" if not self.dropout else f"{self.dropout:g}"
 
 
+BATCH_NORM_TEXT = {
+    "none": "none",
+    "second": "after the second convolution of every block",
+    "both": "after both convolutions of every block",
+}
 # The network's settings sit under model.module (the Lightning module's arguments); model.net is
 # accepted too, for configs that nest the network separately.
 NET_SECTIONS = ("model.module", "model.net")
@@ -174,7 +185,7 @@ def arch_info(sweep: Sweep, model: str) -> ArchInfo | None:
         filters=tuple(int(f) for f in net_value(first, "filters")),
         dropout=float(net_value(first, "dropout") or 0.0),
         batch_size=int(first.get("data.batch_size")),
-        batch_norm=bool(net_value(first, "batch_norm")),
+        batch_norm=batch_norm_mode(net_value(first, "batch_norm")),
         conflicts=conflicts,
     )
 
