@@ -15,10 +15,14 @@ from ichseg.errors import IchsegError
 
 
 def _phantom(args: argparse.Namespace) -> None:
-    from ichseg.data.phantom import write_phantom
+    from ichseg.data.phantom import ensure_phantom, is_phantom
 
+    out, params = Path(args.out), {"patients": args.patients, "size": args.size, "seed": args.seed}
+    if is_phantom(out, params):
+        print(f"{out} already holds this synthetic release; nothing written")
+        return
     start = time.perf_counter()
-    out = write_phantom(Path(args.out), patients=args.patients, size=args.size, seed=args.seed)
+    ensure_phantom(out, **params)
     print(f"wrote synthetic release {out} in {time.perf_counter() - start:.1f} s")
 
 
