@@ -37,7 +37,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ichseg.atomic import atomic_path
-from ichseg.data.release import NIFTI_READ_ERRORS
+from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
+from ichseg.data.splits import SPLIT_KEY
 from ichseg.data.transforms import resize_images, to_slices, window
 from ichseg.errors import IchsegError
 from ichseg.models.unet import UNet
@@ -110,6 +111,8 @@ class Member:
     threshold: float
     preprocess: Preprocess
     preprocess_source: str
+    # The split it was trained on (`ichseg_split`), None for checkpoints that do not carry one.
+    split: dict | None = None
 
 
 def _read_config_preprocess(path: Path) -> Preprocess | None:
@@ -192,7 +195,9 @@ def load_member(path: str | os.PathLike, device: torch.device) -> Member:
                 f"the checkpoint or data.size/window_level/window_width in {source}, found neither"
             )
     net = fuse_batch_norm(net.eval()).to(device=device, memory_format=torch.channels_last)
-    return Member(path, net, filters, batch_norm, threshold, preprocess, source)
+    split = checkpoint.get(SPLIT_KEY)
+    split = split if isinstance(split, dict) else None
+    return Member(path, net, filters, batch_norm, threshold, preprocess, source, split)
 
 
 def fuse_batch_norm(net: nn.Module) -> nn.Module:
@@ -375,7 +380,6 @@ def open_scan(path: str | os.PathLike) -> Scan:
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
             raise IchsegError(f"scan {path}: expected a NIfTI image, found {type(image).__name__}")
         shape = tuple(int(n) for n in image.shape)
-        zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     except IchsegError:
         raise
     except NIFTI_READ_ERRORS as err:
@@ -385,8 +389,10 @@ def open_scan(path: str | os.PathLike) -> Scan:
         raise IchsegError(f"scan {path}: expected a 3-D volume (H, W, slices), found shape {shape}")
     if min(shape[:3]) < 1:
         raise IchsegError(f"scan {path}: expected a non-empty volume, found shape {shape}")
-    if not all(math.isfinite(z) and z > 0 for z in zooms):
-        raise IchsegError(f"scan {path}: expected positive voxel sizes in mm, found {zooms}")
+    try:
+        zooms = voxel_sizes(image, path, f"scan {path}")
+    except NIFTI_READ_ERRORS as err:
+        raise IchsegError(f"scan {path}: cannot read as NIfTI ({_first_line(err)})") from None
     return Scan(path, image, shape, zooms)  # type: ignore[arg-type]
 
 
