@@ -20,13 +20,18 @@ def job_dir(job_cfg: DictConfig) -> Path:
 
 def check_sweep_dir(job_cfgs: Sequence[DictConfig], sweep_dir: str) -> None:
     """Raise, before anything is written, when a job folder of the sweep holds results of
-    another configuration: the whole sweep is refused."""
-    from ichseg.training.task import config_hash
+    another configuration, or a checkpoint to resume from that another model saved: the whole
+    sweep is refused."""
+    from ichseg.training.callbacks import LAST_CHECKPOINT
+    from ichseg.training.task import check_resume_checkpoint, config_hash
 
     clashes = []
     for cfg in job_cfgs:
         folder = job_dir(cfg)
         state = read_job(folder)
+        resume = folder / LAST_CHECKPOINT
+        if (state is None or state.get("status") != "done") and resume.exists():
+            check_resume_checkpoint(resume, cfg.model.module)
         if state is None:
             continue
         task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
