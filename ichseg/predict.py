@@ -455,6 +455,28 @@ def output_paths(outdir: Path, scan: Scan) -> tuple[Path, Path]:
     return outdir / f"{scan.stem}{MASK_SUFFIX}", outdir / f"{scan.stem}.json"
 
 
+def _earlier_prediction(json_path: Path, mask_path: Path) -> bool:
+    """True when `json_path` is the summary `ichseg predict` wrote next to `mask_path`."""
+    try:
+        summary = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and Path(str(summary.get("mask", ""))).name == mask_path.name
+
+
+def check_outputs_free(outdir: Path, scans: Sequence[Scan]) -> None:
+    """Raise unless every output path is free or holds an earlier prediction of the same name:
+    a file the user put there (a mask of their own, say) is never replaced."""
+    for scan in scans:
+        mask_path, json_path = output_paths(outdir, scan)
+        taken = [p for p in (mask_path, json_path) if p.exists() or p.is_symlink()]
+        if taken and not _earlier_prediction(json_path, mask_path):
+            raise IchsegError(
+                f"{taken[0]}: exists and is not an earlier ichseg predict output (no "
+                f"{json_path.name} naming {mask_path.name}); choose another -o or remove it"
+            )
+
+
 def prepare_outdir(outdir: str | os.PathLike) -> Path:
     """Create `outdir` if needed and check a file can be written there; one line otherwise."""
     outdir = Path(outdir)
@@ -565,6 +587,7 @@ def predict_scans(
                 f"scans {seen[scan.stem]} and {scan.path} would both write {scan.stem}{MASK_SUFFIX}"
             )
         seen[scan.stem] = scan.path
+    check_outputs_free(Path(outdir), opened)
     out = prepare_outdir(outdir)
     summaries = []
     with progress_bar(len(opened), "scans", progress) as advance:

@@ -340,3 +340,36 @@ def test_report_of_an_incomplete_sweep_says_so_and_exits_3(
         case=f"report of a sweep with {case}",
         did=f"{case}: unet-fold2 of a finished 20-job sweep",
     )
+
+
+# --- ichseg predict -o OUT -------------------------------------------------------------------
+
+
+@pytest.mark.reliability(entry="ichseg predict")
+@pytest.mark.parametrize("name", ["scan_mask.nii.gz", "scan.json"])
+def test_predict_never_replaces_a_file_it_did_not_write(
+    ckpts,  # noqa: F811
+    tmp_path,
+    capsys,
+    record_behaviour,
+    name,
+):
+    scan = save_scan(tmp_path / "scan.nii", np.full((32, 32, 4), 60.0))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_bytes(b"the user's own file")
+    code, _, err = run(["predict", ckpts["pass32"], scan, "-o", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and name in err, err
+    assert snapshot(out) == {name: b"the user's own file"}
+    record_behaviour(
+        f"exit 2, the file is kept: {err.strip()}",
+        case=f"predict into a folder holding a {name.split('.', 1)[1]} of the same name",
+        did=f"OUT/{name} written by the user, then ichseg predict CKPT scan.nii -o OUT",
+    )
+
+
+def test_predict_replaces_its_own_earlier_prediction(ckpts, tmp_path, capsys):  # noqa: F811
+    scan = save_scan(tmp_path / "scan.nii", np.full((32, 32, 4), 60.0))
+    args = ["predict", ckpts["pass32"], scan, "-o", tmp_path / "out", "--precision", "fp32"]
+    assert run(args, capsys)[0] == 0
+    assert run(args, capsys)[0] == 0
