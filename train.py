@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("ICHSEG_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
@@ -33,7 +36,13 @@ def main(cfg: DictConfig) -> float | None:
         return run_job(cfg)
     except (IchsegError, MissingMandatoryValue) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the job as failed, runs the rest, and lists it at the end
         sys.exit(2)
+    except Exception:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            traceback.print_exc()  # the sweep's last lines name the job; here is its traceback
+        raise
 
 
 if __name__ == "__main__":

@@ -29,10 +29,37 @@ def _current_umask() -> int:
     return mask
 
 
+def check_replaceable(path: Path, owned_by: tuple[str, ...]) -> None:
+    """Raise unless `path` is missing, an empty folder, or a folder holding every name in
+    `owned_by` (the files that mark it as one ichseg wrote): nothing else is ever replaced."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise IchsegError(f"{path}: exists and is not a folder; choose another path or remove it")
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError as exc:
+        raise IchsegError(f"{path}: cannot list the folder ({exc.strerror})") from None
+    missing = [name for name in owned_by if name not in names]
+    if names and (missing or not owned_by):
+        raise IchsegError(
+            f"{path}: exists and holds files ichseg did not write there (no "
+            f"{', '.join(missing or ['ichseg marker'])}); choose another folder or remove it"
+        )
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+def atomic_path(
+    path: str | os.PathLike, *, is_dir: bool = False, owned_by: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+
+    A folder (`is_dir`) replaces only a missing or empty `path`, or one holding every file named
+    in `owned_by` (what this writer puts there); anything else is refused before any write.
+    """
     path = Path(path)
+    if is_dir:
+        check_replaceable(path, owned_by)
     path.parent.mkdir(parents=True, exist_ok=True)
     existed = path.exists()
     prefix = f".{path.name}.tmp-"

@@ -10,15 +10,23 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ichseg.errors import IchsegError
 
+if TYPE_CHECKING:
+    from ichseg.report.collect import Sweep
+
 
 def _phantom(args: argparse.Namespace) -> None:
-    from ichseg.data.phantom import write_phantom
+    from ichseg.data.phantom import ensure_phantom, is_phantom
 
+    out, params = Path(args.out), {"patients": args.patients, "size": args.size, "seed": args.seed}
+    if is_phantom(out, params):
+        print(f"{out} already holds this synthetic release; nothing written")
+        return
     start = time.perf_counter()
-    out = write_phantom(Path(args.out), patients=args.patients, size=args.size, seed=args.seed)
+    ensure_phantom(out, **params)
     print(f"wrote synthetic release {out} in {time.perf_counter() - start:.1f} s")
 
 
@@ -51,8 +59,9 @@ def _prepare(args: argparse.Namespace) -> None:
 _wandb_may_hang_at_exit = False
 
 
-def _report(args: argparse.Namespace) -> None:
+def _report(args: argparse.Namespace) -> int:
     from ichseg.report.build import build_report, latest_sweep
+    from ichseg.report.collect import collect_sweep
     from ichseg.report.test_eval import evaluate_test
 
     out = Path(args.out) if args.out else None
@@ -82,8 +91,30 @@ def _report(args: argparse.Namespace) -> None:
 
             out = out or sweep / "report-wandb-offline"
             sweep, test_eval = collect_wandb_offline(sweep), None
+        else:
+            sweep = collect_sweep(sweep)
     out = build_report(sweep, out, protocol=args.protocol, test_eval=test_eval)
     print(f"report written to {out}")
+    return _incomplete(sweep)
+
+
+# `ichseg report`'s exit status when the report was written but the sweep is not complete.
+EXIT_INCOMPLETE = 3
+
+
+def _incomplete(sweep: Sweep) -> int:
+    """Say on stderr which jobs are not done yet; EXIT_INCOMPLETE if any, else 0."""
+    jobs = [f"{j.name} ({j.status})" for j in sweep.unfinished]
+    jobs += [f"{model}-fold{fold} (not started)" for model, fold in sweep.missing_jobs]
+    if not jobs:
+        return 0
+    total = len(sweep.jobs) + len(sweep.missing_jobs)
+    print(
+        f"ichseg report: {sweep.root}: incomplete sweep, {len(jobs)} of {total} jobs not done: "
+        f"{', '.join(jobs)}; the report covers the rest (exit status {EXIT_INCOMPLETE})",
+        file=sys.stderr,
+    )
+    return EXIT_INCOMPLETE
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -279,11 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ichseg` console script."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except IchsegError as exc:
         print(f"ichseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 def console() -> None:

@@ -28,8 +28,9 @@ import numpy as np
 from ichseg.atomic import atomic_write_text
 from ichseg.data.prepare import read_cache_json
 from ichseg.data.release import Release
+from ichseg.data.splits import SPLIT_KEY
 from ichseg.errors import IchsegError
-from ichseg.predict import Ensemble, pick_device, prepare_outdir, progress_bar
+from ichseg.predict import Ensemble, Member, pick_device, prepare_outdir, progress_bar
 
 CSV_COLUMNS = (
     "patient",
@@ -81,6 +82,36 @@ def heldout_patients(splits: str | os.PathLike, release: Release) -> tuple[list[
             f"(patients {release.patients[0]}..{release.patients[-1]})"
         )
     return patients, path
+
+
+def check_never_seen(members: Sequence[Member], patients: Sequence[int], where: Path) -> None:
+    """Raise unless every checkpoint's own split record shows it never trained or validated on
+    any of `patients` (the held-out patients of `where`)."""
+    for member in members:
+        split = member.split
+        if split is None or "train_patients" not in split or "val_patients" not in split:
+            raise IchsegError(
+                f"checkpoint {member.path}: carries no record of the patients it was trained on "
+                f"('{SPLIT_KEY}'), so nothing proves it never saw the test patients of {where}; "
+                "evaluate checkpoints trained by this version of ichseg"
+            )
+        seen = sorted(set(split["train_patients"]) | set(split["val_patients"]))
+        overlap = sorted(set(seen) & set(patients))
+        if overlap:
+            raise IchsegError(
+                f"checkpoint {member.path}: trained on a {split.get('mode')!r} split (seed "
+                f"{split.get('split_seed')}, fold {split.get('fold')}) that holds {len(overlap)} "
+                f"of the {len(patients)} patients of {where} (e.g. {overlap[:5]}); evaluate "
+                "on the patient-split cache the checkpoint was trained with"
+            )
+
+
+def split_record(member: Member) -> dict:
+    """What summary.json keeps of a checkpoint's split: everything but the patient lists."""
+    split = dict(member.split or {})
+    for key in ("train_patients", "val_patients"):
+        split[f"n_{key}"] = len(split.pop(key, []))
+    return {"checkpoint": str(member.path), **split}
 
 
 def dice_3d(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -167,6 +198,7 @@ def evaluate(
     ensemble = Ensemble.load(checkpoints, target, flip, batch_size, precision)
     release = Release.open(release_root)
     patients, splits_path = heldout_patients(splits, release)
+    check_never_seen(ensemble.members, patients, splits_path)
     out = prepare_outdir(outdir)
     rows = []
     with progress_bar(len(patients), "patients", progress) as advance:
@@ -189,6 +221,7 @@ def evaluate(
         "splits": str(splits_path),
         "patients": patients,
         "checkpoints": [str(m.path) for m in ensemble.members],
+        "checkpoint_splits": [split_record(m) for m in ensemble.members],
         "flip_tta": flip,
         "threshold": ensemble.threshold,
         "device": str(target),

@@ -37,7 +37,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ichseg.atomic import atomic_path
-from ichseg.data.release import NIFTI_READ_ERRORS
+from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
+from ichseg.data.splits import SPLIT_KEY
 from ichseg.data.transforms import (
     INTENSITIES,
     encode_intensity,
@@ -124,6 +125,8 @@ class Member:
     threshold: float
     preprocess: Preprocess
     preprocess_source: str
+    # The split it was trained on (`ichseg_split`), None for checkpoints that do not carry one.
+    split: dict | None = None
 
 
 def _read_config_preprocess(path: Path) -> Preprocess | None:
@@ -208,7 +211,9 @@ def load_member(path: str | os.PathLike, device: torch.device) -> Member:
                 f"the checkpoint or data.size/window_level/window_width in {source}, found neither"
             )
     net = fuse_batch_norm(net.eval()).to(device=device, memory_format=torch.channels_last)
-    return Member(path, net, filters, batch_norm, threshold, preprocess, source)
+    split = checkpoint.get(SPLIT_KEY)
+    split = split if isinstance(split, dict) else None
+    return Member(path, net, filters, batch_norm, threshold, preprocess, source, split)
 
 
 def fuse_batch_norm(net: nn.Module) -> nn.Module:
@@ -392,7 +397,6 @@ def open_scan(path: str | os.PathLike) -> Scan:
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
             raise IchsegError(f"scan {path}: expected a NIfTI image, found {type(image).__name__}")
         shape = tuple(int(n) for n in image.shape)
-        zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     except IchsegError:
         raise
     except NIFTI_READ_ERRORS as err:
@@ -402,8 +406,10 @@ def open_scan(path: str | os.PathLike) -> Scan:
         raise IchsegError(f"scan {path}: expected a 3-D volume (H, W, slices), found shape {shape}")
     if min(shape[:3]) < 1:
         raise IchsegError(f"scan {path}: expected a non-empty volume, found shape {shape}")
-    if not all(math.isfinite(z) and z > 0 for z in zooms):
-        raise IchsegError(f"scan {path}: expected positive voxel sizes in mm, found {zooms}")
+    try:
+        zooms = voxel_sizes(image, path, f"scan {path}")
+    except NIFTI_READ_ERRORS as err:
+        raise IchsegError(f"scan {path}: cannot read as NIfTI ({_first_line(err)})") from None
     return Scan(path, image, shape, zooms)  # type: ignore[arg-type]
 
 
@@ -464,6 +470,28 @@ def mask_image(scan: Scan, mask: np.ndarray) -> nib.Nifti1Image:
 def output_paths(outdir: Path, scan: Scan) -> tuple[Path, Path]:
     """Where the mask and the JSON summary of `scan` go."""
     return outdir / f"{scan.stem}{MASK_SUFFIX}", outdir / f"{scan.stem}.json"
+
+
+def _earlier_prediction(json_path: Path, mask_path: Path) -> bool:
+    """True when `json_path` is the summary `ichseg predict` wrote next to `mask_path`."""
+    try:
+        summary = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and Path(str(summary.get("mask", ""))).name == mask_path.name
+
+
+def check_outputs_free(outdir: Path, scans: Sequence[Scan]) -> None:
+    """Raise unless every output path is free or holds an earlier prediction of the same name:
+    a file the user put there (a mask of their own, say) is never replaced."""
+    for scan in scans:
+        mask_path, json_path = output_paths(outdir, scan)
+        taken = [p for p in (mask_path, json_path) if p.exists() or p.is_symlink()]
+        if taken and not _earlier_prediction(json_path, mask_path):
+            raise IchsegError(
+                f"{taken[0]}: exists and is not an earlier ichseg predict output (no "
+                f"{json_path.name} naming {mask_path.name}); choose another -o or remove it"
+            )
 
 
 def prepare_outdir(outdir: str | os.PathLike) -> Path:
@@ -576,6 +604,7 @@ def predict_scans(
                 f"scans {seen[scan.stem]} and {scan.path} would both write {scan.stem}{MASK_SUFFIX}"
             )
         seen[scan.stem] = scan.path
+    check_outputs_free(Path(outdir), opened)
     out = prepare_outdir(outdir)
     summaries = []
     with progress_bar(len(opened), "scans", progress) as advance:

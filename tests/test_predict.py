@@ -19,6 +19,7 @@ from ichseg.cli import main
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.data.release import Release
+from ichseg.data.splits import SPLIT_KEY
 from ichseg.data.transforms import to_slices, window
 from ichseg.evaluate import dice_3d
 from ichseg.predict import Ensemble, from_slices, load_member, open_scan, predict_scans
@@ -367,9 +368,17 @@ def patient_release(tmp_path_factory) -> tuple[Path, Path]:
 def test_evaluate_matches_an_independent_computation(ckpts, patient_release, tmp_path, capsys):
     release_root, cache = patient_release
     out = tmp_path / "eval"
+    # What training records in a checkpoint: the split it trained on (fold 0 of this cache).
+    splits = json.loads((cache / "splits.json").read_text())
+    fold = {k: sorted({int(sid[:3]) for sid in v}) for k, v in splits["folds"][0].items()}
+    checkpoint = torch.load(ckpts["pass"], weights_only=False)
+    patients = {f"{side}_patients": ids for side, ids in fold.items()}
+    checkpoint[SPLIT_KEY] = {"mode": "patient", "fold": 0, **patients}
+    ckpt = tmp_path / "pass.ckpt"
+    torch.save(checkpoint, ckpt)
     code, stdout, err = run_cli(
         [
-            *("evaluate", ckpts["pass"], "--release", release_root, "--splits", cache),
+            *("evaluate", ckpt, "--release", release_root, "--splits", cache),
             *("-o", out, "--precision", "fp32"),
         ],
         capsys,

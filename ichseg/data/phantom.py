@@ -580,7 +580,7 @@ def write_phantom(out: str | Path, patients: int = 75, size: int = 512, seed: in
     return out
 
 
-def _existing_phantom(root: Path, params: dict[str, int]) -> bool:
+def is_phantom(root: Path, params: dict[str, int]) -> bool:
     """True if `root` already holds this phantom; raise if it holds something else."""
     if not root.exists():
         return False
@@ -592,7 +592,10 @@ def _existing_phantom(root: Path, params: dict[str, int]) -> bool:
             f"{root} exists and is not a phantom release (no {PARAMS_NAME}); "
             "choose another folder or remove it"
         )
-    found = json.loads(marker.read_text(encoding="utf-8"))
+    try:
+        found = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IchsegError(f"{marker}: cannot read the phantom's parameters ({exc})") from None
     if found != params:
         raise IchsegError(
             f"{marker}: holds a phantom with {found}, expected {params}; "
@@ -607,10 +610,10 @@ def ensure_phantom(root: str | Path, patients: int = 75, size: int = 512, seed: 
     root = Path(root)
     params = {"patients": patients, "size": size, "seed": seed}
     # The folder appears by one atomic rename, so its marker file means it is complete.
-    if _existing_phantom(root, params):
+    if is_phantom(root, params):
         return root
     with file_lock(root.parent / f".{root.name}.lock"):
-        if not _existing_phantom(root, params):
-            with atomic_path(root, is_dir=True) as tmp:
+        if not is_phantom(root, params):
+            with atomic_path(root, is_dir=True, owned_by=(PARAMS_NAME,)) as tmp:
                 write_phantom(tmp, patients, size, seed)
     return root

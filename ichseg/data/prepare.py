@@ -121,7 +121,7 @@ def prepare(release_root: str | Path, out_root: str | Path, cfg: PrepareConfig) 
         # Another process may have finished the build while this one waited for the lock.
         if (cache / "meta.json").is_file():
             return cache
-        with atomic_path(cache, is_dir=True) as tmp:
+        with atomic_path(cache, is_dir=True, owned_by=("meta.json",)) as tmp:
             _build(release, cfg, tmp)
     return cache
 

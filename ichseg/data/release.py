@@ -183,6 +183,34 @@ def _find_volume(folder: Path | None, patient: int) -> Path | None:
     return found[0] if found else None
 
 
+# How far the header's voxel sizes may differ from the affine's before the geometry is unusable.
+_ZOOM_RTOL = 1e-2
+
+
+def voxel_sizes(image: nib.Nifti1Image, path: Path, label: str) -> tuple[float, float, float]:
+    """The voxel sizes (mm) a volume in mL may be computed from, or an IchsegError naming `label`.
+
+    They are the header's own pixdim (read unfixed: nibabel silently turns 0 into 1), which must
+    be positive and finite and agree with the lengths of the affine's axes.
+    """
+    with nib.openers.ImageOpener(path) as fh:
+        raw = type(image.header).from_fileobj(fh, check=False)
+    zooms = tuple(float(z) for z in raw["pixdim"][1:4])
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise IchsegError(
+            f"{label}: voxel sizes {zooms} in the header are not positive finite mm; "
+            "a volume in mL cannot be computed from them"
+        )
+    axes = tuple(float(n) for n in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
+    if not np.allclose(axes, zooms, rtol=_ZOOM_RTOL):
+        rounded = tuple(round(a, 4) for a in axes)
+        raise IchsegError(
+            f"{label}: voxel sizes {zooms} in the header disagree with the affine's {rounded} mm; "
+            "a volume in mL cannot be computed from them"
+        )
+    return zooms  # type: ignore[return-value]
+
+
 def _load_nifti(
     path: Path, label: str
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -201,7 +229,7 @@ def _load_nifti(
         if len(shape) < 3 or any(extent != 1 for extent in shape[3:]):
             raise IchsegError(f"{label}: expected a 3-D volume (H, W, slices), found shape {shape}")
         data = image.get_fdata(dtype=np.float32, caching="unchanged").reshape(shape[:3])
-        zooms = tuple(float(zoom) for zoom in image.header.get_zooms()[:3])
+        zooms = voxel_sizes(image, path, label)
     except IchsegError:
         raise
     except NIFTI_READ_ERRORS as err:

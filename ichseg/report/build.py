@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ichseg.atomic import atomic_path
+from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
 from ichseg.report import figures
 from ichseg.report.collect import Job, Sweep, collect_sweep, latest_sweep, read_cache_meta
@@ -44,6 +44,8 @@ __all__ = ["TestEval", "build_report", "latest_sweep"]
 
 TestEval = Callable[[Sweep, Selection], Sequence[TestResult]]
 # Published validation numbers (DATASET.md): source, protocol, split, architecture, IoU, Dice, test.
+# A folder holding all three is a report ichseg wrote, which a new report may replace.
+REPORT_FILES = ("report.md", "summary.json", "table1.csv")
 PUBLISHED = (
     (
         "D-Unet paper, Table 1",
@@ -107,6 +109,8 @@ def build_report(
     sweep = sweep_dir if isinstance(sweep_dir, Sweep) else collect_sweep(sweep_dir)
     if out_dir is None and not sweep.root.is_dir():
         raise IchsegError(f"{sweep.root}: not a folder; give out_dir for the report")
+    out = Path(out_dir) if out_dir is not None else sweep.root / "report"
+    check_replaceable(out, REPORT_FILES)  # before the work, not only before the rename
     if not any(j.records for j in sweep.jobs):
         raise IchsegError(
             f"{sweep.root}: no job has written a checkpoint record yet "
@@ -121,8 +125,7 @@ def build_report(
     else:
         results = list(test_eval or [])
 
-    out = Path(out_dir) if out_dir is not None else sweep.root / "report"
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, owned_by=REPORT_FILES) as tmp:
         all_rows = [r for name in PROTOCOLS for r in rows[name]]
         (tmp / "table1.csv").write_text(table1_csv(all_rows), encoding="utf-8")
         (tmp / "table1.tex").write_text(_latex(rows, archs, selections), encoding="utf-8")

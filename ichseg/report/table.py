@@ -102,11 +102,16 @@ class Stat:
     mean: float
     std: float
     n: int
+    missing: int = 0  # folds whose value is null, NaN or infinite
 
     @classmethod
     def of(cls, values: list[float | None]) -> Stat:
-        """Mean/std (ddof=1) over the finite values; null/NaN values are left out."""
+        """Mean/std (ddof=1) over the folds; undefined (NaN) when any fold's value is not
+        finite, so that no mean over a subset of the folds passes for one over all of them."""
         finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+        missing = len(values) - int(finite.size)
+        if missing:
+            return cls(math.nan, math.nan, int(finite.size), missing)
         mean = float(finite.mean()) if finite.size else math.nan
         std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
         return cls(mean, std, int(finite.size))
@@ -301,8 +306,19 @@ def fmt(value: float, digits: int = 3) -> str:
     return "NA" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _not_finite(stat: Stat) -> str:
+    return f"NA: {stat.missing} of {stat.missing + stat.n} folds not finite"
+
+
+def fmt_mean(stat: Stat, digits: int = 3) -> str:
+    """The mean alone; a cell with non-finite folds says how many."""
+    return _not_finite(stat) if stat.missing else fmt(stat.mean, digits)
+
+
 def fmt_stat(stat: Stat, digits: int = 3) -> str:
-    """`mean (std)` as the paper writes it."""
+    """`mean (std)` as the paper writes it; a cell with non-finite folds says how many."""
+    if stat.missing:
+        return _not_finite(stat)
     return f"{fmt(stat.mean, digits)} ({fmt(stat.std, digits)})"
 
 
@@ -375,8 +391,8 @@ def table1_markdown(
 def _metric_cells(r: TableRow) -> list[str]:
     """Train IoU, train Dice (means), val IoU, val Dice (mean and std) of one Table 1 row."""
     return [
-        fmt(r.train_iou.mean),
-        fmt(r.train_dice.mean),
+        fmt_mean(r.train_iou),
+        fmt_mean(r.train_dice),
         fmt_stat(r.val_iou),
         fmt_stat(r.val_dice),
     ]

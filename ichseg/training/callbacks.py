@@ -14,6 +14,8 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ichseg.atomic import atomic_path
+from ichseg.data.splits import SPLIT_KEY
+from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION
 from ichseg.training.records import read_records, upsert_history, upsert_record
 from ichseg.visualize import overlay_rgb
@@ -72,6 +74,8 @@ class CheckpointRecorder(pl.Callback):
         self.overlay_count = overlay_count
         self.last_every_s = float(last_every_s)
         self._last_saved = time.monotonic()
+        # "SIGTERM" or "SIGINT" once training was stopped by that signal (see on_exception).
+        self.stopped_by: str | None = None
 
     def is_checkpoint_epoch(self, epoch: int, max_epochs: int) -> bool:
         """Whether `epoch` (1-based) gets a checkpoint and a record."""
@@ -122,9 +126,12 @@ class CheckpointRecorder(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         # Lightning turns SIGTERM (a scheduler's pre-emption) into SIGTERMException after the
-        # current batch; keep that progress so a re-run resumes here instead of an epoch back.
-        if isinstance(exception, SIGTERMException) and self.save_last and trainer.global_step:
-            save_checkpoint_atomically(trainer, self.job_dir / LAST_CHECKPOINT)
+        # current batch, and Ctrl-C into KeyboardInterrupt; keep that progress so a re-run
+        # resumes here instead of at the last checkpoint epoch.
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            self.stopped_by = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
+            if self.save_last and trainer.global_step:
+                save_checkpoint_atomically(trainer, self.job_dir / LAST_CHECKPOINT)
 
     def _log_to_wandb(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: dict
@@ -176,3 +183,61 @@ class CheckpointRecorder(pl.Callback):
             for i in range(len(rows))
         ]
         return pictures, datamodule.row_ids(rows)
+
+
+class FiniteLossGuard(pl.Callback):
+    """Stop the job as failed, with one line, once a training loss is NaN or infinite.
+
+    Listed before CheckpointRecorder, it checks before any record or checkpoint of a diverged
+    epoch is written. The flag stays on the device; it is read once per epoch, not per step.
+    """
+
+    def __init__(self) -> None:
+        self._finite: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            finite = torch.isfinite(loss.detach()).all()
+            self._finite = finite if self._finite is None else self._finite & finite
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if self._finite is not None and not bool(self._finite):
+            raise IchsegError(
+                f"training loss became NaN or infinite in epoch {trainer.current_epoch + 1} "
+                f"(by step {trainer.global_step}): the run diverged; nothing of that epoch was "
+                "recorded (lower model.module.lr, or check the data)"
+            )
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+
+class SplitProvenance(pl.Callback):
+    """Every checkpoint carries its split (`ichseg_split`): mode, seeds, fold, cache and the
+    patients it trained and validated on, so a later evaluation can prove it never saw its own."""
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        dm = trainer.datamodule
+        if dm is None or getattr(dm, "train_rows", None) is None:
+            return
+        cfg = dm.prepare_config
+
+        def patients(rows: torch.Tensor) -> list[int]:
+            return sorted({int(p) for p in dm.row_patients(rows)})
+
+        checkpoint[SPLIT_KEY] = {
+            "mode": cfg.split,
+            "split_seed": cfg.seed,
+            "n_folds": dm.n_folds,
+            "fold": dm.fold,
+            "cache_key": Path(dm.cache_dir).name,
+            "train_patients": patients(dm.train_rows),
+            "val_patients": patients(dm.val_rows),
+        }

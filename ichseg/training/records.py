@@ -4,7 +4,8 @@ A job directory `<sweep>/<model>-fold<k>/` holds
 - `records.jsonl`: one JSON object per checkpoint epoch
   `{"model", "fold", "epoch", "checkpoint", "train": {metric: value}, "val": {metric: value}}`;
 - `history.csv`: one row per epoch, `epoch` then `train/<metric>` and `val/<metric>` columns;
-- `job.json`: `{"model", "fold", "status": "running" | "done" | "failed", "config_hash", ...}`.
+- `job.json`: `{"model", "fold", "status", "config_hash", ...}`, status one of "running", "done",
+  "failed", "preempted" (SIGTERM) or "interrupted" (SIGINT).
 Every file is rewritten whole and renamed into place, so readers never see half a row, and a
 record for an epoch that is written again (after a resume) replaces the old one instead of
 duplicating it.

@@ -18,12 +18,16 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ichseg.atomic import atomic_write_text
 from ichseg.errors import IchsegError
 from ichseg.launch.placement import trainer_overrides
-from ichseg.training.callbacks import LAST_CHECKPOINT, CheckpointRecorder
+from ichseg.training.callbacks import (
+    LAST_CHECKPOINT,
+    CheckpointRecorder,
+    FiniteLossGuard,
+    SplitProvenance,
+)
 from ichseg.training.provenance import code_version, hardware, package_versions, project_root
 from ichseg.training.records import read_job, read_records, write_job
 
@@ -55,8 +59,8 @@ FLOAT32_PRECISIONS = ("highest", "high", "medium")
 
 def config_hash(cfg: DictConfig) -> str:
     """Short hash of everything that determines a job's results (not paths or speed settings)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    parts = {key: resolved.get(key) for key in RESULT_KEYS}
+    # Only these parts are resolved: the rest (output paths) may need Hydra's runtime state.
+    parts = {key: _resolved(cfg, key) for key in RESULT_KEYS}
     for key in IGNORED_KEYS:
         *parents, leaf = key.split(".")
         node = parts
@@ -66,6 +70,14 @@ def config_hash(cfg: DictConfig) -> str:
             node.pop(leaf, None)
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _resolved(cfg: DictConfig, key: str) -> object:
+    """The top-level `key` of `cfg` as plain, resolved Python values (None when absent)."""
+    value = cfg.get(key)
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
@@ -203,10 +215,41 @@ def _plain(value: object) -> object:
     return value
 
 
+def check_training_length(trainer_cfg: DictConfig) -> None:
+    """Refuse a training that would record nothing (0 epochs) or never end (-1, unbounded)."""
+    epochs = trainer_cfg.get("max_epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise IchsegError(
+            f"trainer.max_epochs={epochs}: expected a positive integer (the job records a "
+            "checkpoint at its last epoch; 0 records nothing and -1 never ends)"
+        )
+    steps = trainer_cfg.get("max_steps", -1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or (steps < 1 and steps != -1):
+        raise IchsegError(
+            f"trainer.max_steps={steps}: expected -1 (no limit) or a positive integer"
+        )
+
+
+def _stopped(job_dir: Path, state: dict, signame: str, step: int) -> SystemExit:
+    """Record a job stopped by SIGTERM (pre-emption) or SIGINT (Ctrl-C); its exit status."""
+    status = "preempted" if signame == "SIGTERM" else "interrupted"
+    write_job(job_dir, {**state, "status": status, "stopped_at_step": step})
+    kept = f"{LAST_CHECKPOINT} saved" if step else "no step to save yet"
+    print(
+        f"train.py: {job_dir.name}: stopped by {signame} at step {step}, {kept}; "
+        "run the same command to resume",
+        file=sys.stderr,
+    )
+    # Exit like a process killed by the signal (143, 130), so a scheduler requeues the job and
+    # nothing reads this as a finished sweep.
+    return SystemExit(128 + getattr(signal, signame))
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """Train `cfg.model` on `cfg.fold`, writing checkpoints, records and job state to its folder."""
     if OmegaConf.is_missing(cfg.data, "root"):
         raise IchsegError("data.root is required with data=physionet: data.root=/path/to/release")
+    check_training_length(cfg.trainer)
     job_dir = Path(cfg.paths.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     digest = config_hash(cfg)
@@ -256,12 +299,14 @@ def run_job(cfg: DictConfig) -> float | None:
         "hardware": hardware(),
     }
     write_job(job_dir, state)
+    trainer = None
     try:
         placement = trainer_overrides()
         accelerator = placement.get("accelerator", cfg.trainer.get("accelerator", "auto"))
         trainer = instantiate(
             cfg.trainer,
-            callbacks=[recorder],
+            # The guard first: a diverged epoch stops the job before the recorder writes it.
+            callbacks=[FiniteLossGuard(), SplitProvenance(), recorder],
             logger=build_loggers(cfg, sweep_group(cfg)) or False,
             precision=resolve_precision(cfg.precision, str(accelerator)),
             deterministic=cfg.deterministic,
@@ -270,18 +315,12 @@ def run_job(cfg: DictConfig) -> float | None:
             **placement,
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        # Pre-empted: CheckpointRecorder saved last.ckpt; exit like a SIGTERM-killed process
-        # (143), so a scheduler requeues the job and nothing reads this as a finished sweep.
-        write_job(job_dir, {**state, "status": "preempted", "stopped_at_step": trainer.global_step})
-        kept = f"{LAST_CHECKPOINT} saved" if trainer.global_step else "no step to save yet"
-        print(
-            f"train.py: {job_dir.name}: stopped by SIGTERM at step {trainer.global_step}, "
-            f"{kept}; run the sweep again to resume",
-            file=sys.stderr,
-        )
-        raise SystemExit(128 + signal.SIGTERM) from None
     except BaseException as exc:
+        # Lightning ends a Ctrl-C with sys.exit(1) after the recorder saw the KeyboardInterrupt.
+        signame = recorder.stopped_by or ("SIGINT" if isinstance(exc, KeyboardInterrupt) else None)
+        if signame:
+            step = trainer.global_step if trainer is not None else 0
+            raise _stopped(job_dir, state, signame, step) from None
         write_job(job_dir, {**state, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise
     finally:
