@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ichseg.atomic import atomic_write_text
+from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.launch.placement import trainer_overrides
 from ichseg.training.callbacks import LAST_CHECKPOINT, CheckpointRecorder
@@ -207,6 +208,7 @@ def run_job(cfg: DictConfig) -> float | None:
     """Train `cfg.model` on `cfg.fold`, writing checkpoints, records and job state to its folder."""
     if OmegaConf.is_missing(cfg.data, "root"):
         raise IchsegError("data.root is required with data=physionet: data.root=/path/to/release")
+    validate(cfg)
     job_dir = Path(cfg.paths.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     digest = config_hash(cfg)
