@@ -7,6 +7,8 @@ import re
 import pytest
 from conftest import train
 
+from ichseg import cli
+
 NOISE = ("💡 Tip", "litlogger", "Find logs at", "Run history", "└──", "GPU available")
 
 
@@ -31,4 +33,21 @@ def test_a_job_prints_its_epochs_its_result_and_where_the_sweep_is(tmp_path, rec
     record_behaviour(
         f"{len(out.splitlines())} lines in all: one per epoch, then {closing[0].split('] ')[-1]}; "
         "the sweep ends on 'make report SWEEP=<sweep>'; train.log holds the same lines"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.reliability(case="report of a single run", entry="python train.py, then ichseg report")
+def test_a_single_run_lands_in_runs_and_reports(tmp_path, capsys, record_behaviour):
+    proc = train(["experiment=tiny", "logger=none", "model=unet"], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "experiments" / "runs").iterdir()
+    assert run.name.endswith("_unet-fold0"), run
+    assert "unet-fold0: done, epoch 2" in proc.stdout + proc.stderr
+    assert cli.main(["report", str(run), "--no-test"]) == 0, capsys.readouterr().err
+    report = (run / "report" / "report.md").read_text()
+    assert "unet" in report.lower()
+    record_behaviour(
+        f"the run is experiments/runs/<ts>_unet-fold0; {capsys.readouterr().out.strip()}",
+        did="python train.py experiment=tiny model=unet; ichseg report <that folder> --no-test",
     )

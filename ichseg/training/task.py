@@ -248,7 +248,7 @@ def run_job(cfg: DictConfig) -> float | None:
         accelerator = placement.get("accelerator", cfg.trainer.get("accelerator", "auto"))
         trainer = instantiate(
             cfg.trainer,
-            callbacks=[recorder, EpochLine(job_dir.name)],
+            callbacks=[recorder, EpochLine(f"{cfg.model.name}-fold{cfg.fold}")],
             logger=build_loggers(cfg, sweep_group(cfg)) or False,
             precision=resolve_precision(cfg.precision, str(accelerator)),
             deterministic=cfg.deterministic,
@@ -275,7 +275,8 @@ def run_job(cfg: DictConfig) -> float | None:
         finish_wandb()
     state.update(status="done", finished=time.time(), cache_dir=str(datamodule.cache_dir))
     write_job(job_dir, state)
-    log.info("%s: done, %s; results in %s", job_dir.name, closing_figures(job_dir), job_dir)
+    name = f"{cfg.model.name}-fold{cfg.fold}"
+    log.info("%s: done, %s; results in %s", name, closing_figures(job_dir), job_dir)
     return last_val_dice(job_dir)
 
 
