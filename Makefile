@@ -24,7 +24,7 @@ export WANDB_MODE ?= offline
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv with torch ($$TORCH_SPEC) first, then ichseg and its dev tools
+install: $(STAMP) ## create .venv with torch (TORCH_SPEC, default torch==2.13.0) first, then ichseg and its dev tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("ICHSEG_ROOT", str(ROOT))
+# W&B's banners and run summaries drown the job's own lines; WANDB_SILENT=false brings them back.
+os.environ.setdefault("WANDB_SILENT", "true")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402

@@ -6,6 +6,8 @@ Every subcommand turns a user error into one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import copy
+import errno
 import os
 import sys
 import time
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
 def _phantom(args: argparse.Namespace) -> None:
     from ichseg.data.phantom import ensure_phantom, is_phantom
 
-    out, params = Path(args.out), {"patients": args.patients, "size": args.size, "seed": args.seed}
+    out = _output_dir(args.out, "OUT")
+    params = {"patients": args.patients, "size": args.size, "seed": args.seed}
     if is_phantom(out, params):
         print(f"{out} already holds this synthetic release; nothing written")
         return
@@ -39,9 +42,12 @@ def _prepare(args: argparse.Namespace) -> None:
         width=args.width,
         split=args.split,
         seed=args.seed,
+        n_folds=args.n_folds,
+        test_fraction=args.test_fraction,
     )
+    out = _output_dir(args.out, "OUT")
     start = time.perf_counter()
-    cache = prepare(Path(args.release), Path(args.out), cfg)
+    cache = prepare(Path(args.release), out, cfg)
     built = time.perf_counter() - start
     start = time.perf_counter()
     data = load_prepared(cache)
@@ -64,7 +70,7 @@ def _report(args: argparse.Namespace) -> int:
     from ichseg.report.collect import collect_sweep
     from ichseg.report.test_eval import evaluate_test
 
-    out = Path(args.out) if args.out else None
+    out = _output_dir(args.out, "--out") if args.out else None
     if args.source != "wandb" and (args.project or args.group):
         raise IchsegError(f"--project and --group go with --source wandb, not {args.source}")
     if args.source == "wandb":
@@ -188,19 +194,59 @@ def _csv(kind: type = str):
     return parse
 
 
+def _output_dir(path: str, name: str) -> Path:
+    """`path` as a folder that exists or can be created and written, or one line saying why not."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise IchsegError(f"{name} {out}: exists and is not a folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise IchsegError(f"{name} {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise IchsegError(f"{name} {out}: {existing} is not writable")
+    return out
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows every option's default, also for options without a help text."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default is not None:
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "%(default)" in action.help:
+            return action.help
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `ichseg` command."""
-    parser = argparse.ArgumentParser(prog="ichseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ichseg", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("phantom", help="write a synthetic release in the PhysioNet layout")
+    p = sub.add_parser(
+        "phantom",
+        help="write a synthetic release in the PhysioNet layout",
+        formatter_class=_HelpFormatter,
+    )
     p.add_argument("out", help="folder to create")
     p.add_argument("--patients", type=int, default=75)
     p.add_argument("--size", type=int, default=512, help="in-plane pixels (real: 512)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_phantom)
 
-    p = sub.add_parser("prepare", help="window, resize, balance and split a release into a cache")
+    p = sub.add_parser(
+        "prepare",
+        help="window, resize, balance and split a release into a cache",
+        formatter_class=_HelpFormatter,
+    )
     p.add_argument("release", help="release folder (ct_scans/, masks/, the slice CSV)")
     p.add_argument("out", help="cache root; the cache goes to a subfolder named by its settings")
     p.add_argument("--size", type=int, default=256)
@@ -208,9 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=120.0, help="window width (HU)")
     p.add_argument("--split", choices=("slice", "patient"), default="slice")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-folds", type=int, default=10, help="cross-validation folds")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="held out per class")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("predict", help="segment whole CT scans (NIfTI) into mask NIfTIs")
+    p = sub.add_parser(
+        "predict",
+        help="segment whole CT scans (NIfTI) into mask NIfTIs",
+        formatter_class=_HelpFormatter,
+    )
     p.add_argument(
         "paths",
         nargs="+",
@@ -221,7 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_options(p)
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("evaluate", help="3-D Dice, volume error, detection on held-out patients")
+    p = sub.add_parser(
+        "evaluate",
+        help="3-D Dice, volume error, detection on held-out patients",
+        formatter_class=_HelpFormatter,
+    )
     p.add_argument("checkpoints", nargs="+", help="checkpoints (several are averaged)")
     p.add_argument("--release", required=True, help="release folder the cache was prepared from")
     p.add_argument(
@@ -231,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_options(p)
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("report", help="Table 1, selection, test scores and figures of a sweep")
+    p = sub.add_parser(
+        "report",
+        help="Table 1, selection, test scores and figures of a sweep",
+        formatter_class=_HelpFormatter,
+    )
     p.add_argument("sweep", nargs="?", help="sweep folder (default: the latest under experiments/)")
     p.add_argument("--experiments", default="experiments", help="where to look for the latest")
     p.add_argument(
@@ -257,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     from ichseg.bench.settings import SECTIONS, BenchSettings
 
     d = BenchSettings()
-    p = sub.add_parser("bench", help="where training time goes: images/s, overheads, epochs")
+    p = sub.add_parser(
+        "bench",
+        help="where training time goes: images/s, overheads, epochs",
+        formatter_class=_HelpFormatter,
+    )
     p.add_argument("--experiments", type=_csv(), default=d.experiments, help="e.g. demo,paper")
     p.add_argument("--models", type=_csv(), default=d.models, help="e.g. unet,dunet")
     p.add_argument(
@@ -314,6 +378,25 @@ def main(argv: list[str] | None = None) -> int:
     except IchsegError as exc:
         print(f"ichseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in _PATH_ERRORS:
+            raise
+        reason = exc.strerror or errno.errorcode.get(exc.errno, str(exc.errno))
+        print(f"ichseg {args.command}: error: {exc.filename}: {reason}", file=sys.stderr)
+        return 2
+
+
+# Errors of a path the user gave (cannot be created, written or read): one line, not a traceback.
+_PATH_ERRORS = (
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+    errno.ENAMETOOLONG,
+)
 
 
 def console() -> None:

@@ -313,7 +313,9 @@ class Ensemble:
     def slices(self, hu: np.ndarray) -> torch.Tensor:
         """(H, W, N) HU -> (N, 1, S, S) network inputs, exactly as the prepared cache made them."""
         p = self.preprocess
-        upright = torch.from_numpy(to_slices(window(hu, p.level, p.width)))
+        # A copy: numpy calls a rotated view with a length-1 axis contiguous although its strides
+        # are negative, which torch refuses.
+        upright = torch.from_numpy(to_slices(window(hu, p.level, p.width)).copy())
         scaled = resize_images(upright, p.size)
         # The cache stores 8-bit images (the paper's PNGs); the networks never saw finer steps.
         eight_bit = scaled.mul_(255).round_().clamp_(0, 255).to(torch.uint8)

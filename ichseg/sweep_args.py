@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
+from ichseg.config_schema import SCHEMA, check_value
 from ichseg.errors import IchsegError
 
 RANGE = re.compile(r"^(?P<key>[+~]{0,2}[\w.\-/@]+)=(?P<a>-?\d+)\.\.(?P<b>-?\d+)$")
@@ -63,7 +64,8 @@ def check_overrides(argv: list[str], conf_dir: Path) -> None:
     n_folds = 10
     for override in parsed:
         if override.key_or_group == "data.n_folds" and not override.is_sweep_override():
-            n_folds = int(override.value())
+            n_folds = override.value()
+            check_value("data.n_folds", n_folds, SCHEMA["data.n_folds"])
     models = sorted(p.stem for p in (conf_dir / "model").glob("*.yaml"))
     for override in parsed:
         if override.is_delete():

@@ -449,3 +449,25 @@ def test_predict_scans_api_reports_each_scan(ckpts, tmp_path):
     )
     assert [s["scan"] for s in seen] == [str(p) for p in scans] == [s["scan"] for s in done]
     assert all(s["bleed_voxels"] == mask.sum() for s in done)
+
+
+@pytest.mark.reliability(entry="ichseg predict")
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 3), (2, 2, 1), (64, 1, 4), (1, 48, 2)])
+def test_degenerate_scan_shapes_give_a_mask_of_the_scan_shape(
+    shape, ckpts, tmp_path, capsys, record_behaviour
+):
+    scan = save_scan(tmp_path / "tiny.nii", np.full(shape, 30.0))
+    code, out, err = run_cli(["predict", ckpts["a"], scan, "-o", tmp_path / "out"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    mask = nib.load(tmp_path / "out" / "tiny_mask.nii.gz")
+    assert mask.shape == shape
+    record_behaviour(out.splitlines()[0].replace(str(tmp_path), "<tmp>"), case=f"scan {shape}")
+
+
+@pytest.mark.reliability(case="scan with 0 slices", entry="ichseg predict")
+def test_scan_without_slices_is_one_line(ckpts, tmp_path, capsys, record_behaviour):
+    scan = tmp_path / "empty.nii"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 0), np.int16), np.eye(4)), scan)
+    out = tmp_path / "out"
+    _assert_refused(["predict", ckpts["a"], scan, "-o", out], capsys, out, "empty.nii", "non-empty")
+    record_behaviour("exit 2, nothing written: expected a non-empty volume")

@@ -217,13 +217,22 @@ def collect_sweep(sweep_dir: str | Path) -> Sweep:
     root = Path(sweep_dir)
     if not root.is_dir():
         raise IchsegError(f"{root}: sweep folder not found")
+    if not is_sweep(root) and (root / JOB_FILE).is_file():
+        return single_run(root)
     if not is_sweep(root):
         raise IchsegError(
-            f"{root}: not a sweep folder (expected Hydra's {MULTIRUN_FILE}; run "
-            f"`python train.py -m ...` to make one)"
+            f"{root}: not a sweep folder (expected Hydra's {MULTIRUN_FILE}) nor a single run's "
+            f"folder (expected {JOB_FILE}); run `python train.py ...` to make one"
         )
     jobs = [read_job_dir(p) for p in sorted(root.iterdir()) if _is_job_dir(p)]
     return assemble_sweep(root, _load_yaml(root / MULTIRUN_FILE), jobs)
+
+
+def single_run(job_dir: Path) -> Sweep:
+    """A single run's folder (`python train.py`, no -m) as a sweep of its one job."""
+    job = read_job_dir(job_dir)
+    multirun = {"hydra": {"overrides": {"task": [f"model={job.model}", f"fold={job.fold}"]}}}
+    return assemble_sweep(job_dir, multirun, [job])
 
 
 def _sweep_values(multirun: dict, key: str) -> list | None:

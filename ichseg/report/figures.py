@@ -4,7 +4,8 @@
   per architecture (the paper's Fig. 3);
 - validation Dice per checkpoint epoch, both architectures with std bands, one panel per
   protocol;
-- test overlays: CT, CT + ground truth, CT + prediction for a few test slices (the paper's Fig. 4).
+- test overlays: CT above CT with truth (green), prediction (red) and their overlap (yellow),
+  for a few test slices with and without hemorrhage (the paper's Fig. 4).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from ichseg.report.collect import Sweep
 from ichseg.report.heldout import TestResult
 from ichseg.report.selection import Selection
 from ichseg.report.table import PROTOCOLS, TableRow, display_name
+from ichseg.visualize import overlay_rgb
 
 DPI = 120
 
@@ -56,6 +60,7 @@ def loss_curves(sweep: Sweep, path: Path) -> bool:
                 ax.fill_between(epochs, mean - std, mean + std, alpha=0.25)
         ax.set_title(f"{display_name(model)} (mean ± std over {n} folds)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_ylabel("Dice loss")
@@ -93,6 +98,7 @@ def val_dice_by_epoch(
                 )
         ax.set_title(f"validation Dice, {PROTOCOLS[name].name} protocol")
         ax.set_xlabel("checkpoint epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("Dice (mean ± std over folds)")
         ax.grid(alpha=0.3)
         ax.legend(title="circled: selected")
@@ -102,27 +108,27 @@ def val_dice_by_epoch(
 
 
 def test_overlays(result: TestResult, path: Path) -> bool:
-    """Draw CT / CT + ground truth / CT + prediction rows for the result's examples."""
+    """Draw CT above CT + truth (green), prediction (red) and overlap (yellow) per example."""
     if not result.examples:
         return False
     n = len(result.examples)
-    fig = Figure(figsize=(2.2 * n, 6.9), dpi=DPI)
-    axes = fig.subplots(3, n, squeeze=False)
+    fig = Figure(figsize=(2.2 * n, 5.2), dpi=DPI)
+    axes = fig.subplots(2, n, squeeze=False)
     for col, ex in enumerate(result.examples):
         image = np.asarray(ex.image, dtype=float)
         image = image / 255.0 if image.max() > 1.0 else image
-        for row, overlay in enumerate((None, ex.mask, ex.prediction)):
-            ax = axes[row][col]
-            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-            if overlay is not None:
-                layer = np.ma.masked_where(~np.asarray(overlay, dtype=bool), overlay)
-                ax.imshow(layer, cmap="autumn", alpha=0.5, vmin=0, vmax=1)
+        axes[0][col].imshow(image, cmap="gray", vmin=0, vmax=1)
+        axes[1][col].imshow(overlay_rgb(image, ex.mask, ex.prediction))
+        for ax in axes[:, col]:
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0][col].set_title(f"{ex.slice_id}\n{', '.join(ex.subtypes) or 'no ICH'}", fontsize=8)
-    for row, label in enumerate(("CT", "ground truth", "prediction")):
-        axes[row][0].set_ylabel(label)
+    axes[0][0].set_ylabel("CT")
+    axes[1][0].set_ylabel("truth / prediction")
+    colours = (("ground truth", "#00ff00"), ("prediction", "#ff0000"), ("overlap", "#ffff00"))
+    handles = [Patch(color=colour, label=label) for label, colour in colours]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"{display_name(result.model)} epoch {result.epoch}: {result.scoring}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path)
     return True

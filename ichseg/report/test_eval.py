@@ -124,16 +124,18 @@ def _best_fold(jobs: list[Job], epoch: int, protocol_name: str) -> Job:
 
 
 def _examples(subtypes: np.ndarray, n: int) -> list[int]:
-    """Up to `n` hemorrhage slices (indices into the test rows), one subtype after another."""
+    """Up to `n` test rows: hemorrhage slices, one subtype after another, and a third (at least
+    one) clean slices, where only a false positive would paint anything."""
+    clean = list(np.flatnonzero(~subtypes.any(axis=1)))[: max(1, n // 3)] if n else []
     picked: list[int] = []
     queues = [list(np.flatnonzero(subtypes[:, i])) for i in range(subtypes.shape[1])]
-    while len(picked) < n and any(queues):
+    while len(picked) < n - len(clean) and any(queues):
         for queue in queues:
             while queue and queue[0] in picked:
                 queue.pop(0)
-            if queue and len(picked) < n:
+            if queue and len(picked) < n - len(clean):
                 picked.append(int(queue.pop(0)))
-    return picked
+    return picked + [int(i) for i in clean]
 
 
 def _evaluate_model(

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ichseg.atomic import atomic_write_text
+from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.launch.placement import trainer_overrides
 from ichseg.training.callbacks import (
@@ -28,6 +29,7 @@ from ichseg.training.callbacks import (
     FiniteLossGuard,
     SplitProvenance,
 )
+from ichseg.training.console import EpochLine, quiet_libraries
 from ichseg.training.provenance import code_version, hardware, package_versions, project_root
 from ichseg.training.records import read_job, read_records, write_job
 
@@ -119,22 +121,6 @@ def sweep_group(cfg: DictConfig) -> str:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return f"{cfg.experiment_name}/{Path(hydra_cfg.sweep.dir).name}"
     return f"{cfg.experiment_name}/single"
-
-
-def print_config_tree(cfg: DictConfig) -> None:
-    """Print the composed config as a tree (resolved), one branch per top-level group."""
-    from rich import print as rich_print
-    from rich.syntax import Syntax
-    from rich.tree import Tree
-
-    tree = Tree("config", guide_style="dim")
-    for key, value in cfg.items():
-        if key == "hydra":
-            continue
-        branch = tree.add(str(key))
-        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else value
-        branch.add(Syntax(str(text), "yaml", theme="ansi_dark", word_wrap=True))
-    rich_print(tree, file=sys.stdout)
 
 
 def build_loggers(cfg: DictConfig, group: str) -> list:
@@ -249,6 +235,7 @@ def run_job(cfg: DictConfig) -> float | None:
     """Train `cfg.model` on `cfg.fold`, writing checkpoints, records and job state to its folder."""
     if OmegaConf.is_missing(cfg.data, "root"):
         raise IchsegError("data.root is required with data=physionet: data.root=/path/to/release")
+    validate(cfg)
     check_training_length(cfg.trainer)
     job_dir = Path(cfg.paths.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -271,7 +258,7 @@ def run_job(cfg: DictConfig) -> float | None:
         log.info("%s: resuming from %s", job_dir.name, resume)
 
     apply_torch_settings(cfg)
-    print_config_tree(cfg)
+    quiet_libraries()
     atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -306,7 +293,12 @@ def run_job(cfg: DictConfig) -> float | None:
         trainer = instantiate(
             cfg.trainer,
             # The guard first: a diverged epoch stops the job before the recorder writes it.
-            callbacks=[FiniteLossGuard(), SplitProvenance(), recorder],
+            callbacks=[
+                FiniteLossGuard(),
+                SplitProvenance(),
+                recorder,
+                EpochLine(f"{cfg.model.name}-fold{cfg.fold}"),
+            ],
             logger=build_loggers(cfg, sweep_group(cfg)) or False,
             precision=resolve_precision(cfg.precision, str(accelerator)),
             deterministic=cfg.deterministic,
@@ -327,4 +319,16 @@ def run_job(cfg: DictConfig) -> float | None:
         finish_wandb()
     state.update(status="done", finished=time.time(), cache_dir=str(datamodule.cache_dir))
     write_job(job_dir, state)
+    name = f"{cfg.model.name}-fold{cfg.fold}"
+    log.info("%s: done, %s; results in %s", name, closing_figures(job_dir), job_dir)
     return last_val_dice(job_dir)
+
+
+def closing_figures(job_dir: Path) -> str:
+    """The last record's epoch and validation Dice under every protocol, for the closing line."""
+    records = read_records(job_dir)
+    if not records:
+        return "no records"
+    val = records[-1]["val"]
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in sorted(val.items()) if k.startswith("dice_"))
+    return f"epoch {records[-1]['epoch']}: val {dice}"

@@ -1,0 +1,201 @@
+"""The declared types and ranges of train.py's config, checked once before a job does anything.
+
+Each entry of SCHEMA is one key: a new key is one more line. Keys the schema does not name are
+left to the code that reads them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ichseg.errors import IchsegError
+
+# "auto" (ichseg's choice per device) and the precision strings Lightning accepts.
+PRECISIONS = (
+    "auto",
+    16,
+    32,
+    64,
+    "32-true",
+    "32",
+    "64-true",
+    "64",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key may hold: a type, bounds (`gt`/`ge`/`lt`/`le`), a set of choices, or null."""
+
+    kind: type
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple | None = None
+    nullable: bool = False
+
+    def allowed(self) -> str:
+        """The rule as a phrase: 'an integer >= 1', 'one of auto, 32-true', ..."""
+        if self.choices is not None:
+            text = "one of " + ", ".join(str(c) for c in self.choices)
+        else:
+            text = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[
+                self.kind
+            ]
+            bounds = [
+                f"{op} {value:g}"
+                for op, value in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+                if value is not None
+            ]
+            if bounds:
+                text += " " + " and ".join(bounds)
+        return text + (" (or null)" if self.nullable else "")
+
+    def accepts(self, value: object) -> bool:
+        """True when `value` has the rule's type and lies within its bounds or choices."""
+        if value is None:
+            return self.nullable
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) != (self.kind is bool):
+            return False
+        if self.kind is float:
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                return False
+        elif not isinstance(value, self.kind):
+            return False
+        checks = (
+            (self.gt, lambda b: value > b),
+            (self.ge, lambda b: value >= b),
+            (self.lt, lambda b: value < b),
+            (self.le, lambda b: value <= b),
+        )
+        return all(bound is None or ok(bound) for bound, ok in checks)
+
+
+INT = Rule(int)
+POSITIVE_INT = Rule(int, ge=1)
+PROBABILITY = Rule(float, ge=0, le=1)
+NON_NEGATIVE = Rule(float, ge=0)
+BOOL = Rule(bool)
+
+SCHEMA: dict[str, Rule] = {
+    "fold": Rule(int, ge=0),
+    "seed": INT,
+    "checkpoint_every": POSITIVE_INT,
+    "last_checkpoint_every_s": NON_NEGATIVE,
+    "overlay_count": Rule(int, ge=0),
+    "precision": Rule(str, choices=PRECISIONS),
+    "float32_matmul_precision": Rule(str, choices=("highest", "high", "medium")),
+    "flush_denormal": BOOL,
+    "deterministic": BOOL,
+    "num_threads": Rule(int, ge=1, nullable=True),
+    "trainer.max_epochs": POSITIVE_INT,
+    "data.size": Rule(int, ge=2),
+    "data.window_level": Rule(float),
+    "data.window_width": Rule(float, gt=0),
+    "data.split": Rule(str, choices=("slice", "patient")),
+    "data.seed": INT,
+    "data.n_folds": Rule(int, ge=2),
+    "data.test_fraction": Rule(float, gt=0, lt=1),
+    "data.batch_size": POSITIVE_INT,
+    "data.eval_batch_size": Rule(int, ge=1, nullable=True),
+    "data.resident": BOOL,
+    "data.phantom.patients": POSITIVE_INT,
+    "data.phantom.size": Rule(int, ge=8),
+    "data.phantom.seed": INT,
+    "data.augment.rotation_deg": NON_NEGATIVE,
+    "data.augment.shift": NON_NEGATIVE,
+    "data.augment.shear_deg": Rule(float, ge=0, lt=90),
+    "data.augment.zoom": Rule(float, ge=0, lt=1),
+    "data.augment.hflip": PROBABILITY,
+    "data.augment.fill": Rule(str, choices=("nearest", "constant")),
+    "data.intensity": Rule(str, choices=("linear", "viridis_png")),
+    "model.width": Rule(float, gt=0),
+    "model.module.batch_norm": Rule(str, choices=("none", "second", "both")),
+    "model.module.optimizer": Rule(str, choices=("keras_adam", "adam")),
+    "model.module.adam_eps": Rule(float, gt=0),
+    "model.module.lr_decay": NON_NEGATIVE,
+    "model.module.dropout": Rule(float, ge=0, lt=1),
+    "model.module.lr": Rule(float, gt=0),
+    "model.module.weight_decay": NON_NEGATIVE,
+    "model.module.threshold": Rule(float, gt=0, lt=1),
+    "model.module.smooth": NON_NEGATIVE,
+    "model.module.loss_per_sample": BOOL,
+    "model.module.min_detection_area": Rule(int, ge=0),
+    "model.module.channels_last": BOOL,
+    "model.module.compile": BOOL,
+}
+
+
+def _lookup(cfg: DictConfig, key: str) -> tuple[bool, object]:
+    """(present, value) of a dotted key, resolved; a key that cannot be resolved is an error."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig) or leaf not in node:
+        return False, None
+    if OmegaConf.is_missing(node, leaf):
+        raise IchsegError(f"{key} is required: {key}=VALUE")
+    try:
+        return True, node[leaf]
+    except OmegaConfBaseException as exc:
+        detail = str(exc).splitlines()[0]
+        raise IchsegError(f"{key}: cannot be resolved ({detail})") from None
+
+
+def check_value(key: str, value: object, rule: Rule) -> None:
+    """Raise one line naming the key, the value and what it may be, unless `rule` accepts it."""
+    if not rule.accepts(value):
+        raise IchsegError(f"{key}={value!r} is not allowed: expected {rule.allowed()}")
+
+
+def _check_filters(cfg: DictConfig) -> list[int] | None:
+    """The network's filters per level: each at least 1, each level twice the one above."""
+    present, filters = _lookup(cfg, "model.module.filters")
+    if not present:
+        return None
+    filters = list(filters)
+    doubling = all(b == 2 * a for a, b in itertools.pairwise(filters))
+    if not filters or min(filters) < 1 or not doubling:
+        raise IchsegError(
+            f"model.width={cfg.model.get('width')!r} gives filters {filters}: expected widths "
+            "whose filters are whole numbers >= 1 that double per level (e.g. 0.125, 0.25, 0.5, 1)"
+        )
+    return filters
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every declared key of the composed config, then the rules that tie keys together."""
+    for key, rule in SCHEMA.items():
+        present, value = _lookup(cfg, key)
+        if present:
+            check_value(key, value, rule)
+    filters = _check_filters(cfg)
+    present, n_folds = _lookup(cfg, "data.n_folds")
+    if present and not 0 <= cfg.fold < n_folds:
+        raise IchsegError(
+            f"fold={cfg.fold} is out of range: expected an integer 0..{n_folds - 1} "
+            f"(data.n_folds={n_folds})"
+        )
+    present, size = _lookup(cfg, "data.size")
+    if present and filters:
+        step = 2 ** (len(filters) - 1)
+        if size % step:
+            raise IchsegError(
+                f"data.size={size} is not allowed: a {len(filters)}-level network needs a "
+                f"multiple of {step} (e.g. {max(step, size // step * step)})"
+            )

@@ -1,0 +1,68 @@
+"""What a job says on the terminal and in its train.log: one line per epoch and one at the end."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytorch_lightning as pl
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig
+
+log = logging.getLogger("ichseg")
+
+# Library loggers whose INFO lines (device summaries, product tips) are noise for a job; their
+# warnings and errors still show.
+CHATTY_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
+def quiet_libraries() -> None:
+    """Raise the chatty library loggers to WARNING."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def metrics_text(metrics: dict, prefix: str) -> str:
+    """'loss 0.512, dice_paper 0.62, ...': every Dice and the loss under `prefix`, as logged."""
+    parts = []
+    for key, value in sorted(metrics.items()):
+        name = key.removeprefix(prefix)
+        if key.startswith(prefix) and (name == "loss" or name.startswith("dice_")):
+            parts.append(f"{name} {float(value):.3f}")
+    return ", ".join(parts)
+
+
+class EpochLine(pl.Callback):
+    """Log one line per finished epoch: epoch n/N, train and validation figures, seconds."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        log.info(
+            "%s: epoch %d/%d: train %s; val %s (%.1f s)",
+            self.name,
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            metrics_text(metrics, "train/") or "-",
+            metrics_text(metrics, "val/") or "-",
+            time.perf_counter() - self.started,
+        )
+
+
+class SweepEnd(HydraCallback):
+    """At the end of a multirun, say where the sweep is and how to report it."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = config.hydra.sweep.dir
+        log.info("sweep in %s; report: make report SWEEP=%s", sweep, sweep)

@@ -1,0 +1,88 @@
+"""The `ichseg` command: output paths that cannot be written are one line, help shows defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ichseg import cli
+from ichseg.data.phantom import write_phantom
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    return write_phantom(tmp_path_factory.mktemp("phantom") / "release", patients=12, size=32)
+
+
+def _file(tmp: Path) -> Path:
+    path = tmp / "a-file"
+    path.write_text("keep me\n")
+    return path
+
+
+# case -> (the output path to give, given a tmp folder; what the line must name)
+BAD_OUTPUTS = {
+    "OUT is a file": (_file, "exists and is not a folder"),
+    "OUT under a file": (lambda tmp: _file(tmp) / "sub", "is not a folder"),
+    "OUT name too long": (lambda tmp: tmp / ("x" * 300), "File name too long"),
+}
+
+
+def _command(name: str, release: Path, tmp: Path, out: Path) -> list[str]:
+    return {
+        "phantom": ["phantom", str(out), "--patients", "2", "--size", "32"],
+        "prepare": ["prepare", str(release), str(out), "--size", "32"],
+        "report": ["report", str(tmp), "--out", str(out)],
+    }[name]
+
+
+@pytest.mark.reliability(entry="ichseg phantom / prepare / report --out")
+@pytest.mark.parametrize("case", BAD_OUTPUTS)
+@pytest.mark.parametrize("command", ["phantom", "prepare", "report"])
+def test_unusable_output_path_is_one_line(
+    command, case, release, tmp_path, capsys, record_behaviour
+):
+    make, fragment = BAD_OUTPUTS[case]
+    out = make(tmp_path)
+    code = cli.main(_command(command, release, tmp_path, out))
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1 and lines[0].startswith(f"ichseg {command}: error: "), captured.err
+    assert fragment in lines[0] and out.name[:50] in lines[0], lines[0]
+    if (tmp_path / "a-file").exists():
+        assert (tmp_path / "a-file").read_text() == "keep me\n"
+    record_behaviour(f"exit 2: {lines[0]}", case=f"{command}: {case}")
+
+
+@pytest.mark.parametrize(
+    "command", ["phantom", "prepare", "predict", "evaluate", "report", "bench"]
+)
+def test_help_of_every_subcommand_shows_its_defaults(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = capsys.readouterr().out
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    shown = [
+        a
+        for a in sub._actions
+        if a.option_strings and a.default not in (None, False) and a.dest != "help"
+    ]
+    assert shown, command
+    for action in shown:
+        assert f"{action.default}" in text.replace("\n", " "), (command, action.dest)
+    assert "default:" in text
+
+
+@pytest.mark.reliability(case="prepare --n-folds / --test-fraction", entry="ichseg prepare")
+def test_prepare_takes_folds_and_test_fraction(release, tmp_path, capsys, record_behaviour):
+    args = ["prepare", str(release), str(tmp_path), "--size", "32", "--split", "patient"]
+    assert cli.main([*args, "--n-folds", "3", "--test-fraction", "0.2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "3 folds" in line, line
+    splits = json.loads(next(tmp_path.glob("*/splits.json")).read_text())
+    assert len(splits["folds"]) == 3
+    record_behaviour(line, did="--split patient --n-folds 3 --test-fraction 0.2 on 12 patients")
