@@ -330,5 +330,10 @@ def closing_figures(job_dir: Path) -> str:
     if not records:
         return "no records"
     val = records[-1]["val"]
-    dice = ", ".join(f"{k} {v:.3f}" for k, v in sorted(val.items()) if k.startswith("dice_"))
+    # An undefined metric (e.g. onebatch on a fold smaller than one batch) is null in records.
+    dice = ", ".join(
+        f"{k} {'NA' if v is None else format(v, '.3f')}"
+        for k, v in sorted(val.items())
+        if k.startswith("dice_")
+    )
     return f"epoch {records[-1]['epoch']}: val {dice}"
