@@ -19,10 +19,10 @@ CURVES_ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo curves report bench clean
+.PHONY: help install test test-fast lint format demo curves report bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create .venv with torch (TORCH_SPEC, default torch==2.13.0) first, then ichseg and its dev tools
 
@@ -34,6 +34,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) ## run the test suite (CPU, a few minutes)
 	$(PY) -m pytest
+
+test-fast: $(STAMP) ## the tests not marked slow: a quick loop while developing
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

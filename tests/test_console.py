@@ -9,7 +9,15 @@ from conftest import train
 
 from ichseg import cli
 
-NOISE = ("💡 Tip", "litlogger", "Find logs at", "Run history", "└──", "GPU available")
+NOISE = (
+    "💡 Tip",
+    "litlogger",
+    "Find logs at",
+    "Run history",
+    "└──",
+    "GPU available",
+    "anonymous setting",
+)
 
 
 @pytest.mark.slow

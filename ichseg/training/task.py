@@ -129,6 +129,10 @@ def build_loggers(cfg: DictConfig, group: str) -> list:
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
             logger = instantiate(logger_cfg, group=group)
+            # Lightning always passes anonymous=None, which current wandb answers with a
+            # deprecation warning on every job; leaving it out changes nothing else.
+            if getattr(logger, "_wandb_init", {}).get("anonymous", 0) is None:
+                del logger._wandb_init["anonymous"]
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         else:
             logger = instantiate(logger_cfg)
