@@ -703,7 +703,7 @@ def test_resume_from_a_checkpoint_of_another_model_is_refused(twin_runs, record_
             "unet",
             [],
             "the D-Unet job's last.ckpt copied into unet-fold1/ (no job.json), model=unet",
-            ["filters [4, 8, 16, 32, 64] != [8, 16, 32, 64, 128]", "batch_norm True != False"],
+            ["filters [4, 8, 16, 32, 64] != [8, 16, 32, 64, 128]", "batch_norm both != second"],
         ),
         "checkpoint from an older config": (
             "dunet",

@@ -59,7 +59,7 @@ def _user_file(out: Path) -> None:
     [
         ("phantom into a real release", _real_release, "not a phantom release"),
         ("phantom into a phantom of other parameters", _other_phantom, "holds a phantom with"),
-        ("phantom onto a file", _user_file, "not a phantom release"),
+        ("phantom onto a file", _user_file, "exists and is not a folder"),
     ],
     ids=["real-release", "other-phantom", "file"],
 )

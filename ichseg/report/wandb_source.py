@@ -10,12 +10,14 @@ evaluation.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ichseg.errors import IchsegError
+from ichseg.metrics import stage_keys
 from ichseg.report.collect import Job, Sweep, assemble_sweep
 
 # W&B run states -> job.json statuses.
@@ -41,6 +43,10 @@ def _record(row: dict[str, Any], model: str, fold: int) -> dict:
         split, _, metric = key[len(CHECKPOINT_PREFIX) :].partition("_")
         if split in SPLITS and metric:
             record[split][metric] = value
+    for split in SPLITS:
+        # Undefined metrics are not logged; records.jsonl holds them as null.
+        for metric in stage_keys(split):
+            record[split].setdefault(metric, None)
     return record
 
 
@@ -51,6 +57,15 @@ def _history_row(row: dict[str, Any]) -> dict[str, float] | None:
         return None
     # Lightning logs the 0-based trainer epoch; history.csv and records count from 1.
     return {"epoch": float(int(row["epoch"]) + 1), **metrics}
+
+
+def _with_undefined(row: dict[str, float]) -> dict[str, float]:
+    """A merged epoch row with NaN for every metric the run did not log (undefined that epoch),
+    as history.csv holds them."""
+    for split in SPLITS:
+        for metric in ("loss", *stage_keys(split)):
+            row.setdefault(f"{split}/{metric}", math.nan)
+    return row
 
 
 def job_from_run(run: Any) -> Job:
@@ -77,7 +92,7 @@ def job_from_run(run: Any) -> Job:
         config=config,
         state={"wandb_run": "/".join(run.path), "started": str(getattr(run, "created_at", ""))},
         records=[records[e] for e in sorted(records)],
-        history=[history[e] for e in sorted(history)],
+        history=[_with_undefined(history[e]) for e in sorted(history)],
         source=where,
     )
 
