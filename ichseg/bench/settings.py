@@ -13,7 +13,7 @@ SCHEMA = "ichseg-bench/1"
 
 @dataclass
 class BenchSettings:
-    """What `ichseg bench` runs; the defaults are the issue's full measurement."""
+    """What `ichseg bench` runs; the defaults are the full measurement."""
 
     experiments: list[str] = field(default_factory=lambda: ["demo", "paper"])
     models: list[str] = field(default_factory=lambda: ["unet", "dunet"])
