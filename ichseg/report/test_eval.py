@@ -24,6 +24,7 @@ from ichseg.data.datamodule import ICHDataModule
 from ichseg.data.release import SUBTYPES
 from ichseg.errors import IchsegError
 from ichseg.metrics import ProtocolAccumulator
+from ichseg.nnunet.results import imported_test_probabilities, is_imported
 from ichseg.report.collect import Job, Sweep
 from ichseg.report.heldout import TestExample, TestResult
 from ichseg.report.selection import Choice, Selection
@@ -41,7 +42,8 @@ def evaluate_test(
     modules: dict[str, ICHDataModule] = {}
     results = []
     for choice in selection.choices.values():
-        results += _evaluate_model(sweep, selection, choice, n_examples, device, modules)
+        if has_test_predictions(sweep, choice.model):
+            results += _evaluate_model(sweep, selection, choice, n_examples, device, modules)
     return results
 
 
@@ -138,6 +140,46 @@ def _examples(subtypes: np.ndarray, n: int) -> list[int]:
     return picked + [int(i) for i in clean]
 
 
+def _fold_probabilities(
+    sweep: Sweep,
+    choice: Choice,
+    dm: ICHDataModule,
+    images: torch.Tensor,
+    device: str,
+    modules: dict[str, ICHDataModule],
+) -> tuple[list[tuple[Job, torch.Tensor]], float, int]:
+    """(job, test probabilities) per fold at the selected epoch, the threshold and the
+    detection area; nnU-Net's come from its imported predictions, the others' from checkpoints."""
+    imported = [
+        (job, prob)
+        for job in sweep.jobs_of(choice.model)
+        if job.record(choice.epoch) is not None
+        and (prob := imported_test_probabilities(job)) is not None
+    ]
+    if imported:
+        first = imported[0][0]
+        threshold = float(first.get("model.module.threshold"))
+        min_area = int(first.get("model.module.min_detection_area"))
+        return [(job, torch.from_numpy(p).unsqueeze(1)) for job, p in imported], threshold, min_area
+    found = []
+    for job, path in checkpoints_at(sweep, choice.model, choice.epoch):
+        if _data_module(job, modules) is not dm:
+            raise IchsegError(f"{job.name}: its data config differs from the other folds'")
+        # Scoring a few batches does not repay compiling a model trained with compile=true.
+        module = SegmentationModule.load_from_checkpoint(path, map_location="cpu", compile=False)
+        found.append((job, _probabilities(module, images, dm.eval_batch_size, device)))
+    hp = module.hparams  # threshold and detection area: shared by the folds
+    return found, float(hp.threshold), int(hp.min_detection_area)
+
+
+def has_test_predictions(sweep: Sweep, model: str) -> bool:
+    """Whether `model`'s test split can be scored: checkpoints, or imported predictions."""
+    jobs = sweep.jobs_of(model)
+    if any(imported_test_probabilities(job) is not None for job in jobs):
+        return True
+    return not any(is_imported(job) for job in jobs)
+
+
 def _evaluate_model(
     sweep: Sweep,
     selection: Selection,
@@ -147,25 +189,20 @@ def _evaluate_model(
     modules: dict[str, ICHDataModule],
 ) -> list[TestResult]:
     """Ensemble and best-fold results of one architecture at its selected epoch."""
-    found = checkpoints_at(sweep, choice.model, choice.epoch)
-    dm = _data_module(found[0][0], modules)
+    jobs = [j for j in sweep.jobs_of(choice.model) if j.record(choice.epoch) is not None]
+    dm = _data_module(jobs[0], modules)
     rows = dm.test_rows
     images, target = dm.images[rows], dm.masks[rows] > 0.5
     subtypes = dm.row_subtypes(rows)
     ids = dm.row_ids(rows)
+    found, threshold, min_area = _fold_probabilities(sweep, choice, dm, images, device, modules)
     best = _best_fold([job for job, _ in found], choice.epoch, selection.protocol)
     total = torch.zeros_like(images)
     best_prob = None
-    for job, path in found:
-        if _data_module(job, modules) is not dm:
-            raise IchsegError(f"{job.name}: its data config differs from {found[0][0].name}'s")
-        # Scoring a few batches does not repay compiling a model trained with compile=true.
-        module = SegmentationModule.load_from_checkpoint(path, map_location="cpu", compile=False)
-        prob = _probabilities(module, images, dm.eval_batch_size, device)
+    for job, prob in found:
         total += prob
         if job is best:
             best_prob = prob
-    hp = module.hparams  # threshold and detection area: shared by the folds
     folds = ", ".join(str(job.fold) for job, _ in found)
     predictions = {
         f"ensemble of {len(found)} folds ({folds})": total / len(found),
@@ -176,13 +213,11 @@ def _evaluate_model(
     chosen = _examples(subtypes, n_examples)
     results = []
     for scoring, prob in predictions.items():
-        pred = prob > hp.threshold
+        pred = prob > threshold
 
         def score(keep: np.ndarray, prob: torch.Tensor = prob) -> dict[str, float | None]:
             keep = torch.as_tensor(keep)
-            return _scores(
-                prob[keep], target[keep], dm.eval_batch_size, hp.threshold, hp.min_detection_area
-            )
+            return _scores(prob[keep], target[keep], dm.eval_batch_size, threshold, min_area)
 
         results.append(
             TestResult(
