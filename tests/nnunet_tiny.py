@@ -18,8 +18,8 @@ def main() -> None:
     for name in ("raw", "preprocessed", "results"):
         os.environ[f"nnUNet_{name}"] = os.path.join(work, name)
     # One process everywhere: nnU-Net's default pools would oversubscribe a small CI machine.
-    os.environ["nnUNet_def_n_proc"] = "1"
-    os.environ["nnUNet_n_proc_DA"] = "1"
+    os.environ["nnUNet_def_n_proc"] = "1"  # noqa: SIM112 (nnU-Net spells it so)
+    os.environ["nnUNet_n_proc_DA"] = "1"  # noqa: SIM112
 
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -32,10 +32,12 @@ def main() -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
+    CPU = torch.device("cpu")
+
     class TinyTrainer(nnUNetTrainer):
         """nnU-Net's default trainer, one epoch of two iterations."""
 
-        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
+        def __init__(self, plans, configuration, fold, dataset_json, device=CPU):
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_epochs = 1
             self.num_iterations_per_epoch = 2
@@ -45,7 +47,7 @@ def main() -> None:
     plan_experiments([dataset_id])
     preprocess([dataset_id], configurations=("2d",), num_processes=(1,))
     # The trainer's data loading in this process, not in augmentation workers.
-    os.environ["nnUNet_n_proc_DA"] = "0"
+    os.environ["nnUNet_n_proc_DA"] = "0"  # noqa: SIM112
     name = convert_id_to_dataset_name(dataset_id)
     pre = os.path.join(work, "preprocessed", name)
 
@@ -53,7 +55,7 @@ def main() -> None:
         plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
         plans["continue_training"] = False
         dataset_json = load_json(os.path.join(pre, "dataset.json"))
-        return TinyTrainer(plans, "2d", fold, dataset_json, torch.device("cpu"))
+        return TinyTrainer(plans, "2d", fold, dataset_json, CPU)
 
     n_splits = len(load_json(os.path.join(pre, "splits_final.json")))
     membership = []
@@ -68,7 +70,7 @@ def main() -> None:
         t.perform_actual_validation(save_probabilities=True)
         t.set_deep_supervision_enabled(False)  # as nnU-Net's own inference builds the network
         predictor = nnUNetPredictor(
-            device=torch.device("cpu"), use_mirroring=False, perform_everything_on_device=False
+            device=CPU, use_mirroring=False, perform_everything_on_device=False
         )
         predictor.manual_initialization(
             t.network,
