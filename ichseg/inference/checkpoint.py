@@ -138,7 +138,6 @@ class Checkpoint:
     """One training checkpoint as inference reads it; `net` is its network, in eval mode."""
 
     path: Path
-    hyper_parameters: dict
     net: UNet
     filters: tuple[int, ...]
     batch_norm: str
@@ -152,7 +151,7 @@ class Checkpoint:
     def preprocess(self) -> tuple[Preprocess, str]:
         """The preprocessing it was trained with and where that was read: the checkpoint, or
         for older checkpoints the job's `config.yaml` (`<job>/checkpoints/x.ckpt`)."""
-        if isinstance(self.stored_preprocess, dict):
+        if self.stored_preprocess is not None:
             where = f"checkpoint {self.path} {PREPROCESS_KEY}"
             return Preprocess.parse(self.stored_preprocess, where), "checkpoint"
         config = self.path.parent.parent / "config.yaml"
@@ -229,7 +228,6 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     split = checkpoint.get(SPLIT_KEY)
     return Checkpoint(
         path=path,
-        hyper_parameters=dict(hparams),
         net=net.eval(),
         filters=filters,
         batch_norm=batch_norm,
