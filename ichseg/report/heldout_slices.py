@@ -1,18 +1,24 @@
-"""Score each architecture's selected checkpoint on the held-out test split.
+"""Each architecture's selected checkpoints scored on the held-out test slices, and the results
+as the report consumes them.
 
-Every fold's model at the selected epoch predicts the test slices (the test split is shared by
-all folds). Two predictions are scored and both reported, each labelled:
+Every fold's model at the selected epoch predicts the test slices of the prepared cache (the test
+split is shared by all folds) through `ichseg.inference.ensemble.Ensemble`, in fp32. Two
+predictions are scored and both reported, each labelled:
 - ensemble: the fold models' sigmoid probabilities averaged, then thresholded;
 - best fold: the single fold model with the best validation score at that epoch (mean of
   validation IoU and Dice under the selection's protocol), the paper's "selected model".
 Scores use `ichseg.metrics.ProtocolAccumulator` over the test rows' probabilities in the data
 module's evaluation batches (the paper protocol depends on batching), overall and per hemorrhage
 subtype; `perimage` is the authors' own test scoring (Keras `evaluate` with batch size 1).
+
+`build_report` takes `SliceResult`s from a callable (`evaluate_slices`) or as they are, so the
+report can be built, and tested, without a trained model.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +29,71 @@ from omegaconf import OmegaConf
 from ichseg.data.datamodule import ICHDataModule
 from ichseg.data.release import SUBTYPES
 from ichseg.errors import IchsegError
-from ichseg.metrics import ProtocolAccumulator
+from ichseg.inference.checkpoint import load_checkpoint
+from ichseg.inference.ensemble import Ensemble, pick_device
+from ichseg.metrics import ProtocolAccumulator, stage_keys
 from ichseg.report.collect import Job, Sweep
-from ichseg.report.heldout import TestExample, TestResult
 from ichseg.report.selection import Choice, Selection
-from ichseg.report.table import protocol
-from ichseg.training.module import SegmentationModule
+from ichseg.report.table import display_name, fmt, protocol
 
 NO_HEMORRHAGE = "No hemorrhage"
+# Every test-stage protocol, the authors' per-image scoring (`perimage`) beside the others.
+METRIC_COLUMNS = stage_keys("test")
 
 
-def evaluate_test(
+@dataclass(frozen=True)
+class SliceExample:
+    """One test slice to draw: the CT image, its ground truth and the predicted mask."""
+
+    slice_id: str
+    image: np.ndarray  # (S, S) float in [0, 1] or uint8
+    mask: np.ndarray  # (S, S) bool
+    prediction: np.ndarray  # (S, S) bool
+    subtypes: tuple[str, ...]  # hemorrhage subtypes of the slice; () for no hemorrhage
+
+
+@dataclass
+class SliceResult:
+    """Scores of one architecture's selected checkpoint(s) on the held-out test slices."""
+
+    model: str
+    epoch: int
+    scoring: str  # how the prediction was made: "ensemble of 10 folds (0, ..., 9)", "best fold (3)"
+    n_slices: int
+    overall: dict[str, float | None]  # metric key (METRIC_COLUMNS) -> value
+    by_subtype: dict[str, dict[str, float | None]]  # subtype -> metric key -> value
+    subtype_counts: dict[str, int]  # subtype -> number of test slices carrying it
+    examples: list[SliceExample] = field(default_factory=list)
+
+
+def slices_markdown(results: list[SliceResult]) -> str:
+    """All test results as one Markdown table: overall and per-subtype rows."""
+    head = "| Architecture | Epoch | Scoring | Subset | Slices | " + " | ".join(METRIC_COLUMNS)
+    lines = [head + " |", "|" + "---|" * (5 + len(METRIC_COLUMNS))]
+    for r in results:
+        subsets = [("all", r.n_slices, r.overall)]
+        subsets += [(s, r.subtype_counts.get(s, 0), m) for s, m in r.by_subtype.items()]
+        for name, count, metrics in subsets:
+            cells = [display_name(r.model), str(r.epoch), r.scoring, name, str(count)]
+            cells += [fmt(_value(metrics.get(k))) for k in METRIC_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _value(v: float | None) -> float:
+    """None (undefined metric, e.g. specificity on a subset without negatives) as NaN."""
+    return float("nan") if v is None else float(v)
+
+
+def evaluate_slices(
     sweep: Sweep, selection: Selection, n_examples: int = 6, device: str | None = None
-) -> list[TestResult]:
+) -> list[SliceResult]:
     """Ensemble and best-fold test results for every architecture in `selection`."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target = pick_device(device)
     modules: dict[str, ICHDataModule] = {}
     results = []
     for choice in selection.choices.values():
-        results += _evaluate_model(sweep, selection, choice, n_examples, device, modules)
+        results += _evaluate_model(sweep, selection, choice, n_examples, target, modules)
     return results
 
 
@@ -89,14 +141,9 @@ def _data_module(job: Job, cache: dict[str, ICHDataModule]) -> ICHDataModule:
     return dm
 
 
-@torch.no_grad()
-def _probabilities(
-    module: SegmentationModule, images: torch.Tensor, batch: int, device: str
-) -> torch.Tensor:
-    """Sigmoid probabilities (N, 1, S, S) on the CPU, in eval mode."""
-    module.eval().to(device)
-    out = [torch.sigmoid(module(x.to(device)).float()).cpu() for x in images.split(batch)]
-    return torch.cat(out)
+def _probabilities(ensemble: Ensemble, images: torch.Tensor) -> torch.Tensor:
+    """The ensemble's mean probabilities (N, 1, S, S) of `images`, on the CPU."""
+    return torch.cat([prob.cpu() for prob in ensemble.probabilities(images)])
 
 
 def _scores(
@@ -143,9 +190,9 @@ def _evaluate_model(
     selection: Selection,
     choice: Choice,
     n_examples: int,
-    device: str,
+    device: torch.device,
     modules: dict[str, ICHDataModule],
-) -> list[TestResult]:
+) -> list[SliceResult]:
     """Ensemble and best-fold results of one architecture at its selected epoch."""
     found = checkpoints_at(sweep, choice.model, choice.epoch)
     dm = _data_module(found[0][0], modules)
@@ -154,38 +201,34 @@ def _evaluate_model(
     subtypes = dm.row_subtypes(rows)
     ids = dm.row_ids(rows)
     best = _best_fold([job for job, _ in found], choice.epoch, selection.protocol)
-    total = torch.zeros_like(images)
-    best_prob = None
-    for job, path in found:
+    for job, _ in found:
         if _data_module(job, modules) is not dm:
             raise IchsegError(f"{job.name}: its data config differs from {found[0][0].name}'s")
-        # Scoring a few batches does not repay compiling a model trained with compile=true.
-        module = SegmentationModule.load_from_checkpoint(path, map_location="cpu", compile=False)
-        prob = _probabilities(module, images, dm.eval_batch_size, device)
-        total += prob
-        if job is best:
-            best_prob = prob
-    hp = module.hparams  # threshold and detection area: shared by the folds
+    checkpoints = [load_checkpoint(path) for _, path in found]
+    batch = dm.eval_batch_size
+    ensemble = Ensemble(checkpoints, device, batch_size=batch, precision="fp32")
+    best_checkpoint = next(c for (job, _), c in zip(found, checkpoints, strict=True) if job is best)
+    single = Ensemble([best_checkpoint], device, batch_size=batch, precision="fp32")
+    # Threshold and detection area: shared by the folds (the ensemble checks the threshold).
+    threshold, min_area = ensemble.threshold, checkpoints[0].min_detection_area
     folds = ", ".join(str(job.fold) for job, _ in found)
     predictions = {
-        f"ensemble of {len(found)} folds ({folds})": total / len(found),
-        f"best fold ({best.fold})": best_prob,
+        f"ensemble of {len(found)} folds ({folds})": _probabilities(ensemble, images),
+        f"best fold ({best.fold})": _probabilities(single, images),
     }
     subsets = {name: subtypes[:, i].astype(bool) for i, name in enumerate(SUBTYPES)}
     subsets[NO_HEMORRHAGE] = ~subtypes.any(axis=1)
     chosen = _examples(subtypes, n_examples)
     results = []
     for scoring, prob in predictions.items():
-        pred = prob > hp.threshold
+        pred = prob > threshold
 
         def score(keep: np.ndarray, prob: torch.Tensor = prob) -> dict[str, float | None]:
             keep = torch.as_tensor(keep)
-            return _scores(
-                prob[keep], target[keep], dm.eval_batch_size, hp.threshold, hp.min_detection_area
-            )
+            return _scores(prob[keep], target[keep], batch, threshold, min_area)
 
         results.append(
-            TestResult(
+            SliceResult(
                 model=choice.model,
                 epoch=choice.epoch,
                 scoring=scoring,
@@ -194,7 +237,7 @@ def _evaluate_model(
                 by_subtype={name: score(keep) for name, keep in subsets.items()},
                 subtype_counts={name: int(keep.sum()) for name, keep in subsets.items()},
                 examples=[
-                    TestExample(
+                    SliceExample(
                         slice_id=ids[i],
                         image=images[i, 0].numpy(),
                         mask=target[i, 0].numpy(),
