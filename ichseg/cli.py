@@ -99,7 +99,7 @@ _wandb_may_hang_at_exit = False
 def _report(args: argparse.Namespace) -> int:
     from ichseg.report.build import build_report, latest_sweep
     from ichseg.report.collect import collect_sweep
-    from ichseg.report.test_eval import evaluate_test
+    from ichseg.report.heldout_slices import evaluate_slices
 
     out = _output_dir(args.out, "--out") if args.out else None
     if args.source != "wandb" and (args.project or args.group):
@@ -122,7 +122,7 @@ def _report(args: argparse.Namespace) -> int:
         test_eval = None  # checkpoints are not on W&B
     else:
         sweep = Path(args.sweep) if args.sweep else latest_sweep(Path(args.experiments))
-        test_eval = None if args.no_test else evaluate_test
+        test_eval = None if args.no_test else evaluate_slices
         if args.source == "wandb-offline":
             from ichseg.report.wandb_offline import collect_wandb_offline
 
@@ -155,7 +155,7 @@ def _incomplete(sweep: Sweep) -> int:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from ichseg.predict import predict_scans, split_paths
+    from ichseg.inference.run import predict_scans, split_paths
 
     checkpoints, scans = split_paths(args.paths)
     start = time.perf_counter()
@@ -175,7 +175,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ichseg.evaluate import evaluate
+    from ichseg.inference.heldout_volumes import evaluate
 
     s = evaluate(args.checkpoints, args.release, args.splits, args.out, **_inference_kwargs(args))
 

@@ -6,8 +6,7 @@ import numpy as np
 from matplotlib.image import imread
 
 from ichseg.report.figures import test_overlays as draw_overlays
-from ichseg.report.heldout import TestExample, TestResult
-from ichseg.report.test_eval import _examples
+from ichseg.report.heldout_slices import SliceExample, SliceResult, _examples
 
 GREEN, RED, YELLOW = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0), (1.0, 1.0, 0.0)
 
@@ -31,10 +30,10 @@ def test_overlay_paints_truth_green_prediction_red_overlap_yellow(tmp_path):
     clean_pred = np.zeros((32, 32), bool)
     clean_pred[2:8, 2:8] = True  # a false positive on a clean slice
     examples = [
-        TestExample("001_10", np.zeros((32, 32)), mask, pred, ("Epidural",)),
-        TestExample("001_02", np.zeros((32, 32)), np.zeros((32, 32), bool), clean_pred, ()),
+        SliceExample("001_10", np.zeros((32, 32)), mask, pred, ("Epidural",)),
+        SliceExample("001_02", np.zeros((32, 32)), np.zeros((32, 32), bool), clean_pred, ()),
     ]
-    result = TestResult("dunet", 5, "best fold (0)", 2, {}, {}, {}, examples)
+    result = SliceResult("dunet", 5, "best fold (0)", 2, {}, {}, {}, examples)
     path = tmp_path / "overlays.png"
     assert draw_overlays(result, path)
     picture = imread(path)

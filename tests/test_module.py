@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ichseg.errors import IchsegError
-from ichseg.predict import load_member
+from ichseg.inference.checkpoint import Preprocess, load_checkpoint, write_checkpoint
 from ichseg.training.module import SegmentationModule
 from ichseg.training.task import check_resume_checkpoint
 
@@ -32,22 +32,22 @@ def test_compiled_module_saves_the_same_checkpoint_and_loads_without_compiling(
     assert list(compiled.state_dict()) == list(plain.state_dict())
 
     path = tmp_path / "compiled.ckpt"
-    torch.save(
-        {
-            "state_dict": compiled.state_dict(),
-            "hyper_parameters": dict(compiled.hparams),
-            "pytorch-lightning_version": pl.__version__,
-            "ichseg_preprocess": {"size": 32, "level": 40.0, "width": 120.0},
-        },
+    write_checkpoint(
         path,
+        compiled.hparams,
+        compiled.state_dict(),
+        preprocess=Preprocess(size=32, level=40.0, width=120.0),
+        extra={"pytorch-lightning_version": pl.__version__},
     )
-    # The report loads with compile=False; predict builds the bare network.
+    # Lightning restores it with compile=False; inference builds the bare network.
     loaded = SegmentationModule.load_from_checkpoint(path, map_location="cpu", compile=False)
     assert not _is_compiled(loaded)
     for name, value in compiled.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
-    member = load_member(path, torch.device("cpu"))
-    assert member.filters == FILTERS and member.batch_norm
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.filters == FILTERS and checkpoint.batch_norm == "both"
+    for name, value in compiled.net.state_dict().items():
+        assert torch.equal(checkpoint.net.state_dict()[name], value), name
 
     # A job may switch compile on or off and still resume; a changed result setting is refused.
     wanted = {**compiled.hparams, "filters": list(FILTERS), "compile": False}

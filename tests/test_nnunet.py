@@ -25,7 +25,7 @@ from ichseg.nnunet.export import export_dataset
 from ichseg.nnunet.results import TEST_PROBABILITIES, import_results
 from ichseg.report.build import build_report
 from ichseg.report.collect import collect_sweep
-from ichseg.report.test_eval import evaluate_test
+from ichseg.report.heldout_slices import evaluate_slices
 from ichseg.training.records import read_job, read_records
 
 TRAINER = "nnUNetTrainer__nnUNetPlans__2d"
@@ -229,7 +229,7 @@ def test_import_scores_match_numpy_and_the_report_has_three_architectures(sweep,
             test, _foreground(folder / f"fold_{fold}" / "test", data.splits["test"])
         )
 
-    report = build_report(sweep, protocol="lesion", test_eval=evaluate_test)
+    report = build_report(sweep, protocol="lesion", test_eval=evaluate_slices)
     text = (report / "report.md").read_text()
     assert (
         "| nnU-Net (own final checkpoint) | (32,64,128) | (3x3) | (stride-2 conv) | NA | 12 "
@@ -245,7 +245,7 @@ def test_import_scores_match_numpy_and_the_report_has_three_architectures(sweep,
     from ichseg.report.selection import select
     from ichseg.report.table import table_rows
 
-    results = evaluate_test(sweep_obj, select(table_rows(sweep_obj, "lesion"), "lesion"), 0)
+    results = evaluate_slices(sweep_obj, select(table_rows(sweep_obj, "lesion"), "lesion"), 0)
     ensemble = next(r for r in results if r.model == "nnunet" and r.scoring.startswith("ensemble"))
     data = load_prepared(_cache(sweep))
     row = {sid: i for i, sid in enumerate(data.ids)}
@@ -353,7 +353,7 @@ def test_import_of_some_folds_leaves_the_rest_missing_in_the_report(sweep, tmp_p
     from ichseg.report.selection import select
     from ichseg.report.table import table_rows
 
-    results = evaluate_test(swept, select(table_rows(swept, "paper"), "paper"), 0)
+    results = evaluate_slices(swept, select(table_rows(swept, "paper"), "paper"), 0)
     assert {r.model for r in results} == {"unet", "dunet"}
 
 
@@ -392,5 +392,5 @@ def test_real_nnunet_trains_on_the_export_and_its_predictions_are_scored(sweep, 
         seg = np.asarray(Image.open(folder / "fold_0" / "validation" / f"{sid}.png"))
         prob = _foreground(folder / "fold_0" / "validation", [sid])[0]
         assert np.array_equal(seg.astype(bool), prob > 0.5)
-    report = build_report(sweep, protocol="paper", test_eval=evaluate_test)
+    report = build_report(sweep, protocol="paper", test_eval=evaluate_slices)
     assert "nnU-Net (own final checkpoint)" in (report / "report.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -19,15 +20,24 @@ from ichseg.cli import main
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.data.release import Release
-from ichseg.data.splits import SPLIT_KEY
-from ichseg.data.transforms import to_slices, window
-from ichseg.evaluate import dice_3d
-from ichseg.predict import Ensemble, from_slices, load_member, open_scan, predict_scans
+from ichseg.data.transforms import window
+from ichseg.inference.checkpoint import (
+    Preprocess,
+    load_checkpoint,
+    split_provenance,
+    write_checkpoint,
+)
+from ichseg.inference.ensemble import Ensemble
+from ichseg.inference.heldout_volumes import dice_3d
+from ichseg.inference.nifti_io import open_scan
+from ichseg.inference.run import predict_scans
+from ichseg.inference.volumes import VolumeEnsemble
 from ichseg.training.module import SegmentationModule
 
 FILTERS = (4, 8, 16)
 ZOOMS = (0.5, 0.4, 5.0)
-PRE = {"size": 32, "level": 40.0, "width": 120.0}
+PRE = Preprocess(size=32, level=40.0, width=120.0)
+PRE64 = dataclasses.replace(PRE, size=64)
 GEOMETRY_KEYS = (
     "dim",
     "pixdim",
@@ -81,14 +91,11 @@ def passthrough_module():
     return module
 
 
-def save_checkpoint(module, path: Path, preprocess: dict | None = PRE) -> Path:
+def save_checkpoint(module, path: Path, preprocess: Preprocess | None = PRE, **keys) -> Path:
     """The parts of a Lightning checkpoint that predict reads."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    if preprocess is not None:
-        checkpoint["ichseg_preprocess"] = preprocess
-    torch.save(checkpoint, path)
-    return path
+    return write_checkpoint(
+        path, module.hparams, module.state_dict(), preprocess=preprocess, **keys
+    )
 
 
 def save_scan(path: Path, hu: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -111,20 +118,12 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def ckpts(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpts")
     return {
-        "pass": save_checkpoint(passthrough_module(), root / "pass.ckpt", {**PRE, "size": 64}),
+        "pass": save_checkpoint(passthrough_module(), root / "pass.ckpt", PRE64),
         "pass32": save_checkpoint(passthrough_module(), root / "pass32.ckpt"),
         "a": save_checkpoint(random_module(0), root / "a.ckpt"),
         "b": save_checkpoint(random_module(1), root / "b.ckpt"),
         "sym": save_checkpoint(random_module(2, symmetric=True), root / "sym.ckpt"),
     }
-
-
-def test_from_slices_inverts_to_slices():
-    volume = np.random.default_rng(0).random((5, 7, 3))
-    upright = to_slices(volume)
-    assert upright.shape == (3, 7, 5)
-    assert np.array_equal(upright[1], np.rot90(volume[:, :, 1]))
-    assert np.array_equal(from_slices(upright), volume)
 
 
 def boxes_volume() -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +207,7 @@ def test_ensembling_and_flip_change_nothing_where_they_should_not(ckpts, tmp_pat
     cpu = torch.device("cpu")
 
     def mask(paths, flip=False):
-        return Ensemble.load(paths, cpu, flip=flip, precision="fp32").predict(hu)
+        return VolumeEnsemble.load(paths, cpu, flip=flip, precision="fp32").predict(hu)
 
     single = mask([ckpts["a"]])
     assert 0 < single.sum() < single.size  # a non-trivial prediction to compare
@@ -221,19 +220,25 @@ def test_ensembling_and_flip_change_nothing_where_they_should_not(ckpts, tmp_pat
     assert np.array_equal(mask([ckpts["sym"]], flip=True), sym)
     assert np.array_equal(sym, sym[::-1])  # a symmetric input gives a symmetric mask
     # Where they should change something, they average probabilities.
-    x = Ensemble.load([ckpts["a"]], cpu, precision="fp32").slices(hu)
-    p_a, p_b = (Ensemble.load([ckpts[c]], cpu, precision="fp32")._probabilities(x) for c in "ab")
-    both = Ensemble.load([ckpts["a"], ckpts["b"]], cpu, precision="fp32")._probabilities(x)
+    x = VolumeEnsemble.load([ckpts["a"]], cpu, precision="fp32").slices(hu)
+
+    def probabilities(paths, flip=False):
+        ensemble = Ensemble.load(paths, cpu, flip=flip, batch_size=2, precision="fp32")
+        return torch.cat(list(ensemble.probabilities(x)))
+
+    p_a, p_b = probabilities([ckpts["a"]]), probabilities([ckpts["b"]])
+    assert p_a.shape == x.shape
+    both = probabilities([ckpts["a"], ckpts["b"]])
     assert torch.allclose(both, (p_a + p_b) / 2, atol=1e-6)
-    flipped = Ensemble.load([ckpts["a"]], cpu, flip=True, precision="fp32")._probabilities(x)
+    flipped = probabilities([ckpts["a"]], flip=True)
     assert torch.allclose(flipped, (p_a + p_a.flip(-1)) / 2, atol=1e-6)
 
 
 def test_bf16_agrees_with_fp32(ckpts, tmp_path):
     hu = np.random.default_rng(4).uniform(-20, 100, (32, 32, 4))
     cpu = torch.device("cpu")
-    fp32 = Ensemble.load([ckpts["a"]], cpu, precision="fp32").predict(hu)
-    bf16 = Ensemble.load([ckpts["a"]], cpu, precision="bf16").predict(hu)
+    fp32 = VolumeEnsemble.load([ckpts["a"]], cpu, precision="fp32").predict(hu)
+    bf16 = VolumeEnsemble.load([ckpts["a"]], cpu, precision="bf16").predict(hu)
     assert np.mean(fp32 == bf16) > 0.99
 
 
@@ -241,10 +246,10 @@ def test_batch_norm_folding_keeps_outputs(ckpts):
     module = random_module(0)
     module.eval()
     x = torch.rand(3, 1, 32, 32)
-    member = load_member(ckpts["a"], torch.device("cpu"))
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in member.net.modules())
+    (net,) = Ensemble.load([ckpts["a"]], torch.device("cpu")).nets
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     with torch.no_grad():
-        assert torch.allclose(member.net(x), module(x), atol=1e-4)
+        assert torch.allclose(net(x), module(x), atol=1e-4)
 
 
 class _TinyData(pl.LightningDataModule):
@@ -278,22 +283,18 @@ def test_trained_checkpoint_carries_preprocessing_and_config_fallback(tmp_path):
     trainer.fit(SegmentationModule(filters=FILTERS, batch_norm=True), datamodule=_TinyData())
     path = tmp_path / "trained.ckpt"
     trainer.save_checkpoint(path)
-    member = load_member(path, torch.device("cpu"))
-    assert (member.preprocess.size, member.preprocess.level, member.preprocess.width) == (
-        32,
-        35.0,
-        90.0,
-    )
-    assert member.preprocess_source == "checkpoint"
+    preprocess, source = load_checkpoint(path).preprocess()
+    assert preprocess == Preprocess(size=32, level=35.0, width=90.0, intensity="linear")
+    assert source == "checkpoint"
     # An older checkpoint without the key: the job's config.yaml next to checkpoints/.
     job = tmp_path / "dunet-fold0"
     old = save_checkpoint(random_module(), job / "checkpoints" / "epoch=0001.ckpt", None)
     (job / "config.yaml").write_text(
         "data:\n  size: 32\n  window_level: 50.0\n  window_width: 80\n"
     )
-    member = load_member(old, torch.device("cpu"))
-    assert (member.preprocess.level, member.preprocess.width) == (50.0, 80.0)
-    assert member.preprocess_source == str(job / "config.yaml")
+    preprocess, source = load_checkpoint(old).preprocess()
+    assert (preprocess.level, preprocess.width) == (50.0, 80.0)
+    assert source == str(job / "config.yaml")
 
 
 def _assert_refused(argv, capsys, outdir: Path, *needles: str) -> None:
@@ -325,7 +326,7 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(ckpts, tmp_path, capsys
         ["predict", ckpts["a"], good, series, *fp32], capsys, out, str(series), "(32, 32, 3, 2)"
     )
 
-    foreign = tmp_path / "resnet.ckpt"
+    foreign = tmp_path / "resnet.ckpt"  # another project's checkpoint, not ichseg's schema
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "epoch": 3}, foreign)
     _assert_refused(["predict", foreign, good, *fp32], capsys, out, str(foreign), "SegmentationM")
     junk = tmp_path / "junk.pt"
@@ -335,13 +336,15 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(ckpts, tmp_path, capsys
     _assert_refused(
         ["predict", ckpts["a"], wide, good, *fp32], capsys, out, str(ckpts["a"]), str(wide)
     )
-    other_window = save_checkpoint(random_module(), tmp_path / "w.ckpt", {**PRE, "width": 80.0})
+    other_window = save_checkpoint(
+        random_module(), tmp_path / "w.ckpt", dataclasses.replace(PRE, width=80.0)
+    )
     _assert_refused(
         ["predict", ckpts["a"], other_window, good, *fp32], capsys, out, "preprocess", "w.ckpt"
     )
-    lying = torch.load(wide, weights_only=False)
-    lying["hyper_parameters"]["filters"] = FILTERS
-    torch.save(lying, tmp_path / "lying.ckpt")
+    wide_module = SegmentationModule(filters=(4, 8, 32))
+    lying = {**wide_module.hparams, "filters": FILTERS}
+    write_checkpoint(tmp_path / "lying.ckpt", lying, wide_module.state_dict(), preprocess=PRE)
     _assert_refused(
         ["predict", tmp_path / "lying.ckpt", good, *fp32], capsys, out, "do not fit", "lying.ckpt"
     )
@@ -365,17 +368,22 @@ def patient_release(tmp_path_factory) -> tuple[Path, Path]:
     return release, cache
 
 
-def test_evaluate_matches_an_independent_computation(ckpts, patient_release, tmp_path, capsys):
+def test_evaluate_matches_an_independent_computation(patient_release, tmp_path, capsys):
     release_root, cache = patient_release
     out = tmp_path / "eval"
     # What training records in a checkpoint: the split it trained on (fold 0 of this cache).
     splits = json.loads((cache / "splits.json").read_text())
     fold = {k: sorted({int(sid[:3]) for sid in v}) for k, v in splits["folds"][0].items()}
-    checkpoint = torch.load(ckpts["pass"], weights_only=False)
-    patients = {f"{side}_patients": ids for side, ids in fold.items()}
-    checkpoint[SPLIT_KEY] = {"mode": "patient", "fold": 0, **patients}
-    ckpt = tmp_path / "pass.ckpt"
-    torch.save(checkpoint, ckpt)
+    split = split_provenance(
+        mode="patient",
+        split_seed=splits["seed"],
+        n_folds=splits["n_folds"],
+        fold=0,
+        cache_key=cache.name,
+        train_patients=fold["train"],
+        val_patients=fold["val"],
+    )
+    ckpt = save_checkpoint(passthrough_module(), tmp_path / "pass.ckpt", PRE64, split=split)
     code, stdout, err = run_cli(
         [
             *("evaluate", ckpt, "--release", release_root, "--splits", cache),

@@ -11,14 +11,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from conftest import _copy_or_link
-from test_predict import ckpts, save_scan  # noqa: F401 (ckpts is a fixture)
+from test_predict import PRE64, ckpts, passthrough_module, save_checkpoint, save_scan  # noqa: F401
 
 from ichseg.cli import EXIT_INCOMPLETE, main
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
-from ichseg.data.splits import SPLIT_KEY
+from ichseg.inference.checkpoint import load_checkpoint, split_provenance
 from ichseg.training.records import read_job, read_records, write_job
 
 
@@ -200,30 +199,25 @@ def _split_of(cache: Path, fold: int = 0, leak: bool = False) -> dict:
     train = patients(splits["folds"][fold]["train"])
     if leak:
         train = sorted(set(train) | set(patients(splits["test"])))
-    return {
-        "mode": "slice" if leak else splits["mode"],
-        "split_seed": splits["seed"],
-        "n_folds": splits["n_folds"],
-        "fold": fold,
-        "cache_key": cache.name,
-        "train_patients": train,
-        "val_patients": patients(splits["folds"][fold]["val"]),
-    }
+    return split_provenance(
+        mode="slice" if leak else splits["mode"],
+        split_seed=splits["seed"],
+        n_folds=splits["n_folds"],
+        fold=fold,
+        cache_key=cache.name,
+        train_patients=train,
+        val_patients=patients(splits["folds"][fold]["val"]),
+    )
 
 
-def _checkpoint_with(ckpt: Path, split: dict | None, out: Path) -> Path:
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    checkpoint.pop(SPLIT_KEY, None)
-    if split is not None:
-        checkpoint[SPLIT_KEY] = split
-    torch.save(checkpoint, out)
-    return out
+def _checkpoint_with(split: dict | None, out: Path) -> Path:
+    """The pass-through network's checkpoint, carrying `split` (None: no split record)."""
+    return save_checkpoint(passthrough_module(), out, PRE64, split=split)
 
 
 @pytest.mark.reliability(entry="ichseg evaluate")
 @pytest.mark.parametrize("case", ["no split record", "trained on the scored patients"])
 def test_evaluate_refuses_checkpoints_that_may_have_seen_its_patients(
-    ckpts,  # noqa: F811
     patient_cache,
     tmp_path,
     capsys,
@@ -232,7 +226,7 @@ def test_evaluate_refuses_checkpoints_that_may_have_seen_its_patients(
 ):
     release, cache = patient_cache
     split = None if case == "no split record" else _split_of(cache, leak=True)
-    ckpt = _checkpoint_with(ckpts["pass"], split, tmp_path / "model.ckpt")
+    ckpt = _checkpoint_with(split, tmp_path / "model.ckpt")
     out = tmp_path / "eval"
     code, _, err = run(
         ["evaluate", ckpt, "--release", release, "--splits", cache, "-o", out], capsys
@@ -249,14 +243,13 @@ def test_evaluate_refuses_checkpoints_that_may_have_seen_its_patients(
 
 @pytest.mark.reliability(case="evaluate records the checkpoints' split", entry="ichseg evaluate")
 def test_evaluate_records_each_checkpoints_split(
-    ckpts,  # noqa: F811
     patient_cache,
     tmp_path,
     capsys,
     record_behaviour,
 ):
     release, cache = patient_cache
-    ckpt = _checkpoint_with(ckpts["pass"], _split_of(cache, fold=1), tmp_path / "model.ckpt")
+    ckpt = _checkpoint_with(_split_of(cache, fold=1), tmp_path / "model.ckpt")
     out = tmp_path / "eval"
     args = ["evaluate", ckpt, "--release", release, "--splits", cache, "-o", out]
     code, _, err = run([*args, "--precision", "fp32"], capsys)
@@ -273,8 +266,7 @@ def test_evaluate_records_each_checkpoints_split(
 @pytest.mark.slow
 def test_trained_checkpoints_carry_their_split(finished_sweep):
     job = finished_sweep / "dunet-fold3"
-    checkpoint = torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)
-    split = checkpoint[SPLIT_KEY]
+    split = load_checkpoint(job / "checkpoints" / "last.ckpt").split
     splits = json.loads((Path(read_job(job)["cache_dir"]) / "splits.json").read_text())
     assert split["fold"] == 3 and split["mode"] == splits["mode"]
     trained = {int(sid[:3]) for sid in splits["folds"][3]["train"]}

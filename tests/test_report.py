@@ -18,7 +18,7 @@ from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION
 from ichseg.report.build import build_report
 from ichseg.report.collect import collect_sweep, latest_sweep
-from ichseg.report.heldout import TestExample, TestResult
+from ichseg.report.heldout_slices import SliceExample, SliceResult
 from ichseg.report.selection import select
 from ichseg.report.table import CSV_COLUMNS, table_rows
 from ichseg.training.records import read_records, upsert_history, upsert_record, write_job
@@ -376,7 +376,7 @@ def test_figures_are_pngs_and_test_results_are_rendered(tmp_path):
     image = np.linspace(0, 1, 32 * 32).reshape(32, 32)
     mask = np.zeros((32, 32), bool)
     mask[10:20, 10:20] = True
-    result = TestResult(
+    result = SliceResult(
         model="dunet",
         epoch=200,
         scoring="ensemble of 10 fold models",
@@ -384,7 +384,7 @@ def test_figures_are_pngs_and_test_results_are_rendered(tmp_path):
         overall={k: 0.5 for k in (*KEYS, *DETECTION)},
         by_subtype={"Epidural": {"dice_lesion": 0.625, "specificity_detection": None}},
         subtype_counts={"Epidural": 12},
-        examples=[TestExample("049_12", image, mask, np.roll(mask, 2, axis=0), ("Epidural",))],
+        examples=[SliceExample("049_12", image, mask, np.roll(mask, 2, axis=0), ("Epidural",))],
     )
     calls = []
 
@@ -426,13 +426,13 @@ def test_latest_sweep_is_the_last_launched(tmp_path):
     assert latest_sweep(tmp_path) == newer
 
 
-def test_test_eval_scores_ensemble_and_best_fold(tmp_path):
+def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
     torch = pytest.importorskip("torch")
-    import pytorch_lightning as pl
 
     from ichseg.data.datamodule import ICHDataModule
+    from ichseg.inference.checkpoint import write_checkpoint
     from ichseg.metrics import confusion_counts, lesion_dice
-    from ichseg.report.test_eval import evaluate_test
+    from ichseg.report.heldout_slices import evaluate_slices
     from ichseg.training.module import SegmentationModule
 
     data = {
@@ -458,18 +458,12 @@ def test_test_eval_scores_ensemble_and_best_fold(tmp_path):
         torch.manual_seed(fold)
         module = SegmentationModule(filters=(4, 8, 16, 32, 64), batch_norm=True, dropout=0.2)
         path = sweep / f"dunet-fold{fold}" / "checkpoints" / "epoch=0100.ckpt"
-        path.parent.mkdir()
-        checkpoint = {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": pl.__version__,
-        }
-        torch.save(checkpoint, path)
+        write_checkpoint(path, module.hparams, module.state_dict())
         modules[fold] = module.eval()
 
     found = collect_sweep(sweep)
     selection = select(table_rows(found, "paper"), "paper")
-    ensemble, single = evaluate_test(found, selection, n_examples=3, device="cpu")
+    ensemble, single = evaluate_slices(found, selection, n_examples=3, device="cpu")
 
     def val_score(fold):
         val = read_records(sweep / f"dunet-fold{fold}")[0]["val"]

@@ -6,6 +6,8 @@ import torch
 
 from ichseg.data.transforms import (
     encode_intensity,
+    from_slices,
+    prepared_slices,
     resize_images,
     resize_masks,
     to_slices,
@@ -41,6 +43,30 @@ def test_to_slices_is_rot90_of_each_slice():
         np.testing.assert_array_equal(out[i], np.rot90(vol[:, :, i]))
     # k=1 is counter-clockwise: the top row of the result is the last column of the input.
     np.testing.assert_array_equal(out[0][0], vol[:, -1, 0])
+
+
+def test_from_slices_inverts_to_slices():
+    volume = np.random.default_rng(0).random((5, 7, 3))
+    upright = to_slices(volume)
+    assert upright.shape == (3, 7, 5)
+    assert np.array_equal(upright[1], np.rot90(volume[:, :, 1]))
+    assert np.array_equal(from_slices(upright), volume)
+
+
+def test_prepared_slices_are_the_windowed_upright_8_bit_slices():
+    hu = np.random.default_rng(1).uniform(-100, 200, (4, 4, 3))
+    # At the slices' own size nothing is resized: window, rotate and round, by hand.
+    expected = np.rint(np.clip((hu + 20.0) / 120.0, 0, 1) * 255).astype(np.uint8)
+    got = prepared_slices(hu, 40.0, 120.0, 4)
+    assert got.dtype == torch.uint8 and got.shape == (3, 4, 4)
+    for i in range(3):
+        np.testing.assert_array_equal(got[i].numpy(), np.rot90(expected[:, :, i]))
+    # Resized, they are the 8-bit rounding of the resized windowed slices.
+    windowed = torch.from_numpy(to_slices(window(hu, 40.0, 120.0)))
+    resized = (resize_images(windowed, 6) * 255).round().clamp(0, 255).to(torch.uint8)
+    assert torch.equal(prepared_slices(hu, 40.0, 120.0, 6), resized)
+    # A one-pixel-wide scan converts too.
+    assert prepared_slices(hu[:1], 40.0, 120.0, 4).shape == (3, 4, 4)
 
 
 def test_resize_images_is_noop_at_same_size_and_averages_when_shrinking():

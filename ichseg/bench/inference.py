@@ -66,6 +66,7 @@ def write_scan(path: Path, size: int, slices: int, seed: int = 0) -> None:
 
 def write_checkpoint(path: Path, size: int) -> None:
     """A paper-width D-Unet checkpoint with the keys `ichseg predict` reads, plus Adam state."""
+    from ichseg.inference.checkpoint import Preprocess, write_checkpoint
     from ichseg.training.module import SegmentationModule
 
     torch.manual_seed(0)
@@ -73,14 +74,12 @@ def write_checkpoint(path: Path, size: int) -> None:
     optimizer = module.configure_optimizers()["optimizer"]
     module(torch.rand(1, 1, 32, 32)).mean().backward()
     optimizer.step()
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "optimizer_states": [optimizer.state_dict()],
-            "ichseg_preprocess": {"size": size, "level": 40.0, "width": 120.0},
-        },
+    write_checkpoint(
         path,
+        module.hparams,
+        module.state_dict(),
+        preprocess=Preprocess(size=size, level=40.0, width=120.0),
+        extra={"optimizer_states": [optimizer.state_dict()]},
     )
 
 

@@ -25,7 +25,7 @@ import torch
 from ichseg.atomic import atomic_path, file_lock
 from ichseg.data.release import CSV_NAME, SUBTYPES, Release, SliceLabel, slice_id
 from ichseg.data.splits import MODES, make_splits
-from ichseg.data.transforms import resize_images, resize_masks, to_slices, window
+from ichseg.data.transforms import prepared_slices, resize_masks, to_slices
 from ichseg.errors import IchsegError
 
 # Bump whenever the arrays or files written for the same inputs change.
@@ -171,9 +171,7 @@ def _build(release: Release, cfg: PrepareConfig, dest: Path) -> None:
         index = [lab.slice_number - 1 for lab in picked]
         target = [rows[lab.slice_id] for lab in picked]
         hu = volume.hu[:, :, index]
-        scaled = resize_images(torch.from_numpy(to_slices(window(hu, cfg.level, cfg.width))), size)
-        # Clamp guards the uint8 cast; [0, 1] inputs stay in range after antialiased bilinear.
-        images[target] = (scaled * 255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+        images[target] = prepared_slices(hu, cfg.level, cfg.width, size).numpy()
         masks[target] = resize_masks(
             torch.from_numpy(to_slices(volume.mask[:, :, index])), size
         ).numpy()

@@ -17,8 +17,6 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from ichseg.errors import IchsegError
 
 MODES = ("slice", "patient")
-# The checkpoint key of the split a network was trained on (written by training, read by evaluate).
-SPLIT_KEY = "ichseg_split"
 
 
 def make_splits(

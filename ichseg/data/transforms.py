@@ -1,8 +1,9 @@
-"""Slice transforms shared by `prepare` and `predict`: CT window, upright slices, resizing.
+"""Slice transforms shared by `prepare` and inference: CT window, upright slices, resizing.
 
-Prediction maps its outputs back through the same functions, so each one is deterministic and
-documented exactly: the windowed intensities, the rotation and the mask threshold must match the
-cache the models were trained on.
+`prepared_slices` is the one chain from a scan in HU to the slices the prepared cache stores, and
+inference reads every scan through it; `from_slices` maps predictions back. Each step is
+deterministic and documented exactly: the windowed intensities, the rotation and the mask
+threshold must match the cache the models were trained on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def to_slices(volume_hwn: np.ndarray) -> np.ndarray:
             f"to_slices: expected an (H, W, N) volume, found shape {volume_hwn.shape}"
         )
     return np.ascontiguousarray(np.rot90(volume_hwn, k=1, axes=(0, 1)).transpose(2, 0, 1))
+
+
+def from_slices(upright: np.ndarray) -> np.ndarray:
+    """Inverse of `to_slices`: (N, W, H) upright slices -> (H, W, N), each `np.rot90` k=-1."""
+    return np.ascontiguousarray(np.rot90(upright.transpose(1, 2, 0), k=-1, axes=(0, 1)))
 
 
 def _check_stack(x: torch.Tensor, size: int, what: str) -> None:
@@ -65,6 +71,17 @@ def resize_masks(m: torch.Tensor, size: int) -> torch.Tensor:
     # nearest sampling would drop or keep thin bleeds depending on where the grid falls.
     frac = F.interpolate(m[:, None].to(torch.float32), size=(size, size), mode="area")
     return frac[:, 0] >= 0.5
+
+
+def prepared_slices(hu: np.ndarray, level: float, width: float, size: int) -> torch.Tensor:
+    """(H, W, N) HU -> (N, size, size) uint8, as the prepared cache stores slices: the CT window,
+    upright slices, antialiased bilinear resize, then rounding to 8 bits (the paper's PNGs)."""
+    # A copy: numpy calls a rotated view with a length-1 axis contiguous although its strides
+    # are negative, which torch refuses.
+    upright = torch.from_numpy(to_slices(window(hu, level, width)).copy())
+    scaled = resize_images(upright, size)
+    # Clamp guards the uint8 cast; [0, 1] inputs stay in range after antialiased bilinear.
+    return scaled.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 INTENSITIES = ("linear", "viridis_png")

@@ -19,8 +19,8 @@ from ichseg.nnunet.results import is_imported
 from ichseg.report import figures
 from ichseg.report.collect import Job, Sweep, collect_sweep, latest_sweep, read_cache_meta
 from ichseg.report.compare import PairedComparison, compare_all, comparison_markdown
-from ichseg.report.heldout import TestResult, test_markdown
-from ichseg.report.patient_eval import PatientResult, evaluate_patients, patient_markdown
+from ichseg.report.heldout_slices import SliceResult, slices_markdown
+from ichseg.report.heldout_volumes import VolumeResult, evaluate_volumes, volumes_markdown
 from ichseg.report.selection import Selection, select, selection_markdown
 from ichseg.report.table import (
     DETECTION_DESCRIPTION,
@@ -43,7 +43,7 @@ from ichseg.report.table import (
 
 __all__ = ["TestEval", "build_report", "latest_sweep"]
 
-TestEval = Callable[[Sweep, Selection], Sequence[TestResult]]
+TestEval = Callable[[Sweep, Selection], Sequence[SliceResult]]
 # Published validation numbers (DATASET.md): source, protocol, split, architecture, IoU, Dice, test.
 # A folder holding all three is a report ichseg wrote, which a new report may replace.
 REPORT_FILES = ("report.md", "summary.json", "table1.csv")
@@ -97,13 +97,13 @@ def build_report(
     sweep_dir: str | Path | Sweep,
     out_dir: str | Path | None = None,
     protocol: str = "paper",
-    test_eval: TestEval | Sequence[TestResult] | None = None,
+    test_eval: TestEval | Sequence[SliceResult] | None = None,
 ) -> Path:
     """Write the report of the sweep at `sweep_dir` (default `<sweep>/report/`); return its path.
 
     `sweep_dir` may also be a `Sweep` read from another source (e.g. `collect_wandb`); one that
     is not a folder needs `out_dir`. `protocol` chooses the metric protocol of the selection and
-    the headline comparison; `test_eval` is a callable `(sweep, selection) -> [TestResult]`, or
+    the headline comparison; `test_eval` is a callable `(sweep, selection) -> [SliceResult]`, or
     its results, or None when the test split is not scored.
     """
     main_protocol = _protocol_name(protocol)
@@ -144,7 +144,7 @@ def build_report(
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         # Whole-volume scores need the release itself: only when the test split is scored.
         patients = (
-            evaluate_patients(sweep, selections[main_protocol], tmp) if callable(test_eval) else []
+            evaluate_volumes(sweep, selections[main_protocol], tmp) if callable(test_eval) else []
         )
         text = _markdown(
             sweep, rows, archs, selections, comparisons, main_protocol, results, pictures, patients
@@ -421,9 +421,9 @@ def _markdown(
     selections: dict[str, Selection],
     comparisons: dict[str, list[PairedComparison]],
     main_protocol: str,
-    results: list[TestResult],
+    results: list[SliceResult],
     pictures: dict[str, str],
-    patients: list[PatientResult],
+    patients: list[VolumeResult],
 ) -> str:
     """report.md."""
     main = PROTOCOLS[main_protocol]
@@ -468,12 +468,12 @@ def _markdown(
             "where every empty slice predicted near-empty scores about 1: read them beside "
             "the lesion and pooled columns to see where the paper's test 0.86 / 0.89 come from.",
             "",
-            test_markdown(results),
+            slices_markdown(results),
         ]
     else:
         lines += ["Not scored: no test evaluation was run for this report.", ""]
     if patients:
-        lines += ["## Held-out patients, whole volumes", "", patient_markdown(patients)]
+        lines += ["## Held-out patients, whole volumes", "", volumes_markdown(patients)]
     for name, p in PROTOCOLS.items():
         if name == main.name:
             continue

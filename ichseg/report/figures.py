@@ -19,7 +19,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ichseg.report.collect import Sweep
-from ichseg.report.heldout import TestResult
+from ichseg.report.heldout_slices import SliceResult
 from ichseg.report.selection import Selection
 from ichseg.report.table import PROTOCOLS, TableRow, display_name
 from ichseg.visualize import overlay_rgb
@@ -107,7 +107,7 @@ def val_dice_by_epoch(
     return True
 
 
-def test_overlays(result: TestResult, path: Path) -> bool:
+def test_overlays(result: SliceResult, path: Path) -> bool:
     """Draw CT above CT + truth (green), prediction (red) and overlap (yellow) per example."""
     if not result.examples:
         return False

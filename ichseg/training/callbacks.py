@@ -14,8 +14,8 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ichseg.atomic import atomic_path
-from ichseg.data.splits import SPLIT_KEY
 from ichseg.errors import IchsegError
+from ichseg.inference.checkpoint import SPLIT_KEY, split_provenance
 from ichseg.metrics import METRICS_VERSION
 from ichseg.training.records import read_records, upsert_history, upsert_record
 from ichseg.visualize import overlay_rgb
@@ -232,12 +232,12 @@ class SplitProvenance(pl.Callback):
         def patients(rows: torch.Tensor) -> list[int]:
             return sorted({int(p) for p in dm.row_patients(rows)})
 
-        checkpoint[SPLIT_KEY] = {
-            "mode": cfg.split,
-            "split_seed": cfg.seed,
-            "n_folds": dm.n_folds,
-            "fold": dm.fold,
-            "cache_key": Path(dm.cache_dir).name,
-            "train_patients": patients(dm.train_rows),
-            "val_patients": patients(dm.val_rows),
-        }
+        checkpoint[SPLIT_KEY] = split_provenance(
+            mode=cfg.split,
+            split_seed=cfg.seed,
+            n_folds=dm.n_folds,
+            fold=dm.fold,
+            cache_key=Path(dm.cache_dir).name,
+            train_patients=patients(dm.train_rows),
+            val_patients=patients(dm.val_rows),
+        )

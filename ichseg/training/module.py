@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from ichseg.errors import IchsegError
+from ichseg.inference.checkpoint import PREPROCESS_KEY, RNG_KEY, Preprocess
 from ichseg.metrics import ProtocolAccumulator
 from ichseg.models.unet import UNet
 from ichseg.training.losses import soft_dice_loss
@@ -133,24 +134,24 @@ class SegmentationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning does not save the global RNG, which dropout draws from: without it a resumed
         # run would diverge from an uninterrupted one.
-        checkpoint["ichseg_rng"] = {"torch": torch.get_rng_state()}
+        checkpoint[RNG_KEY] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
-            checkpoint["ichseg_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+            checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()
         # `ichseg predict` must window and resize whole scans exactly as the training cache was.
         datamodule = self.trainer.datamodule
         prepare_config = getattr(datamodule, "prepare_config", None)
         if prepare_config is not None:
-            checkpoint["ichseg_preprocess"] = {
-                "size": prepare_config.size,
-                "level": prepare_config.level,
-                "width": prepare_config.width,
-                "intensity": getattr(datamodule, "intensity", "linear"),
-            }
+            checkpoint[PREPROCESS_KEY] = Preprocess(
+                size=prepare_config.size,
+                level=prepare_config.level,
+                width=prepare_config.width,
+                intensity=getattr(datamodule, "intensity", "linear"),
+            ).entry()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Applied at the next epoch start, not here: Lightning may still finish the checkpointed
         # epoch's loop (drawing loader seeds) before training resumes.
-        self._resumed_rng = checkpoint.get("ichseg_rng")
+        self._resumed_rng = checkpoint.get(RNG_KEY)
 
     def on_train_epoch_start(self) -> None:
         state = getattr(self, "_resumed_rng", None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import signal
 import sys
 import time
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ichseg.atomic import atomic_write_text
 from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
+from ichseg.inference.checkpoint import HPARAMS_KEY, read_checkpoint
 from ichseg.launch.placement import trainer_overrides
 from ichseg.training.callbacks import (
     LAST_CHECKPOINT,
@@ -167,15 +167,12 @@ def last_val_dice(job_dir: Path) -> float | None:
 
 def check_resume_checkpoint(path: Path, module_cfg: DictConfig) -> None:
     """Raise unless the checkpoint to resume from was saved with the configured model settings."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise IchsegError(
-            f"{path}: cannot read the checkpoint to resume from ({detail}); delete it to "
-            "train the job from scratch"
-        ) from None
-    saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    checkpoint = read_checkpoint(
+        path,
+        unreadable="{path}: cannot read the checkpoint to resume from ({reason}); delete it to "
+        "train the job from scratch",
+    )
+    saved = checkpoint.get(HPARAMS_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(saved, dict):
         raise IchsegError(
             f"{path}: not a checkpoint of this training (no hyper_parameters); delete it to "

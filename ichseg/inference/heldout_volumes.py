@@ -1,7 +1,7 @@
-"""Whole-volume scores on the held-out patients of a patient-mode split.
+"""`ichseg evaluate`: whole-volume scores on the held-out patients of a patient-mode split.
 
-Each test patient's scan is predicted whole by `ichseg.predict.Ensemble` (every slice, not only
-the balanced set's) and compared with the release's mask:
+Each test patient's scan is predicted whole by a `VolumeEnsemble` (every slice, not only the
+balanced set's) and compared with the release's mask:
 - 3-D Dice `2|P∩T| / (|P| + |T|)` per patient; undefined (NaN) when prediction and mask are both
   empty, so the mean Dice is over patients where it is defined, and patients without bleed and
   without prediction are scored by specificity instead;
@@ -28,9 +28,11 @@ import numpy as np
 from ichseg.atomic import atomic_write_text
 from ichseg.data.prepare import read_cache_json
 from ichseg.data.release import Release
-from ichseg.data.splits import SPLIT_KEY
 from ichseg.errors import IchsegError
-from ichseg.predict import Ensemble, Member, pick_device, prepare_outdir, progress_bar
+from ichseg.inference.checkpoint import SPLIT_KEY, Checkpoint
+from ichseg.inference.ensemble import pick_device
+from ichseg.inference.run import prepare_outdir, progress_bar
+from ichseg.inference.volumes import VolumeEnsemble
 
 CSV_COLUMNS = (
     "patient",
@@ -84,34 +86,36 @@ def heldout_patients(splits: str | os.PathLike, release: Release) -> tuple[list[
     return patients, path
 
 
-def check_never_seen(members: Sequence[Member], patients: Sequence[int], where: Path) -> None:
+def check_never_seen(
+    checkpoints: Sequence[Checkpoint], patients: Sequence[int], where: Path
+) -> None:
     """Raise unless every checkpoint's own split record shows it never trained or validated on
     any of `patients` (the held-out patients of `where`)."""
-    for member in members:
-        split = member.split
+    for checkpoint in checkpoints:
+        split = checkpoint.split
         if split is None or "train_patients" not in split or "val_patients" not in split:
             raise IchsegError(
-                f"checkpoint {member.path}: carries no record of the patients it was trained on "
-                f"('{SPLIT_KEY}'), so nothing proves it never saw the test patients of {where}; "
+                f"checkpoint {checkpoint.path}: carries no record of the patients it was trained "
+                f"on ('{SPLIT_KEY}'), so nothing proves it never saw the test patients of {where}; "
                 "evaluate checkpoints trained by this version of ichseg"
             )
         seen = sorted(set(split["train_patients"]) | set(split["val_patients"]))
         overlap = sorted(set(seen) & set(patients))
         if overlap:
             raise IchsegError(
-                f"checkpoint {member.path}: trained on a {split.get('mode')!r} split (seed "
+                f"checkpoint {checkpoint.path}: trained on a {split.get('mode')!r} split (seed "
                 f"{split.get('split_seed')}, fold {split.get('fold')}) that holds {len(overlap)} "
                 f"of the {len(patients)} patients of {where} (e.g. {overlap[:5]}); evaluate "
                 "on the patient-split cache the checkpoint was trained with"
             )
 
 
-def split_record(member: Member) -> dict:
+def split_record(checkpoint: Checkpoint) -> dict:
     """What summary.json keeps of a checkpoint's split: everything but the patient lists."""
-    split = dict(member.split or {})
+    split = dict(checkpoint.split or {})
     for key in ("train_patients", "val_patients"):
         split[f"n_{key}"] = len(split.pop(key, []))
-    return {"checkpoint": str(member.path), **split}
+    return {"checkpoint": str(checkpoint.path), **split}
 
 
 def dice_3d(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -195,16 +199,17 @@ def evaluate(
 ) -> dict:
     """Predict the split's test patients whole; write `patients.csv` and `summary.json`."""
     target = pick_device(device)
-    ensemble = Ensemble.load(checkpoints, target, flip, batch_size, precision)
+    model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
+    ensemble = model.ensemble
     release = Release.open(release_root)
     patients, splits_path = heldout_patients(splits, release)
-    check_never_seen(ensemble.members, patients, splits_path)
+    check_never_seen(ensemble.checkpoints, patients, splits_path)
     out = prepare_outdir(outdir)
     rows = []
     with progress_bar(len(patients), "patients", progress) as advance:
         for patient in patients:
             volume = release.load_patient(patient)
-            row = patient_row(patient, ensemble.predict(volume.hu), volume.mask, volume.zooms)
+            row = patient_row(patient, model.predict(volume.hu), volume.mask, volume.zooms)
             rows.append(row)
             advance()
             if on_patient is not None:
@@ -220,8 +225,8 @@ def evaluate(
         "release": str(release.root),
         "splits": str(splits_path),
         "patients": patients,
-        "checkpoints": [str(m.path) for m in ensemble.members],
-        "checkpoint_splits": [split_record(m) for m in ensemble.members],
+        "checkpoints": [str(c.path) for c in ensemble.checkpoints],
+        "checkpoint_splits": [split_record(c) for c in ensemble.checkpoints],
         "flip_tta": flip,
         "threshold": ensemble.threshold,
         "device": str(target),

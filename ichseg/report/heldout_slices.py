@@ -1,18 +1,24 @@
-"""Score each architecture's selected checkpoint on the held-out test split.
+"""Each architecture's selected checkpoints scored on the held-out test slices, and the results
+as the report consumes them.
 
-Every fold's model at the selected epoch predicts the test slices (the test split is shared by
-all folds). Two predictions are scored and both reported, each labelled:
+Every fold's model at the selected epoch predicts the test slices of the prepared cache (the test
+split is shared by all folds) through `ichseg.inference.ensemble.Ensemble`, in fp32. Two
+predictions are scored and both reported, each labelled:
 - ensemble: the fold models' sigmoid probabilities averaged, then thresholded;
 - best fold: the single fold model with the best validation score at that epoch (mean of
   validation IoU and Dice under the selection's protocol), the paper's "selected model".
 Scores use `ichseg.metrics.ProtocolAccumulator` over the test rows' probabilities in the data
 module's evaluation batches (the paper protocol depends on batching), overall and per hemorrhage
 subtype; `perimage` is the authors' own test scoring (Keras `evaluate` with batch size 1).
+
+`build_report` takes `SliceResult`s from a callable (`evaluate_slices`) or as they are, so the
+report can be built, and tested, without a trained model.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +29,73 @@ from omegaconf import OmegaConf
 from ichseg.data.datamodule import ICHDataModule
 from ichseg.data.release import SUBTYPES
 from ichseg.errors import IchsegError
-from ichseg.metrics import ProtocolAccumulator
+from ichseg.inference.checkpoint import load_checkpoint
+from ichseg.inference.ensemble import Ensemble, pick_device
+from ichseg.metrics import ProtocolAccumulator, stage_keys
 from ichseg.nnunet.results import imported_test_probabilities, is_imported
 from ichseg.report.collect import Job, Sweep
-from ichseg.report.heldout import TestExample, TestResult
 from ichseg.report.selection import Choice, Selection
-from ichseg.report.table import protocol
-from ichseg.training.module import SegmentationModule
+from ichseg.report.table import display_name, fmt, protocol
 
 NO_HEMORRHAGE = "No hemorrhage"
+# Every test-stage protocol, the authors' per-image scoring (`perimage`) beside the others.
+METRIC_COLUMNS = stage_keys("test")
 
 
-def evaluate_test(
+@dataclass(frozen=True)
+class SliceExample:
+    """One test slice to draw: the CT image, its ground truth and the predicted mask."""
+
+    slice_id: str
+    image: np.ndarray  # (S, S) float in [0, 1] or uint8
+    mask: np.ndarray  # (S, S) bool
+    prediction: np.ndarray  # (S, S) bool
+    subtypes: tuple[str, ...]  # hemorrhage subtypes of the slice; () for no hemorrhage
+
+
+@dataclass
+class SliceResult:
+    """Scores of one architecture's selected checkpoint(s) on the held-out test slices."""
+
+    model: str
+    epoch: int
+    scoring: str  # how the prediction was made: "ensemble of 10 folds (0, ..., 9)", "best fold (3)"
+    n_slices: int
+    overall: dict[str, float | None]  # metric key (METRIC_COLUMNS) -> value
+    by_subtype: dict[str, dict[str, float | None]]  # subtype -> metric key -> value
+    subtype_counts: dict[str, int]  # subtype -> number of test slices carrying it
+    examples: list[SliceExample] = field(default_factory=list)
+
+
+def slices_markdown(results: list[SliceResult]) -> str:
+    """All test results as one Markdown table: overall and per-subtype rows."""
+    head = "| Architecture | Epoch | Scoring | Subset | Slices | " + " | ".join(METRIC_COLUMNS)
+    lines = [head + " |", "|" + "---|" * (5 + len(METRIC_COLUMNS))]
+    for r in results:
+        subsets = [("all", r.n_slices, r.overall)]
+        subsets += [(s, r.subtype_counts.get(s, 0), m) for s, m in r.by_subtype.items()]
+        for name, count, metrics in subsets:
+            cells = [display_name(r.model), str(r.epoch), r.scoring, name, str(count)]
+            cells += [fmt(_value(metrics.get(k))) for k in METRIC_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _value(v: float | None) -> float:
+    """None (undefined metric, e.g. specificity on a subset without negatives) as NaN."""
+    return float("nan") if v is None else float(v)
+
+
+def evaluate_slices(
     sweep: Sweep, selection: Selection, n_examples: int = 6, device: str | None = None
-) -> list[TestResult]:
+) -> list[SliceResult]:
     """Ensemble and best-fold test results for every architecture in `selection`."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target = pick_device(device)
     modules: dict[str, ICHDataModule] = {}
     results = []
     for choice in selection.choices.values():
         if has_test_predictions(sweep, choice.model):
-            results += _evaluate_model(sweep, selection, choice, n_examples, device, modules)
+            results += _evaluate_model(sweep, selection, choice, n_examples, target, modules)
     return results
 
 
@@ -91,14 +143,9 @@ def _data_module(job: Job, cache: dict[str, ICHDataModule]) -> ICHDataModule:
     return dm
 
 
-@torch.no_grad()
-def _probabilities(
-    module: SegmentationModule, images: torch.Tensor, batch: int, device: str
-) -> torch.Tensor:
-    """Sigmoid probabilities (N, 1, S, S) on the CPU, in eval mode."""
-    module.eval().to(device)
-    out = [torch.sigmoid(module(x.to(device)).float()).cpu() for x in images.split(batch)]
-    return torch.cat(out)
+def _probabilities(ensemble: Ensemble, images: torch.Tensor) -> torch.Tensor:
+    """The ensemble's mean probabilities (N, 1, S, S) of `images`, on the CPU."""
+    return torch.cat([prob.cpu() for prob in ensemble.probabilities(images)])
 
 
 def _scores(
@@ -140,36 +187,53 @@ def _examples(subtypes: np.ndarray, n: int) -> list[int]:
     return picked + [int(i) for i in clean]
 
 
-def _fold_probabilities(
+def _predictions(
     sweep: Sweep,
+    selection: Selection,
     choice: Choice,
     dm: ICHDataModule,
     images: torch.Tensor,
-    device: str,
+    device: torch.device,
     modules: dict[str, ICHDataModule],
-) -> tuple[list[tuple[Job, torch.Tensor]], float, int]:
-    """(job, test probabilities) per fold at the selected epoch, the threshold and the
-    detection area; nnU-Net's come from its imported predictions, the others' from checkpoints."""
+) -> tuple[list[Job], Job, torch.Tensor, torch.Tensor, float, int]:
+    """The folds scored, the best one, the ensemble's and the best fold's test probabilities,
+    the threshold and the detection area. nnU-Net's probabilities are its imported predictions
+    (averaged here the same way); the networks' come from their checkpoints."""
     imported = [
-        (job, prob)
+        (job, torch.from_numpy(prob).unsqueeze(1))
         for job in sweep.jobs_of(choice.model)
         if job.record(choice.epoch) is not None
         and (prob := imported_test_probabilities(job)) is not None
     ]
     if imported:
-        first = imported[0][0]
-        threshold = float(first.get("model.module.threshold"))
-        min_area = int(first.get("model.module.min_detection_area"))
-        return [(job, torch.from_numpy(p).unsqueeze(1)) for job, p in imported], threshold, min_area
-    found = []
-    for job, path in checkpoints_at(sweep, choice.model, choice.epoch):
+        jobs = [job for job, _ in imported]
+        best = _best_fold(jobs, choice.epoch, selection.protocol)
+        mean = torch.stack([prob for _, prob in imported]).mean(dim=0)
+        single = next(prob for job, prob in imported if job is best)
+        threshold = float(jobs[0].get("model.module.threshold"))
+        min_area = int(jobs[0].get("model.module.min_detection_area"))
+        return jobs, best, mean, single, threshold, min_area
+    found = checkpoints_at(sweep, choice.model, choice.epoch)
+    best = _best_fold([job for job, _ in found], choice.epoch, selection.protocol)
+    for job, _ in found:
         if _data_module(job, modules) is not dm:
-            raise IchsegError(f"{job.name}: its data config differs from the other folds'")
-        # Scoring a few batches does not repay compiling a model trained with compile=true.
-        module = SegmentationModule.load_from_checkpoint(path, map_location="cpu", compile=False)
-        found.append((job, _probabilities(module, images, dm.eval_batch_size, device)))
-    hp = module.hparams  # threshold and detection area: shared by the folds
-    return found, float(hp.threshold), int(hp.min_detection_area)
+            raise IchsegError(f"{job.name}: its data config differs from {found[0][0].name}'s")
+    checkpoints = [load_checkpoint(path) for _, path in found]
+    batch = dm.eval_batch_size
+    ensemble = Ensemble(checkpoints, device, batch_size=batch, precision="fp32")
+    best_checkpoint = next(c for (job, _), c in zip(found, checkpoints, strict=True) if job is best)
+    single = Ensemble([best_checkpoint], device, batch_size=batch, precision="fp32")
+    # Threshold and detection area: shared by the folds (the ensemble checks the threshold).
+    threshold, min_area = ensemble.threshold, checkpoints[0].min_detection_area
+    jobs = [job for job, _ in found]
+    return (
+        jobs,
+        best,
+        _probabilities(ensemble, images),
+        _probabilities(single, images),
+        threshold,
+        min_area,
+    )
 
 
 def has_test_predictions(sweep: Sweep, model: str) -> bool:
@@ -185,9 +249,9 @@ def _evaluate_model(
     selection: Selection,
     choice: Choice,
     n_examples: int,
-    device: str,
+    device: torch.device,
     modules: dict[str, ICHDataModule],
-) -> list[TestResult]:
+) -> list[SliceResult]:
     """Ensemble and best-fold results of one architecture at its selected epoch."""
     jobs = [j for j in sweep.jobs_of(choice.model) if j.record(choice.epoch) is not None]
     dm = _data_module(jobs[0], modules)
@@ -195,18 +259,14 @@ def _evaluate_model(
     images, target = dm.images[rows], dm.masks[rows] > 0.5
     subtypes = dm.row_subtypes(rows)
     ids = dm.row_ids(rows)
-    found, threshold, min_area = _fold_probabilities(sweep, choice, dm, images, device, modules)
-    best = _best_fold([job for job, _ in found], choice.epoch, selection.protocol)
-    total = torch.zeros_like(images)
-    best_prob = None
-    for job, prob in found:
-        total += prob
-        if job is best:
-            best_prob = prob
-    folds = ", ".join(str(job.fold) for job, _ in found)
+    batch = dm.eval_batch_size
+    scored, best, mean, single, threshold, min_area = _predictions(
+        sweep, selection, choice, dm, images, device, modules
+    )
+    folds = ", ".join(str(job.fold) for job in scored)
     predictions = {
-        f"ensemble of {len(found)} folds ({folds})": total / len(found),
-        f"best fold ({best.fold})": best_prob,
+        f"ensemble of {len(scored)} folds ({folds})": mean,
+        f"best fold ({best.fold})": single,
     }
     subsets = {name: subtypes[:, i].astype(bool) for i, name in enumerate(SUBTYPES)}
     subsets[NO_HEMORRHAGE] = ~subtypes.any(axis=1)
@@ -217,10 +277,10 @@ def _evaluate_model(
 
         def score(keep: np.ndarray, prob: torch.Tensor = prob) -> dict[str, float | None]:
             keep = torch.as_tensor(keep)
-            return _scores(prob[keep], target[keep], dm.eval_batch_size, threshold, min_area)
+            return _scores(prob[keep], target[keep], batch, threshold, min_area)
 
         results.append(
-            TestResult(
+            SliceResult(
                 model=choice.model,
                 epoch=choice.epoch,
                 scoring=scoring,
@@ -229,7 +289,7 @@ def _evaluate_model(
                 by_subtype={name: score(keep) for name, keep in subsets.items()},
                 subtype_counts={name: int(keep.sum()) for name, keep in subsets.items()},
                 examples=[
-                    TestExample(
+                    SliceExample(
                         slice_id=ids[i],
                         image=images[i, 0].numpy(),
                         mask=target[i, 0].numpy(),

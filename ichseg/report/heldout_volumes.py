@@ -1,8 +1,9 @@
-"""Whole-volume scores of the selected checkpoints on a patient split's held-out patients.
+"""Each architecture's selected checkpoints scored on a patient split's held-out volumes.
 
 Only a `data.split=patient` sweep has held-out patients whose every slice is unseen; there each
-architecture's fold models at the selected epoch are ensembled by `ichseg.evaluate.evaluate`
-over the test patients' full volumes (3-D Dice, volume error in mL, patient-level detection).
+architecture's fold models at the selected epoch are ensembled by `ichseg evaluate`
+(`ichseg.inference.heldout_volumes.evaluate`) over the test patients' full volumes (3-D Dice,
+volume error in mL, patient-level detection).
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ichseg.evaluate import evaluate
+from ichseg.inference.heldout_volumes import evaluate
 from ichseg.nnunet.results import is_imported
 from ichseg.report.collect import Sweep, read_cache_meta
+from ichseg.report.heldout_slices import checkpoints_at
 from ichseg.report.selection import Selection
 from ichseg.report.table import display_name
-from ichseg.report.test_eval import checkpoints_at
 
 
 @dataclass(frozen=True)
-class PatientResult:
+class VolumeResult:
     """One architecture's whole-volume scores on the held-out patients."""
 
     model: str
@@ -40,7 +41,7 @@ def patient_split_release(sweep: Sweep) -> tuple[str, str] | None:
     return None
 
 
-def evaluate_patients(sweep: Sweep, selection: Selection, out_dir: Path) -> list[PatientResult]:
+def evaluate_volumes(sweep: Sweep, selection: Selection, out_dir: Path) -> list[VolumeResult]:
     """Score each selected architecture on whole held-out patients; [] unless split by patient."""
     found = patient_split_release(sweep)
     if found is None:
@@ -56,7 +57,7 @@ def evaluate_patients(sweep: Sweep, selection: Selection, out_dir: Path) -> list
             [path for _, path in pairs], release_root, cache_dir, out_dir / folder, progress=False
         )
         folds = tuple(job.fold for job, _ in pairs)
-        results.append(PatientResult(choice.model, choice.epoch, folds, folder, summary))
+        results.append(VolumeResult(choice.model, choice.epoch, folds, folder, summary))
     return results
 
 
@@ -64,7 +65,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "NA" if value is None else f"{value:.{digits}f}"
 
 
-def patient_markdown(results: list[PatientResult]) -> str:
+def volumes_markdown(results: list[VolumeResult]) -> str:
     """The report section: one row per architecture, definitions beside it."""
     lines = [
         "Each architecture's fold models at its selected epoch, ensembled (probabilities "

@@ -1,0 +1,1 @@
+"""inference stage of the ichseg pipeline: checkpoints read, ensembled, applied to scans."""

@@ -1,0 +1,140 @@
+"""NIfTI files of `ichseg predict`: a scan read and checked, its mask and summary written.
+
+A scan must hold one 3-D volume (a trailing singleton axis is allowed) with positive voxel sizes;
+its voxels are read as Hounsfield units through nibabel's scaling. The mask is written as uint8
+0/1 with the scan's exact shape and header geometry, next to a JSON summary; both are written
+atomically, and a file of the same name is replaced only when it is an earlier prediction.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ichseg.atomic import atomic_path
+from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
+from ichseg.errors import IchsegError, first_line
+from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+MASK_SUFFIX = "_mask.nii.gz"
+
+
+@dataclass
+class Scan:
+    """A NIfTI CT scan, checked to hold one 3-D volume; `hu` is read on demand."""
+
+    path: Path
+    image: nib.Nifti1Image
+    shape: tuple[int, ...]
+    zooms: tuple[float, float, float]
+
+    @property
+    def stem(self) -> str:
+        """The file name without `.nii` / `.nii.gz`."""
+        name = self.path.name
+        return name[: -len(next(s for s in NIFTI_SUFFIXES if name.lower().endswith(s)))]
+
+    def read_hu(self) -> np.ndarray:
+        """Hounsfield units (H, W, N) float32 through nibabel's scaling; all finite."""
+        try:
+            data = self.image.get_fdata(dtype=np.float32, caching="unchanged")
+        except NIFTI_READ_ERRORS as err:
+            raise IchsegError(f"scan {self.path}: cannot read voxels ({first_line(err)})") from None
+        hu = data.reshape(self.shape[:3])
+        bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
+        if bad:
+            raise IchsegError(f"scan {self.path}: {bad} voxels are NaN or infinite")
+        return hu
+
+
+def open_scan(path: str | os.PathLike) -> Scan:
+    """Open a `.nii` / `.nii.gz` scan and check its header: one 3-D volume, positive voxel sizes."""
+    path = Path(path)
+    if not path.is_file():
+        found = "a folder" if path.is_dir() else "nothing"
+        raise IchsegError(f"scan {path}: expected a NIfTI file, found {found}")
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        raise IchsegError(
+            f"scan {path}: expected a NIfTI file ending in .nii or .nii.gz "
+            f"(checkpoints end in {', '.join(CHECKPOINT_SUFFIXES)})"
+        )
+    try:
+        image = nib.load(path)
+        if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+            raise IchsegError(f"scan {path}: expected a NIfTI image, found {type(image).__name__}")
+        shape = tuple(int(n) for n in image.shape)
+    except IchsegError:
+        raise
+    except NIFTI_READ_ERRORS as err:
+        raise IchsegError(f"scan {path}: cannot read as NIfTI ({first_line(err)})") from None
+    # A trailing singleton axis (H, W, N, 1) is still one volume; real 4-D data is not.
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+        raise IchsegError(f"scan {path}: expected a 3-D volume (H, W, slices), found shape {shape}")
+    if min(shape[:3]) < 1:
+        raise IchsegError(f"scan {path}: expected a non-empty volume, found shape {shape}")
+    try:
+        zooms = voxel_sizes(image, path, f"scan {path}")
+    except NIFTI_READ_ERRORS as err:
+        raise IchsegError(f"scan {path}: cannot read as NIfTI ({first_line(err)})") from None
+    return Scan(path, image, shape, zooms)  # type: ignore[arg-type]
+
+
+def mask_image(scan: Scan, mask: np.ndarray) -> nib.Nifti1Image:
+    """The mask as uint8 0/1 with the scan's shape and header geometry (affine, q/sform, zooms)."""
+    header = scan.image.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, 1
+    data = mask.astype(np.uint8).reshape(scan.shape)
+    # affine=None keeps the header's qform and sform (codes included) exactly as the scan's.
+    return type(scan.image)(data, None, header)
+
+
+def output_paths(outdir: Path, scan: Scan) -> tuple[Path, Path]:
+    """Where the mask and the JSON summary of `scan` go."""
+    return outdir / f"{scan.stem}{MASK_SUFFIX}", outdir / f"{scan.stem}.json"
+
+
+def _earlier_prediction(json_path: Path, mask_path: Path) -> bool:
+    """True when `json_path` is the summary `ichseg predict` wrote next to `mask_path`."""
+    try:
+        summary = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and Path(str(summary.get("mask", ""))).name == mask_path.name
+
+
+def check_outputs_free(outdir: Path, scans: Sequence[Scan]) -> None:
+    """Raise unless every output path is free or holds an earlier prediction of the same name:
+    a file the user put there (a mask of their own, say) is never replaced."""
+    for scan in scans:
+        mask_path, json_path = output_paths(outdir, scan)
+        taken = [p for p in (mask_path, json_path) if p.exists() or p.is_symlink()]
+        if taken and not _earlier_prediction(json_path, mask_path):
+            raise IchsegError(
+                f"{taken[0]}: exists and is not an earlier ichseg predict output (no "
+                f"{json_path.name} naming {mask_path.name}); choose another -o or remove it"
+            )
+
+
+def write_outputs(scan: Scan, mask: np.ndarray, summary: dict, outdir: Path) -> tuple[Path, Path]:
+    """Write `<stem>_mask.nii.gz` then `<stem>.json`, each atomically."""
+    mask_path, json_path = output_paths(outdir, scan)
+    # mtime=0: the same mask gives the same bytes.
+    blob = gzip.compress(mask_image(scan, mask).to_bytes(), compresslevel=1, mtime=0)
+    try:
+        with atomic_path(mask_path) as tmp:
+            tmp.write_bytes(blob)
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise IchsegError(f"output folder {outdir}: cannot write ({first_line(err)})") from None
+    return mask_path, json_path

@@ -1,0 +1,146 @@
+"""`ichseg predict`: NIfTI CT volumes -> NIfTI hemorrhage masks + JSON summaries; and what every
+inference command shares: the output folder checked up front, a progress bar.
+
+Every input is checked (checkpoints loaded, scan headers read, output folder writable) before the
+first scan is predicted, so a bad argument writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ichseg.atomic import atomic_path
+from ichseg.errors import IchsegError, first_line
+from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
+from ichseg.inference.ensemble import pick_device
+from ichseg.inference.nifti_io import (
+    MASK_SUFFIX,
+    Scan,
+    check_outputs_free,
+    open_scan,
+    output_paths,
+    write_outputs,
+)
+from ichseg.inference.volumes import VolumeEnsemble, summarize
+
+
+def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
+    """Checkpoints (`.ckpt`, `.pt`, `.pth`) and scans (everything else), in the order given."""
+    checkpoints = [Path(p) for p in paths if p.lower().endswith(CHECKPOINT_SUFFIXES)]
+    scans = [Path(p) for p in paths if not p.lower().endswith(CHECKPOINT_SUFFIXES)]
+    if not checkpoints:
+        raise IchsegError(
+            f"predict: expected at least one checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) "
+            "before the scans, found none"
+        )
+    if not scans:
+        raise IchsegError("predict: expected at least one scan (.nii or .nii.gz), found none")
+    return checkpoints, scans
+
+
+def prepare_outdir(outdir: str | os.PathLike) -> Path:
+    """Create `outdir` if needed and check a file can be written there; one line otherwise."""
+    outdir = Path(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(outdir / ".ichseg-write-test") as tmp:
+            tmp.write_bytes(b"")
+        (outdir / ".ichseg-write-test").unlink()
+    except OSError as err:
+        raise IchsegError(
+            f"output folder {outdir}: cannot write there ({first_line(err)})"
+        ) from None
+    return outdir
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, label: str, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr, drawn only on a terminal; yields the function that advances it."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not (enabled and console.is_terminal)) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
+def predict_scans(
+    checkpoints: Sequence[str | os.PathLike],
+    scans: Sequence[str | os.PathLike],
+    outdir: str | os.PathLike,
+    *,
+    flip: bool = False,
+    batch_size: int = 16,
+    device: str | None = None,
+    precision: str = "auto",
+    on_scan: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Predict every scan with the averaged checkpoints; write masks and summaries to `outdir`."""
+    target = pick_device(device)
+    model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
+    opened = [open_scan(p) for p in scans]
+    seen: dict[str, Path] = {}
+    for scan in opened:
+        if scan.stem in seen:
+            raise IchsegError(
+                f"scans {seen[scan.stem]} and {scan.path} would both write {scan.stem}{MASK_SUFFIX}"
+            )
+        seen[scan.stem] = scan.path
+    check_outputs_free(Path(outdir), opened)
+    out = prepare_outdir(outdir)
+    summaries = []
+    with progress_bar(len(opened), "scans", progress) as advance:
+        for scan in opened:
+            summaries.append(_predict_one(model, scan, out))
+            advance()
+            if on_scan is not None:
+                on_scan(summaries[-1])
+    return summaries
+
+
+def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path) -> dict:
+    """Predict one scan, write its mask and summary, return the summary."""
+    start = time.perf_counter()
+    mask = model.predict(scan.read_hu())
+    ensemble = model.ensemble
+    summary = {
+        "scan": str(scan.path),
+        "mask": str(output_paths(out, scan)[0]),
+        "shape": list(scan.shape),
+        **summarize(mask, scan.zooms),
+        "checkpoints": [str(c.path) for c in ensemble.checkpoints],
+        "preprocess": {
+            "size": model.preprocess.size,
+            "window_level": model.preprocess.level,
+            "window_width": model.preprocess.width,
+            "intensity": model.preprocess.intensity,
+            "from": model.preprocess_source,
+        },
+        "flip_tta": ensemble.flip,
+        "threshold": ensemble.threshold,
+        "device": str(ensemble.device),
+        "precision": ensemble.precision,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_outputs(scan, mask, summary, out)
+    return summary
