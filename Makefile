@@ -7,6 +7,11 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ichseg-installed
+# nnU-Net v2 gets an environment of its own, as it usually has beside a project: the tests
+# train it there on CPU. NNUNET_SPEC picks its version.
+NNUNET_VENV ?= .venv-nnunet
+NNUNET_SPEC ?= nnunetv2>=2.5,<3
+NNUNET_STAMP := $(NNUNET_VENV)/.installed
 SWEEP ?=
 SOURCE ?= local
 WANDB_PROJECT ?=
@@ -19,7 +24,7 @@ CURVES_ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format demo curves report bench clean
+.PHONY: help install nnunet test test-fast lint format demo curves report bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,8 +37,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP) ## run the test suite (CPU, a few minutes)
-	$(PY) -m pytest
+nnunet: $(NNUNET_STAMP) ## create .venv-nnunet with nnU-Net v2 (NNUNET_SPEC) on TORCH_SPEC
+
+# TORCH_SPEC in the same command: pip would otherwise upgrade torch to suit nnU-Net's newest deps.
+$(NNUNET_STAMP):
+	$(PYTHON) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC) "$(NNUNET_SPEC)"
+	touch $(NNUNET_STAMP)
+
+test: $(STAMP) $(NNUNET_STAMP) ## run the test suite (CPU, a few minutes), real nnU-Net included
+	ICHSEG_NNUNET_PYTHON=$(NNUNET_VENV)/bin/python $(PY) -m pytest
 
 test-fast: $(STAMP) ## the tests not marked slow: a quick loop while developing
 	$(PY) -m pytest -m "not slow"
@@ -62,5 +75,5 @@ bench: $(STAMP) ## time training (real vs bare vs MONAI loader), epochs, prepare
 	$(VENV)/bin/ichseg bench $(BENCH_ARGS)
 
 clean: ## remove the venv, caches and the synthetic data (keeps experiments/)
-	rm -rf $(VENV) data .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(NNUNET_VENV) data .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,4 +1,4 @@
-"""The `ichseg` command: phantom, prepare, predict, evaluate, report, bench.
+"""The `ichseg` command: phantom, prepare, predict, evaluate, report, nnunet, bench.
 
 Every subcommand turns a user error into one line on stderr and exit status 2.
 """
@@ -58,6 +58,37 @@ def _prepare(args: argparse.Namespace) -> None:
         f"{len(data.splits['test'])} test, {len(data.splits['folds'])} folds; "
         f"prepared in {built:.1f} s, loads in {loaded:.3f} s"
     )
+
+
+def _nnunet_export(args: argparse.Namespace) -> None:
+    from ichseg.nnunet.export import export_dataset, next_commands
+    from ichseg.nnunet.layout import ENV_PREPROCESSED, ENV_RAW, env_folder
+
+    raw = Path(args.out) if args.out else env_folder(ENV_RAW)
+    if raw is None:
+        raise IchsegError(f"give OUT (the nnU-Net raw folder) or set {ENV_RAW}")
+    preprocessed = Path(args.preprocessed) if args.preprocessed else env_folder(ENV_PREPROCESSED)
+    done = export_dataset(args.source, raw, args.dataset_id, preprocessed)
+    what = "wrote" if done.written else "already holds this export, nothing written:"
+    print(
+        f"{what} {done.dataset_dir}: {done.n_train} training slices in {done.n_folds} folds "
+        f"({done.split_mode} split), {done.n_test} test slices in imagesTs"
+    )
+    if done.splits_at is not None:
+        print(f"ichseg's folds are in {done.splits_at}")
+    print("next, with nnU-Net v2 installed:")
+    for line in next_commands(done):
+        print(f"  {line}")
+
+
+def _nnunet_import(args: argparse.Namespace) -> None:
+    from ichseg.nnunet.results import import_results
+
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    written = import_results(args.results, args.sweep, folds)
+    names = ", ".join(p.name for p in written)
+    print(f"imported nnU-Net as {len(written)} job folders of {args.sweep}: {names}")
+    print(f"next: ichseg report {args.sweep}")
 
 
 # Set when a W&B request failed: wandb's exit hook then joins its service process, which may
@@ -313,6 +344,42 @@ def build_parser() -> argparse.ArgumentParser:
         "EXPERIMENTS/GROUP/report-wandb)",
     )
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "nnunet",
+        help="export a sweep's slices and folds to nnU-Net v2; import its predictions",
+        formatter_class=_HelpFormatter,
+    )
+    nn = p.add_subparsers(dest="nnunet_command", required=True)
+    q = nn.add_parser(
+        "export",
+        help="write DatasetNNN_ICH (imagesTr, labelsTr, imagesTs, splits_final.json)",
+        formatter_class=_HelpFormatter,
+    )
+    q.add_argument("source", metavar="SWEEP_OR_CACHE", help="a sweep folder or a prepared cache")
+    q.add_argument(
+        "out", nargs="?", metavar="OUT", help="nnU-Net raw folder (default: $nnUNet_raw)"
+    )
+    q.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id, 1..999")
+    q.add_argument(
+        "--preprocessed",
+        help="also put splits_final.json in PREPROCESSED/DatasetNNN_ICH (default: "
+        "$nnUNet_preprocessed, when set)",
+    )
+    q.set_defaults(func=_nnunet_export)
+    q = nn.add_parser(
+        "import",
+        help="score nnU-Net's fold predictions as the sweep's third architecture",
+        formatter_class=_HelpFormatter,
+    )
+    q.add_argument(
+        "results",
+        metavar="NNUNET_RESULTS_FOLDER",
+        help="$nnUNet_results/DatasetNNN_ICH or its <trainer>__<plans>__2d folder",
+    )
+    q.add_argument("sweep", metavar="SWEEP", help="the sweep the dataset was exported from")
+    q.add_argument("--folds", help="comma-separated folds to import (default: the sweep's folds)")
+    q.set_defaults(func=_nnunet_import)
 
     from ichseg.bench.settings import SECTIONS, BenchSettings
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
+from ichseg.nnunet.results import is_imported
 from ichseg.report import figures
 from ichseg.report.collect import Job, Sweep, collect_sweep, latest_sweep, read_cache_meta
 from ichseg.report.compare import PairedComparison, compare_all, comparison_markdown
@@ -345,6 +346,18 @@ def _provenance(sweep: Sweep, archs: dict[str, ArchInfo | None]) -> list[str]:
                     f"  - **Config differs between {display_name(model)} folds**: "
                     + ", ".join(info.conflicts)
                 )
+    imported = [j for j in sweep.jobs if is_imported(j)]
+    if imported:
+        epochs = sorted({int(j.get("trainer.max_epochs")) for j in imported})
+        lines.append(
+            f"- {display_name(imported[0].model)}: nnU-Net v2's own training on the same "
+            f"exported slices and folds (`ichseg nnunet export` / `import`), trainer "
+            f"`{imported[0].state[imported[0].model]['trainer']}`, {', '.join(map(str, epochs))} "
+            "epochs; one checkpoint, nnU-Net's final one. Its validation and test probabilities "
+            "are scored by ichseg under every protocol, in the same slices and evaluation "
+            "batches; it records no training-batch metrics (Train NA) and is not scored on "
+            "whole volumes."
+        )
     for key, label in (
         ("code_version", "Code version"),
         ("hardware", "Hardware"),

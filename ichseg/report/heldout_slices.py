@@ -32,6 +32,7 @@ from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import load_checkpoint
 from ichseg.inference.ensemble import Ensemble, pick_device
 from ichseg.metrics import ProtocolAccumulator, stage_keys
+from ichseg.nnunet.results import imported_test_probabilities, is_imported
 from ichseg.report.collect import Job, Sweep
 from ichseg.report.selection import Choice, Selection
 from ichseg.report.table import display_name, fmt, protocol
@@ -93,7 +94,8 @@ def evaluate_slices(
     modules: dict[str, ICHDataModule] = {}
     results = []
     for choice in selection.choices.values():
-        results += _evaluate_model(sweep, selection, choice, n_examples, target, modules)
+        if has_test_predictions(sweep, choice.model):
+            results += _evaluate_model(sweep, selection, choice, n_examples, target, modules)
     return results
 
 
@@ -185,21 +187,33 @@ def _examples(subtypes: np.ndarray, n: int) -> list[int]:
     return picked + [int(i) for i in clean]
 
 
-def _evaluate_model(
+def _predictions(
     sweep: Sweep,
     selection: Selection,
     choice: Choice,
-    n_examples: int,
+    dm: ICHDataModule,
+    images: torch.Tensor,
     device: torch.device,
     modules: dict[str, ICHDataModule],
-) -> list[SliceResult]:
-    """Ensemble and best-fold results of one architecture at its selected epoch."""
+) -> tuple[list[Job], Job, torch.Tensor, torch.Tensor, float, int]:
+    """The folds scored, the best one, the ensemble's and the best fold's test probabilities,
+    the threshold and the detection area. nnU-Net's probabilities are its imported predictions
+    (averaged here the same way); the networks' come from their checkpoints."""
+    imported = [
+        (job, torch.from_numpy(prob).unsqueeze(1))
+        for job in sweep.jobs_of(choice.model)
+        if job.record(choice.epoch) is not None
+        and (prob := imported_test_probabilities(job)) is not None
+    ]
+    if imported:
+        jobs = [job for job, _ in imported]
+        best = _best_fold(jobs, choice.epoch, selection.protocol)
+        mean = torch.stack([prob for _, prob in imported]).mean(dim=0)
+        single = next(prob for job, prob in imported if job is best)
+        threshold = float(jobs[0].get("model.module.threshold"))
+        min_area = int(jobs[0].get("model.module.min_detection_area"))
+        return jobs, best, mean, single, threshold, min_area
     found = checkpoints_at(sweep, choice.model, choice.epoch)
-    dm = _data_module(found[0][0], modules)
-    rows = dm.test_rows
-    images, target = dm.images[rows], dm.masks[rows] > 0.5
-    subtypes = dm.row_subtypes(rows)
-    ids = dm.row_ids(rows)
     best = _best_fold([job for job, _ in found], choice.epoch, selection.protocol)
     for job, _ in found:
         if _data_module(job, modules) is not dm:
@@ -211,10 +225,48 @@ def _evaluate_model(
     single = Ensemble([best_checkpoint], device, batch_size=batch, precision="fp32")
     # Threshold and detection area: shared by the folds (the ensemble checks the threshold).
     threshold, min_area = ensemble.threshold, checkpoints[0].min_detection_area
-    folds = ", ".join(str(job.fold) for job, _ in found)
+    jobs = [job for job, _ in found]
+    return (
+        jobs,
+        best,
+        _probabilities(ensemble, images),
+        _probabilities(single, images),
+        threshold,
+        min_area,
+    )
+
+
+def has_test_predictions(sweep: Sweep, model: str) -> bool:
+    """Whether `model`'s test split can be scored: checkpoints, or imported predictions."""
+    jobs = sweep.jobs_of(model)
+    if any(imported_test_probabilities(job) is not None for job in jobs):
+        return True
+    return not any(is_imported(job) for job in jobs)
+
+
+def _evaluate_model(
+    sweep: Sweep,
+    selection: Selection,
+    choice: Choice,
+    n_examples: int,
+    device: torch.device,
+    modules: dict[str, ICHDataModule],
+) -> list[SliceResult]:
+    """Ensemble and best-fold results of one architecture at its selected epoch."""
+    jobs = [j for j in sweep.jobs_of(choice.model) if j.record(choice.epoch) is not None]
+    dm = _data_module(jobs[0], modules)
+    rows = dm.test_rows
+    images, target = dm.images[rows], dm.masks[rows] > 0.5
+    subtypes = dm.row_subtypes(rows)
+    ids = dm.row_ids(rows)
+    batch = dm.eval_batch_size
+    scored, best, mean, single, threshold, min_area = _predictions(
+        sweep, selection, choice, dm, images, device, modules
+    )
+    folds = ", ".join(str(job.fold) for job in scored)
     predictions = {
-        f"ensemble of {len(found)} folds ({folds})": _probabilities(ensemble, images),
-        f"best fold ({best.fold})": _probabilities(single, images),
+        f"ensemble of {len(scored)} folds ({folds})": mean,
+        f"best fold ({best.fold})": single,
     }
     subsets = {name: subtypes[:, i].astype(bool) for i, name in enumerate(SUBTYPES)}
     subsets[NO_HEMORRHAGE] = ~subtypes.any(axis=1)

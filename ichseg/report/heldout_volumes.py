@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ichseg.inference.heldout_volumes import evaluate
+from ichseg.nnunet.results import is_imported
 from ichseg.report.collect import Sweep, read_cache_meta
 from ichseg.report.heldout_slices import checkpoints_at
 from ichseg.report.selection import Selection
@@ -48,6 +49,8 @@ def evaluate_volumes(sweep: Sweep, selection: Selection, out_dir: Path) -> list[
     release_root, cache_dir = found
     results = []
     for choice in selection.choices.values():
+        if any(is_imported(job) for job in sweep.jobs_of(choice.model)):
+            continue  # nnU-Net predicted the exported slices only, not whole volumes
         pairs = checkpoints_at(sweep, choice.model, choice.epoch)
         folder = f"patients_{choice.model}"
         summary = evaluate(

@@ -68,7 +68,14 @@ STD_MEANING = "Std = sample standard deviation (ddof=1) over the folds present (
 # The network class has fixed 3x3 convolutions and 2x2 max pooling (ichseg/models/unet.py).
 KERNEL = "(3x3)"
 POOL = "(2x2)"
-DISPLAY_NAMES = {"unet": "U-Net", "unet_plain": "U-Net (no BN)", "dunet": "D-Unet"}
+# nnU-Net's 2-d plans: 3x3 convolutions, stride-2 convolutions instead of pooling.
+NNUNET_POOL = "(stride-2 conv)"
+DISPLAY_NAMES = {
+    "unet": "U-Net",
+    "unet_plain": "U-Net (no BN)",
+    "dunet": "D-Unet",
+    "nnunet": "nnU-Net (own final checkpoint)",
+}
 CSV_COLUMNS = (
     "architecture",
     "epoch",
@@ -125,8 +132,10 @@ class ArchInfo:
     filters: tuple[int, ...]
     dropout: float
     batch_size: int
-    batch_norm: str  # none, second or both (see ichseg.models.unet)
+    batch_norm: str  # none, second or both (see ichseg.models.unet), or the norm in words
     conflicts: tuple[str, ...]  # config keys whose value differs between this model's folds
+    kernel: str = KERNEL
+    pool: str = POOL
 
     @property
     def filters_text(self) -> str:
@@ -136,7 +145,7 @@ class ArchInfo:
     @property
     def batch_norm_text(self) -> str:
         """Where the blocks have batch norm, in words."""
-        return BATCH_NORM_TEXT[self.batch_norm]
+        return BATCH_NORM_TEXT.get(self.batch_norm, self.batch_norm)
 
     @property
     def dropout_text(self) -> str:
@@ -185,6 +194,18 @@ def arch_info(sweep: Sweep, model: str) -> ArchInfo | None:
         return None
     first = jobs[0]
     conflicts = tuple(k for k in CONSISTENCY_KEYS if len({repr(j.get(k, None)) for j in jobs}) > 1)
+    plans = first.get("model.nnunet", None)
+    if plans is not None:
+        norms = ", ".join(str(n) for n in plans.get("normalization", [])) or "?"
+        return ArchInfo(
+            model=model,
+            filters=tuple(int(f) for f in first.get("model.module.filters")),
+            dropout=0.0,
+            batch_size=int(plans.get("batch_size") or 0),
+            batch_norm=f"none: instance norm after every convolution; input {norms}",
+            conflicts=conflicts,
+            pool=NNUNET_POOL,
+        )
     return ArchInfo(
         model=model,
         filters=tuple(int(f) for f in net_value(first, "filters")),
@@ -198,12 +219,14 @@ def arch_info(sweep: Sweep, model: str) -> ArchInfo | None:
 def fold_values(
     sweep: Sweep, model: str, epoch: int, split: str, key: str
 ) -> dict[int, float | None]:
-    """Per-fold value of metric `key` in the `split` ("train"/"val") dict of the epoch's records."""
+    """Per-fold value of metric `key` in the `split` ("train"/"val") dict of the epoch's records;
+    a fold whose record has no `split` metrics at all (nnU-Net's: no training-batch metrics) is
+    left out rather than counted as undefined."""
     out: dict[int, float | None] = {}
     for job in sweep.jobs_of(model):
         record = job.record(epoch)
-        if record is not None:
-            value = (record.get(split) or {}).get(key)
+        if record is not None and record.get(split):
+            value = record[split].get(key)
             out[job.fold] = None if value is None else float(value)
     return out
 
@@ -296,7 +319,7 @@ def undefined_values(sweep: Sweep, protocol_name: str) -> list[str]:
         for r in job.records:
             for split, keys in (("train", (p.train_iou, p.train_dice)), ("val", (p.iou, p.dice))):
                 for key in keys:
-                    if (r.get(split) or {}).get(key) is None:
+                    if r.get(split) and r[split].get(key) is None:
                         out.append(f"{job.name} epoch {r['epoch']} {split}/{key}")
     return out
 
@@ -402,7 +425,7 @@ def _arch_cells(info: ArchInfo | None) -> list[str]:
     """Filters, kernel, pool, dropout, batch size; '?' when no config was readable."""
     if info is None:
         return ["?", KERNEL, POOL, "?", "?"]
-    return [info.filters_text, KERNEL, POOL, info.dropout_text, str(info.batch_size)]
+    return [info.filters_text, info.kernel, info.pool, info.dropout_text, str(info.batch_size)]
 
 
 def detection_markdown(rows: list[DetectionRow]) -> str:
