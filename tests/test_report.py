@@ -431,7 +431,7 @@ def test_test_eval_scores_ensemble_and_best_fold(tmp_path):
     import pytorch_lightning as pl
 
     from ichseg.data.datamodule import ICHDataModule
-    from ichseg.metrics import confusion_counts, lesion_dice
+    from ichseg.metrics import confusion_matrix, lesion_dice
     from ichseg.report.test_eval import evaluate_test
     from ichseg.training.module import SegmentationModule
 
@@ -490,7 +490,7 @@ def test_test_eval_scores_ensemble_and_best_fold(tmp_path):
         batches = [slice(i, i + 8) for i in range(0, len(p_np), 8)]
         expected_paper = np.mean([keras_dice(p_np[b], t_np[b]) for b in batches])
         expected_image = np.mean([keras_dice(p, t) for p, t in zip(p_np, t_np, strict=True)])
-        expected_lesion = lesion_dice(*confusion_counts(pred, target))
+        expected_lesion = lesion_dice(confusion_matrix(pred, target))
         assert result.overall["dice_paper"] == pytest.approx(expected_paper, rel=1e-5)
         assert result.overall["dice_perimage"] == pytest.approx(expected_image, rel=1e-5)
         assert result.overall["dice_lesion"] == pytest.approx(expected_lesion)
