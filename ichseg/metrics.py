@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
 
 from ichseg.errors import IchsegError
 
@@ -120,6 +119,9 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             f"metrics: expected at least one sample of 1 to 2**24 pixels, "
             f"found shape {tuple(pred.shape)}"
         )
+    # Imported here, as below: the report reads the registry without MONAI's seconds of start-up.
+    from monai.metrics import get_confusion_matrix
+
     # MONAI needs 0/1 numbers (boolean pred + target never reaches 2).
     counts = get_confusion_matrix(p.unsqueeze(1).to(torch.uint8), t.unsqueeze(1).to(torch.uint8))
     return counts[:, 0].to(torch.int64)
@@ -128,6 +130,8 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _monai_metric(name: str, matrix: torch.Tensor) -> torch.Tensor:
     """MONAI's confusion-matrix metric `name` ("f1 score" = Dice, "threat score" = IoU, ...) per
     row of (tp, fp, tn, fn) counts, in float64; NaN where its denominator is 0."""
+    from monai.metrics import compute_confusion_matrix_metric
+
     return compute_confusion_matrix_metric(name, matrix.double())
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceLoss
 
 from ichseg.errors import IchsegError
 
@@ -23,6 +22,9 @@ def soft_dice_loss(
             f"soft_dice_loss: expected logits and target of one shape (B, ...), "
             f"found {tuple(logits.shape)} and {tuple(target.shape)}"
         )
+    # Imported here: loading a checkpoint for the report does not pay MONAI's start-up.
+    from monai.losses import DiceLoss
+
     loss = DiceLoss(sigmoid=True, smooth_nr=smooth, smooth_dr=smooth, batch=not per_sample)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         # One channel of every other dim flattened, so MONAI sums what Keras summed.
