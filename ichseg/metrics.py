@@ -31,7 +31,8 @@ EXACT_COUNT = 2**24
 
 @dataclass(frozen=True)
 class Protocol:
-    """A named metric protocol: its record keys and what exactly it averages."""
+    """A named metric protocol: its record keys (Dice then IoU; sensitivity then specificity for
+    detection) and what exactly it averages."""
 
     name: str
     keys: tuple[str, ...]
@@ -303,26 +304,18 @@ class ProtocolAccumulator:
         """
         counts, sums = self._gather()
         tp, fp, _, fn = counts.unbind(1)
-        batches = list(torch.arange(len(sums)).split(self.batch_sizes))
-        dice_paper, iou_paper = batch_mean(sums, batches)
-        singles = list(torch.arange(len(sums)).split(1))
-        dice_image, iou_image = batch_mean(sums, singles)
-        sens, spec = detection_rates(tp + fp, tp + fn, self.min_area)
-        out = {"dice_paper": dice_paper, "iou_paper": iou_paper}
+        rows = torch.arange(len(sums))
+        scores = {"paper": batch_mean(sums, list(rows.split(self.batch_sizes)))}
         if keras_validation is not None:
             batch_size, generator = keras_validation
             drawn = keras_validation_batches(len(sums), batch_size, generator)
-            out["dice_onebatch"], out["iou_onebatch"] = batch_mean(sums, drawn)
-        out.update(
-            {
-                "dice_perimage": dice_image,
-                "iou_perimage": iou_image,
-                "dice_lesion": lesion_dice(counts),
-                "iou_lesion": lesion_iou(counts),
-                "dice_pooled": pooled_dice(counts),
-                "iou_pooled": pooled_iou(counts),
-                "sensitivity_detection": sens,
-                "specificity_detection": spec,
-            }
-        )
-        return out
+            scores["onebatch"] = batch_mean(sums, drawn)
+        scores["perimage"] = batch_mean(sums, list(rows.split(1)))
+        scores["lesion"] = lesion_dice(counts), lesion_iou(counts)
+        scores["pooled"] = pooled_dice(counts), pooled_iou(counts)
+        scores["detection"] = detection_rates(tp + fp, tp + fn, self.min_area)
+        return {
+            key: value
+            for name, values in scores.items()
+            for key, value in zip(PROTOCOLS[name].keys, values, strict=True)
+        }

@@ -241,7 +241,23 @@ def test_accumulator_hard_protocols_over_uneven_batches():
 
 
 def test_protocol_registry():
+    # The one place the record keys are spelled out: records, W&B and reports depend on them.
+    assert PROTOCOL_KEYS == (
+        "dice_paper",
+        "iou_paper",
+        "dice_onebatch",
+        "iou_onebatch",
+        "dice_perimage",
+        "iou_perimage",
+        "dice_lesion",
+        "iou_lesion",
+        "dice_pooled",
+        "iou_pooled",
+        "sensitivity_detection",
+        "specificity_detection",
+    )
     assert tuple(k for p in PROTOCOLS.values() for k in p.keys) == PROTOCOL_KEYS
+    assert set(stage_keys("train")) == set(PROTOCOL_KEYS) - {"dice_onebatch", "iou_onebatch"}
     assert all(p.description for p in PROTOCOLS.values())
     assert "dice_onebatch" in stage_keys("val") and "dice_onebatch" not in stage_keys("train")
     assert all(key.endswith("_" + name) for name, p in PROTOCOLS.items() for key in p.keys)

@@ -15,31 +15,19 @@ from matplotlib.image import imread
 from scipy import stats
 
 from ichseg.errors import IchsegError
-from ichseg.metrics import METRICS_VERSION
+from ichseg.metrics import METRICS_VERSION, PROTOCOLS
 from ichseg.report.build import build_report
 from ichseg.report.collect import collect_sweep, latest_sweep
 from ichseg.report.heldout import TestExample, TestResult
 from ichseg.report.selection import select
 from ichseg.report.table import CSV_COLUMNS, table_rows
+from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
 from ichseg.training.records import read_records, upsert_history, upsert_record, write_job
 
-KEYS = (
-    "iou_paper",
-    "dice_paper",
-    "iou_onebatch",
-    "dice_onebatch",
-    "iou_lesion",
-    "dice_lesion",
-    "iou_pooled",
-    "dice_pooled",
-)
-DETECTION = ("sensitivity_detection", "specificity_detection")
-PROTOCOL_KEYS = {
-    "paper": ("iou_paper", "dice_paper"),
-    "onebatch": ("iou_onebatch", "dice_onebatch"),
-    "lesion": ("iou_lesion", "dice_lesion"),
-    "pooled": ("iou_pooled", "dice_pooled"),
-}
+# (IoU key, Dice key) of each Table 1 protocol, from the metric registry.
+PROTOCOL_KEYS = {name: PROTOCOLS[name].keys[::-1] for name in TABLE_PROTOCOLS}
+KEYS = tuple(key for keys in PROTOCOL_KEYS.values() for key in keys)
+DETECTION = PROTOCOLS["detection"].keys
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
