@@ -3,9 +3,11 @@
 Half of the balanced set has empty masks, so every number is labelled with how empty slices
 count. Hard protocols take boolean masks with one sample (slice) per row of dim 0; every other
 dim is flattened. The soft protocols (`paper` and the authors' variants of it) take sigmoid
-probabilities, as the authors' Keras metrics did. The pure functions return Python floats (NaN
-where the protocol is undefined); `ProtocolAccumulator` gathers per-slice sums over an epoch and
-reports every protocol at once.
+probabilities, as the authors' Keras metrics did. Pixel counts and the Dice, IoU, sensitivity
+and specificity over them are MONAI's (`get_confusion_matrix`, `compute_confusion_matrix_metric`,
+in float64); the smoothed soft sums are computed here. The pure functions return Python floats
+(NaN where the protocol is undefined); `ProtocolAccumulator` gathers per-slice sums over an
+epoch and reports every protocol at once.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ PAPER_SMOOTH = 100.0
 # Bumped whenever a metric key keeps its name but changes its meaning; records carry it, and
 # readers refuse records of another version (version 1: `dice_paper` was thresholded, +1).
 METRICS_VERSION = 2
+# MONAI counts pixels in float32, which holds every integer only up to 2**24.
+EXACT_COUNT = 2**24
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """A named metric protocol: its record keys and what exactly it averages."""
+    """A named metric protocol: its record keys (Dice then IoU; sensitivity then specificity for
+    detection) and what exactly it averages."""
 
     name: str
     keys: tuple[str, ...]
@@ -103,22 +108,41 @@ def _check_masks(pred: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
-def confusion_counts(
-    pred: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample (tp, fp, fn) as int64 tensors of shape (B,), counting pixels of each row."""
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample pixel counts (tp, fp, tn, fn) as an int64 (B, 4) tensor: MONAI's
+    `get_confusion_matrix` with each row of (B, ...) as one single-channel sample."""
     _check_masks(pred, target)
-    # flatten(1) rather than reshape(B, -1): the latter fails on an empty batch.
     p = pred.flatten(1) if pred.ndim > 1 else pred.unsqueeze(1)
     t = target.flatten(1) if target.ndim > 1 else target.unsqueeze(1)
-    tp = (p & t).sum(1, dtype=torch.int64)
-    fp = (p & ~t).sum(1, dtype=torch.int64)
-    fn = (~p & t).sum(1, dtype=torch.int64)
-    return tp, fp, fn
+    # MONAI reshapes (B, 1, -1), which fails without pixels.
+    if not p.numel() or p.shape[1] > EXACT_COUNT:
+        raise IchsegError(
+            f"metrics: expected at least one sample of 1 to 2**24 pixels, "
+            f"found shape {tuple(pred.shape)}"
+        )
+    # Imported here, as below: the report reads the registry without MONAI's seconds of start-up.
+    from monai.metrics import get_confusion_matrix
+
+    # MONAI needs 0/1 numbers (boolean pred + target never reaches 2).
+    counts = get_confusion_matrix(p.unsqueeze(1).to(torch.uint8), t.unsqueeze(1).to(torch.uint8))
+    return counts[:, 0].to(torch.int64)
+
+
+def _monai_metric(name: str, matrix: torch.Tensor) -> torch.Tensor:
+    """MONAI's confusion-matrix metric `name` ("f1 score" = Dice, "threat score" = IoU, ...) per
+    row of (tp, fp, tn, fn) counts, in float64; NaN where its denominator is 0."""
+    from monai.metrics import compute_confusion_matrix_metric
+
+    return compute_confusion_matrix_metric(name, matrix.double())
 
 
 def soft_sums(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample (Σ p·t, Σ p, Σ t) as a float64 (B, 3) tensor; p in [0, 1], t boolean."""
+    """Per-sample (Σ p·t, Σ p, Σ t) as a float64 (B, 3) tensor; p in [0, 1], t boolean.
+
+    ichseg's own: MONAI's `DiceLoss` scores one batch of probabilities at once, while the soft
+    protocols re-batch per-slice sums (`onebatch`, `perimage`), and its smoothed Jaccard
+    (2I + s)/(2U + s) is not the authors' `iou` (I + s)/(U + s).
+    """
     if not prob.is_floating_point() or target.dtype != torch.bool:
         raise IchsegError(
             f"metrics: expected float probabilities and a boolean target, found {prob.dtype} "
@@ -176,51 +200,47 @@ def keras_validation_batches(
     return list(order[: steps * batch_size].split(batch_size)) if steps else []
 
 
-def _lesion_mean(numer: torch.Tensor, denom: torch.Tensor, has_gt: torch.Tensor) -> float:
-    """Mean of numer/denom over rows with ground truth; NaN when there are none."""
+def _lesion_mean(name: str, matrix: torch.Tensor) -> float:
+    """Mean of the per-slice metric `name` over slices with ground truth; NaN when none."""
+    tp, _, _, fn = matrix.unbind(1)
+    has_gt = (tp + fn) > 0
     if not bool(has_gt.any()):
         return math.nan
-    return float((numer[has_gt].double() / denom[has_gt].double()).mean())
+    return float(_monai_metric(name, matrix[has_gt]).mean())
 
 
-def lesion_dice(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:
+def lesion_dice(matrix: torch.Tensor) -> float:
     """Mean over slices with non-empty ground truth (tp+fn > 0) of 2tp/(2tp+fp+fn); else NaN."""
-    return _lesion_mean(2 * tp, 2 * tp + fp + fn, (tp + fn) > 0)
+    return _lesion_mean("f1 score", matrix)
 
 
-def lesion_iou(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:
+def lesion_iou(matrix: torch.Tensor) -> float:
     """Mean over slices with non-empty ground truth (tp+fn > 0) of tp/(tp+fp+fn); else NaN."""
-    return _lesion_mean(tp, tp + fp + fn, (tp + fn) > 0)
+    return _lesion_mean("threat score", matrix)
 
 
-def pooled_dice(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:
+def pooled_dice(matrix: torch.Tensor) -> float:
     """2Σtp/(2Σtp+Σfp+Σfn) with sums over all slices and pixels; NaN when the denominator is 0."""
-    t, p, n = int(tp.sum()), int(fp.sum()), int(fn.sum())
-    denom = 2 * t + p + n
-    return 2 * t / denom if denom else math.nan
+    return float(_monai_metric("f1 score", matrix.sum(0)))
 
 
-def pooled_iou(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:
+def pooled_iou(matrix: torch.Tensor) -> float:
     """Σtp/(Σtp+Σfp+Σfn) with sums over all slices and pixels; NaN when the denominator is 0."""
-    t, p, n = int(tp.sum()), int(fp.sum()), int(fn.sum())
-    denom = t + p + n
-    return t / denom if denom else math.nan
+    return float(_monai_metric("threat score", matrix.sum(0)))
 
 
 def detection_rates(
     pred_area: torch.Tensor, target_area: torch.Tensor, min_area: int = 0
 ) -> tuple[float, float]:
-    """Slice-level (sensitivity, specificity).
+    """Slice-level (sensitivity, specificity): MONAI's on the slices as the pixels of one sample.
 
     A slice is predicted positive when pred_area > min_area (strictly greater, so the default 0
     means "any predicted pixel"), truly positive when target_area > 0. Sensitivity is NaN
     without positive slices, specificity NaN without negative slices.
     """
-    called = pred_area > min_area
-    truth = target_area > 0
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    sens = int((called & truth).sum()) / n_pos if n_pos else math.nan
-    spec = int((~called & ~truth).sum()) / n_neg if n_neg else math.nan
+    slices = confusion_matrix((pred_area > min_area).unsqueeze(0), (target_area > 0).unsqueeze(0))
+    sens = float(_monai_metric("sensitivity", slices))
+    spec = float(_monai_metric("specificity", slices))
     return sens, spec
 
 
@@ -228,7 +248,7 @@ class ProtocolAccumulator:
     """Collect per-slice sums over batches and compute every protocol of `PROTOCOLS`.
 
     `update` keeps, per slice and on the batch's device without synchronising, the soft sums
-    (Σpt, Σp, Σt) of the probabilities and the int64 (tp, fp, fn) of the masks thresholded at
+    (Σpt, Σp, Σt) of the probabilities and the confusion matrix of the masks thresholded at
     `threshold`; `compute` concatenates once. The paper protocol is the unweighted mean over the
     batches given to `update` of each batch's soft value, as Keras reports a metric that returns
     one scalar per batch: it depends on how the set was batched.
@@ -251,12 +271,11 @@ class ProtocolAccumulator:
         """Add one batch: sigmoid probabilities (B, ...) and boolean ground truth (B, ...)."""
         prob, target = prob.detach(), target.detach()
         self._sums.append(soft_sums(prob, target))
-        tp, fp, fn = confusion_counts(prob > self.threshold, target)
-        self._counts.append(torch.stack([tp, fp, fn], dim=1))
+        self._counts.append(confusion_matrix(prob > self.threshold, target))
         self.batch_sizes.append(int(prob.shape[0]))
 
     def _gather(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3) int64 (tp, fp, fn) and (N, 3) float64 soft sums, on the CPU, in update order."""
+        """(N, 4) int64 (tp, fp, tn, fn) and (N, 3) float64 soft sums, on the CPU, in order."""
         if not self._counts:
             raise IchsegError("ProtocolAccumulator: compute() or per_sample() before any update()")
         return torch.cat([c.cpu() for c in self._counts]), torch.cat([s.cpu() for s in self._sums])
@@ -265,7 +284,7 @@ class ProtocolAccumulator:
         """Per-slice int64 tp, fp, fn, pred_area, target_area and float64 soft_dice (smooth
         100), in update order."""
         counts, sums = self._gather()
-        tp, fp, fn = counts.numpy().T
+        tp, fp, _, fn = counts.numpy().T
         inter, p, t = sums.numpy().T
         dice = (2 * inter + PAPER_SMOOTH) / (p + t + PAPER_SMOOTH)
         return {
@@ -284,27 +303,19 @@ class ProtocolAccumulator:
         protocol over the batches Keras' `validation_steps = n // batch_size` would have drawn.
         """
         counts, sums = self._gather()
-        tp, fp, fn = counts.unbind(1)
-        batches = list(torch.arange(len(sums)).split(self.batch_sizes))
-        dice_paper, iou_paper = batch_mean(sums, batches)
-        singles = list(torch.arange(len(sums)).split(1))
-        dice_image, iou_image = batch_mean(sums, singles)
-        sens, spec = detection_rates(tp + fp, tp + fn, self.min_area)
-        out = {"dice_paper": dice_paper, "iou_paper": iou_paper}
+        tp, fp, _, fn = counts.unbind(1)
+        rows = torch.arange(len(sums))
+        scores = {"paper": batch_mean(sums, list(rows.split(self.batch_sizes)))}
         if keras_validation is not None:
             batch_size, generator = keras_validation
             drawn = keras_validation_batches(len(sums), batch_size, generator)
-            out["dice_onebatch"], out["iou_onebatch"] = batch_mean(sums, drawn)
-        out.update(
-            {
-                "dice_perimage": dice_image,
-                "iou_perimage": iou_image,
-                "dice_lesion": lesion_dice(tp, fp, fn),
-                "iou_lesion": lesion_iou(tp, fp, fn),
-                "dice_pooled": pooled_dice(tp, fp, fn),
-                "iou_pooled": pooled_iou(tp, fp, fn),
-                "sensitivity_detection": sens,
-                "specificity_detection": spec,
-            }
-        )
-        return out
+            scores["onebatch"] = batch_mean(sums, drawn)
+        scores["perimage"] = batch_mean(sums, list(rows.split(1)))
+        scores["lesion"] = lesion_dice(counts), lesion_iou(counts)
+        scores["pooled"] = pooled_dice(counts), pooled_iou(counts)
+        scores["detection"] = detection_rates(tp + fp, tp + fn, self.min_area)
+        return {
+            key: value
+            for name, values in scores.items()
+            for key, value in zip(PROTOCOLS[name].keys, values, strict=True)
+        }

@@ -73,7 +73,7 @@ def finished_sweep(tiny_sweeps) -> Path:
 # the `record_behaviour` fixture. `pytest -m reliability --reliability-table docs/reliability.md`
 # writes every recorded row as a Markdown table, so the table says what the tests observed.
 
-# The cases, by section and in its order: a case no test recorded shows as a gap.
+# The cases, by section and in order: a case no test recorded shows as a gap.
 RELIABILITY_CASES = {
     "Bad input": (
         "truncated NIfTI",

@@ -1,15 +1,11 @@
-"""soft_dice_loss against numpy and MONAI, gradients on empty targets, perfect predictions.
-
-MONAI 1.6 `DiceLoss` computes 1 − (2·tp + smooth_nr)/(Σp + Σt + smooth_dr), so the Keras
-smoothing `s` on both sides is `smooth_nr = smooth_dr = s`.
-"""
+"""soft_dice_loss (MONAI's DiceLoss) against the Keras formula in numpy, under autocast, on
+empty targets (values and gradients) and on perfect predictions."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from monai.losses import DiceLoss
 
 from ichseg.errors import IchsegError
 from ichseg.training.losses import soft_dice_loss
@@ -35,14 +31,34 @@ def numpy_loss(logits, target, smooth, per_sample):
 
 
 @pytest.mark.parametrize("per_sample", [False, True])
-@pytest.mark.parametrize("smooth", [1.0, 1e-3])
-def test_against_numpy_and_monai(per_sample, smooth):
+@pytest.mark.parametrize("smooth", [100.0, 1.0, 1e-3])
+def test_against_numpy(per_sample, smooth):
     logits, target = sample()
     got = soft_dice_loss(logits, target, smooth=smooth, per_sample=per_sample)
     assert got.ndim == 0 and got.dtype == torch.float32
-    assert got.item() == pytest.approx(numpy_loss(logits, target, smooth, per_sample), rel=1e-5)
-    monai = DiceLoss(sigmoid=True, smooth_nr=smooth, smooth_dr=smooth, batch=not per_sample)
-    torch.testing.assert_close(got, monai(logits, target), rtol=1e-5, atol=1e-6)
+    assert got.item() == pytest.approx(numpy_loss(logits, target, smooth, per_sample), rel=1e-6)
+    # Every other dim is one channel: (B, H, W) scores as (B, 1, H, W).
+    flat = soft_dice_loss(logits[:, 0], target[:, 0], smooth=smooth, per_sample=per_sample)
+    assert flat.item() == pytest.approx(got.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_empty_batch_against_numpy(per_sample):
+    logits, _ = sample(seed=2)
+    empty = torch.zeros_like(logits)
+    got = soft_dice_loss(logits, empty, per_sample=per_sample).item()
+    # 1 − 100/(Σp + 100): only the predicted foreground costs.
+    assert got == pytest.approx(numpy_loss(logits, empty, 100.0, per_sample), rel=1e-6)
+    assert 0 < got < 1
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_fp32_under_autocast(per_sample):
+    logits, target = sample(seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = soft_dice_loss(logits, target, per_sample=per_sample)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(numpy_loss(logits, target, 100.0, per_sample), rel=1e-6)
 
 
 def test_batch_and_per_sample_differ():

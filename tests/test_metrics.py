@@ -1,9 +1,9 @@
-"""Metric protocols cross-checked against MONAI, scikit-learn and direct numpy formulas.
+"""Metric protocols cross-checked against scikit-learn and direct numpy formulas.
 
-MONAI's behaviour on empty ground truth (checked on monai 1.6): `DiceMetric` and `MeanIoU` with
-`ignore_empty=True` return NaN for a sample whose ground truth is empty, whatever the
-prediction; with `ignore_empty=False` they return 1 when the prediction is empty too, else 0.
-The lesion protocol is therefore the nanmean of MONAI's `ignore_empty=True` per-sample values.
+The hard protocols call MONAI's confusion-matrix functions and the paper protocol is ichseg's
+own, so each is checked against a computation that shares no code with it: numpy transcriptions
+of the formulas and of the authors' Keras metrics, scikit-learn, and MONAI's `DiceLoss` for the
+paper protocol.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from monai.metrics import DiceMetric, MeanIoU
-from sklearn.metrics import confusion_matrix, f1_score, jaccard_score, recall_score
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+from sklearn.metrics import f1_score, jaccard_score, recall_score
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import (
     PROTOCOL_KEYS,
     PROTOCOLS,
     ProtocolAccumulator,
-    confusion_counts,
+    confusion_matrix,
     detection_rates,
     lesion_dice,
     lesion_iou,
@@ -53,48 +53,60 @@ def random_masks(n: int, seed: int, size: int = 12) -> tuple[torch.Tensor, torch
 PRED, TARGET = random_masks(24, seed=7)
 
 
-def test_confusion_counts_against_numpy():
-    tp, fp, fn = confusion_counts(PRED, TARGET)
+def test_confusion_matrix_against_numpy():
+    counts = confusion_matrix(PRED, TARGET)
     p = PRED.numpy().reshape(len(PRED), -1)
     t = TARGET.numpy().reshape(len(TARGET), -1)
-    assert tp.dtype == fp.dtype == fn.dtype == torch.int64
-    np.testing.assert_array_equal(tp.numpy(), (p & t).sum(1))
-    np.testing.assert_array_equal(fp.numpy(), (p & ~t).sum(1))
-    np.testing.assert_array_equal(fn.numpy(), (~p & t).sum(1))
+    assert counts.dtype == torch.int64 and counts.shape == (len(PRED), 4)
+    want = np.stack([(p & t).sum(1), (p & ~t).sum(1), (~p & ~t).sum(1), (~p & t).sum(1)], 1)
+    np.testing.assert_array_equal(counts.numpy(), want)
     channels_last = PRED.float().to(memory_format=torch.channels_last) > 0
-    assert torch.equal(confusion_counts(channels_last, TARGET)[0], tp)
+    assert torch.equal(confusion_matrix(channels_last, TARGET), counts)
+    # One dim: every element is a sample of one pixel.
+    flat = confusion_matrix(PRED.flatten(), TARGET.flatten())
+    assert torch.equal(flat.sum(0), counts.sum(0)) and flat.shape == (PRED.numel(), 4)
 
 
-def test_lesion_matches_monai_ignore_empty():
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
-    iou = MeanIoU(include_background=True, reduction="none", ignore_empty=True)
-    m_dice = dice(PRED.float(), TARGET.float()).flatten().numpy()
-    m_iou = iou(PRED.float(), TARGET.float()).flatten().numpy()
-    has_gt = TARGET.flatten(1).any(1).numpy()
-    # MONAI: NaN exactly where the ground truth is empty, whatever was predicted.
-    np.testing.assert_array_equal(np.isnan(m_dice), ~has_gt)
-    np.testing.assert_array_equal(np.isnan(m_iou), ~has_gt)
-    assert m_dice[1] == 0.0  # empty prediction on a lesion scores 0
-    tp, fp, fn = confusion_counts(PRED, TARGET)
-    assert lesion_dice(tp, fp, fn) == pytest.approx(np.nanmean(m_dice), abs=1e-6)
-    assert lesion_iou(tp, fp, fn) == pytest.approx(np.nanmean(m_iou), abs=1e-6)
+def numpy_lesion(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Mean per-slice Dice and IoU over slices with ground truth, slice by slice in numpy."""
+    dice, iou = [], []
+    for p, t in zip(pred.astype(bool), target.astype(bool), strict=True):
+        if t.any():
+            inter, union = np.sum(p & t), np.sum(p | t)
+            dice.append(2 * inter / (p.sum() + t.sum()))
+            iou.append(inter / union)
+    return float(np.mean(dice)), float(np.mean(iou))
+
+
+def test_lesion_against_numpy():
+    counts = confusion_matrix(PRED, TARGET)
+    want_dice, want_iou = numpy_lesion(PRED.numpy(), TARGET.numpy())
+    assert lesion_dice(counts) == pytest.approx(want_dice, rel=1e-12)
+    assert lesion_iou(counts) == pytest.approx(want_iou, rel=1e-12)
+    # Slices without ground truth are left out, whatever was predicted on them (slice 0).
+    assert lesion_dice(counts[1:]) == pytest.approx(lesion_dice(counts), rel=1e-12)
+    # An empty prediction on a lesion (slice 1) scores 0 and counts.
+    assert lesion_dice(counts[1:2]) == 0.0
+    assert math.isnan(lesion_dice(counts[[0, 2]])) and math.isnan(lesion_iou(counts[[0, 2]]))
 
 
 def test_pooled_matches_sklearn():
     y_true = TARGET.numpy().ravel()
     y_pred = PRED.numpy().ravel()
-    tp, fp, fn = confusion_counts(PRED, TARGET)
-    assert pooled_dice(tp, fp, fn) == pytest.approx(f1_score(y_true, y_pred), abs=1e-12)
-    assert pooled_iou(tp, fp, fn) == pytest.approx(jaccard_score(y_true, y_pred), abs=1e-12)
+    counts = confusion_matrix(PRED, TARGET)
+    assert pooled_dice(counts) == pytest.approx(f1_score(y_true, y_pred), abs=1e-12)
+    assert pooled_iou(counts) == pytest.approx(jaccard_score(y_true, y_pred), abs=1e-12)
+    both_empty = confusion_matrix(PRED[2:3], TARGET[2:3])
+    assert math.isnan(pooled_dice(both_empty)) and math.isnan(pooled_iou(both_empty))
 
 
 @pytest.mark.parametrize("min_area", [0, 3])
 def test_detection_matches_sklearn(min_area):
-    tp, fp, fn = confusion_counts(PRED, TARGET)
+    tp, fp, _, fn = confusion_matrix(PRED, TARGET).unbind(1)
     pred_area, target_area = tp + fp, tp + fn
     truth = (target_area > 0).numpy().astype(int)
     called = (pred_area > min_area).numpy().astype(int)
-    tn_, fp_, fn_, tp_ = confusion_matrix(truth, called, labels=[0, 1]).ravel()
+    tn_, fp_, fn_, tp_ = sk_confusion_matrix(truth, called, labels=[0, 1]).ravel()
     sens, spec = detection_rates(pred_area, target_area, min_area)
     assert sens == pytest.approx(recall_score(truth, called, pos_label=1))
     assert spec == pytest.approx(recall_score(truth, called, pos_label=0))
@@ -204,13 +216,14 @@ def test_accumulator_hard_protocols_over_uneven_batches():
         acc.update(p, t)
     got = acc.compute()
     assert tuple(got) == stage_keys("test") and all(isinstance(v, float) for v in got.values())
-    tp, fp, fn = confusion_counts(PRED, TARGET)
+    counts = confusion_matrix(PRED, TARGET)
+    tp, fp, _, fn = counts.unbind(1)
     sens, spec = detection_rates(tp + fp, tp + fn, min_area=1)
     want = {
-        "dice_lesion": lesion_dice(tp, fp, fn),
-        "iou_lesion": lesion_iou(tp, fp, fn),
-        "dice_pooled": pooled_dice(tp, fp, fn),
-        "iou_pooled": pooled_iou(tp, fp, fn),
+        "dice_lesion": lesion_dice(counts),
+        "iou_lesion": lesion_iou(counts),
+        "dice_pooled": pooled_dice(counts),
+        "iou_pooled": pooled_iou(counts),
         "sensitivity_detection": sens,
         "specificity_detection": spec,
     }
@@ -228,7 +241,23 @@ def test_accumulator_hard_protocols_over_uneven_batches():
 
 
 def test_protocol_registry():
+    # The one place the record keys are spelled out: records, W&B and reports depend on them.
+    assert PROTOCOL_KEYS == (
+        "dice_paper",
+        "iou_paper",
+        "dice_onebatch",
+        "iou_onebatch",
+        "dice_perimage",
+        "iou_perimage",
+        "dice_lesion",
+        "iou_lesion",
+        "dice_pooled",
+        "iou_pooled",
+        "sensitivity_detection",
+        "specificity_detection",
+    )
     assert tuple(k for p in PROTOCOLS.values() for k in p.keys) == PROTOCOL_KEYS
+    assert set(stage_keys("train")) == set(PROTOCOL_KEYS) - {"dice_onebatch", "iou_onebatch"}
     assert all(p.description for p in PROTOCOLS.values())
     assert "dice_onebatch" in stage_keys("val") and "dice_onebatch" not in stage_keys("train")
     assert all(key.endswith("_" + name) for name, p in PROTOCOLS.items() for key in p.keys)
@@ -236,6 +265,12 @@ def test_protocol_registry():
 
 def test_bad_inputs_raise():
     with pytest.raises(IchsegError, match="boolean"):
-        confusion_counts(PRED.float(), TARGET)
+        confusion_matrix(PRED.float(), TARGET)
     with pytest.raises(IchsegError, match="one shape"):
-        confusion_counts(PRED[:2], TARGET[:3])
+        confusion_matrix(PRED[:2], TARGET[:3])
+    with pytest.raises(IchsegError, match="at least one sample"):
+        confusion_matrix(PRED[:0], TARGET[:0])
+    # MONAI counts in float32: past 2**24 pixels a sample's counts would not be exact.
+    big = torch.zeros(1, 2**24 + 1, dtype=torch.bool)
+    with pytest.raises(IchsegError, match=r"2\*\*24 pixels"):
+        confusion_matrix(big, big)

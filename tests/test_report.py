@@ -15,31 +15,19 @@ from matplotlib.image import imread
 from scipy import stats
 
 from ichseg.errors import IchsegError
-from ichseg.metrics import METRICS_VERSION
+from ichseg.metrics import METRICS_VERSION, PROTOCOLS
 from ichseg.report.build import build_report
 from ichseg.report.collect import collect_sweep, latest_sweep
 from ichseg.report.heldout_slices import SliceExample, SliceResult
 from ichseg.report.selection import select
 from ichseg.report.table import CSV_COLUMNS, table_rows
+from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
 from ichseg.training.records import read_records, upsert_history, upsert_record, write_job
 
-KEYS = (
-    "iou_paper",
-    "dice_paper",
-    "iou_onebatch",
-    "dice_onebatch",
-    "iou_lesion",
-    "dice_lesion",
-    "iou_pooled",
-    "dice_pooled",
-)
-DETECTION = ("sensitivity_detection", "specificity_detection")
-PROTOCOL_KEYS = {
-    "paper": ("iou_paper", "dice_paper"),
-    "onebatch": ("iou_onebatch", "dice_onebatch"),
-    "lesion": ("iou_lesion", "dice_lesion"),
-    "pooled": ("iou_pooled", "dice_pooled"),
-}
+# (IoU key, Dice key) of each Table 1 protocol, from the metric registry.
+PROTOCOL_KEYS = {name: PROTOCOLS[name].keys[::-1] for name in TABLE_PROTOCOLS}
+KEYS = tuple(key for keys in PROTOCOL_KEYS.values() for key in keys)
+DETECTION = PROTOCOLS["detection"].keys
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -431,7 +419,7 @@ def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
 
     from ichseg.data.datamodule import ICHDataModule
     from ichseg.inference.checkpoint import write_checkpoint
-    from ichseg.metrics import confusion_counts, lesion_dice
+    from ichseg.metrics import confusion_matrix, lesion_dice
     from ichseg.report.heldout_slices import evaluate_slices
     from ichseg.training.module import SegmentationModule
 
@@ -484,7 +472,7 @@ def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
         batches = [slice(i, i + 8) for i in range(0, len(p_np), 8)]
         expected_paper = np.mean([keras_dice(p_np[b], t_np[b]) for b in batches])
         expected_image = np.mean([keras_dice(p, t) for p, t in zip(p_np, t_np, strict=True)])
-        expected_lesion = lesion_dice(*confusion_counts(pred, target))
+        expected_lesion = lesion_dice(confusion_matrix(pred, target))
         assert result.overall["dice_paper"] == pytest.approx(expected_paper, rel=1e-5)
         assert result.overall["dice_perimage"] == pytest.approx(expected_image, rel=1e-5)
         assert result.overall["dice_lesion"] == pytest.approx(expected_lesion)

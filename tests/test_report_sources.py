@@ -16,17 +16,15 @@ import numpy as np
 import pytest
 
 from ichseg.errors import IchsegError
+from ichseg.metrics import PROTOCOLS
 from ichseg.report.build import build_report
 from ichseg.report.collect import collect_sweep
+from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
 from ichseg.report.wandb_offline import BLOCK, RUN_FILES, collect_wandb_offline, read_log
 from ichseg.training.records import read_history, read_records
 
-DICE_KEYS = {
-    "paper": "dice_paper",
-    "onebatch": "dice_onebatch",
-    "lesion": "dice_lesion",
-    "pooled": "dice_pooled",
-}
+# The Dice key of each Table 1 protocol, from the metric registry.
+DICE_KEYS = {name: PROTOCOLS[name].keys[0] for name in TABLE_PROTOCOLS}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

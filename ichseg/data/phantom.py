@@ -1,12 +1,13 @@
 """A synthetic CT-ICH release: head-CT-like volumes with painted bleeds, in the real layout.
 
-The project's built-in data. The label table follows the real release's statistics
-(DATASET.md): 75 patients 49-130 without 59-65, 31-58 slices each, about half the patients with
-bleeds spanning runs of slices, the five subtypes in the real mix. Each slice is drawn upright
-(anterior up) in Hounsfield units — air, scalp, an elliptical skull, brain with smooth texture,
-ventricles — and stored rotated so that `np.rot90(slice, k=1)` shows it upright, as loaders of the
-real data do. The mask is exactly the painted bleed, so every hemorrhage slice has a non-empty
-mask and every clean slice an empty one. Same seed, same bytes.
+The project's built-in data. The label table follows the statistics of the real release
+(PhysioNet CT-ICH 1.3.1, Hssayeni et al. 2020, doi:10.13026/4nae-zg36, its
+hemorrhage_diagnosis_raw_ct.csv): 75 patients 49-130 without 59-65, 31-58 slices each, about half
+the patients with bleeds spanning runs of slices, the five subtypes in the real mix. Each slice
+is drawn upright (anterior up) in Hounsfield units — air, scalp, an elliptical skull, brain with
+smooth texture, ventricles — and stored rotated so that `np.rot90(slice, k=1)` shows it upright,
+as loaders of the real data do. The mask is exactly the painted bleed, so every hemorrhage slice
+has a non-empty mask and every clean slice an empty one. Same seed, same bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ SLICE_MM = 5.0
 PARAMS_NAME = "phantom.json"
 
 IVH, IPH, SAH, EDH, SDH = range(5)  # indices into SUBTYPES
-# Real release (DATASET.md): 36 of 75 patients bleed; patients and slices per subtype.
+# Real release (its hemorrhage_diagnosis_raw_ct.csv): 36 of 75 patients bleed; patients and
+# slices per subtype.
 _ICH_PATIENTS, _RELEASED_PATIENTS = 36, 75
 _SUBTYPE_PATIENTS = (5, 16, 7, 21, 4)
 _SUBTYPE_SLICES = (24, 73, 18, 173, 56)

@@ -10,7 +10,8 @@ balanced set's) and compared with the release's mask:
   positive when the mask has any voxel; sensitivity TP / (TP + FN), specificity TN / (TN + FP),
   NaN when there is no patient of that class.
 Only a `patient` split makes this meaningful: with a `slice` split the test patients' other
-slices sit in the training folds.
+slices sit in the training folds. The counts are numpy's, not MONAI's: MONAI counts in float32,
+exact only below 2**24 voxels, and a whole scan can hold more.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ from ichseg.report.table import (
 __all__ = ["TestEval", "build_report", "latest_sweep"]
 
 TestEval = Callable[[Sweep, Selection], Sequence[SliceResult]]
-# Published validation numbers (DATASET.md): source, protocol, split, architecture, IoU, Dice, test.
+# Published validation numbers (the D-Unet paper; Hssayeni et al. 2020, doi:10.3390/data5010014):
+# source, protocol, split, architecture, IoU, Dice, test.
 # A folder holding all three is a report ichseg wrote, which a new report may replace.
 REPORT_FILES = ("report.md", "summary.json", "table1.csv")
 PUBLISHED = (

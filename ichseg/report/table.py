@@ -57,7 +57,7 @@ PROTOCOLS: dict[str, Protocol] = {
         _table_protocol("pooled"),
     )
 }
-DETECTION_KEYS = ("sensitivity_detection", "specificity_detection")
+DETECTION_KEYS = METRIC_PROTOCOLS["detection"].keys
 DETECTION_DESCRIPTION = f"detection: {METRIC_PROTOCOLS['detection'].description}"
 TRAIN_MEANING = (
     "Train = the running metric over each epoch's augmented training batches (model in training "

@@ -10,12 +10,14 @@ import torch
 
 from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import PREPROCESS_KEY, RNG_KEY, Preprocess
-from ichseg.metrics import ProtocolAccumulator
+from ichseg.metrics import PROTOCOLS, ProtocolAccumulator
 from ichseg.models.unet import UNet
 from ichseg.training.losses import soft_dice_loss
 from ichseg.training.optim import build_optimizer, inverse_time_decay
 
 STAGES = ("train", "val")
+# The progress bar shows the validation Dice of the paper and lesion protocols.
+PROGRESS_BAR = tuple(f"val/{PROTOCOLS[name].keys[0]}" for name in ("paper", "lesion"))
 
 
 class SegmentationModule(pl.LightningModule):
@@ -127,7 +129,7 @@ class SegmentationModule(pl.LightningModule):
             for key, value in values.items()
             if not math.isnan(value)
         }
-        shown = {k: v for k, v in logged.items() if k in ("val/dice_paper", "val/dice_lesion")}
+        shown = {k: v for k, v in logged.items() if k in PROGRESS_BAR}
         self.log_dict(shown, prog_bar=True)
         self.log_dict({k: v for k, v in logged.items() if k not in shown})
 
