@@ -30,7 +30,8 @@ from ichseg.data.prepare import read_cache_json
 from ichseg.data.release import Release
 from ichseg.data.splits import SPLIT_KEY
 from ichseg.errors import IchsegError
-from ichseg.predict import Ensemble, Member, pick_device, prepare_outdir, progress_bar
+from ichseg.predict import Ensemble, Member, prepare_outdir, progress_bar
+from ichseg.runtime import pick_device
 
 CSV_COLUMNS = (
     "patient",

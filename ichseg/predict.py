@@ -48,6 +48,7 @@ from ichseg.data.transforms import (
 )
 from ichseg.errors import IchsegError
 from ichseg.models.unet import UNet, batch_norm_mode
+from ichseg.runtime import inference_precision, pick_device
 
 # Written by `SegmentationModule.on_save_checkpoint`: {"size", "level", "width"}.
 PREPROCESS_KEY = "ichseg_preprocess"
@@ -56,7 +57,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 CONNECTIVITY = 26
 STRUCTURE = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
 MASK_SUFFIX = "_mask.nii.gz"
-PRECISIONS = ("auto", "fp32", "bf16")
 
 # What torch.load raises on a file that is not a (complete) PyTorch checkpoint.
 _TORCH_LOAD_ERRORS = (
@@ -228,23 +228,6 @@ def fuse_batch_norm(net: nn.Module) -> nn.Module:
     return net
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto`: bf16 where the hardware computes it natively (CUDA bf16, CPU AMX/AVX512-BF16)."""
-    if name not in PRECISIONS:
-        raise IchsegError(f"--precision: expected one of {', '.join(PRECISIONS)}, found {name!r}")
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        # Private probes of torch.cpu; without them (or without the instructions) bf16 would be
-        # emulated, slower than fp32.
-        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        native = any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-        return "bf16" if native else "fp32"
-    return "fp32"
-
-
 def _fingerprint(member: Member) -> dict[str, object]:
     """What an ensemble's members must share to be averaged."""
     return {
@@ -285,7 +268,7 @@ class Ensemble:
                 f"checkpoint {first.path}: size {first.preprocess.size} is not divisible by "
                 f"{divisor}, which its {len(first.filters)}-level network needs"
             )
-        self.precision = resolve_precision(precision, device)
+        self.precision = inference_precision(precision, device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         for member in members:
             member.net.to(self.dtype)
@@ -306,7 +289,7 @@ class Ensemble:
         precision: str = "fp32",
     ) -> Ensemble:
         """Load every checkpoint and check they can be averaged."""
-        resolve_precision(precision, device)  # a typo fails before minutes of loading
+        inference_precision(precision, device)  # a typo fails before minutes of loading
         members = [load_member(p, device) for p in paths]
         return cls(members, device, flip, batch_size, precision)
 
@@ -538,19 +521,6 @@ def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
     if not scans:
         raise IchsegError("predict: expected at least one scan (.nii or .nii.gz), found none")
     return checkpoints, scans
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """`name`, or the GPU when one is present, else the CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise IchsegError(f"--device {name}: {_first_line(err)}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise IchsegError(f"--device {name}: expected a CUDA GPU, found none")
-    return device
 
 
 @contextlib.contextmanager

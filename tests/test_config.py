@@ -10,12 +10,8 @@ from omegaconf import OmegaConf
 
 from ichseg.config import register_resolvers, scale_filters
 from ichseg.errors import IchsegError
-from ichseg.training.task import (
-    apply_torch_settings,
-    config_hash,
-    resolve_precision,
-    set_float32_precision,
-)
+from ichseg.runtime import apply_torch_settings, set_float32_precision, training_precision
+from ichseg.training.task import config_hash
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -176,5 +172,5 @@ def test_fast_path_defaults():
 def test_auto_precision_follows_the_jobs_accelerator(monkeypatch, gpu, accelerator, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: gpu)
-    assert resolve_precision("auto", accelerator) == expected
-    assert resolve_precision("16-mixed", accelerator) == "16-mixed"
+    assert training_precision("auto", accelerator) == expected
+    assert training_precision("16-mixed", accelerator) == "16-mixed"

@@ -28,6 +28,7 @@ from ichseg.report.collect import Job, Sweep
 from ichseg.report.heldout import TestExample, TestResult
 from ichseg.report.selection import Choice, Selection
 from ichseg.report.table import protocol
+from ichseg.runtime import pick_device
 from ichseg.training.module import SegmentationModule
 
 NO_HEMORRHAGE = "No hemorrhage"
@@ -37,7 +38,7 @@ def evaluate_test(
     sweep: Sweep, selection: Selection, n_examples: int = 6, device: str | None = None
 ) -> list[TestResult]:
     """Ensemble and best-fold test results for every architecture in `selection`."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(pick_device(device))
     modules: dict[str, ICHDataModule] = {}
     results = []
     for choice in selection.choices.values():

@@ -14,15 +14,16 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ichseg.atomic import atomic_write_text
+from ichseg.config import instantiate_checked
 from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.launch.placement import trainer_overrides
+from ichseg.runtime import apply_torch_settings, training_precision
 from ichseg.training.callbacks import (
     LAST_CHECKPOINT,
     CheckpointRecorder,
@@ -56,7 +57,6 @@ IGNORED_KEYS = (
     "data.resident",
     "model.module.compile",
 )
-FLOAT32_PRECISIONS = ("highest", "high", "medium")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -82,39 +82,6 @@ def _resolved(cfg: DictConfig, key: str) -> object:
     return value
 
 
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """'auto' means bf16 mixed precision when the job trains on a GPU that supports it, full fp32
-    elsewhere, including a CPU job on a machine that has a GPU (`trainer.accelerator=cpu`)."""
-    if precision != "auto":
-        return precision
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if on_gpu and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
-def set_float32_precision(precision: str) -> None:
-    """Internal precision of fp32 matmuls and cuDNN convolutions: "high" and "medium" allow TF32."""
-    if precision not in FLOAT32_PRECISIONS:
-        raise IchsegError(
-            f"float32_matmul_precision={precision!r}: expected one of "
-            f"{', '.join(FLOAT32_PRECISIONS)}"
-        )
-    torch.set_float32_matmul_precision(precision)
-    # The networks are convolutions, which that setting leaves alone: "highest" means fp32 here too.
-    torch.backends.cudnn.allow_tf32 = precision != "highest"
-
-
-def apply_torch_settings(cfg: DictConfig) -> None:
-    """The job's process-wide PyTorch settings: CPU threads, fp32 precision, subnormal flushing."""
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
-    set_float32_precision(cfg.float32_matmul_precision)
-    # Subnormal floats (|x| < 1.2e-38) take a slow path on x86 CPUs; a U-Net whose logits run
-    # towards -inf under Dice loss produces them and slowed down threefold in our measurement.
-    torch.set_flush_denormal(bool(cfg.flush_denormal))
-
-
 def sweep_group(cfg: DictConfig) -> str:
     """The W&B group of this job: the sweep folder's name, or 'single' outside a multirun."""
     hydra_cfg = HydraConfig.get()
@@ -138,16 +105,6 @@ def build_loggers(cfg: DictConfig, group: str) -> list:
             logger = instantiate(logger_cfg)
         loggers.append(logger)
     return loggers
-
-
-def instantiate_checked(node: DictConfig, **kwargs):
-    """`hydra.utils.instantiate`, re-raising a constructor's IchsegError as itself (one line)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, IchsegError):
-            raise exc.__cause__ from None
-        raise
 
 
 def finish_wandb() -> None:
@@ -304,7 +261,7 @@ def run_job(cfg: DictConfig) -> float | None:
                 EpochLine(f"{cfg.model.name}-fold{cfg.fold}"),
             ],
             logger=build_loggers(cfg, sweep_group(cfg)) or False,
-            precision=resolve_precision(cfg.precision, str(accelerator)),
+            precision=training_precision(cfg.precision, str(accelerator)),
             deterministic=cfg.deterministic,
             benchmark=not cfg.deterministic,
             default_root_dir=str(job_dir),
