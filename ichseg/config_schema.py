@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ichseg.errors import IchsegError
+from ichseg.runtime import FLOAT32_MATMUL_PRECISIONS
 
 # "auto" (ichseg's choice per device) and the precision strings Lightning accepts.
 PRECISIONS = (
@@ -38,7 +39,8 @@ PRECISIONS = (
 
 @dataclass(frozen=True)
 class Rule:
-    """What one key may hold: a type, bounds (`gt`/`ge`/`lt`/`le`), a set of choices, or null."""
+    """What one key may hold: a type, bounds (`gt`/`ge`/`lt`/`le`), a set of choices, or null;
+    `also` names values outside the bounds that mean something else (-1: no limit)."""
 
     kind: type
     gt: float | None = None
@@ -47,6 +49,7 @@ class Rule:
     le: float | None = None
     choices: tuple | None = None
     nullable: bool = False
+    also: tuple[tuple[object, str], ...] = ()
 
     def allowed(self) -> str:
         """The rule as a phrase: 'an integer >= 1', 'one of auto, 32-true', ..."""
@@ -63,12 +66,15 @@ class Rule:
             ]
             if bounds:
                 text += " " + " and ".join(bounds)
+        text += "".join(f" or {value} ({meaning})" for value, meaning in self.also)
         return text + (" (or null)" if self.nullable else "")
 
     def accepts(self, value: object) -> bool:
         """True when `value` has the rule's type and lies within its bounds or choices."""
         if value is None:
             return self.nullable
+        if any(value == v and type(value) is type(v) for v, _ in self.also):
+            return True
         if self.choices is not None:
             return value in self.choices
         if isinstance(value, bool) != (self.kind is bool):
@@ -100,11 +106,13 @@ SCHEMA: dict[str, Rule] = {
     "last_checkpoint_every_s": NON_NEGATIVE,
     "overlay_count": Rule(int, ge=0),
     "precision": Rule(str, choices=PRECISIONS),
-    "float32_matmul_precision": Rule(str, choices=("highest", "high", "medium")),
+    "float32_matmul_precision": Rule(str, choices=FLOAT32_MATMUL_PRECISIONS),
     "flush_denormal": BOOL,
     "deterministic": BOOL,
     "num_threads": Rule(int, ge=1, nullable=True),
+    # The job records a checkpoint at its last epoch: 0 records nothing, -1 never ends.
     "trainer.max_epochs": POSITIVE_INT,
+    "trainer.max_steps": Rule(int, ge=1, also=((-1, "no limit"),)),
     "data.size": Rule(int, ge=2),
     "data.window_level": Rule(float),
     "data.window_width": Rule(float, gt=0),

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from ichseg.config import register_resolvers, scale_filters
 from ichseg.errors import IchsegError
 from ichseg.runtime import apply_torch_settings, set_float32_precision, training_precision
-from ichseg.training.task import config_hash
+from ichseg.training.job_state import config_hash
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
