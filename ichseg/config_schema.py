@@ -110,6 +110,9 @@ SCHEMA: dict[str, Rule] = {
     "flush_denormal": BOOL,
     "deterministic": BOOL,
     "num_threads": Rule(int, ge=1, nullable=True),
+    "phantom.patients": POSITIVE_INT,
+    "phantom.size": Rule(int, ge=8),
+    "phantom.seed": INT,
     # The job records a checkpoint at its last epoch: 0 records nothing, -1 never ends.
     "trainer.max_epochs": POSITIVE_INT,
     "trainer.max_steps": Rule(int, ge=1, also=((-1, "no limit"),)),
@@ -123,9 +126,7 @@ SCHEMA: dict[str, Rule] = {
     "data.batch_size": POSITIVE_INT,
     "data.eval_batch_size": Rule(int, ge=1, nullable=True),
     "data.resident": BOOL,
-    "data.phantom.patients": POSITIVE_INT,
-    "data.phantom.size": Rule(int, ge=8),
-    "data.phantom.seed": INT,
+    "data.source.root": Rule(str),
     "data.augment.rotation_deg": NON_NEGATIVE,
     "data.augment.shift": NON_NEGATIVE,
     "data.augment.shear_deg": Rule(float, ge=0, lt=90),
@@ -155,10 +156,13 @@ def _lookup(cfg: DictConfig, key: str) -> tuple[bool, object]:
     """(present, value) of a dotted key, resolved; a key that cannot be resolved is an error."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    if not isinstance(node, DictConfig) or leaf not in node:
+    if not isinstance(node, DictConfig):
         return False, None
+    # Before the membership test, which is false for a mandatory value left unset (???).
     if OmegaConf.is_missing(node, leaf):
         raise IchsegError(f"{key} is required: {key}=VALUE")
+    if leaf not in node:
+        return False, None
     try:
         return True, node[leaf]
     except OmegaConfBaseException as exc:

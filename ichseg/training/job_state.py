@@ -39,9 +39,8 @@ RESULT_KEYS = (
 # Keys inside those parts that set where files live or only how fast a job runs: a job may
 # change them and still resume.
 IGNORED_KEYS = (
-    "data.root",
+    "data.source.root",
     "data.cache_root",
-    "data.phantom.root",
     "data.resident",
     "model.module.compile",
 )

@@ -19,12 +19,7 @@ from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.launch.placement import trainer_overrides
 from ichseg.runtime import apply_torch_settings, training_precision
-from ichseg.training.callbacks import (
-    CheckpointRecorder,
-    FiniteLossGuard,
-    SplitProvenance,
-)
-from ichseg.training.console import EpochLine, quiet_libraries
+from ichseg.training.console import quiet_libraries
 from ichseg.training.job_state import RecordedRun, config_clash, config_hash, resume_checkpoint
 from ichseg.training.provenance import code_version, hardware, package_versions, project_root
 from ichseg.training.records import read_job, read_records
@@ -34,8 +29,6 @@ log = logging.getLogger(__name__)
 
 def run_job(cfg: DictConfig) -> float | None:
     """Train `cfg.model` on `cfg.fold`, writing checkpoints, records and job state to its folder."""
-    if OmegaConf.is_missing(cfg.data, "root"):
-        raise IchsegError("data.root is required with data=physionet: data.root=/path/to/release")
     validate(cfg)
     job_dir = Path(cfg.paths.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -68,14 +61,7 @@ def train(cfg: DictConfig, job_dir: Path, started: float, resume: Path | None) -
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate_checked(cfg.data)
     module = instantiate_checked(cfg.model.module)
-    recorder = CheckpointRecorder(
-        job_dir,
-        model_name=cfg.model.name,
-        fold=cfg.fold,
-        every_n_epochs=cfg.checkpoint_every,
-        overlay_count=cfg.overlay_count,
-        last_every_s=cfg.last_checkpoint_every_s,
-    )
+    callbacks = [instantiate_checked(node) for node in (cfg.get("callbacks") or {}).values()]
     state = {
         "model": cfg.model.name,
         "fold": cfg.fold,
@@ -94,13 +80,7 @@ def train(cfg: DictConfig, job_dir: Path, started: float, resume: Path | None) -
             accelerator = placement.get("accelerator", cfg.trainer.get("accelerator", "auto"))
             run.trainer = trainer = instantiate(
                 cfg.trainer,
-                # The guard first: a diverged epoch stops the job before the recorder writes it.
-                callbacks=[
-                    FiniteLossGuard(),
-                    SplitProvenance(),
-                    recorder,
-                    EpochLine(f"{cfg.model.name}-fold{cfg.fold}"),
-                ],
+                callbacks=callbacks,
                 logger=build_loggers(cfg, sweep_group(cfg)) or False,
                 precision=training_precision(cfg.precision, str(accelerator)),
                 deterministic=cfg.deterministic,
