@@ -1,8 +1,12 @@
-"""Hydra/OmegaConf glue: the custom resolvers the configs use."""
+"""Hydra/OmegaConf glue: the custom resolvers the configs use, and instantiating their nodes."""
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ichseg.errors import IchsegError
 
 
 def scale_filters(base: list[int], width: float) -> list[int]:
@@ -27,3 +31,13 @@ def register_resolvers() -> None:
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def instantiate_checked(node: DictConfig, **kwargs):
+    """`hydra.utils.instantiate`, re-raising a constructor's IchsegError as itself (one line)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, IchsegError):
+            raise exc.__cause__ from None
+        raise

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ichseg.errors import IchsegError
+from ichseg.runtime import FLOAT32_MATMUL_PRECISIONS
 
 # "auto" (ichseg's choice per device) and the precision strings Lightning accepts.
 PRECISIONS = (
@@ -38,7 +39,8 @@ PRECISIONS = (
 
 @dataclass(frozen=True)
 class Rule:
-    """What one key may hold: a type, bounds (`gt`/`ge`/`lt`/`le`), a set of choices, or null."""
+    """What one key may hold: a type, bounds (`gt`/`ge`/`lt`/`le`), a set of choices, or null;
+    `also` names values outside the bounds that mean something else (-1: no limit)."""
 
     kind: type
     gt: float | None = None
@@ -47,6 +49,7 @@ class Rule:
     le: float | None = None
     choices: tuple | None = None
     nullable: bool = False
+    also: tuple[tuple[object, str], ...] = ()
 
     def allowed(self) -> str:
         """The rule as a phrase: 'an integer >= 1', 'one of auto, 32-true', ..."""
@@ -63,12 +66,15 @@ class Rule:
             ]
             if bounds:
                 text += " " + " and ".join(bounds)
+        text += "".join(f" or {value} ({meaning})" for value, meaning in self.also)
         return text + (" (or null)" if self.nullable else "")
 
     def accepts(self, value: object) -> bool:
         """True when `value` has the rule's type and lies within its bounds or choices."""
         if value is None:
             return self.nullable
+        if any(value == v and type(value) is type(v) for v, _ in self.also):
+            return True
         if self.choices is not None:
             return value in self.choices
         if isinstance(value, bool) != (self.kind is bool):
@@ -100,11 +106,16 @@ SCHEMA: dict[str, Rule] = {
     "last_checkpoint_every_s": NON_NEGATIVE,
     "overlay_count": Rule(int, ge=0),
     "precision": Rule(str, choices=PRECISIONS),
-    "float32_matmul_precision": Rule(str, choices=("highest", "high", "medium")),
+    "float32_matmul_precision": Rule(str, choices=FLOAT32_MATMUL_PRECISIONS),
     "flush_denormal": BOOL,
     "deterministic": BOOL,
     "num_threads": Rule(int, ge=1, nullable=True),
+    "phantom.patients": POSITIVE_INT,
+    "phantom.size": Rule(int, ge=8),
+    "phantom.seed": INT,
+    # The job records a checkpoint at its last epoch: 0 records nothing, -1 never ends.
     "trainer.max_epochs": POSITIVE_INT,
+    "trainer.max_steps": Rule(int, ge=1, also=((-1, "no limit"),)),
     "data.size": Rule(int, ge=2),
     "data.window_level": Rule(float),
     "data.window_width": Rule(float, gt=0),
@@ -115,9 +126,7 @@ SCHEMA: dict[str, Rule] = {
     "data.batch_size": POSITIVE_INT,
     "data.eval_batch_size": Rule(int, ge=1, nullable=True),
     "data.resident": BOOL,
-    "data.phantom.patients": POSITIVE_INT,
-    "data.phantom.size": Rule(int, ge=8),
-    "data.phantom.seed": INT,
+    "data.source.root": Rule(str),
     "data.augment.rotation_deg": NON_NEGATIVE,
     "data.augment.shift": NON_NEGATIVE,
     "data.augment.shear_deg": Rule(float, ge=0, lt=90),
@@ -147,10 +156,13 @@ def _lookup(cfg: DictConfig, key: str) -> tuple[bool, object]:
     """(present, value) of a dotted key, resolved; a key that cannot be resolved is an error."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    if not isinstance(node, DictConfig) or leaf not in node:
+    if not isinstance(node, DictConfig):
         return False, None
+    # Before the membership test, which is false for a mandatory value left unset (???).
     if OmegaConf.is_missing(node, leaf):
         raise IchsegError(f"{key} is required: {key}=VALUE")
+    if leaf not in node:
+        return False, None
     try:
         return True, node[leaf]
     except OmegaConfBaseException as exc:

@@ -9,13 +9,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ichseg.config import register_resolvers, scale_filters
+from ichseg.data.augment import BatchAugment
+from ichseg.data.sources import Phantom
 from ichseg.errors import IchsegError
-from ichseg.training.task import (
-    apply_torch_settings,
-    config_hash,
-    resolve_precision,
-    set_float32_precision,
-)
+from ichseg.runtime import apply_torch_settings, set_float32_precision, training_precision
+from ichseg.training.callbacks import CheckpointRecorder, FiniteLossGuard, SplitProvenance
+from ichseg.training.console import EpochLine
+from ichseg.training.job_state import config_hash
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -57,6 +57,7 @@ def test_paper_experiment_follows_the_authors_code():
     assert m["lr_decay"] == pytest.approx(1e-4 / 1000)
     aug = OmegaConf.to_container(cfg.data.augment)
     assert aug == {
+        "_target_": "ichseg.data.augment.BatchAugment",
         "rotation_deg": 0.2,
         "shift": 0.05,
         "shear_deg": 0.05,
@@ -81,11 +82,31 @@ def test_scale_filters_rejects_nonpositive_width():
         scale_filters([64], 0)
 
 
-def test_physionet_config_needs_a_root_and_drops_the_phantom():
-    cfg = compose_train(["data=physionet", "data.root=/somewhere"])
-    assert cfg.data.phantom is None and cfg.data.root == "/somewhere"
-    assert cfg.data.source == "physionet"
-    assert OmegaConf.is_missing(compose_train(["data=physionet"]).data, "root")
+def test_physionet_config_needs_a_root_and_has_no_phantom_keys():
+    cfg = compose_train(["data=physionet", "data.source.root=/somewhere"])
+    assert OmegaConf.to_container(cfg.data.source) == {
+        "_target_": "ichseg.data.sources.PhysioNet",
+        "root": "/somewhere",
+    }
+    assert OmegaConf.is_missing(compose_train(["data=physionet"]).data.source, "root")
+    # Both sources share every other data setting.
+    phantom = compose_train([]).data
+    assert {k for k in phantom if k != "source"} == {k for k in cfg.data if k != "source"}
+
+
+def test_augmentation_is_an_object_and_null_turns_it_off(tmp_path):
+    root = [f"paths.root_dir={tmp_path}"]
+    dm = instantiate(compose_train(["experiment=tiny", *root]).data)
+    assert isinstance(dm.augmenter, BatchAugment)
+    assert (dm.augmenter.rotation_deg, dm.augmenter.hflip, dm.augmenter.fill) == (
+        0.2,
+        0.5,
+        "nearest",
+    )
+    assert (
+        instantiate(compose_train(["experiment=tiny", "data.augment=null", *root]).data).augmenter
+        is None
+    )
 
 
 def test_datamodule_and_module_instantiate_from_config(tmp_path):
@@ -93,7 +114,22 @@ def test_datamodule_and_module_instantiate_from_config(tmp_path):
     module = instantiate(cfg.model.module)
     assert module.hparams.filters == [4, 8, 16, 32, 64]
     dm = instantiate(cfg.data)
-    assert dm.fold == 0 and dm.phantom is not None
+    assert dm.fold == 0 and dm.source == Phantom(
+        root=f"{tmp_path}/data/phantom-p16-s64-seed0", patients=16, size=64, seed=0
+    )
+
+
+def test_callbacks_come_from_their_group_guard_first(tmp_path):
+    cfg = compose_train(["experiment=tiny", "model=unet"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths.output_dir = str(tmp_path)
+    callbacks = [instantiate(node) for node in cfg.callbacks.values()]
+    kinds = [type(c) for c in callbacks]
+    assert kinds == [FiniteLossGuard, SplitProvenance, CheckpointRecorder, EpochLine]
+    recorder = callbacks[2]
+    assert (recorder.job_dir, recorder.model_name, recorder.fold) == (tmp_path, "unet", 0)
+    assert (recorder.every_n_epochs, recorder.overlay_count) == (1, 2)
+    assert recorder.last_every_s == 300 and callbacks[3].name == "unet-fold0"
 
 
 def test_config_hash_ignores_paths_but_not_results():
@@ -160,7 +196,7 @@ def test_fast_path_defaults():
     cfg = compose_train(["model=unet"])
     assert cfg.float32_matmul_precision == "high"
     assert cfg.data.resident is True and cfg.model.module.compile is False
-    physionet = compose_train(["model=dunet", "data=physionet", "data.root=/somewhere"])
+    physionet = compose_train(["model=dunet", "data=physionet", "data.source.root=/somewhere"])
     assert physionet.data.resident is True and physionet.model.module.compile is False
 
 
@@ -176,5 +212,5 @@ def test_fast_path_defaults():
 def test_auto_precision_follows_the_jobs_accelerator(monkeypatch, gpu, accelerator, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: gpu)
-    assert resolve_precision("auto", accelerator) == expected
-    assert resolve_precision("16-mixed", accelerator) == "16-mixed"
+    assert training_precision("auto", accelerator) == expected
+    assert training_precision("16-mixed", accelerator) == "16-mixed"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import train
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from ichseg.config import register_resolvers
 from ichseg.config_schema import SCHEMA, validate
@@ -70,8 +71,6 @@ def test_every_shipped_experiment_passes_the_schema(experiment, model):
 
 def test_every_declared_key_exists_in_the_composed_config():
     cfg = compose_train(["experiment=tiny"])
-    from omegaconf import OmegaConf
-
     missing = [
         key for key in SCHEMA if OmegaConf.select(cfg, key, default="<absent>") == "<absent>"
     ]
@@ -93,13 +92,37 @@ def test_nan_learning_rate_is_refused():
 )
 @pytest.mark.parametrize("experiment", ["demo", "tiny", "paper"])
 def test_every_experiment_composes_with_a_real_release(experiment, record_behaviour):
-    cfg = compose_train([f"experiment={experiment}", "data=physionet", "data.root=/x"])
-    assert cfg.data.phantom is None and cfg.data.root == "/x" and cfg.data.source == "physionet"
+    cfg = compose_train([f"experiment={experiment}", "data=physionet", "data.source.root=/x"])
+    assert OmegaConf.to_container(cfg.data.source) == {
+        "_target_": "ichseg.data.sources.PhysioNet",
+        "root": "/x",
+    }
     validate(cfg)
-    phantom = compose_train([f"experiment={experiment}"]).data.phantom
+    phantom = compose_train([f"experiment={experiment}"]).data.source
     assert phantom.root.endswith(f"phantom-p{phantom.patients}-s{phantom.size}-seed0")
     record_behaviour(
-        f"composes: data.root=/x, data.phantom=null; the experiment's phantom size "
+        f"composes: data.source is PhysioNet(root=/x); the experiment's phantom size "
         f"({phantom.patients} patients, {phantom.size}²) applies only to data=phantom",
-        did=f"experiment={experiment} data=physionet data.root=/x",
+        did=f"experiment={experiment} data=physionet data.source.root=/x",
     )
+
+
+def test_a_real_release_needs_its_root():
+    with pytest.raises(IchsegError, match=r"^data\.source\.root is required: data\.source\.root="):
+        validate(compose_train(["data=physionet"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("phantom.patients=0", r"phantom\.patients=0 is not allowed: expected an integer >= 1"),
+        ("trainer.max_steps=0", r"trainer\.max_steps=0 is not allowed: .* or -1 \(no limit\)"),
+        ("trainer.max_steps=-2", r"trainer\.max_steps=-2 is not allowed"),
+    ],
+)
+def test_phantom_size_and_step_limit_are_checked(override, message):
+    with pytest.raises(IchsegError, match=message):
+        validate(compose_train([override]))
+    key = override.split("=")[0]
+    fine = {"phantom.patients": "phantom.patients=3", "trainer.max_steps": f"{key}=-1"}
+    validate(compose_train([fine[key]]))

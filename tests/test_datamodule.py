@@ -12,10 +12,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from ichseg.data.augment import BatchAugment
 from ichseg.data.datamodule import ICHDataModule, RowBatchSampler, _data_device
+from ichseg.data.sources import Phantom, PhysioNet
 from ichseg.errors import IchsegError
 
-FLIP_ONLY = {"rotation_deg": 0, "shift": 0, "shear_deg": 0, "zoom": 0, "hflip": 1.0}
+FLIP_ONLY = BatchAugment(rotation_deg=0, shift=0, shear_deg=0, zoom=0, hflip=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,8 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _dm(roots: dict[str, Path], fold: int = 0, **kwargs) -> ICHDataModule:
-    phantom = {"root": str(roots["phantom"]), "patients": 6, "size": 64, "seed": 0}
-    base = {"phantom": phantom, "cache_root": str(roots["cache"]), "size": 32, "batch_size": 8}
+    phantom = Phantom(root=str(roots["phantom"]), patients=6, size=64, seed=0)
+    base = {"source": phantom, "cache_root": str(roots["cache"]), "size": 32, "batch_size": 8}
     return ICHDataModule(fold=fold, **(base | kwargs))
 
 
@@ -59,35 +61,45 @@ def _cache_ids(cache_dir: Path) -> list[str]:
 )
 def test_bad_fold_fails_in_constructor(fold: object, message: str, tmp_path: Path) -> None:
     with pytest.raises(IchsegError, match=message):
-        ICHDataModule(fold=fold, root=str(tmp_path))
+        ICHDataModule(fold=fold, source=PhysioNet(str(tmp_path)))
 
 
 def test_fold_range_follows_n_folds(tmp_path: Path) -> None:
-    ICHDataModule(fold=4, root=str(tmp_path), n_folds=5)
+    ICHDataModule(fold=4, source=PhysioNet(str(tmp_path)), n_folds=5)
     with pytest.raises(IchsegError, match=r"expected an integer 0\.\.4"):
-        ICHDataModule(fold=5, root=str(tmp_path), n_folds=5)
+        ICHDataModule(fold=5, source=PhysioNet(str(tmp_path)), n_folds=5)
 
 
-def test_data_source_must_be_exactly_one(tmp_path: Path) -> None:
-    with pytest.raises(IchsegError, match=r"data\.root.*found neither"):
-        ICHDataModule(fold=0)
-    phantom = {"root": str(tmp_path), "patients": 6, "size": 64, "seed": 0}
-    with pytest.raises(IchsegError, match=r"data\.root.*found both"):
-        ICHDataModule(fold=0, root=str(tmp_path), phantom=phantom)
+@pytest.mark.parametrize("source", [None, "/data/ct-ich", {"root": "/data/ct-ich"}])
+def test_data_source_must_be_a_release_source(source: object) -> None:
+    with pytest.raises(IchsegError, match=r"^data\.source: expected a release source"):
+        ICHDataModule(fold=0, source=source)
 
 
-def test_bad_phantom_and_augment_blocks(tmp_path: Path) -> None:
-    with pytest.raises(IchsegError, match=r"data\.phantom.*missing \['seed'\]"):
-        ICHDataModule(fold=0, phantom={"root": str(tmp_path), "patients": 6, "size": 64})
-    with pytest.raises(IchsegError, match=r"data\.augment: unknown keys \['rotate'\]"):
-        ICHDataModule(fold=0, root=str(tmp_path), augment={"rotate": 5})
+def test_sources_give_their_release_folder(tmp_path: Path) -> None:
+    phantom = Phantom(root=str(tmp_path / "p"), patients=6, size=64, seed=0)
+    assert ICHDataModule(fold=0, source=phantom).release() == tmp_path / "p"
+    assert json.loads((tmp_path / "p" / "phantom.json").read_text()) == {
+        "patients": 6,
+        "size": 64,
+        "seed": 0,
+    }
+    assert PhysioNet(root=str(tmp_path / "p")).release() == tmp_path / "p"
+
+
+def test_bad_augment_and_batch_size(tmp_path: Path) -> None:
+    # The config's mapping form is instantiated by Hydra; a raw mapping is not an augmentation.
+    with pytest.raises(IchsegError, match=r"data\.augment: expected a BatchAugment or null"):
+        ICHDataModule(fold=0, source=PhysioNet(str(tmp_path)), augment={"hflip": 1.0})
     with pytest.raises(IchsegError, match=r"data\.batch_size=0"):
-        ICHDataModule(fold=0, root=str(tmp_path), batch_size=0)
+        ICHDataModule(fold=0, source=PhysioNet(str(tmp_path)), batch_size=0)
 
 
-@pytest.mark.parametrize("augment", [None, {}, {"enabled": False, "hflip": 1.0}])
-def test_augmentation_off(augment: dict | None, tmp_path: Path) -> None:
-    assert ICHDataModule(fold=0, root=str(tmp_path), augment=augment).augmenter is None
+def test_augmentation_off(tmp_path: Path) -> None:
+    assert ICHDataModule(fold=0, source=PhysioNet(str(tmp_path)), augment=None).augmenter is None
+    assert ICHDataModule(fold=0, source=PhysioNet(str(tmp_path))).augmenter is None
+    kept = ICHDataModule(fold=0, source=PhysioNet(str(tmp_path)), augment=FLIP_ONLY)
+    assert kept.augmenter is FLIP_ONLY
 
 
 def test_rows_match_splits_json(dm: ICHDataModule) -> None:
@@ -168,10 +180,10 @@ def test_augmentation_only_while_training(dm: ICHDataModule) -> None:
 
 
 def test_source_mismatch_is_reported(roots: dict[str, Path], dm: ICHDataModule) -> None:
-    module = _dm(roots, source="physionet")
-    with pytest.raises(IchsegError, match=r"data\.source='physionet'.*'phantom'"):
+    module = _dm(roots, source=PhysioNet(root=str(roots["phantom"])))
+    with pytest.raises(IchsegError, match=r"data\.source is physionet: .* is 'phantom'"):
         module.setup("fit")
-    _dm(roots, source="phantom").setup("fit")
+    _dm(roots).setup("fit")
 
 
 class _Recorder(pl.LightningModule):
@@ -267,4 +279,4 @@ def test_resident_data_moves_to_the_trainers_device_once(
 
 def test_resident_must_be_a_bool(tmp_path: Path) -> None:
     with pytest.raises(IchsegError, match=r"data\.resident='yes': expected true or false"):
-        ICHDataModule(fold=0, root=str(tmp_path), resident="yes")
+        ICHDataModule(fold=0, source=PhysioNet(str(tmp_path)), resident="yes")

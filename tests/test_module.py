@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import Preprocess, load_checkpoint, write_checkpoint
+from ichseg.training.job_state import check_resume_checkpoint
 from ichseg.training.module import SegmentationModule
-from ichseg.training.task import check_resume_checkpoint
 
 FILTERS = (4, 8)
 
@@ -80,3 +80,11 @@ def test_compiled_training_step_matches_eager() -> None:
     for name, grad in grads.items():
         assert ((c_grads[name] - grad).norm() / grad.norm()).item() < 1e-3, name
         torch.testing.assert_close(c_params[name], params[name], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5])
+def test_threshold_outside_zero_one_is_refused(threshold):
+    with pytest.raises(
+        IchsegError, match=rf"threshold: expected a probability in \(0, 1\), found {threshold}"
+    ):
+        SegmentationModule(filters=(4, 8), threshold=threshold)

@@ -418,6 +418,7 @@ def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
     torch = pytest.importorskip("torch")
 
     from ichseg.data.datamodule import ICHDataModule
+    from ichseg.data.sources import Phantom
     from ichseg.inference.checkpoint import write_checkpoint
     from ichseg.metrics import confusion_matrix, lesion_dice
     from ichseg.report.heldout_slices import evaluate_slices
@@ -425,12 +426,21 @@ def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
 
     data = {
         "_target_": "ichseg.data.datamodule.ICHDataModule",
-        "phantom": {"root": str(tmp_path / "phantom"), "patients": 6, "size": 64, "seed": 0},
+        "source": {
+            "_target_": "ichseg.data.sources.Phantom",
+            "root": str(tmp_path / "phantom"),
+            "patients": 6,
+            "size": 64,
+            "seed": 0,
+        },
         "cache_root": str(tmp_path / "cache"),
         "size": 32,
         "batch_size": 8,
     }
-    dm = ICHDataModule(fold=0, **{k: v for k, v in data.items() if k != "_target_"})
+    source = Phantom(root=str(tmp_path / "phantom"), patients=6, size=64, seed=0)
+    dm = ICHDataModule(
+        fold=0, source=source, cache_root=str(tmp_path / "cache"), size=32, batch_size=8
+    )
     dm.setup("test")
     sweep = make_sweep(
         tmp_path / "sweep",

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_patient_split_report_scores_whole_held_out_volumes(tmp_path, capsys):
     sweep = tmp_path / "experiments" / "patients"
     args = ["-m", "model=unet,dunet", "fold=0,1,2", "experiment=tiny", "data.split=patient"]
-    args += ["data.n_folds=3", "data.phantom.patients=24", "logger=none"]
+    args += ["data.n_folds=3", "phantom.patients=24", "logger=none"]
     args += [f"hydra.sweep.dir={sweep}"]
     result = train(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -73,7 +73,7 @@ def test_failed_jobs_end_the_sweep_with_one_line_naming_each(tmp_path):
             "7_1",
             UncompletedJobError("Job 7_1 (task: 0) has not produced any output"),
             state="CANCELLED by 0",
-            stderr="x\ntrain.py: error: data.root=/nope: not found\nsrun: error: task 0\n",
+            stderr="x\ntrain.py: error: data.source.root=/nope: not found\nsrun: error: task 0\n",
             tmp=tmp_path,
         ),
         FakeJob("7_2", job_return(JobStatus.FAILED, ValueError("bad lr\nmore")), tmp=tmp_path),
@@ -90,7 +90,7 @@ def test_failed_jobs_end_the_sweep_with_one_line_naming_each(tmp_path):
     assert "\n" not in message
     assert message.startswith(
         "3 of 4 SLURM jobs failed: job 7_1 (model=unet fold=1) ended CANCELLED by 0 with no "
-        f"result (data.root=/nope: not found), log {tmp_path / '7_1_0_log.err'}; "
+        f"result (data.source.root=/nope: not found), log {tmp_path / '7_1_0_log.err'}; "
         f"job 7_2 (model=dunet fold=0) ValueError: bad lr, log {tmp_path / '7_2_0_log.err'}; "
         "job 7_3 (model=dunet fold=1) submitit.core.utils.UncompletedJobError: Job not requeued "
         "because: timed-out too many times., log "

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from ichseg.config import register_resolvers
 from ichseg.errors import IchsegError
+from ichseg.runtime import pick_device, training_precision
 from ichseg.training.provenance import project_root
-from ichseg.training.task import resolve_precision
 
 
 def compose_job(experiment: str, model: str, overrides: list[str] | tuple = ()) -> DictConfig:
@@ -38,18 +38,14 @@ def compose_job(experiment: str, model: str, overrides: list[str] | tuple = ()) 
 
 def bench_device(name: str) -> torch.device:
     """'auto' (CUDA when present), 'cpu' or 'cuda'; one line when CUDA is asked for but absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise IchsegError("--device cuda: PyTorch sees no CUDA device on this machine")
-    if name not in ("cpu", "cuda"):
+    if name not in ("auto", "cpu", "cuda"):
         raise IchsegError(f"--device {name}: expected auto, cpu or cuda")
-    return torch.device(name)
+    return pick_device(name)
 
 
 def job_precision(cfg: DictConfig, device: torch.device) -> str:
     """The Lightning precision a job of `cfg` trains with on `device`."""
-    return resolve_precision(cfg.precision, device.type)
+    return training_precision(cfg.precision, device.type)
 
 
 def bench_trainer(

@@ -15,8 +15,8 @@ import torch
 from omegaconf import DictConfig
 
 from ichseg.bench.measure import peak_memory, summarize
+from ichseg.config import instantiate_checked
 from ichseg.data.prepare import prepare, read_cache_json
-from ichseg.training.task import instantiate_checked
 
 DUNET_FILTERS = (32, 64, 128, 256, 512)
 

@@ -29,12 +29,13 @@ from ichseg.bench.measure import (
     summarize,
     synchronize,
 )
+from ichseg.config import instantiate_checked
 from ichseg.data.datamodule import ICHDataModule
 from ichseg.errors import IchsegError
+from ichseg.runtime import apply_torch_settings
 from ichseg.training.callbacks import CheckpointRecorder
 from ichseg.training.losses import soft_dice_loss
 from ichseg.training.module import SegmentationModule
-from ichseg.training.task import apply_torch_settings, instantiate_checked
 
 
 def _datamodule(cfg: DictConfig, **overrides) -> ICHDataModule:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +23,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ichseg.data.augment import BatchAugment
-from ichseg.data.phantom import ensure_phantom
 from ichseg.data.prepare import PrepareConfig, PreparedData, load_prepared, prepare
+from ichseg.data.sources import ReleaseSource
 from ichseg.data.transforms import INTENSITIES, encode_intensity
 from ichseg.errors import IchsegError
-
-PHANTOM_KEYS = ("root", "patients", "size", "seed")
 
 
 def _stream_seed(*parts: int) -> int:
@@ -88,13 +86,16 @@ def _data_device(trainer: pl.Trainer | None) -> torch.device:
 
 
 class ICHDataModule(pl.LightningDataModule):
-    """One fold of the prepared balanced set: train/val from the fold, test from the hold-out."""
+    """One fold of the prepared balanced set: train/val from the fold, test from the hold-out.
+
+    `source` gives the release (`ichseg.data.sources`); `augment` transforms training batches on
+    their device (None: no augmentation).
+    """
 
     def __init__(
         self,
         fold: int,
-        root: str | None = None,
-        phantom: Mapping | None = None,
+        source: ReleaseSource,
         cache_root: str = "data/cache",
         size: int = 256,
         window_level: float = 40.0,
@@ -105,17 +106,19 @@ class ICHDataModule(pl.LightningDataModule):
         test_fraction: float = 0.1,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        augment: Mapping | None = None,
-        source: str | None = None,
+        augment: BatchAugment | None = None,
         resident: bool = True,
         intensity: str = "linear",
     ) -> None:
         super().__init__()
-        if (root is None) == (phantom is None):
-            found = "neither" if root is None else "both"
+        if not callable(getattr(source, "release", None)):
             raise IchsegError(
-                "data config: expected exactly one of data.root (a PhysioNet CT-ICH release "
-                f"folder, e.g. data=physionet data.root=PATH) or data.phantom, found {found}"
+                "data.source: expected a release source (e.g. ichseg.data.sources.PhysioNet), "
+                f"found {type(source).__name__}"
+            )
+        if augment is not None and not isinstance(augment, BatchAugment):
+            raise IchsegError(
+                f"data.augment: expected a BatchAugment or null, found {type(augment).__name__}"
             )
         self.n_folds = _positive_int("data.n_folds", n_folds)
         if isinstance(fold, bool) or not isinstance(fold, numbers.Integral):
@@ -127,8 +130,7 @@ class ICHDataModule(pl.LightningDataModule):
                 f"fold={fold} is out of range: expected an integer 0..{self.n_folds - 1}"
             )
         self.fold = int(fold)
-        self.release_root = None if root is None else Path(root)
-        self.phantom = None if phantom is None else _phantom_config(phantom)
+        self.source = source
         self.cache_root = Path(cache_root)
         # PrepareConfig validates size, window, split, seed and fractions now, not mid-run.
         self.prepare_config = PrepareConfig(
@@ -147,13 +149,12 @@ class ICHDataModule(pl.LightningDataModule):
             if eval_batch_size is None
             else _positive_int("data.eval_batch_size", eval_batch_size)
         )
-        self.augmenter = _augmenter(augment)
+        self.augmenter = augment
         if intensity not in INTENSITIES:
             raise IchsegError(
                 f"data.intensity: expected one of {', '.join(INTENSITIES)}, found {intensity!r}"
             )
         self.intensity = intensity
-        self.source = source
         if not isinstance(resident, bool):
             raise IchsegError(f"data.resident={resident!r}: expected true or false")
         self.resident = resident
@@ -170,18 +171,11 @@ class ICHDataModule(pl.LightningDataModule):
         self._aug_epoch = -1
 
     def release(self) -> Path:
-        """The release folder: data.root, or the phantom, written first if it does not exist."""
-        if self.phantom is None:
-            return self.release_root
-        return ensure_phantom(
-            Path(self.phantom["root"]),
-            patients=self.phantom["patients"],
-            size=self.phantom["size"],
-            seed=self.phantom["seed"],
-        )
+        """The source's release folder, made first if the source makes it (the phantom)."""
+        return self.source.release()
 
     def _ensure_cache(self) -> Path:
-        """Write the phantom (if configured) and the prepared cache; both reuse what exists."""
+        """Make the release (if the source does) and the prepared cache; both reuse what exists."""
         return prepare(self.release(), self.cache_root, self.prepare_config)
 
     def prepare_data(self) -> None:
@@ -197,11 +191,11 @@ class ICHDataModule(pl.LightningDataModule):
         # process; with the cache built this is a CSV read and a few stats.
         self.cache_dir = self._ensure_cache()
         data = load_prepared(self.cache_dir)
-        found = data.meta.get("source")
-        if self.source is not None and found != self.source:
+        found, expected = data.meta.get("source"), self.source.name
+        if found != expected:
             raise IchsegError(
-                f"data.source={self.source!r}: the release behind {self.cache_dir} is "
-                f"{found!r}; point data.root at a {self.source} release or fix data.source"
+                f"data.source is {expected}: the release behind {self.cache_dir} is {found!r}; "
+                f"point data.source.root at a {expected} release"
             )
         folds = data.splits["folds"]
         if len(folds) != self.n_folds:
@@ -297,38 +291,3 @@ def _positive_int(key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise IchsegError(f"{key}={value!r}: expected a positive integer")
     return int(value)
-
-
-def _phantom_config(phantom: Mapping) -> dict:
-    """Check the phantom block has its four keys; ensure_phantom validates the values."""
-    if not isinstance(phantom, Mapping):
-        raise IchsegError(
-            f"data.phantom: expected a mapping with keys {', '.join(PHANTOM_KEYS)}, "
-            f"found {type(phantom).__name__}"
-        )
-    missing = [key for key in PHANTOM_KEYS if key not in phantom]
-    extra = sorted(set(phantom) - set(PHANTOM_KEYS))
-    if missing or extra:
-        raise IchsegError(
-            f"data.phantom: expected keys {', '.join(PHANTOM_KEYS)}, "
-            f"found missing {missing or 'none'} and unknown {extra or 'none'}"
-        )
-    return {key: phantom[key] for key in PHANTOM_KEYS}
-
-
-def _augmenter(augment: Mapping | None) -> BatchAugment | None:
-    """`None`, `{}` or `enabled: false` turn augmentation off; other keys go to BatchAugment."""
-    if augment is None:
-        return None
-    if not isinstance(augment, Mapping):
-        raise IchsegError(f"data.augment: expected a mapping, found {type(augment).__name__}")
-    kwargs = dict(augment)
-    if not kwargs or not kwargs.pop("enabled", True):
-        return None
-    allowed = ("rotation_deg", "shift", "shear_deg", "zoom", "hflip", "p", "fill")
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise IchsegError(
-            f"data.augment: unknown keys {unknown}; expected enabled, {', '.join(allowed)}"
-        )
-    return BatchAugment(**kwargs)

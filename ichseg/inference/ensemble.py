@@ -16,40 +16,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ichseg.errors import IchsegError, first_line
+from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import Checkpoint, load_checkpoint
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """`name`, or the GPU when one is present, else the CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise IchsegError(f"--device {name}: {first_line(err)}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise IchsegError(f"--device {name}: expected a CUDA GPU, found none")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto`: bf16 where the hardware computes it natively (CUDA bf16, CPU AMX/AVX512-BF16)."""
-    if name not in PRECISIONS:
-        raise IchsegError(f"--precision: expected one of {', '.join(PRECISIONS)}, found {name!r}")
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        # Private probes of torch.cpu; without them (or without the instructions) bf16 would be
-        # emulated, slower than fp32.
-        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        native = any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
-        return "bf16" if native else "fp32"
-    return "fp32"
+from ichseg.runtime import inference_precision
 
 
 def fuse_batch_norm(net: nn.Module) -> nn.Module:
@@ -96,7 +65,7 @@ class Ensemble:
             raise IchsegError(f"--batch-size: expected a positive integer, found {batch_size!r}")
         for key in ("filters", "batch_norm", "threshold"):
             require_shared(checkpoints, key, [getattr(c, key) for c in checkpoints])
-        self.precision = resolve_precision(precision, device)
+        self.precision = inference_precision(precision, device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.checkpoints = list(checkpoints)
         self.nets = [
@@ -120,7 +89,7 @@ class Ensemble:
         precision: str = "fp32",
     ) -> Ensemble:
         """Load every checkpoint and check they can be averaged."""
-        resolve_precision(precision, device)  # a typo fails before minutes of loading
+        inference_precision(precision, device)  # a typo fails before minutes of loading
         return cls([load_checkpoint(p) for p in paths], device, flip, batch_size, precision)
 
     @torch.inference_mode()

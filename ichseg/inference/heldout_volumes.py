@@ -31,9 +31,9 @@ from ichseg.data.prepare import read_cache_json
 from ichseg.data.release import Release
 from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import SPLIT_KEY, Checkpoint
-from ichseg.inference.ensemble import pick_device
 from ichseg.inference.run import prepare_outdir, progress_bar
 from ichseg.inference.volumes import VolumeEnsemble
+from ichseg.runtime import pick_device
 
 CSV_COLUMNS = (
     "patient",

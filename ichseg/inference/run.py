@@ -16,7 +16,6 @@ from pathlib import Path
 from ichseg.atomic import atomic_path
 from ichseg.errors import IchsegError, first_line
 from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
-from ichseg.inference.ensemble import pick_device
 from ichseg.inference.nifti_io import (
     MASK_SUFFIX,
     Scan,
@@ -26,6 +25,7 @@ from ichseg.inference.nifti_io import (
     write_outputs,
 )
 from ichseg.inference.volumes import VolumeEnsemble, summarize
+from ichseg.runtime import pick_device
 
 
 def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:

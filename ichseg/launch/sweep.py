@@ -22,25 +22,21 @@ def check_sweep_dir(job_cfgs: Sequence[DictConfig], sweep_dir: str) -> None:
     """Raise, before anything is written, when a job folder of the sweep holds results of
     another configuration, or a checkpoint to resume from that another model saved: the whole
     sweep is refused."""
-    from ichseg.training.callbacks import LAST_CHECKPOINT
-    from ichseg.training.task import check_resume_checkpoint, config_hash
+    from ichseg.training.job_state import config_clash, resume_checkpoint
 
     clashes = []
     for cfg in job_cfgs:
         folder = job_dir(cfg)
         state = read_job(folder)
-        resume = folder / LAST_CHECKPOINT
-        if (state is None or state.get("status") != "done") and resume.exists():
-            check_resume_checkpoint(resume, cfg.model.module)
+        resume_checkpoint(folder, state, cfg.model.module)
         if state is None:
             continue
         task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         with open_dict(task_cfg):
             task_cfg.paths.output_dir = str(folder)
-        digest = config_hash(task_cfg)
-        if state.get("config_hash") != digest:
-            found = state.get("config_hash")
-            clashes.append(f"{folder.name} (config hash {found}, this run {digest})")
+        clash = config_clash(state, task_cfg)
+        if clash:
+            clashes.append(f"{folder.name} ({clash})")
     if clashes:
         raise IchsegError(
             f"{sweep_dir}: holds results of another configuration: {', '.join(clashes)}; "

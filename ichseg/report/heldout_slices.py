@@ -30,12 +30,13 @@ from ichseg.data.datamodule import ICHDataModule
 from ichseg.data.release import SUBTYPES
 from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import load_checkpoint
-from ichseg.inference.ensemble import Ensemble, pick_device
+from ichseg.inference.ensemble import Ensemble
 from ichseg.metrics import ProtocolAccumulator, stage_keys
 from ichseg.nnunet.results import imported_test_probabilities, is_imported
 from ichseg.report.collect import Job, Sweep
 from ichseg.report.selection import Choice, Selection
 from ichseg.report.table import display_name, fmt, protocol
+from ichseg.runtime import pick_device
 
 NO_HEMORRHAGE = "No hemorrhage"
 # Every test-stage protocol, the authors' per-image scoring (`perimage`) beside the others.

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 import torch
 
-from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import PREPROCESS_KEY, RNG_KEY, Preprocess
 from ichseg.metrics import PROTOCOLS, ProtocolAccumulator
 from ichseg.models.unet import UNet
@@ -58,16 +57,13 @@ class SegmentationModule(pl.LightningModule):
             # In place (nn.Module.compile): the state_dict keys, and so checkpoints, stay as they
             # are, and a checkpoint loads with compile=False for inference.
             self.net.compile()
-        if not 0.0 < threshold < 1.0:
-            raise IchsegError(
-                f"model.module.threshold: expected a probability in (0, 1), found {threshold}"
-            )
-        # A probability threshold p on sigmoid outputs equals the logit threshold log(p / (1 - p)).
-        self.logit_threshold = math.log(threshold / (1.0 - threshold))
+        # The accumulators check the threshold (a probability in (0, 1)) before it is used here.
         self.scores = {
             stage: ProtocolAccumulator(min_area=min_detection_area, threshold=threshold)
             for stage in STAGES
         }
+        # A probability threshold p on sigmoid outputs equals the logit threshold log(p / (1 - p)).
+        self.logit_threshold = math.log(threshold / (1.0 - threshold))
         self._loss_total: dict[str, torch.Tensor | float] = dict.fromkeys(STAGES, 0.0)
         self._loss_count: dict[str, int] = dict.fromkeys(STAGES, 0)
         self.epoch_metrics: dict[str, dict[str, float]] = {}

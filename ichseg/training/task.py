@@ -2,117 +2,96 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ichseg.atomic import atomic_write_text
+from ichseg.config import instantiate_checked
 from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
-from ichseg.inference.checkpoint import HPARAMS_KEY, read_checkpoint
 from ichseg.launch.placement import trainer_overrides
-from ichseg.training.callbacks import (
-    LAST_CHECKPOINT,
-    CheckpointRecorder,
-    FiniteLossGuard,
-    SplitProvenance,
-)
-from ichseg.training.console import EpochLine, quiet_libraries
+from ichseg.runtime import apply_torch_settings, training_precision
+from ichseg.training.console import quiet_libraries
+from ichseg.training.job_state import RecordedRun, config_clash, config_hash, resume_checkpoint
 from ichseg.training.provenance import code_version, hardware, package_versions, project_root
-from ichseg.training.records import read_job, read_records, write_job
+from ichseg.training.records import read_job, read_records
 
 log = logging.getLogger(__name__)
 
-# Config parts that change results; paths, loggers and launchers do not.
-RESULT_KEYS = (
-    "model",
-    "data",
-    "trainer",
-    "seed",
-    "fold",
-    "checkpoint_every",
-    "precision",
-    "float32_matmul_precision",
-    "flush_denormal",
-)
-# Keys inside those parts that set where files live or only how fast a job runs: a job may
-# change them and still resume.
-IGNORED_KEYS = (
-    "data.root",
-    "data.cache_root",
-    "data.phantom.root",
-    "data.resident",
-    "model.module.compile",
-)
-FLOAT32_PRECISIONS = ("highest", "high", "medium")
 
-
-def config_hash(cfg: DictConfig) -> str:
-    """Short hash of everything that determines a job's results (not paths or speed settings)."""
-    # Only these parts are resolved: the rest (output paths) may need Hydra's runtime state.
-    parts = {key: _resolved(cfg, key) for key in RESULT_KEYS}
-    for key in IGNORED_KEYS:
-        *parents, leaf = key.split(".")
-        node = parts
-        for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _resolved(cfg: DictConfig, key: str) -> object:
-    """The top-level `key` of `cfg` as plain, resolved Python values (None when absent)."""
-    value = cfg.get(key)
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """'auto' means bf16 mixed precision when the job trains on a GPU that supports it, full fp32
-    elsewhere, including a CPU job on a machine that has a GPU (`trainer.accelerator=cpu`)."""
-    if precision != "auto":
-        return precision
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if on_gpu and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
-def set_float32_precision(precision: str) -> None:
-    """Internal precision of fp32 matmuls and cuDNN convolutions: "high" and "medium" allow TF32."""
-    if precision not in FLOAT32_PRECISIONS:
+def run_job(cfg: DictConfig) -> float | None:
+    """Train `cfg.model` on `cfg.fold`, writing checkpoints, records and job state to its folder."""
+    validate(cfg)
+    job_dir = Path(cfg.paths.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    state = read_job(job_dir)
+    clash = config_clash(state, cfg)
+    if clash:
         raise IchsegError(
-            f"float32_matmul_precision={precision!r}: expected one of "
-            f"{', '.join(FLOAT32_PRECISIONS)}"
+            f"{job_dir}: holds results of another configuration ({clash}); "
+            "choose another hydra.sweep.dir"
         )
-    torch.set_float32_matmul_precision(precision)
-    # The networks are convolutions, which that setting leaves alone: "highest" means fp32 here too.
-    torch.backends.cudnn.allow_tf32 = precision != "highest"
+    if state is not None and state.get("status") == "done":
+        log.info("%s: already finished, skipped", job_dir.name)
+        return last_val_dice(job_dir)
+    # Before anything is written: a refused folder keeps its files as they were.
+    resume = resume_checkpoint(job_dir, state, cfg.model.module)
+    if resume:
+        log.info("%s: resuming from %s", job_dir.name, resume)
+    train(cfg, job_dir, started=(state or {}).get("started", time.time()), resume=resume)
+    name = f"{cfg.model.name}-fold{cfg.fold}"
+    log.info("%s: done, %s; results in %s", name, closing_figures(job_dir), job_dir)
+    return last_val_dice(job_dir)
 
 
-def apply_torch_settings(cfg: DictConfig) -> None:
-    """The job's process-wide PyTorch settings: CPU threads, fp32 precision, subnormal flushing."""
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
-    set_float32_precision(cfg.float32_matmul_precision)
-    # Subnormal floats (|x| < 1.2e-38) take a slow path on x86 CPUs; a U-Net whose logits run
-    # towards -inf under Dice loss produces them and slowed down threefold in our measurement.
-    torch.set_flush_denormal(bool(cfg.flush_denormal))
+def train(cfg: DictConfig, job_dir: Path, started: float, resume: Path | None) -> None:
+    """Fit the configured model on the configured fold in `job_dir`, resuming from `resume`."""
+    apply_torch_settings(cfg)
+    quiet_libraries()
+    atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate_checked(cfg.data)
+    module = instantiate_checked(cfg.model.module)
+    callbacks = [instantiate_checked(node) for node in (cfg.get("callbacks") or {}).values()]
+    state = {
+        "model": cfg.model.name,
+        "fold": cfg.fold,
+        "seed": cfg.seed,
+        "experiment": cfg.experiment_name,
+        "config_hash": config_hash(cfg),
+        "started": started,
+        "resumed_from": str(resume) if resume else None,
+        "code_version": code_version(project_root()),
+        "packages": package_versions(),
+        "hardware": hardware(),
+    }
+    with RecordedRun(job_dir, state) as run:
+        try:
+            placement = trainer_overrides()
+            accelerator = placement.get("accelerator", cfg.trainer.get("accelerator", "auto"))
+            run.trainer = trainer = instantiate(
+                cfg.trainer,
+                callbacks=callbacks,
+                logger=build_loggers(cfg, sweep_group(cfg)) or False,
+                precision=training_precision(cfg.precision, str(accelerator)),
+                deterministic=cfg.deterministic,
+                benchmark=not cfg.deterministic,
+                default_root_dir=str(job_dir),
+                **placement,
+            )
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        finally:
+            finish_wandb()
+        run.finished(cache_dir=str(datamodule.cache_dir))
 
 
 def sweep_group(cfg: DictConfig) -> str:
@@ -140,16 +119,6 @@ def build_loggers(cfg: DictConfig, group: str) -> list:
     return loggers
 
 
-def instantiate_checked(node: DictConfig, **kwargs):
-    """`hydra.utils.instantiate`, re-raising a constructor's IchsegError as itself (one line)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, IchsegError):
-            raise exc.__cause__ from None
-        raise
-
-
 def finish_wandb() -> None:
     """Close the W&B run, if any: without this every later multirun job logs into the first."""
     if "wandb" in sys.modules:
@@ -163,166 +132,6 @@ def last_val_dice(job_dir: Path) -> float | None:
     """Validation Dice (paper protocol) of the job's last record: the sweep's return value."""
     records = read_records(job_dir)
     return records[-1]["val"].get("dice_paper") if records else None
-
-
-def check_resume_checkpoint(path: Path, module_cfg: DictConfig) -> None:
-    """Raise unless the checkpoint to resume from was saved with the configured model settings."""
-    checkpoint = read_checkpoint(
-        path,
-        unreadable="{path}: cannot read the checkpoint to resume from ({reason}); delete it to "
-        "train the job from scratch",
-    )
-    saved = checkpoint.get(HPARAMS_KEY) if isinstance(checkpoint, dict) else None
-    if not isinstance(saved, dict):
-        raise IchsegError(
-            f"{path}: not a checkpoint of this training (no hyper_parameters); delete it to "
-            "train the job from scratch"
-        )
-    wanted = OmegaConf.to_container(module_cfg, resolve=True)
-    differ = [
-        f"{key} {_plain(saved[key])} != {_plain(value)}"
-        for key, value in wanted.items()
-        if key in saved
-        and f"model.module.{key}" not in IGNORED_KEYS
-        and _plain(saved[key]) != _plain(value)
-    ]
-    if differ:
-        raise IchsegError(
-            f"{path}: saved by another model configuration (model.module {'; '.join(differ)}, "
-            "checkpoint != config); choose another hydra.sweep.dir or delete this job folder"
-        )
-
-
-def _plain(value: object) -> object:
-    """Lists for tuples and OmegaConf containers, so saved and configured values compare."""
-    if isinstance(value, DictConfig | ListConfig):
-        value = OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def check_training_length(trainer_cfg: DictConfig) -> None:
-    """Refuse a training that would record nothing (0 epochs) or never end (-1, unbounded)."""
-    epochs = trainer_cfg.get("max_epochs")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise IchsegError(
-            f"trainer.max_epochs={epochs}: expected a positive integer (the job records a "
-            "checkpoint at its last epoch; 0 records nothing and -1 never ends)"
-        )
-    steps = trainer_cfg.get("max_steps", -1)
-    if isinstance(steps, bool) or not isinstance(steps, int) or (steps < 1 and steps != -1):
-        raise IchsegError(
-            f"trainer.max_steps={steps}: expected -1 (no limit) or a positive integer"
-        )
-
-
-def _stopped(job_dir: Path, state: dict, signame: str, step: int) -> SystemExit:
-    """Record a job stopped by SIGTERM (pre-emption) or SIGINT (Ctrl-C); its exit status."""
-    status = "preempted" if signame == "SIGTERM" else "interrupted"
-    write_job(job_dir, {**state, "status": status, "stopped_at_step": step})
-    kept = f"{LAST_CHECKPOINT} saved" if step else "no step to save yet"
-    print(
-        f"train.py: {job_dir.name}: stopped by {signame} at step {step}, {kept}; "
-        "run the same command to resume",
-        file=sys.stderr,
-    )
-    # Exit like a process killed by the signal (143, 130), so a scheduler requeues the job and
-    # nothing reads this as a finished sweep.
-    return SystemExit(128 + getattr(signal, signame))
-
-
-def run_job(cfg: DictConfig) -> float | None:
-    """Train `cfg.model` on `cfg.fold`, writing checkpoints, records and job state to its folder."""
-    if OmegaConf.is_missing(cfg.data, "root"):
-        raise IchsegError("data.root is required with data=physionet: data.root=/path/to/release")
-    validate(cfg)
-    check_training_length(cfg.trainer)
-    job_dir = Path(cfg.paths.output_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    digest = config_hash(cfg)
-    state = read_job(job_dir)
-    if state is not None and state.get("config_hash") != digest:
-        raise IchsegError(
-            f"{job_dir}: holds results of another configuration (config hash "
-            f"{state.get('config_hash')}, this run {digest}); choose another hydra.sweep.dir"
-        )
-    if state is not None and state.get("status") == "done":
-        log.info("%s: already finished, skipped", job_dir.name)
-        return last_val_dice(job_dir)
-
-    resume = job_dir / LAST_CHECKPOINT
-    ckpt_path = str(resume) if resume.exists() else None
-    if ckpt_path:
-        # Before anything is written: a refused folder keeps its files as they were.
-        check_resume_checkpoint(resume, cfg.model.module)
-        log.info("%s: resuming from %s", job_dir.name, resume)
-
-    apply_torch_settings(cfg)
-    quiet_libraries()
-    atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate_checked(cfg.data)
-    module = instantiate_checked(cfg.model.module)
-    recorder = CheckpointRecorder(
-        job_dir,
-        model_name=cfg.model.name,
-        fold=cfg.fold,
-        every_n_epochs=cfg.checkpoint_every,
-        overlay_count=cfg.overlay_count,
-        last_every_s=cfg.last_checkpoint_every_s,
-    )
-    state = {
-        "model": cfg.model.name,
-        "fold": cfg.fold,
-        "seed": cfg.seed,
-        "experiment": cfg.experiment_name,
-        "config_hash": digest,
-        "status": "running",
-        "started": (state or {}).get("started", time.time()),
-        "resumed_from": ckpt_path,
-        "code_version": code_version(project_root()),
-        "packages": package_versions(),
-        "hardware": hardware(),
-    }
-    write_job(job_dir, state)
-    trainer = None
-    try:
-        placement = trainer_overrides()
-        accelerator = placement.get("accelerator", cfg.trainer.get("accelerator", "auto"))
-        trainer = instantiate(
-            cfg.trainer,
-            # The guard first: a diverged epoch stops the job before the recorder writes it.
-            callbacks=[
-                FiniteLossGuard(),
-                SplitProvenance(),
-                recorder,
-                EpochLine(f"{cfg.model.name}-fold{cfg.fold}"),
-            ],
-            logger=build_loggers(cfg, sweep_group(cfg)) or False,
-            precision=resolve_precision(cfg.precision, str(accelerator)),
-            deterministic=cfg.deterministic,
-            benchmark=not cfg.deterministic,
-            default_root_dir=str(job_dir),
-            **placement,
-        )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    except BaseException as exc:
-        # Lightning ends a Ctrl-C with sys.exit(1) after the recorder saw the KeyboardInterrupt.
-        signame = recorder.stopped_by or ("SIGINT" if isinstance(exc, KeyboardInterrupt) else None)
-        if signame:
-            step = trainer.global_step if trainer is not None else 0
-            raise _stopped(job_dir, state, signame, step) from None
-        write_job(job_dir, {**state, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        raise
-    finally:
-        finish_wandb()
-    state.update(status="done", finished=time.time(), cache_dir=str(datamodule.cache_dir))
-    write_job(job_dir, state)
-    name = f"{cfg.model.name}-fold{cfg.fold}"
-    log.info("%s: done, %s; results in %s", name, closing_figures(job_dir), job_dir)
-    return last_val_dice(job_dir)
 
 
 def closing_figures(job_dir: Path) -> str:
