@@ -1,77 +1,14 @@
-"""Shared fixtures: one real tiny `train.py -m model=unet,dunet fold=0..9` sweep per session."""
+"""The reliability table (docs/reliability.md), as a pytest plugin.
+
+Tests marked `reliability` report what a user saw (the one-line error, the outcome) through
+the `record_behaviour` fixture. `pytest -m reliability --reliability-table docs/reliability.md`
+writes every recorded row as a Markdown table, so the table says what the tests observed.
+tests/conftest.py registers this plugin.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def train(args: list[str], root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run train.py as a user would, with data and experiments under `root`."""
-    env = {**os.environ, "ICHSEG_ROOT": str(root), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=env,
-        timeout=timeout,
-    )
-
-
-def _copy_or_link(src: str, dst: str) -> None:
-    """Checkpoints are only ever replaced by rename, so a hard link stays a faithful copy."""
-    if src.endswith(".ckpt"):
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
-
-
-@pytest.fixture(scope="session")
-def tiny_sweeps(tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny sweep, run once, and a copy of it taken as soon as it finished."""
-    root = tmp_path_factory.mktemp("sweep")
-    sweep = root / "experiments" / "tiny" / "s1"
-    result = train(
-        [
-            "-m",
-            "model=unet,dunet",
-            "fold=0..9",
-            "experiment=tiny",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        root,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Re-launching into the sweep (as some tests do) rewrites its multirun.yaml.
-    frozen = root / "frozen" / "tiny" / "s1"
-    shutil.copytree(sweep, frozen, symlinks=True, copy_function=_copy_or_link)
-    return sweep, frozen
-
-
-@pytest.fixture(scope="session")
-def tiny_sweep(tiny_sweeps) -> Path:
-    """The tiny sweep's folder; tests may launch train.py into it again."""
-    return tiny_sweeps[0]
-
-
-@pytest.fixture(scope="session")
-def finished_sweep(tiny_sweeps) -> Path:
-    """The tiny sweep as it finished, for tests that only read it or write reports into it."""
-    return tiny_sweeps[1]
-
-
-# --- Reliability table (docs/reliability.md) ------------------------------------------------
-# Tests marked `reliability` report what a user saw (the one-line error, the outcome) through
-# the `record_behaviour` fixture. `pytest -m reliability --reliability-table docs/reliability.md`
-# writes every recorded row as a Markdown table, so the table says what the tests observed.
 
 # The cases, by section and in order: a case no test recorded shows as a gap.
 RELIABILITY_CASES = {
