@@ -48,8 +48,8 @@ $(NNUNET_STAMP):
 test: $(STAMP) $(NNUNET_STAMP) ## run the test suite (CPU, a few minutes), real nnU-Net included
 	ICHSEG_NNUNET_PYTHON=$(NNUNET_VENV)/bin/python $(PY) -m pytest
 
-test-fast: $(STAMP) ## the tests not marked slow: a quick loop while developing
-	$(PY) -m pytest -m "not slow"
+test-fast: $(STAMP) ## tests/unit only (in-process, no train.py run or sweep): the loop while developing
+	$(PY) -m pytest tests/unit
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -1,217 +1,31 @@
-"""Shared fixtures: one real tiny `train.py -m model=unet,dunet fold=0..9` sweep per session."""
+"""Fixtures both unit and system tests use, and the reliability-table plugin."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from ichseg.data.phantom import write_phantom
+from tests.helpers.checkpoints import PRE64, passthrough_module, random_module, save_checkpoint
+
+pytest_plugins = ["tests.helpers.reliability_table"]
 
 
-def train(args: list[str], root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run train.py as a user would, with data and experiments under `root`."""
-    env = {**os.environ, "ICHSEG_ROOT": str(root), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=env,
-        timeout=timeout,
-    )
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    """A small synthetic release in the real layout (12 patients, 32 x 32 slices)."""
+    return write_phantom(tmp_path_factory.mktemp("phantom") / "release", patients=12, size=32)
 
 
-def _copy_or_link(src: str, dst: str) -> None:
-    """Checkpoints are only ever replaced by rename, so a hard link stays a faithful copy."""
-    if src.endswith(".ckpt"):
-        os.link(src, dst)
-    else:
-        shutil.copy2(src, dst)
-
-
-@pytest.fixture(scope="session")
-def tiny_sweeps(tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny sweep, run once, and a copy of it taken as soon as it finished."""
-    root = tmp_path_factory.mktemp("sweep")
-    sweep = root / "experiments" / "tiny" / "s1"
-    result = train(
-        [
-            "-m",
-            "model=unet,dunet",
-            "fold=0..9",
-            "experiment=tiny",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        root,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Re-launching into the sweep (as some tests do) rewrites its multirun.yaml.
-    frozen = root / "frozen" / "tiny" / "s1"
-    shutil.copytree(sweep, frozen, symlinks=True, copy_function=_copy_or_link)
-    return sweep, frozen
-
-
-@pytest.fixture(scope="session")
-def tiny_sweep(tiny_sweeps) -> Path:
-    """The tiny sweep's folder; tests may launch train.py into it again."""
-    return tiny_sweeps[0]
-
-
-@pytest.fixture(scope="session")
-def finished_sweep(tiny_sweeps) -> Path:
-    """The tiny sweep as it finished, for tests that only read it or write reports into it."""
-    return tiny_sweeps[1]
-
-
-# --- Reliability table (docs/reliability.md) ------------------------------------------------
-# Tests marked `reliability` report what a user saw (the one-line error, the outcome) through
-# the `record_behaviour` fixture. `pytest -m reliability --reliability-table docs/reliability.md`
-# writes every recorded row as a Markdown table, so the table says what the tests observed.
-
-# The cases, by section and in order: a case no test recorded shows as a gap.
-RELIABILITY_CASES = {
-    "Bad input": (
-        "truncated NIfTI",
-        "2D volume",
-        "4D volume",
-        "scan and mask of different shapes",
-        "CSV with a missing column",
-        "CSV with a missing patient",
-        "CSV with duplicated rows",
-        "CSV slice count disagrees with the volume",
-        "mask disagrees with the CSV",
-        "NaN voxels",
-        "inf voxels",
-        "empty release folder",
-        "non-existent release folder",
-        "unreadable file",
-        "fold outside 0-9",
-        "fold not an integer",
-        "unknown model=",
-        "checkpoint of the other architecture",
-        "checkpoint from an older config",
-        "sweep directory of another experiment",
-        "report over a sweep with no finished job",
-    ),
-    "Faults": (
-        "SIGKILL mid-epoch, sweep re-run",
-        "SIGTERM (pre-emption)",
-        "twenty processes prepare one cache",
-        "disk full while writing the cache",
-        "disk full while writing a checkpoint",
-        "disk full while writing records",
-        "report reads records while a job writes them",
-    ),
-    "Reproducibility": (
-        "same seed: identical splits",
-        "same seed and config: identical records",
-        "every job records seed, config, code and package versions",
-    ),
-}
-_ROWS = pytest.StashKey[list]()
-_OUTCOME = pytest.StashKey[str]()
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--reliability-table",
-        metavar="PATH",
-        default=None,
-        help="write the behaviour recorded by tests marked `reliability` to PATH (Markdown)",
-    )
-
-
-@pytest.fixture
-def record_behaviour(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """Record what the user observed: `record_behaviour(text, case=..., did=..., entry=...)`.
-
-    `case`, `did` and `entry` default to the test's `reliability` marker; temporary paths
-    become `<tmp>` so the table does not change from run to run.
-    """
-    marker = request.node.get_closest_marker("reliability")
-    defaults = dict(marker.kwargs) if marker else {}
-    base = str(tmp_path_factory.getbasetemp())
-    repo = f"{request.config.rootpath}/"
-
-    def record(text: str, case: str | None = None, did: str = "", entry: str | None = None):
-        row = {
-            "case": case or defaults.get("case", request.node.name),
-            "did": did or defaults.get("did", ""),
-            "entry": entry or defaults.get("entry", ""),
-            "behaviour": " ".join(str(text).split()).replace(base, "<tmp>").replace(repo, ""),
-            "test": request.node.nodeid,
-            "item": request.node,
-        }
-        request.config.stash.setdefault(_ROWS, []).append(row)
-
-    return record
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    report = yield
-    if report.skipped and isinstance(report.longrepr, tuple):
-        item.stash[_OUTCOME] = "skipped: " + report.longrepr[2].removeprefix("Skipped: ")
-    elif report.failed:
-        item.stash[_OUTCOME] = f"failed in {report.when}"
-    elif report.when == "call":
-        item.stash[_OUTCOME] = "passed"
-    return report
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _table(rows: list[dict], cases: tuple[str, ...]) -> list[str]:
-    lines = [
-        "| case | what the test did | entry point | observed behaviour | test |",
-        "|---|---|---|---|---|",
-    ]
-    for case in cases:
-        found = [row for row in rows if row["case"] == case]
-        if not found:
-            lines.append(f"| {_cell(case)} | | | **not covered by any test that ran** | |")
-        for row in found:
-            outcome = row["item"].stash.get(_OUTCOME, "not run")
-            behaviour = row["behaviour"]
-            if outcome != "passed":
-                behaviour = f"**{outcome}**: {behaviour}"
-            cells = (case, row["did"], row["entry"], behaviour, f"`{row['test']}`")
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return lines
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    path = session.config.getoption("--reliability-table")
-    if not path:
-        return
-    from ichseg.atomic import atomic_write_text
-
-    rows = session.config.stash.setdefault(_ROWS, [])
-    # Marked tests that recorded nothing (skipped, or failed before recording) still get a row.
-    recorded = {id(row["item"]) for row in rows}
-    for item in session.items:
-        marker = item.get_closest_marker("reliability")
-        if marker and "case" in marker.kwargs and id(item) not in recorded:
-            row = {"did": "", "entry": "", **marker.kwargs, "behaviour": "(nothing recorded)"}
-            rows.append({**row, "test": item.nodeid, "item": item})
-    known = {case for cases in RELIABILITY_CASES.values() for case in cases}
-    other = tuple(dict.fromkeys(row["case"] for row in rows if row["case"] not in known))
-    out = [
-        "# Reliability: observed behaviour",
-        "",
-        "Generated by the tests, not typed by hand: "
-        "`pytest -m reliability --reliability-table docs/reliability.md`.",
-        "Each row is what a test saw through the user's entry point (`<tmp>` is the test's "
-        "temporary folder). Tests run on CPU.",
-    ]
-    for title, cases in {**RELIABILITY_CASES, "Other cases": other}.items():
-        if cases:
-            out += ["", f"## {title}", "", *_table(rows, cases)]
-    atomic_write_text(path, "\n".join(out) + "\n")
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    """The pass-through network at 64 and 32 px, two random networks and a mirrored one."""
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        "pass": save_checkpoint(passthrough_module(), root / "pass.ckpt", PRE64),
+        "pass32": save_checkpoint(passthrough_module(), root / "pass32.ckpt"),
+        "a": save_checkpoint(random_module(0), root / "a.ckpt"),
+        "b": save_checkpoint(random_module(1), root / "b.ckpt"),
+        "sym": save_checkpoint(random_module(2, symmetric=True), root / "sym.ckpt"),
+    }

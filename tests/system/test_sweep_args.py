@@ -3,15 +3,14 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ichseg.errors import IchsegError
 from ichseg.sweep_args import check_overrides, expand_ranges
+from tests.helpers.runs import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
@@ -78,7 +77,7 @@ def test_good_overrides_pass_and_n_folds_override_is_honoured():
         check_overrides(["data.n_folds=5", "fold=5"], CONF)
 
 
-# The case names are rows of docs/reliability.md (tests/conftest.py).
+# The case names are rows of docs/reliability.md (tests/helpers/reliability_table.py).
 CASES = {
     "fold=0..9 sweeps 10 values: add -m": "range without -m",
     "fold=10 is out of range": "fold outside 0-9",

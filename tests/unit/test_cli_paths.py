@@ -8,12 +8,6 @@ from pathlib import Path
 import pytest
 
 from ichseg import cli
-from ichseg.data.phantom import write_phantom
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    return write_phantom(tmp_path_factory.mktemp("phantom") / "release", patients=12, size=32)
 
 
 def _file(tmp: Path) -> Path:

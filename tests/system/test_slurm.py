@@ -1,4 +1,4 @@
-"""`hydra/launcher=slurm` on a real single-node SLURM cluster (tests/slurm_cluster.py).
+"""`hydra/launcher=slurm` on a real single-node SLURM cluster (tests/helpers/slurm_cluster.py).
 
 The cluster is installed from Debian's packages when missing (as root, like CI) and started
 once for this module. Daemon logs stay in its folder and are shown only when a test fails.
@@ -17,14 +17,14 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
-from slurm_cluster import ClusterError, SlurmCluster, missing_binaries, wait_for
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from ichseg.errors import IchsegError
 from ichseg.launch.slurm import check_time_limit, wait_for_jobs
 from ichseg.training.records import read_job, read_records
+from tests.helpers.runs import ROOT
+from tests.helpers.slurm_cluster import ClusterError, SlurmCluster, missing_binaries, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 # Small CPU jobs for a 2-core node: no GPU, one core and 1 GB each, two at a time.
 SLURM_ARGS = [
     "hydra/launcher=slurm",

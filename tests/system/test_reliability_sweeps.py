@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train
-from test_reliability import LAST, finish, launch
 
 from ichseg.training.records import read_job, read_records
+from tests.helpers.runs import LAST, finish, launch, train
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,8 @@ the same seed gives the same results. These tests write the rows of docs/reliabi
 (`pytest -m reliability --reliability-table docs/reliability.md`).
 
 Covered elsewhere, and marked there: every bad CSV cell and volume at the reader level
-(tests/test_release.py), fold and model overrides (tests/test_sweep_args.py), a sweep folder of
-another configuration and SIGKILL-and-resume (tests/test_train_sweep.py).
+(tests/unit/test_release.py), fold and model overrides (tests/system/test_sweep_args.py), a
+sweep folder of another configuration and SIGKILL-and-resume (tests/system/test_train_sweep.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,24 +34,16 @@ import yaml
 
 from ichseg import cli
 from ichseg.data import prepare as prepare_mod
-from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
 from ichseg.data.release import CSV_NAME, SUBTYPES
 from ichseg.errors import IchsegError
 from ichseg.training.records import read_job, read_records, upsert_record, write_job
+from tests.helpers.runs import LAST, ROOT, finish, launch
 
 # Torch and Lightning are imported inside the tests that need them: the twenty `prepare`
 # processes import this module too.
-ROOT = Path(__file__).resolve().parents[1]
 PATIENT = 51  # a phantom patient with hemorrhage slices: the one each case damages
 CFG = PrepareConfig(size=32)  # what `ichseg prepare REL OUT --size 32` builds
-LAST = "checkpoints/last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    """A small synthetic release in the real layout (12 patients, 32 x 32 slices)."""
-    return write_phantom(tmp_path_factory.mktemp("phantom") / "release", patients=12, size=32)
 
 
 def prepare_fails(release: Path, out: Path, capsys) -> str:
@@ -561,29 +552,6 @@ def test_same_seed_gives_identical_caches_and_another_seed_other_splits(
 
 
 # --- Training subprocesses ------------------------------------------------------------------------
-
-TINY = ["-m", "fold=1", "experiment=tiny", "deterministic=true", "logger=none", "num_threads=1"]
-
-
-def launch(root: Path, sweep: Path, *extra: str, model: str = "dunet") -> subprocess.Popen:
-    """Start `train.py -m` on the tiny experiment; output goes to files next to the sweep."""
-    sweep.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "ICHSEG_ROOT": str(root), "WANDB_MODE": "disabled"}
-    args = [*TINY, f"model={model}", f"hydra.sweep.dir={sweep}", *extra]
-    with open(f"{sweep}.out", "w") as out, open(f"{sweep}.err", "w") as err:
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), *args],
-            cwd=root,
-            env=env,
-            stdout=out,
-            stderr=err,
-        )
-
-
-def finish(proc: subprocess.Popen, sweep: Path, timeout: int = 300) -> tuple[int, str]:
-    """Wait for a launched run; its exit status and stderr."""
-    code = proc.wait(timeout)
-    return code, Path(f"{sweep}.err").read_text()
 
 
 @pytest.fixture(scope="module")

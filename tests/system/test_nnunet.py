@@ -27,13 +27,12 @@ from ichseg.report.build import build_report
 from ichseg.report.collect import collect_sweep
 from ichseg.report.heldout_slices import evaluate_slices
 from ichseg.training.records import read_job, read_records
+from tests.helpers.runs import ROOT
 
 TRAINER = "nnUNetTrainer__nnUNetPlans__2d"
-SCRIPT = Path(__file__).with_name("nnunet_tiny.py")
+SCRIPT = ROOT / "tests" / "helpers" / "nnunet_tiny.py"
 # nnU-Net v2 runs in an environment of its own (`make nnunet`), as it usually does.
-NNUNET_PYTHON = os.environ.get(
-    "ICHSEG_NNUNET_PYTHON", str(Path(__file__).resolve().parents[1] / ".venv-nnunet/bin/python")
-)
+NNUNET_PYTHON = os.environ.get("ICHSEG_NNUNET_PYTHON", str(ROOT / ".venv-nnunet/bin/python"))
 
 
 @pytest.fixture

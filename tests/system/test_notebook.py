@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -12,8 +11,9 @@ import pytest
 from nbclient import NotebookClient
 
 from ichseg.training.records import read_records
+from tests.helpers.runs import ROOT
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
+NOTEBOOK = ROOT / "notebooks" / "walkthrough.ipynb"
 KERNEL = "ichseg-test"
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,7 @@ from ichseg.launch import placement
 from ichseg.launch.placement import SlotTask, pool_size, slot_gpu, trainer_overrides
 from ichseg.launch.slots import acquire_slot
 from ichseg.training.records import read_job
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.runs import ROOT
 
 
 def test_pool_size_and_round_robin_gpus():

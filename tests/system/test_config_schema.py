@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from conftest import train
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ichseg.config import register_resolvers
 from ichseg.config_schema import SCHEMA, validate
 from ichseg.errors import IchsegError
+from tests.helpers.runs import ROOT, train
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(ROOT / "conf")
 
 # override -> fragments the one line must hold (key, value, what is allowed)
 BAD_VALUES = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import train
 
 from ichseg import cli
+from tests.helpers.runs import train
 
 NOISE = (
     "💡 Tip",

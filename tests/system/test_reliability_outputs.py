@@ -11,14 +11,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import _copy_or_link
-from test_predict import PRE64, ckpts, passthrough_module, save_checkpoint, save_scan  # noqa: F401
 
 from ichseg.cli import EXIT_INCOMPLETE, main
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.inference.checkpoint import load_checkpoint, split_provenance
 from ichseg.training.records import read_job, read_records, write_job
+from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint
+from tests.helpers.runs import copy_or_link
+from tests.helpers.scans import save_scan
 
 
 def run(argv: list, capsys) -> tuple[int, str, str]:
@@ -108,7 +109,7 @@ def test_report_out_never_replaces_what_the_user_has(
         out.write_text("notes\n")
     else:  # a job folder of the sweep itself
         out = tmp_path / "job"
-        shutil.copytree(finished_sweep / "dunet-fold0", out, copy_function=_copy_or_link)
+        shutil.copytree(finished_sweep / "dunet-fold0", out, copy_function=copy_or_link)
     before = snapshot(out)
     code, _, err = run(["report", finished_sweep, "--no-test", "--out", out], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(out) in err, err
@@ -156,7 +157,7 @@ BAD_PIXDIM = {
 @pytest.mark.reliability(entry="ichseg predict")
 @pytest.mark.parametrize("case", list(BAD_PIXDIM))
 def test_predict_refuses_a_volume_from_unusable_voxel_sizes(
-    ckpts,  # noqa: F811
+    ckpts,
     tmp_path,
     capsys,
     record_behaviour,
@@ -279,7 +280,7 @@ def test_trained_checkpoints_carry_their_split(finished_sweep):
 @pytest.fixture
 def sweep_copy(finished_sweep, tmp_path) -> Path:
     copy = tmp_path / "tiny" / "s1"
-    shutil.copytree(finished_sweep, copy, symlinks=True, copy_function=_copy_or_link)
+    shutil.copytree(finished_sweep, copy, symlinks=True, copy_function=copy_or_link)
     shutil.rmtree(copy / "report", ignore_errors=True)
     return copy
 
@@ -340,7 +341,7 @@ def test_report_of_an_incomplete_sweep_says_so_and_exits_3(
 @pytest.mark.reliability(entry="ichseg predict")
 @pytest.mark.parametrize("name", ["scan_mask.nii.gz", "scan.json"])
 def test_predict_never_replaces_a_file_it_did_not_write(
-    ckpts,  # noqa: F811
+    ckpts,
     tmp_path,
     capsys,
     record_behaviour,
@@ -360,7 +361,7 @@ def test_predict_never_replaces_a_file_it_did_not_write(
     )
 
 
-def test_predict_replaces_its_own_earlier_prediction(ckpts, tmp_path, capsys):  # noqa: F811
+def test_predict_replaces_its_own_earlier_prediction(ckpts, tmp_path, capsys):
     scan = save_scan(tmp_path / "scan.nii", np.full((32, 32, 4), 60.0))
     args = ["predict", ckpts["pass32"], scan, "-o", tmp_path / "out", "--precision", "fp32"]
     assert run(args, capsys)[0] == 0

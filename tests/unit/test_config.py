@@ -1,7 +1,5 @@
 """The composed configs: the paper's two architectures and experiments, as the paper states them."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -16,8 +14,9 @@ from ichseg.runtime import apply_torch_settings, set_float32_precision, training
 from ichseg.training.callbacks import CheckpointRecorder, FiniteLossGuard, SplitProvenance
 from ichseg.training.console import EpochLine
 from ichseg.training.job_state import config_hash
+from tests.helpers.runs import ROOT
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(ROOT / "conf")
 
 
 def compose_train(overrides: list[str]):

@@ -7,10 +7,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import train
 
 from ichseg.cli import main as ichseg_main
 from ichseg.training.records import read_job
+from tests.helpers.runs import train
 
 pytestmark = pytest.mark.slow
 

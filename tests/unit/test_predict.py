@@ -33,11 +33,16 @@ from ichseg.inference.nifti_io import open_scan
 from ichseg.inference.run import predict_scans
 from ichseg.inference.volumes import VolumeEnsemble
 from ichseg.training.module import SegmentationModule
+from tests.helpers.checkpoints import (
+    FILTERS,
+    PRE,
+    PRE64,
+    passthrough_module,
+    random_module,
+    save_checkpoint,
+)
+from tests.helpers.scans import save_scan
 
-FILTERS = (4, 8, 16)
-ZOOMS = (0.5, 0.4, 5.0)
-PRE = Preprocess(size=32, level=40.0, width=120.0)
-PRE64 = dataclasses.replace(PRE, size=64)
 GEOMETRY_KEYS = (
     "dim",
     "pixdim",
@@ -56,74 +61,10 @@ GEOMETRY_KEYS = (
 )
 
 
-def random_module(seed: int = 0, batch_norm: bool = True, symmetric: bool = False):
-    """A tiny SegmentationModule with random weights (and BN statistics), optionally with every
-    kernel mirrored left-right, which makes the network commute with a horizontal flip."""
-    torch.manual_seed(seed)
-    module = SegmentationModule(filters=FILTERS, batch_norm=batch_norm)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-            if symmetric and isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
-                m.weight.copy_((m.weight + m.weight.flip(-1)) / 2)
-        # Centre the logits on inputs like the tests' scans, so masks are neither empty nor full.
-        module.eval()
-        module.net.head.bias -= module(torch.rand(2, 1, 32, 32)).median()
-    return module
-
-
-def passthrough_module():
-    """A network whose logit is 20 * input - 10: it predicts exactly the pixels above 0.5."""
-    module = SegmentationModule(filters=FILTERS, batch_norm=False)
-    net = module.net
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        net.down[0][0].weight[0, 0, 1, 1] = 1.0  # (conv, relu, conv, relu) without batch norm
-        net.down[0][2].weight[0, 0, 1, 1] = 1.0
-        # The last decoder block sees [upsampled deeper features (zero), skip]: keep the skip.
-        net.up[-1][0].weight[0, FILTERS[0], 1, 1] = 1.0
-        net.up[-1][2].weight[0, 0, 1, 1] = 1.0
-        net.head.weight[0, 0, 0, 0] = 20.0
-        net.head.bias[0] = -10.0
-    return module
-
-
-def save_checkpoint(module, path: Path, preprocess: Preprocess | None = PRE, **keys) -> Path:
-    """The parts of a Lightning checkpoint that predict reads."""
-    return write_checkpoint(
-        path, module.hparams, module.state_dict(), preprocess=preprocess, **keys
-    )
-
-
-def save_scan(path: Path, hu: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    """HU stored as int16 through slope 2 / intercept -1024, like a scaled scanner export."""
-    affine = np.diag([*ZOOMS, 1.0]) if affine is None else affine
-    image = nib.Nifti1Image(np.rint((hu + 1024) / 2).astype(np.int16), affine)
-    image.header.set_slope_inter(2.0, -1024.0)
-    image.header.set_xyzt_units("mm")
-    nib.save(image, path)
-    return path
-
-
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ckpts")
-    return {
-        "pass": save_checkpoint(passthrough_module(), root / "pass.ckpt", PRE64),
-        "pass32": save_checkpoint(passthrough_module(), root / "pass32.ckpt"),
-        "a": save_checkpoint(random_module(0), root / "a.ckpt"),
-        "b": save_checkpoint(random_module(1), root / "b.ckpt"),
-        "sym": save_checkpoint(random_module(2, symmetric=True), root / "sym.ckpt"),
-    }
 
 
 def boxes_volume() -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,1 @@
+"""ichseg's test suite: unit/ (in-process, the development loop), system/ and helpers/."""
