@@ -24,8 +24,8 @@ from ichseg.errors import IchsegError
 from ichseg.nnunet.export import export_dataset
 from ichseg.nnunet.results import TEST_PROBABILITIES, import_results
 from ichseg.report.build import build_report
-from ichseg.report.collect import collect_sweep
 from ichseg.report.heldout_slices import evaluate_slices
+from ichseg.report.sources.local import collect_sweep
 from ichseg.training.records import read_job, read_records
 
 TRAINER = "nnUNetTrainer__nnUNetPlans__2d"

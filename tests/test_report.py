@@ -17,9 +17,9 @@ from scipy import stats
 from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION
 from ichseg.report.build import build_report
-from ichseg.report.collect import collect_sweep, latest_sweep
 from ichseg.report.heldout_slices import SliceExample, SliceResult
 from ichseg.report.selection import select
+from ichseg.report.sources.local import collect_sweep, latest_sweep
 from ichseg.report.table import CSV_COLUMNS, table_rows
 from ichseg.training.records import read_records, upsert_history, upsert_record, write_job
 
@@ -499,7 +499,7 @@ def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
 def test_wandb_source_gives_the_same_table(tmp_path):
     from types import SimpleNamespace
 
-    from ichseg.report.wandb_source import collect_wandb
+    from ichseg.report.sources.wandb_api import collect_wandb
     from ichseg.training.records import read_history
 
     sweep = make_sweep(tmp_path / "sweep", skip_records={("unet", 1, 200)})

@@ -17,8 +17,8 @@ import pytest
 
 from ichseg.errors import IchsegError
 from ichseg.report.build import build_report
-from ichseg.report.collect import collect_sweep
-from ichseg.report.wandb_offline import BLOCK, RUN_FILES, collect_wandb_offline, read_log
+from ichseg.report.sources.local import collect_sweep
+from ichseg.report.sources.wandb_offline import BLOCK, RUN_FILES, collect_wandb_offline, read_log
 from ichseg.training.records import read_history, read_records
 
 DICE_KEYS = {
@@ -157,7 +157,7 @@ def test_wandb_api_that_never_answers_times_out(tmp_path):
         )
         code = (
             "import sys\n"
-            "import ichseg.report.wandb_source as source\n"
+            "import ichseg.report.sources.wandb_api as source\n"
             "from ichseg.cli import console\n"
             "source.API_TIMEOUT_S = 2\n"
             "sys.argv = ['ichseg', 'report', '--source', 'wandb', '--project', 'me/ichseg', "
@@ -239,8 +239,8 @@ def test_run_file_framing_is_read_across_blocks(tmp_path):
 
 
 def test_runs_of_a_resumed_job_are_merged_later_run_winning():
-    from ichseg.report.collect import Job
-    from ichseg.report.wandb_source import merge_jobs
+    from ichseg.report.sources.model import Job
+    from ichseg.report.sources.wandb_api import merge_jobs
 
     def job(run: str, epochs: list[int]) -> Job:
         records = [

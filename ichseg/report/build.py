@@ -17,11 +17,12 @@ from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
 from ichseg.nnunet.results import is_imported
 from ichseg.report import figures
-from ichseg.report.collect import Job, Sweep, collect_sweep, latest_sweep, read_cache_meta
 from ichseg.report.compare import PairedComparison, compare_all, comparison_markdown
 from ichseg.report.heldout_slices import SliceResult, slices_markdown
 from ichseg.report.heldout_volumes import VolumeResult, evaluate_volumes, volumes_markdown
 from ichseg.report.selection import Selection, select, selection_markdown
+from ichseg.report.sources.local import collect_sweep, read_cache_meta
+from ichseg.report.sources.model import Job, Sweep
 from ichseg.report.table import (
     DETECTION_DESCRIPTION,
     PROTOCOLS,
@@ -41,7 +42,7 @@ from ichseg.report.table import (
     undefined_values,
 )
 
-__all__ = ["TestEval", "build_report", "latest_sweep"]
+__all__ = ["TestEval", "build_report"]
 
 TestEval = Callable[[Sweep, Selection], Sequence[SliceResult]]
 # Published validation numbers (DATASET.md): source, protocol, split, architecture, IoU, Dice, test.

@@ -33,8 +33,8 @@ from ichseg.inference.checkpoint import load_checkpoint
 from ichseg.inference.ensemble import Ensemble, pick_device
 from ichseg.metrics import ProtocolAccumulator, stage_keys
 from ichseg.nnunet.results import imported_test_probabilities, is_imported
-from ichseg.report.collect import Job, Sweep
 from ichseg.report.selection import Choice, Selection
+from ichseg.report.sources.model import Job, Sweep
 from ichseg.report.table import display_name, fmt, protocol
 
 NO_HEMORRHAGE = "No hemorrhage"

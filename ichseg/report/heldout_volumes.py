@@ -13,9 +13,10 @@ from pathlib import Path
 
 from ichseg.inference.heldout_volumes import evaluate
 from ichseg.nnunet.results import is_imported
-from ichseg.report.collect import Sweep, read_cache_meta
 from ichseg.report.heldout_slices import checkpoints_at
 from ichseg.report.selection import Selection
+from ichseg.report.sources.local import read_cache_meta
+from ichseg.report.sources.model import Sweep
 from ichseg.report.table import display_name
 
 
