@@ -10,6 +10,7 @@ import copy
 import errno
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,8 +98,8 @@ _wandb_may_hang_at_exit = False
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ichseg.report.build import build_report
-    from ichseg.report.heldout_slices import evaluate_slices
+    from ichseg.report.build import build_report, report_dir
+    from ichseg.report.compute import compute, score_heldout
     from ichseg.report.sources import WITH_CHECKPOINTS, read_sweep
     from ichseg.report.sources.local import latest_sweep
 
@@ -124,9 +125,12 @@ def _report(args: argparse.Namespace) -> int:
             global _wandb_may_hang_at_exit
             _wandb_may_hang_at_exit = True
         raise
-    scored = args.source in WITH_CHECKPOINTS and not args.no_test
-    test_eval = evaluate_slices if scored else None
-    out = build_report(sweep, out, protocol=args.protocol, test_eval=test_eval)
+    results = compute(sweep, args.protocol)
+    out = report_dir(sweep, out)
+    with tempfile.TemporaryDirectory(prefix="ichseg-heldout-") as work:
+        scored = args.source in WITH_CHECKPOINTS and not args.no_test
+        heldout = score_heldout(results, Path(work)) if scored else None
+        out = build_report(results, out, heldout)
     print(f"report written to {out}")
     return _incomplete(sweep)
 

@@ -17,6 +17,7 @@ import pytest
 
 from ichseg.errors import IchsegError
 from ichseg.report.build import build_report
+from ichseg.report.compute import compute
 from ichseg.report.sources.local import collect_sweep
 from ichseg.report.sources.wandb_offline import BLOCK, RUN_FILES, collect_wandb_offline, read_log
 from ichseg.training.records import read_history, read_records
@@ -79,8 +80,8 @@ def test_offline_wandb_files_give_the_table1_of_the_records(finished_sweep, tmp_
     assert offline.missing_jobs == [] and offline.missing_records == []
     assert any("group tiny/s1" in note for note in offline.notes)
 
-    want = read_csv(build_report(local, tmp_path / "local") / "table1.csv")
-    got = read_csv(build_report(offline, tmp_path / "wandb") / "table1.csv")
+    want = read_csv(build_report(compute(local), tmp_path / "local") / "table1.csv")
+    got = read_csv(build_report(compute(offline), tmp_path / "wandb") / "table1.csv")
     assert len(got) == len(want) == 2 * 2 * len(DICE_KEYS)  # models x checkpoint epochs x protocols
     for g, w in zip(got, want, strict=True):
         assert g.keys() == w.keys()
