@@ -20,9 +20,10 @@ from ichseg.report import compute as compute_module
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute, score_heldout
 from ichseg.report.heldout_slices import SliceExample, SliceResult
+from ichseg.report.render import CSV_COLUMNS
 from ichseg.report.selection import select
 from ichseg.report.sources.local import collect_sweep, latest_sweep
-from ichseg.report.table import CSV_COLUMNS, table_rows
+from ichseg.report.table import table_rows
 from ichseg.training.records import read_records, upsert_history, upsert_record, write_job
 
 KEYS = (

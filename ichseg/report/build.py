@@ -21,6 +21,7 @@ from ichseg.report.compare import PairedComparison, comparison_markdown
 from ichseg.report.compute import HeldoutResults, SweepResults
 from ichseg.report.heldout_slices import SliceResult, slices_markdown
 from ichseg.report.heldout_volumes import VolumeResult, volumes_markdown
+from ichseg.report.render import detection_markdown, table1_csv, table1_latex, table1_markdown
 from ichseg.report.selection import Selection, selection_markdown
 from ichseg.report.sources.local import read_cache_meta
 from ichseg.report.sources.model import Job, Sweep
@@ -31,12 +32,8 @@ from ichseg.report.table import (
     TRAIN_MEANING,
     ArchInfo,
     TableRow,
-    detection_markdown,
     detection_rows,
     display_name,
-    table1_csv,
-    table1_latex,
-    table1_markdown,
     undefined_values,
 )
 

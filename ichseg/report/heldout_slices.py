@@ -33,9 +33,10 @@ from ichseg.inference.checkpoint import load_checkpoint
 from ichseg.inference.ensemble import Ensemble, pick_device
 from ichseg.metrics import ProtocolAccumulator, stage_keys
 from ichseg.nnunet.results import imported_test_probabilities, is_imported
+from ichseg.report.render import fmt
 from ichseg.report.selection import Choice, Selection
 from ichseg.report.sources.model import Job, Sweep
-from ichseg.report.table import display_name, fmt, protocol
+from ichseg.report.table import display_name, protocol
 
 NO_HEMORRHAGE = "No hemorrhage"
 # Every test-stage protocol, the authors' per-image scoring (`perimage`) beside the others.
