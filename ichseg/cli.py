@@ -10,6 +10,7 @@ import copy
 import errno
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from ichseg.errors import IchsegError
 
 if TYPE_CHECKING:
-    from ichseg.report.collect import Sweep
+    from ichseg.report.sources.model import Sweep
 
 
 def _phantom(args: argparse.Namespace) -> None:
@@ -97,40 +98,39 @@ _wandb_may_hang_at_exit = False
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ichseg.report.build import build_report, latest_sweep
-    from ichseg.report.collect import collect_sweep
-    from ichseg.report.heldout_slices import evaluate_slices
+    from ichseg.report.build import build_report, report_dir
+    from ichseg.report.compute import compute, score_heldout
+    from ichseg.report.sources import WITH_CHECKPOINTS, read_sweep
+    from ichseg.report.sources.local import latest_sweep
 
     out = _output_dir(args.out, "--out") if args.out else None
     if args.source != "wandb" and (args.project or args.group):
         raise IchsegError(f"--project and --group go with --source wandb, not {args.source}")
     if args.source == "wandb":
-        from ichseg.report.wandb_source import collect_wandb
-
         if not args.project or not args.group:
             raise IchsegError("--source wandb needs --project entity/project and --group GROUP")
         if args.sweep:
             raise IchsegError(f"--source wandb reads no sweep folder, found {args.sweep!r}")
         # The group is `<experiment_name>/<sweep folder>`: where the local sweep would be.
         out = out or Path(args.experiments) / args.group / "report-wandb"
-        try:
-            sweep = collect_wandb(args.project, args.group)
-        except IchsegError:
+        sweep_dir = None
+    else:
+        sweep_dir = Path(args.sweep) if args.sweep else latest_sweep(Path(args.experiments))
+        if args.source == "wandb-offline":
+            out = out or sweep_dir / "report-wandb-offline"
+    try:
+        sweep = read_sweep(args.source, sweep_dir, args.project, args.group)
+    except IchsegError:
+        if args.source == "wandb":
             global _wandb_may_hang_at_exit
             _wandb_may_hang_at_exit = True
-            raise
-        test_eval = None  # checkpoints are not on W&B
-    else:
-        sweep = Path(args.sweep) if args.sweep else latest_sweep(Path(args.experiments))
-        test_eval = None if args.no_test else evaluate_slices
-        if args.source == "wandb-offline":
-            from ichseg.report.wandb_offline import collect_wandb_offline
-
-            out = out or sweep / "report-wandb-offline"
-            sweep, test_eval = collect_wandb_offline(sweep), None
-        else:
-            sweep = collect_sweep(sweep)
-    out = build_report(sweep, out, protocol=args.protocol, test_eval=test_eval)
+        raise
+    results = compute(sweep, args.protocol)
+    out = report_dir(sweep, out)
+    with tempfile.TemporaryDirectory(prefix="ichseg-heldout-") as work:
+        scored = args.source in WITH_CHECKPOINTS and not args.no_test
+        heldout = score_heldout(results, Path(work)) if scored else None
+        out = build_report(results, out, heldout)
     print(f"report written to {out}")
     return _incomplete(sweep)
 

@@ -56,7 +56,7 @@ def cache_of(path: str | Path) -> Path:
     path = Path(path)
     if (path / "meta.json").is_file() and (path / "splits.json").is_file():
         return path
-    from ichseg.report.collect import collect_sweep
+    from ichseg.report.sources.local import collect_sweep
 
     sweep = collect_sweep(path)
     caches = sorted({str(j.state["cache_dir"]) for j in sweep.jobs if j.state.get("cache_dir")})

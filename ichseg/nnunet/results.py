@@ -28,7 +28,8 @@ from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION, ProtocolAccumulator
 from ichseg.nnunet.export import cache_of, provenance
 from ichseg.nnunet.layout import PROVENANCE_KEY
-from ichseg.report.collect import CONFIG_FILE, Job, Sweep, collect_sweep
+from ichseg.report.sources.local import collect_sweep
+from ichseg.report.sources.model import CONFIG_FILE, Job, Sweep
 from ichseg.training.records import upsert_record, write_job
 
 MODEL = "nnunet"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,14 @@ from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
 from ichseg.nnunet.results import is_imported
 from ichseg.report import figures
-from ichseg.report.collect import Job, Sweep, collect_sweep, latest_sweep, read_cache_meta
-from ichseg.report.compare import PairedComparison, compare_all, comparison_markdown
+from ichseg.report.compare import PairedComparison, comparison_markdown
+from ichseg.report.compute import HeldoutResults, SweepResults
 from ichseg.report.heldout_slices import SliceResult, slices_markdown
-from ichseg.report.heldout_volumes import VolumeResult, evaluate_volumes, volumes_markdown
-from ichseg.report.selection import Selection, select, selection_markdown
+from ichseg.report.heldout_volumes import VolumeResult, volumes_markdown
+from ichseg.report.render import detection_markdown, table1_csv, table1_latex, table1_markdown
+from ichseg.report.selection import Selection, selection_markdown
+from ichseg.report.sources.local import read_cache_meta
+from ichseg.report.sources.model import Job, Sweep
 from ichseg.report.table import (
     DETECTION_DESCRIPTION,
     PROTOCOLS,
@@ -29,21 +32,11 @@ from ichseg.report.table import (
     TRAIN_MEANING,
     ArchInfo,
     TableRow,
-    arch_info,
-    detection_markdown,
     detection_rows,
     display_name,
-    protocol,
-    table1_csv,
-    table1_latex,
-    table1_markdown,
-    table_rows,
     undefined_values,
 )
 
-__all__ = ["TestEval", "build_report", "latest_sweep"]
-
-TestEval = Callable[[Sweep, Selection], Sequence[SliceResult]]
 # Published validation numbers (the D-Unet paper; Hssayeni et al. 2020, doi:10.3390/data5010014):
 # source, protocol, split, architecture, IoU, Dice, test.
 # A folder holding all three is a report ichseg wrote, which a new report may replace.
@@ -94,69 +87,48 @@ PUBLISHED_NOTE = (
 )
 
 
-def build_report(
-    sweep_dir: str | Path | Sweep,
-    out_dir: str | Path | None = None,
-    protocol: str = "paper",
-    test_eval: TestEval | Sequence[SliceResult] | None = None,
-) -> Path:
-    """Write the report of the sweep at `sweep_dir` (default `<sweep>/report/`); return its path.
-
-    `sweep_dir` may also be a `Sweep` read from another source (e.g. `collect_wandb`); one that
-    is not a folder needs `out_dir`. `protocol` chooses the metric protocol of the selection and
-    the headline comparison; `test_eval` is a callable `(sweep, selection) -> [SliceResult]`, or
-    its results, or None when the test split is not scored.
-    """
-    main_protocol = _protocol_name(protocol)
-    sweep = sweep_dir if isinstance(sweep_dir, Sweep) else collect_sweep(sweep_dir)
+def report_dir(sweep: Sweep, out_dir: str | Path | None = None) -> Path:
+    """The report folder (default `<sweep>/report/`), refused unless a report may be written
+    there: checked before the held-out scoring, not only before the rename."""
     if out_dir is None and not sweep.root.is_dir():
         raise IchsegError(f"{sweep.root}: not a folder; give out_dir for the report")
     out = Path(out_dir) if out_dir is not None else sweep.root / "report"
-    check_replaceable(out, REPORT_FILES)  # before the work, not only before the rename
-    if not any(j.records for j in sweep.jobs):
-        raise IchsegError(
-            f"{sweep.root}: no job has written a checkpoint record yet "
-            f"({len(sweep.jobs)} job folders found); nothing to report"
-        )
-    rows = {name: table_rows(sweep, name) for name in PROTOCOLS}
-    selections = {name: select(rows[name], name) for name in PROTOCOLS}
-    comparisons = {name: compare_all(sweep, selections[name]) for name in PROTOCOLS}
-    archs = {m: arch_info(sweep, m) for m in sweep.models}
-    if callable(test_eval):
-        results = list(test_eval(sweep, selections[main_protocol]))
-    else:
-        results = list(test_eval or [])
+    check_replaceable(out, REPORT_FILES)
+    return out
 
+
+def build_report(
+    results: SweepResults, out_dir: str | Path | None = None, heldout: HeldoutResults | None = None
+) -> Path:
+    """Write the report of `results` into `report_dir(results.sweep, out_dir)`; return its path.
+
+    `heldout` is the test split's scores, or None when it was not scored.
+    """
+    sweep, rows, selections = results.sweep, results.rows, results.selections
+    out = report_dir(sweep, out_dir)
     with atomic_path(out, is_dir=True, owned_by=REPORT_FILES) as tmp:
         all_rows = [r for name in PROTOCOLS for r in rows[name]]
         (tmp / "table1.csv").write_text(table1_csv(all_rows), encoding="utf-8")
-        (tmp / "table1.tex").write_text(_latex(rows, archs, selections), encoding="utf-8")
+        (tmp / "table1.tex").write_text(_latex(rows, results.archs, selections), encoding="utf-8")
         pictures = {}
         if figures.loss_curves(sweep, tmp / "loss_curves.png"):
             pictures["loss_curves.png"] = "Training and validation Dice loss per epoch"
         by_epoch = {name: rows[name] for name in ("paper", "lesion")}
         if figures.val_dice_by_epoch(by_epoch, selections, tmp / "val_dice_by_epoch.png"):
             pictures["val_dice_by_epoch.png"] = "Validation Dice per checkpoint epoch"
-        for i, result in enumerate(results):
+        slices = heldout.slices if heldout is not None else []
+        for i, result in enumerate(slices):
             name = f"test_overlays_{result.model}_{i}.png"
             if figures.test_overlays(result, tmp / name):
                 pictures[name] = f"Test slices, {display_name(result.model)}, {result.scoring}"
-        summary = _summary(sweep, selections, comparisons, main_protocol)
+        summary = _summary(sweep, selections, results.comparisons, results.protocol)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        # Whole-volume scores need the release itself: only when the test split is scored.
-        patients = (
-            evaluate_volumes(sweep, selections[main_protocol], tmp) if callable(test_eval) else []
-        )
-        text = _markdown(
-            sweep, rows, archs, selections, comparisons, main_protocol, results, pictures, patients
-        )
+        volumes = heldout.volumes if heldout is not None else []
+        for volume in volumes:
+            shutil.copytree(volume.folder, tmp / volume.folder.name)
+        text = _markdown(results, slices, pictures, volumes)
         (tmp / "report.md").write_text(text, encoding="utf-8")
     return out
-
-
-def _protocol_name(name: str) -> str:
-    """Validate the protocol argument early, before any file is read."""
-    return protocol(name).name
 
 
 def _latex(
@@ -416,18 +388,15 @@ def _completeness(sweep: Sweep) -> list[str]:
 
 
 def _markdown(
-    sweep: Sweep,
-    rows: dict[str, list[TableRow]],
-    archs: dict[str, ArchInfo | None],
-    selections: dict[str, Selection],
-    comparisons: dict[str, list[PairedComparison]],
-    main_protocol: str,
+    computed: SweepResults,
     results: list[SliceResult],
     pictures: dict[str, str],
     patients: list[VolumeResult],
 ) -> str:
     """report.md."""
-    main = PROTOCOLS[main_protocol]
+    sweep, rows, archs = computed.sweep, computed.rows, computed.archs
+    selections, comparisons = computed.selections, computed.comparisons
+    main = PROTOCOLS[computed.protocol]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# ichseg report: `{sweep.root.name}`",

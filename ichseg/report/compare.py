@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ichseg.report.collect import Sweep
+from ichseg.report.render import fmt
 from ichseg.report.selection import Selection
-from ichseg.report.table import PROTOCOLS, display_name, fmt, fold_values, protocol
+from ichseg.report.sources.model import Sweep
+from ichseg.report.table import PROTOCOLS, display_name, fold_values, protocol
 
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000

@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from ichseg.report.collect import Sweep
 from ichseg.report.heldout_slices import SliceResult
 from ichseg.report.selection import Selection
+from ichseg.report.sources.model import Sweep
 from ichseg.report.table import PROTOCOLS, TableRow, display_name
 from ichseg.visualize import overlay_rgb
 

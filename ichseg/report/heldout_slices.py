@@ -11,8 +11,8 @@ Scores use `ichseg.metrics.ProtocolAccumulator` over the test rows' probabilitie
 module's evaluation batches (the paper protocol depends on batching), overall and per hemorrhage
 subtype; `perimage` is the authors' own test scoring (Keras `evaluate` with batch size 1).
 
-`build_report` takes `SliceResult`s from a callable (`evaluate_slices`) or as they are, so the
-report can be built, and tested, without a trained model.
+`ichseg.report.compute.score_heldout` calls `evaluate_slices`; `build_report` takes the
+`SliceResult`s as they are, so the report can be built, and tested, without a trained model.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from ichseg.inference.checkpoint import load_checkpoint
 from ichseg.inference.ensemble import Ensemble
 from ichseg.metrics import ProtocolAccumulator, stage_keys
 from ichseg.nnunet.results import imported_test_probabilities, is_imported
-from ichseg.report.collect import Job, Sweep
+from ichseg.report.render import fmt
 from ichseg.report.selection import Choice, Selection
-from ichseg.report.table import display_name, fmt, protocol
+from ichseg.report.sources.model import Job, Sweep
+from ichseg.report.table import display_name, protocol
 from ichseg.runtime import pick_device
 
 NO_HEMORRHAGE = "No hemorrhage"

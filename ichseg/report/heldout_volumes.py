@@ -13,9 +13,10 @@ from pathlib import Path
 
 from ichseg.inference.heldout_volumes import evaluate
 from ichseg.nnunet.results import is_imported
-from ichseg.report.collect import Sweep, read_cache_meta
 from ichseg.report.heldout_slices import checkpoints_at
 from ichseg.report.selection import Selection
+from ichseg.report.sources.local import read_cache_meta
+from ichseg.report.sources.model import Sweep
 from ichseg.report.table import display_name
 
 
@@ -26,7 +27,7 @@ class VolumeResult:
     model: str
     epoch: int
     folds: tuple[int, ...]
-    folder: str  # relative to the report folder: patients.csv and summary.json
+    folder: Path  # patients.csv and summary.json, taken into the report under its name
     summary: dict
 
 
@@ -52,9 +53,9 @@ def evaluate_volumes(sweep: Sweep, selection: Selection, out_dir: Path) -> list[
         if any(is_imported(job) for job in sweep.jobs_of(choice.model)):
             continue  # nnU-Net predicted the exported slices only, not whole volumes
         pairs = checkpoints_at(sweep, choice.model, choice.epoch)
-        folder = f"patients_{choice.model}"
+        folder = out_dir / f"patients_{choice.model}"
         summary = evaluate(
-            [path for _, path in pairs], release_root, cache_dir, out_dir / folder, progress=False
+            [path for _, path in pairs], release_root, cache_dir, folder, progress=False
         )
         folds = tuple(job.fold for job, _ in pairs)
         results.append(VolumeResult(choice.model, choice.epoch, folds, folder, summary))
@@ -83,6 +84,6 @@ def volumes_markdown(results: list[VolumeResult]) -> str:
             f"| {display_name(r.model)} | {r.epoch} | {len(r.folds)} | {s['n_patients']} | "
             f"{_fmt(s['dice_3d_mean'])} ({s['dice_3d_defined_for']}) | "
             f"{_fmt(s['volume_abs_error_ml_mean'], 2)} | {_fmt(s['patient_sensitivity'])} | "
-            f"{_fmt(s['patient_specificity'])} | `{r.folder}/` |"
+            f"{_fmt(s['patient_specificity'])} | `{r.folder.name}/` |"
         )
     return "\n".join(lines) + "\n"

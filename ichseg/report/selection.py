@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ichseg.report.table import TableRow, display_name, fmt
+from ichseg.report.render import fmt
+from ichseg.report.table import TableRow, display_name
 
 # Scores equal to this many decimals count as tied; float sums of the same fold values taken in
 # a different order can differ in the last bit.

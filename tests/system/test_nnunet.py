@@ -24,8 +24,9 @@ from ichseg.errors import IchsegError
 from ichseg.nnunet.export import export_dataset
 from ichseg.nnunet.results import TEST_PROBABILITIES, import_results
 from ichseg.report.build import build_report
-from ichseg.report.collect import collect_sweep
+from ichseg.report.compute import compute, score_heldout
 from ichseg.report.heldout_slices import evaluate_slices
+from ichseg.report.sources.local import collect_sweep
 from ichseg.training.records import read_job, read_records
 from tests.helpers.runs import ROOT
 
@@ -228,7 +229,8 @@ def test_import_scores_match_numpy_and_the_report_has_three_architectures(sweep,
             test, _foreground(folder / f"fold_{fold}" / "test", data.splits["test"])
         )
 
-    report = build_report(sweep, protocol="lesion", test_eval=evaluate_slices)
+    computed = compute(collect_sweep(sweep), "lesion")
+    report = build_report(computed, heldout=score_heldout(computed, tmp_path / "heldout"))
     text = (report / "report.md").read_text()
     assert (
         "| nnU-Net (own final checkpoint) | (32,64,128) | (3x3) | (stride-2 conv) | NA | 12 "
@@ -391,5 +393,6 @@ def test_real_nnunet_trains_on_the_export_and_its_predictions_are_scored(sweep, 
         seg = np.asarray(Image.open(folder / "fold_0" / "validation" / f"{sid}.png"))
         prob = _foreground(folder / "fold_0" / "validation", [sid])[0]
         assert np.array_equal(seg.astype(bool), prob > 0.5)
-    report = build_report(sweep, protocol="paper", test_eval=evaluate_slices)
+    computed = compute(collect_sweep(sweep), "paper")
+    report = build_report(computed, heldout=score_heldout(computed, tmp_path / "heldout"))
     assert "nnU-Net (own final checkpoint)" in (report / "report.md").read_text()

@@ -18,9 +18,10 @@ import pytest
 from ichseg.errors import IchsegError
 from ichseg.metrics import PROTOCOLS
 from ichseg.report.build import build_report
-from ichseg.report.collect import collect_sweep
+from ichseg.report.compute import compute
+from ichseg.report.sources.local import collect_sweep
+from ichseg.report.sources.wandb_offline import BLOCK, RUN_FILES, collect_wandb_offline, read_log
 from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
-from ichseg.report.wandb_offline import BLOCK, RUN_FILES, collect_wandb_offline, read_log
 from ichseg.training.records import read_history, read_records
 
 # The Dice key of each Table 1 protocol, from the metric registry.
@@ -77,8 +78,8 @@ def test_offline_wandb_files_give_the_table1_of_the_records(finished_sweep, tmp_
     assert offline.missing_jobs == [] and offline.missing_records == []
     assert any("group tiny/s1" in note for note in offline.notes)
 
-    want = read_csv(build_report(local, tmp_path / "local") / "table1.csv")
-    got = read_csv(build_report(offline, tmp_path / "wandb") / "table1.csv")
+    want = read_csv(build_report(compute(local), tmp_path / "local") / "table1.csv")
+    got = read_csv(build_report(compute(offline), tmp_path / "wandb") / "table1.csv")
     assert len(got) == len(want) == 2 * 2 * len(DICE_KEYS)  # models x checkpoint epochs x protocols
     for g, w in zip(got, want, strict=True):
         assert g.keys() == w.keys()
@@ -155,7 +156,7 @@ def test_wandb_api_that_never_answers_times_out(tmp_path):
         )
         code = (
             "import sys\n"
-            "import ichseg.report.wandb_source as source\n"
+            "import ichseg.report.sources.wandb_api as source\n"
             "from ichseg.cli import console\n"
             "source.API_TIMEOUT_S = 2\n"
             "sys.argv = ['ichseg', 'report', '--source', 'wandb', '--project', 'me/ichseg', "
@@ -237,8 +238,8 @@ def test_run_file_framing_is_read_across_blocks(tmp_path):
 
 
 def test_runs_of_a_resumed_job_are_merged_later_run_winning():
-    from ichseg.report.collect import Job
-    from ichseg.report.wandb_source import merge_jobs
+    from ichseg.report.sources.model import Job
+    from ichseg.report.sources.wandb_api import merge_jobs
 
     def job(run: str, epochs: list[int]) -> Job:
         records = [

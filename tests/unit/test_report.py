@@ -16,12 +16,15 @@ from scipy import stats
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION, PROTOCOLS
+from ichseg.report import compute as compute_module
 from ichseg.report.build import build_report
-from ichseg.report.collect import collect_sweep, latest_sweep
+from ichseg.report.compute import compute, score_heldout
 from ichseg.report.heldout_slices import SliceExample, SliceResult
+from ichseg.report.render import CSV_COLUMNS
 from ichseg.report.selection import select
-from ichseg.report.table import CSV_COLUMNS, table_rows
+from ichseg.report.sources.local import collect_sweep, latest_sweep
 from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
+from ichseg.report.table import table_rows
 from ichseg.training.records import read_records, upsert_history, upsert_record, write_job
 
 # (IoU key, Dice key) of each Table 1 protocol, from the metric registry.
@@ -149,6 +152,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def report(sweep: Path, protocol: str = "paper") -> Path:
+    """The report of a sweep folder with the test split unscored, as `--no-test` writes it."""
+    return build_report(compute(collect_sweep(sweep), protocol))
+
+
 def report_section(text: str, title: str) -> str:
     """The text of one `## title` section of report.md."""
     start = text.index(f"## {title}")
@@ -158,7 +166,7 @@ def report_section(text: str, title: str) -> str:
 
 def test_table1_csv_matches_an_independent_computation(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
-    out = build_report(sweep)
+    out = report(sweep)
     with open(out / "table1.csv", newline="") as fh:
         assert tuple(next(csv.reader(fh))) == CSV_COLUMNS
     rows = read_csv(out / "table1.csv")
@@ -189,7 +197,7 @@ def test_table1_csv_matches_an_independent_computation(tmp_path):
 
 def test_markdown_and_latex_contain_every_row(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
-    out = build_report(sweep)
+    out = report(sweep)
     text = (out / "report.md").read_text()
     tex = (out / "table1.tex").read_text()
     assert tex.count(r"\begin{tabular}") == 4
@@ -229,7 +237,7 @@ def test_selection_picks_best_epoch_and_breaks_ties(tmp_path):
     selection = select(table_rows(collect_sweep(sweep), "paper"), "paper")
     assert selection.epochs() == {"unet": 200, "dunet": 200}
     assert selection.best == "unet"
-    summary = json.loads((build_report(sweep) / "summary.json").read_text())
+    summary = json.loads((report(sweep) / "summary.json").read_text())
     chosen = summary["selection"]["paper"]["models"]["dunet"]
     assert chosen["epoch"] == 200
     assert chosen["checkpoints"]["3"].endswith("dunet-fold3/checkpoints/epoch=0200.ckpt")
@@ -253,7 +261,7 @@ def test_missing_job_and_missing_records_are_named(tmp_path):
         skip_records={("unet", 1, 200), ("unet", 2, 300)},
         status={("unet", 2): "running"},
     )
-    out = build_report(sweep)
+    out = report(sweep)
     text = report_section((out / "report.md").read_text(), "Completeness")
     assert "folder is gone): dunet-fold3." in text
     assert "unet-fold1: epochs 200" in text
@@ -284,13 +292,13 @@ def test_sweep_without_records_or_multirun_is_an_error(tmp_path):
         skip_records={(m, f, 100) for m in ("unet", "dunet") for f in range(10)},
     )
     with pytest.raises(IchsegError, match=re.escape(str(sweep))):
-        build_report(sweep)
+        report(sweep)
     plain = tmp_path / "plain"
     plain.mkdir()
     with pytest.raises(IchsegError, match=re.escape("multirun.yaml")):
-        build_report(plain)
+        report(plain)
     with pytest.raises(IchsegError, match="protocol"):
-        build_report(sweep, protocol="nope")
+        report(sweep, protocol="nope")
 
 
 def _pairs(sweep: Path, key: str, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +327,7 @@ def test_clear_difference_is_claimed_with_scipy_p_value(tmp_path):
         return base
 
     sweep = make_sweep(tmp_path / "sweep", metrics=metrics, max_epochs=100)
-    out = build_report(sweep)
+    out = report(sweep)
     summary = json.loads((out / "summary.json").read_text())
     for name, comparisons in summary["comparisons"].items():
         for c in comparisons:
@@ -346,7 +354,7 @@ def test_noise_difference_is_not_claimed(tmp_path):
     for key in ("iou_paper", "dice_paper"):
         unet, dunet = _pairs(sweep, key, 100)
         assert stats.wilcoxon(dunet, unet).pvalue >= 0.05  # the premise of this test
-    out = build_report(sweep)
+    out = report(sweep)
     text = report_section((out / "report.md").read_text(), "Paired comparison")
     assert "is better than" not in text
     assert text.count("is not supported") == 2
@@ -354,12 +362,12 @@ def test_noise_difference_is_not_claimed(tmp_path):
 
 def test_one_fold_is_not_enough_to_compare(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", folds=[0], fold_override="0", max_epochs=100)
-    text = (build_report(sweep) / "report.md").read_text()
+    text = (report(sweep) / "report.md").read_text()
     assert "Not enough folds" in report_section(text, "Paired comparison")
     assert "is better than" not in text
 
 
-def test_figures_are_pngs_and_test_results_are_rendered(tmp_path):
+def test_figures_are_pngs_and_test_results_are_rendered(tmp_path, monkeypatch):
     sweep = make_sweep(tmp_path / "sweep")
     image = np.linspace(0, 1, 32 * 32).reshape(32, 32)
     mask = np.zeros((32, 32), bool)
@@ -380,7 +388,9 @@ def test_figures_are_pngs_and_test_results_are_rendered(tmp_path):
         calls.append((found.root, selection.protocol))
         return [result]
 
-    out = build_report(sweep, out_dir=tmp_path / "out", test_eval=evaluate)
+    monkeypatch.setattr(compute_module, "evaluate_slices", evaluate)
+    results = compute(collect_sweep(sweep))
+    out = build_report(results, tmp_path / "out", score_heldout(results, tmp_path / "work"))
     assert calls == [(sweep, "paper")]
     names = ["loss_curves.png", "val_dice_by_epoch.png", "test_overlays_dunet_0.png"]
     for name in names:
@@ -395,9 +405,9 @@ def test_figures_are_pngs_and_test_results_are_rendered(tmp_path):
 
 def test_rebuilding_replaces_the_report(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", max_epochs=100)
-    out = build_report(sweep)
+    out = report(sweep)
     (out / "stale.txt").write_text("old")
-    assert build_report(sweep) == out
+    assert report(sweep) == out
     assert not (out / "stale.txt").exists()
     assert not [p for p in sweep.iterdir() if p.name.startswith(".report")]
 
@@ -497,7 +507,7 @@ def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
 def test_wandb_source_gives_the_same_table(tmp_path):
     from types import SimpleNamespace
 
-    from ichseg.report.wandb_source import collect_wandb
+    from ichseg.report.sources.wandb_api import collect_wandb
     from ichseg.training.records import read_history
 
     sweep = make_sweep(tmp_path / "sweep", skip_records={("unet", 1, 200)})
@@ -522,8 +532,8 @@ def test_wandb_source_gives_the_same_table(tmp_path):
     api = SimpleNamespace(
         runs=lambda project, filters: [r for r in runs if r.group == filters["group"]]
     )
-    local = build_report(sweep)
-    remote = build_report(collect_wandb("me/ichseg", "test/sweep", api), out_dir=tmp_path / "wb")
+    local = report(sweep)
+    remote = build_report(compute(collect_wandb("me/ichseg", "test/sweep", api)), tmp_path / "wb")
     assert (remote / "table1.csv").read_text() == (local / "table1.csv").read_text()
     text = (remote / "report.md").read_text()
     assert "unet-fold1: epochs 200" in text and "Read from W&B" in text
@@ -539,9 +549,9 @@ def test_records_of_an_older_metric_version_are_refused(tmp_path):
         r.pop("metrics_version")
     (job / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(IchsegError, match=r"unet-fold3.*epoch 100.*'dice_paper' was a thresh"):
-        build_report(sweep)
+        report(sweep)
     records[0]["metrics_version"] = 7
     (job / "records.jsonl").write_text(json.dumps(records[0]) + "\n")
     with pytest.raises(IchsegError, match="metrics_version 7, this ichseg reads 2"):
-        build_report(sweep)
+        report(sweep)
     assert not (sweep / "report").exists()

@@ -1,37 +1,24 @@
-"""Find a sweep's jobs and read what each wrote: config, job state, checkpoint records, history.
+"""The sweep as the report sees it, whatever source it was read from.
 
-A sweep is a Hydra multirun folder (it has `multirun.yaml`) with one `<model>-fold<k>/` folder per
-job. Reading is split from assembling: `collect_sweep` reads the files, `assemble_sweep` works out
-what is expected and what is missing from plain `Job` objects, so another source (e.g. the W&B
-API) only has to build `Job`s to reuse the rest of the report.
+Every source (`local`, `wandb_api`, `wandb_offline`) only builds plain `Job`s; `assemble_sweep`
+works out from them and the sweep's `multirun.yaml` what is expected and what is missing, so
+the rest of the report is shared.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION
-from ichseg.training.records import (
-    HISTORY_FILE,
-    JOB_FILE,
-    RECORDS_FILE,
-    read_history,
-    read_job,
-    read_records,
-)
 
 MULTIRUN_FILE = "multirun.yaml"
 CONFIG_FILE = "config.yaml"
-JOB_DIR_PATTERN = re.compile(r"^(?P<model>[A-Za-z0-9_.]+)-fold(?P<fold>\d+)$")
 # A job that has not written job.json yet (or never will) has no status of its own.
 NOT_STARTED = "not started"
 _MISSING = object()
@@ -130,109 +117,6 @@ class Sweep:
         found = {r["epoch"] for j in self.jobs_of(model) for r in j.records}
         found |= {e for m, _, e in self.missing_records if m == model}
         return sorted(found)
-
-
-def is_sweep(path: str | Path) -> bool:
-    """True when `path` is a folder holding Hydra's `multirun.yaml`."""
-    return (Path(path) / MULTIRUN_FILE).is_file()
-
-
-def latest_sweep(experiments_dir: str | Path) -> Path:
-    """The sweep under `experiments_dir` whose multirun.yaml is newest (the last one launched)."""
-    root = Path(experiments_dir)
-    if not root.is_dir():
-        raise IchsegError(f"{root}: experiments folder not found")
-    # multirun.yaml is written when a sweep is launched; a folder's own mtime would also move
-    # when a report is written into an old sweep, making it look like the latest.
-    found = [p for p in root.rglob(MULTIRUN_FILE) if p.is_file()]
-    if not found:
-        raise IchsegError(f"{root}: no sweep found (no {MULTIRUN_FILE} in any folder below it)")
-    return max(found, key=lambda p: p.stat().st_mtime).parent
-
-
-def _load_yaml(path: Path) -> dict:
-    """A YAML mapping from `path`; IchsegError naming the file when it is not one."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise IchsegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise IchsegError(f"{path}: expected a YAML mapping, found {type(data).__name__}")
-    return data
-
-
-def _is_job_dir(path: Path) -> bool:
-    """A subfolder is a job when it is named like one or holds one of a job's files."""
-    if not path.is_dir() or path.name.startswith("."):
-        return False
-    if JOB_DIR_PATTERN.match(path.name):
-        return True
-    return any((path / f).exists() for f in (JOB_FILE, RECORDS_FILE, CONFIG_FILE))
-
-
-def read_job_dir(job_dir: Path) -> Job:
-    """Read one job folder: job.json, config.yaml, records.jsonl and history.csv."""
-    state = read_job(job_dir) or {}
-    config_path = job_dir / CONFIG_FILE
-    config = _load_yaml(config_path) if config_path.is_file() else {}
-    match = JOB_DIR_PATTERN.match(job_dir.name)
-    model = state.get("model") or config.get("model", {}).get("name")
-    fold = state.get("fold", config.get("fold"))
-    if model is None and match:
-        model = match["model"]
-    if fold is None and match:
-        fold = int(match["fold"])
-    if model is None or fold is None:
-        raise IchsegError(
-            f"{job_dir}: cannot tell the job's model and fold (expected a folder named "
-            f"<model>-fold<k>, or 'model' and 'fold' in {JOB_FILE} or {CONFIG_FILE})"
-        )
-    records = read_records(job_dir)
-    for r in records:
-        missing = [k for k in ("epoch", "train", "val") if k not in r]
-        if missing:
-            raise IchsegError(
-                f"{job_dir / RECORDS_FILE}: record {r.get('epoch', '?')} lacks {', '.join(missing)}"
-            )
-        if (r.get("model", model), r.get("fold", fold)) != (model, fold):
-            raise IchsegError(
-                f"{job_dir / RECORDS_FILE}: record of epoch {r['epoch']} is for "
-                f"{r.get('model')}-fold{r.get('fold')}, expected {model}-fold{fold}"
-            )
-    return Job(
-        model=str(model),
-        fold=int(fold),
-        status=state.get("status", NOT_STARTED),
-        config=config,
-        state=state,
-        records=records,
-        history=read_history(job_dir) if (job_dir / HISTORY_FILE).exists() else [],
-        dir=job_dir,
-        source=str(config_path) if config else str(job_dir),
-    )
-
-
-def collect_sweep(sweep_dir: str | Path) -> Sweep:
-    """Read every job folder of the sweep at `sweep_dir` and work out what is missing."""
-    root = Path(sweep_dir)
-    if not root.is_dir():
-        raise IchsegError(f"{root}: sweep folder not found")
-    if not is_sweep(root) and (root / JOB_FILE).is_file():
-        return single_run(root)
-    if not is_sweep(root):
-        raise IchsegError(
-            f"{root}: not a sweep folder (expected Hydra's {MULTIRUN_FILE}) nor a single run's "
-            f"folder (expected {JOB_FILE}); run `python train.py ...` to make one"
-        )
-    jobs = [read_job_dir(p) for p in sorted(root.iterdir()) if _is_job_dir(p)]
-    return assemble_sweep(root, _load_yaml(root / MULTIRUN_FILE), jobs)
-
-
-def single_run(job_dir: Path) -> Sweep:
-    """A single run's folder (`python train.py`, no -m) as a sweep of its one job."""
-    job = read_job_dir(job_dir)
-    multirun = {"hydra": {"overrides": {"task": [f"model={job.model}", f"fold={job.fold}"]}}}
-    return assemble_sweep(job_dir, multirun, [job])
 
 
 def _sweep_values(multirun: dict, key: str) -> list | None:
@@ -355,15 +239,3 @@ def assemble_sweep(root: Path, multirun: dict, jobs: list[Job]) -> Sweep:
         missing_records=sorted(missing_records, key=lambda t: (models.index(t[0]), t[1], t[2])),
         notes=notes,
     )
-
-
-def read_cache_meta(job: Job) -> dict | None:
-    """The prepared cache's meta.json named by the job's `cache_dir`, or None when unreadable."""
-    cache_dir = job.state.get("cache_dir")
-    if not cache_dir:
-        return None
-    path = Path(cache_dir) / "meta.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None

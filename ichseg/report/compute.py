@@ -1,0 +1,73 @@
+"""What a report says, computed before anything is written.
+
+`compute` turns a sweep's records into every protocol's Table 1 rows, selection and paired
+comparisons; `score_heldout` scores the main protocol's selected checkpoints on the held-out test
+split (slices, and whole volumes on a patient split). `ichseg.report.build` only writes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ichseg.errors import IchsegError
+from ichseg.report.compare import PairedComparison, compare_all
+from ichseg.report.heldout_slices import SliceResult, evaluate_slices
+from ichseg.report.heldout_volumes import VolumeResult, evaluate_volumes
+from ichseg.report.selection import Selection, select
+from ichseg.report.sources.model import Sweep
+from ichseg.report.table import PROTOCOLS, ArchInfo, TableRow, arch_info, protocol, table_rows
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """Everything the report computes from the records, under every protocol."""
+
+    sweep: Sweep
+    protocol: str  # the main protocol: selection and headline comparison
+    rows: dict[str, list[TableRow]]
+    selections: dict[str, Selection]
+    comparisons: dict[str, list[PairedComparison]]
+    archs: dict[str, ArchInfo | None]
+
+    @property
+    def selection(self) -> Selection:
+        """The main protocol's selection, whose checkpoints the held-out split scores."""
+        return self.selections[self.protocol]
+
+
+@dataclass(frozen=True)
+class HeldoutResults:
+    """The selected checkpoints' scores on the held-out test split."""
+
+    slices: list[SliceResult]
+    volumes: list[VolumeResult]  # whole volumes: only on a patient split
+
+
+def compute(sweep: Sweep, protocol_name: str = "paper") -> SweepResults:
+    """Table 1 rows, selections and comparisons of `sweep`, with `protocol_name` the main one."""
+    main = protocol(protocol_name).name
+    if not any(j.records for j in sweep.jobs):
+        raise IchsegError(
+            f"{sweep.root}: no job has written a checkpoint record yet "
+            f"({len(sweep.jobs)} job folders found); nothing to report"
+        )
+    rows = {name: table_rows(sweep, name) for name in PROTOCOLS}
+    selections = {name: select(rows[name], name) for name in PROTOCOLS}
+    return SweepResults(
+        sweep=sweep,
+        protocol=main,
+        rows=rows,
+        selections=selections,
+        comparisons={name: compare_all(sweep, selections[name]) for name in PROTOCOLS},
+        archs={m: arch_info(sweep, m) for m in sweep.models},
+    )
+
+
+def score_heldout(results: SweepResults, work_dir: Path) -> HeldoutResults:
+    """Score the selected checkpoints on the test slices and, on a patient split, on whole
+    volumes, whose files are written under `work_dir` for the report to take in."""
+    return HeldoutResults(
+        slices=list(evaluate_slices(results.sweep, results.selection)),
+        volumes=evaluate_volumes(results.sweep, results.selection, work_dir),
+    )
