@@ -10,7 +10,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ichseg.errors import IchsegError
-from ichseg.training.records import read_job
+from ichseg.records import read_job
 
 
 def job_dir(job_cfg: DictConfig) -> Path:

@@ -28,9 +28,9 @@ from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION, ProtocolAccumulator
 from ichseg.nnunet.export import cache_of, provenance
 from ichseg.nnunet.layout import PROVENANCE_KEY
+from ichseg.records import upsert_record, write_job
 from ichseg.report.sources.local import collect_sweep
 from ichseg.report.sources.model import CONFIG_FILE, Job, Sweep
-from ichseg.training.records import upsert_record, write_job
 
 MODEL = "nnunet"
 IMPORT_FILE = "nnunet_import.json"

@@ -17,7 +17,7 @@ from ichseg.atomic import atomic_path
 from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import SPLIT_KEY, split_provenance
 from ichseg.metrics import METRICS_VERSION
-from ichseg.training.records import read_records, upsert_history, upsert_record
+from ichseg.records import read_records, upsert_history, upsert_record
 from ichseg.visualize import overlay_rgb
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"

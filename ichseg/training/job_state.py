@@ -20,8 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import HPARAMS_KEY, read_checkpoint
+from ichseg.records import write_job
 from ichseg.training.callbacks import LAST_CHECKPOINT, CheckpointRecorder
-from ichseg.training.records import write_job
 
 # Config parts that change results; paths, loggers and launchers do not.
 RESULT_KEYS = (

@@ -23,11 +23,11 @@ from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
 from ichseg.errors import IchsegError
 from ichseg.nnunet.export import export_dataset
 from ichseg.nnunet.results import TEST_PROBABILITIES, import_results
+from ichseg.records import read_job, read_records
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute, score_heldout
 from ichseg.report.heldout_slices import evaluate_slices
 from ichseg.report.sources.local import collect_sweep
-from ichseg.training.records import read_job, read_records
 from tests.helpers.runs import ROOT
 
 TRAINER = "nnUNetTrainer__nnUNetPlans__2d"

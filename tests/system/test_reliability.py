@@ -37,7 +37,7 @@ from ichseg.data import prepare as prepare_mod
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
 from ichseg.data.release import CSV_NAME, SUBTYPES
 from ichseg.errors import IchsegError
-from ichseg.training.records import read_job, read_records, upsert_record, write_job
+from ichseg.records import read_job, read_records, upsert_record, write_job
 from tests.helpers.runs import LAST, ROOT, finish, launch
 
 # Torch and Lightning are imported inside the tests that need them: the twenty `prepare`

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ichseg.cli import main as ichseg_main
-from ichseg.training.records import read_job
+from ichseg.records import read_job
 from tests.helpers.runs import train
 
 pytestmark = pytest.mark.slow

@@ -17,12 +17,12 @@ import pytest
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import PROTOCOLS
+from ichseg.records import read_history, read_records
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute
 from ichseg.report.sources.local import collect_sweep
 from ichseg.report.sources.wandb_offline import BLOCK, RUN_FILES, collect_wandb_offline, read_log
 from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
-from ichseg.training.records import read_history, read_records
 
 # The Dice key of each Table 1 protocol, from the metric registry.
 DICE_KEYS = {name: PROTOCOLS[name].keys[0] for name in TABLE_PROTOCOLS}

@@ -13,8 +13,8 @@ import torch
 
 from ichseg.data.prepare import load_prepared
 from ichseg.metrics import METRICS_VERSION, stage_keys
+from ichseg.records import read_history, read_job, read_records
 from ichseg.training.module import SegmentationModule
-from ichseg.training.records import read_history, read_job, read_records
 from tests.helpers.runs import ROOT, train
 
 TRAIN_KEYS = {"loss", *stage_keys("train")}

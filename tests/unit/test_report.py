@@ -16,6 +16,7 @@ from scipy import stats
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION, PROTOCOLS
+from ichseg.records import read_records, upsert_history, upsert_record, write_job
 from ichseg.report import compute as compute_module
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute, score_heldout
@@ -25,7 +26,6 @@ from ichseg.report.selection import select
 from ichseg.report.sources.local import collect_sweep, latest_sweep
 from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
 from ichseg.report.table import table_rows
-from ichseg.training.records import read_records, upsert_history, upsert_record, write_job
 
 # (IoU key, Dice key) of each Table 1 protocol, from the metric registry.
 PROTOCOL_KEYS = {name: PROTOCOLS[name].keys[::-1] for name in TABLE_PROTOCOLS}
@@ -507,8 +507,8 @@ def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
 def test_wandb_source_gives_the_same_table(tmp_path):
     from types import SimpleNamespace
 
+    from ichseg.records import read_history
     from ichseg.report.sources.wandb_api import collect_wandb
-    from ichseg.training.records import read_history
 
     sweep = make_sweep(tmp_path / "sweep", skip_records={("unet", 1, 200)})
     runs = []

@@ -13,6 +13,14 @@ from pathlib import Path
 import yaml
 
 from ichseg.errors import IchsegError
+from ichseg.records import (
+    HISTORY_FILE,
+    JOB_FILE,
+    RECORDS_FILE,
+    read_history,
+    read_job,
+    read_records,
+)
 from ichseg.report.sources.model import (
     CONFIG_FILE,
     MULTIRUN_FILE,
@@ -20,14 +28,6 @@ from ichseg.report.sources.model import (
     Job,
     Sweep,
     assemble_sweep,
-)
-from ichseg.training.records import (
-    HISTORY_FILE,
-    JOB_FILE,
-    RECORDS_FILE,
-    read_history,
-    read_job,
-    read_records,
 )
 
 JOB_DIR_PATTERN = re.compile(r"^(?P<model>[A-Za-z0-9_.]+)-fold(?P<fold>\d+)$")
