@@ -1,4 +1,4 @@
-"""Fixtures both unit and system tests use, and the reliability-table plugin."""
+"""Fixtures both unit and system tests use."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import pytest
 
 from ichseg.data.phantom import write_phantom
 from tests.helpers.checkpoints import PRE64, passthrough_module, random_module, save_checkpoint
-
-pytest_plugins = ["tests.helpers.reliability_table"]
 
 
 @pytest.fixture(scope="module")
