@@ -39,10 +39,13 @@ $(STAMP): pyproject.toml
 
 nnunet: $(NNUNET_STAMP) ## create .venv-nnunet with nnU-Net v2 (NNUNET_SPEC) on TORCH_SPEC
 
-# TORCH_SPEC in the same command: pip would otherwise upgrade torch to suit nnU-Net's newest deps.
+# torch is pinned to the build just installed: pip would otherwise upgrade it to suit the newest
+# torchvision that nnU-Net's dependencies allow.
 $(NNUNET_STAMP):
 	$(PYTHON) -m venv $(NNUNET_VENV)
-	$(NNUNET_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC) "$(NNUNET_SPEC)"
+	$(NNUNET_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	$(NNUNET_VENV)/bin/python -m pip install --quiet "$(NNUNET_SPEC)" "torch==$$($(NNUNET_VENV)/bin/python \
+		-c 'import torch; print(torch.__version__.split("+")[0])')"
 	touch $(NNUNET_STAMP)
 
 test: $(STAMP) $(NNUNET_STAMP) ## run the test suite (CPU, a few minutes), real nnU-Net included

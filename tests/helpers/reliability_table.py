@@ -126,7 +126,8 @@ def _table(rows: list[dict], cases: tuple[str, ...]) -> list[str]:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     path = session.config.getoption("--reliability-table")
-    if not path:
+    # A run that collected without running (--collect-only) would write a table of gaps.
+    if not path or session.config.option.collectonly:
         return
     from ichseg.atomic import atomic_write_text
 
