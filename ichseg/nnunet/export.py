@@ -32,6 +32,7 @@ from ichseg.nnunet.layout import (
     env_folder,
     write_png,
 )
+from ichseg.report.sources.local import collect_sweep
 
 # The dataset's source (Hssayeni et al. 2020, PhysioNet, doi:10.13026/4nae-zg36).
 REFERENCE = "https://doi.org/10.13026/4nae-zg36"
@@ -56,8 +57,6 @@ def cache_of(path: str | Path) -> Path:
     path = Path(path)
     if (path / "meta.json").is_file() and (path / "splits.json").is_file():
         return path
-    from ichseg.report.sources.local import collect_sweep
-
     sweep = collect_sweep(path)
     caches = sorted({str(j.state["cache_dir"]) for j in sweep.jobs if j.state.get("cache_dir")})
     if not caches:
