@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from ichseg.atomic import atomic_path
+from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.data.prepare import PreparedData, load_prepared
 from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION, ProtocolAccumulator
@@ -292,6 +292,9 @@ def import_results(
     batch_size = int(template.get("data.batch_size"))
     eval_batch_size = int(template.get("data.eval_batch_size", None) or batch_size)
     row = {sid: i for i, sid in enumerate(data.ids)}
+    dests = {r.fold: sweep.root / f"{MODEL}-fold{r.fold}" for r in read}
+    for dest in dests.values():  # every fold's folder may be written before the first is
+        check_replaceable(dest, (IMPORT_FILE,))
     written = []
     for result in read:
         config = _config(template, result.fold, result.epochs, plans, configuration)
@@ -305,7 +308,7 @@ def import_results(
             result.epochs,
             config["model"]["module"]["min_detection_area"],
         )
-        dest = sweep.root / f"{MODEL}-fold{result.fold}"
+        dest = dests[result.fold]
         with atomic_path(dest, is_dir=True, owned_by=(IMPORT_FILE,)) as tmp:
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
             source = {

@@ -342,6 +342,19 @@ def test_bad_results_are_refused_in_one_line_and_nothing_is_written(sweep, tmp_p
     assert sorted(p.name for p in sweep.iterdir()) == before
 
 
+def test_import_never_replaces_a_folder_it_did_not_write(sweep, tmp_path, capsys):
+    dataset = _export(sweep, tmp_path)
+    folder = forge_results(dataset, tmp_path / "results", list(range(10)), test=False)
+    mine = sweep / "nnunet-fold5"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["nnunet", "import", str(folder), str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nnunet-fold5" in err and "did not write" in err
+    assert (mine / "notes.txt").read_text() == "mine"
+    assert not (sweep / "nnunet-fold0").exists()
+
+
 def test_import_of_some_folds_leaves_the_rest_missing_in_the_report(sweep, tmp_path):
     dataset = _export(sweep, tmp_path)
     folder = forge_results(dataset, tmp_path / "results", [0, 1, 2], test=False)
