@@ -133,12 +133,16 @@ def export_dataset(
     }
     row = {sid: i for i, sid in enumerate(data.ids)}
     dest = raw_root / name
+    splits_at = None
+    if preprocessed_root is not None:
+        splits_at = Path(preprocessed_root).resolve() / name / SPLITS_FILE
+        splits_present = _splits_in_place(splits_at, folds)  # refused before anything is written
     written = not _same_export(dest, dataset_json)
     if written:
         _write(dest, data, row, train, test, dataset_json, folds, info, cache, dataset_id)
-    splits_at = None
-    if preprocessed_root is not None:
-        splits_at = _place_splits(Path(preprocessed_root).resolve() / name / SPLITS_FILE, folds)
+    if splits_at is not None and not splits_present:
+        splits_at.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(splits_at, json.dumps(folds, indent=1) + "\n")
     return Export(
         dest.resolve(),
         dataset_id,
@@ -200,23 +204,20 @@ def _write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
 
 
-def _place_splits(path: Path, folds: list[dict[str, list[str]]]) -> Path:
-    """Put splits_final.json where nnU-Net looks; a different one already there is refused."""
-    text = json.dumps(folds, indent=1) + "\n"
-    if path.is_file():
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise IchsegError(f"{path}: exists and is not readable JSON ({err})") from err
-        if existing == folds:
-            return path
+def _splits_in_place(path: Path, folds: list[dict[str, list[str]]]) -> bool:
+    """Whether nnU-Net's splits_final.json already holds `folds`; other folds are refused."""
+    if not path.is_file():
+        return False
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise IchsegError(f"{path}: exists and is not readable JSON ({err})") from err
+    if existing != folds:
         raise IchsegError(
             f"{path}: holds other folds than this export; remove it or choose another "
             "--dataset-id (nnU-Net would train on those folds instead)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-    return path
+    return True
 
 
 def next_commands(export: Export) -> list[str]:

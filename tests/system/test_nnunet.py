@@ -207,6 +207,7 @@ def test_export_again_writes_nothing_and_never_touches_other_folders(sweep, tmp_
     splits.write_text("[]")
     assert main([*args[:-1], "10", "--preprocessed", str(tmp_path / "preprocessed")]) == 2
     assert "other folds" in capsys.readouterr().err and splits.read_text() == "[]"
+    assert not (tmp_path / "raw" / "Dataset010_ICH").exists()
 
 
 def test_import_scores_match_numpy_and_the_report_has_three_architectures(sweep, tmp_path):
