@@ -229,7 +229,8 @@ def test_preempted_job_is_requeued_and_resumes_from_last_checkpoint(cluster, tmp
     """Interrupted twice: by submitit's signal (sent before a time limit, or at pre-emption),
     then by `scontrol requeue` (what a REQUEUE pre-emption does); it ends with every epoch."""
     sweep = tmp_path / "experiments" / "tiny" / "preempt"
-    epochs = 40
+    # Long enough that the requeued job is still training when the test looks, idle or not.
+    epochs = 120
     args = ["model=dunet", "fold=1", f"trainer.max_epochs={epochs}", f"hydra.sweep.dir={sweep}"]
     proc = start_sweep(cluster, tmp_path, args)
     job_dir = sweep / "dunet-fold1"
