@@ -48,7 +48,7 @@ $(NNUNET_STAMP):
 		-c 'import torch; print(torch.__version__.split("+")[0])')"
 	touch $(NNUNET_STAMP)
 
-test: $(STAMP) $(NNUNET_STAMP) ## run the test suite (CPU, a few minutes), real nnU-Net included
+test: $(STAMP) $(NNUNET_STAMP) ## the full test suite on CPU (about 20 min on 2 cores), real nnU-Net included
 	ICHSEG_NNUNET_PYTHON=$(NNUNET_VENV)/bin/python $(PY) -m pytest
 
 test-fast: $(STAMP) ## tests/unit only (in-process, no train.py run or sweep): the loop while developing
@@ -77,6 +77,6 @@ report: $(STAMP) ## report of SWEEP=dir (default: latest); SOURCE=wandb WANDB_PR
 bench: $(STAMP) ## time training (real vs bare vs MONAI loader), epochs, prepare, predict; JSON in experiments/bench
 	$(VENV)/bin/ichseg bench $(BENCH_ARGS)
 
-clean: ## remove the venv, caches and the synthetic data (keeps experiments/)
+clean: ## remove both venvs, caches and the synthetic data (keeps experiments/)
 	rm -rf $(VENV) $(NNUNET_VENV) data .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
