@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from ichseg.atomic import atomic_path, check_replaceable
-from ichseg.data.prepare import PreparedData, load_prepared
+from ichseg.data.prepare import PreparedData, load_prepared, read_cache_json
 from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION, ProtocolAccumulator
 from ichseg.nnunet.export import cache_of, provenance
@@ -73,15 +73,10 @@ def trainer_folder(path: str | Path) -> Path:
 
 
 def _json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IchsegError(f"{path}: missing from the nnU-Net results folder") from None
-    except (OSError, ValueError) as err:
-        raise IchsegError(f"{path}: expected JSON, found unreadable data ({err})") from err
-    if not isinstance(value, dict):
-        raise IchsegError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
+    """A JSON object file of the results folder; one line when missing or unreadable."""
+    if not path.is_file():
+        raise IchsegError(f"{path}: missing from the nnU-Net results folder")
+    return read_cache_json(path)
 
 
 def check_provenance(folder: Path, expected: dict) -> None:
@@ -292,6 +287,7 @@ def import_results(
     batch_size = int(template.get("data.batch_size"))
     eval_batch_size = int(template.get("data.eval_batch_size", None) or batch_size)
     row = {sid: i for i, sid in enumerate(data.ids)}
+    names = _TRAINER_DIR.match(folder.name)
     dests = {r.fold: sweep.root / f"{MODEL}-fold{r.fold}" for r in read}
     for dest in dests.values():  # every fold's folder may be written before the first is
         check_replaceable(dest, (IMPORT_FILE,))
@@ -313,8 +309,8 @@ def import_results(
             (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
             source = {
                 "results": str((folder / f"fold_{result.fold}").resolve()),
-                "trainer": _TRAINER_DIR.match(folder.name)["trainer"],
-                "plans": _TRAINER_DIR.match(folder.name)["plans"],
+                "trainer": names["trainer"],
+                "plans": names["plans"],
                 "configuration": configuration,
                 "epochs": result.epochs,
                 "test_predicted": result.test is not None,
@@ -353,8 +349,13 @@ def is_imported(job: Job) -> bool:
     return bool(job.state.get(MODEL))
 
 
+def has_imported_test(job: Job) -> bool:
+    """Whether `job` was imported with test-split probabilities."""
+    return job.dir is not None and (job.dir / TEST_PROBABILITIES).is_file()
+
+
 def imported_test_probabilities(job: Job) -> np.ndarray | None:
     """The test-split probabilities an nnU-Net job was imported with, or None."""
-    if job.dir is None or not (job.dir / TEST_PROBABILITIES).is_file():
+    if not has_imported_test(job):
         return None
     return np.load(job.dir / TEST_PROBABILITIES, allow_pickle=False)

@@ -32,7 +32,7 @@ from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import load_checkpoint
 from ichseg.inference.ensemble import Ensemble
 from ichseg.metrics import ProtocolAccumulator, stage_keys
-from ichseg.nnunet.results import imported_test_probabilities, is_imported
+from ichseg.nnunet.results import has_imported_test, imported_test_probabilities, is_imported
 from ichseg.report.render import fmt
 from ichseg.report.selection import Choice, Selection
 from ichseg.report.sources.model import Job, Sweep
@@ -241,7 +241,7 @@ def _predictions(
 def has_test_predictions(sweep: Sweep, model: str) -> bool:
     """Whether `model`'s test split can be scored: checkpoints, or imported predictions."""
     jobs = sweep.jobs_of(model)
-    if any(imported_test_probabilities(job) is not None for job in jobs):
+    if any(has_imported_test(job) for job in jobs):
         return True
     return not any(is_imported(job) for job in jobs)
 
