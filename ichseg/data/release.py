@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ichseg.data.orientation import reorientation
 from ichseg.errors import IchsegError
 
 SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
@@ -70,7 +71,8 @@ class SliceLabel:
 
 @dataclass(frozen=True)
 class PatientVolume:
-    """A validated scan in Hounsfield units and its binary mask, both (H, W, N) as stored."""
+    """A validated scan in Hounsfield units and its binary mask, both (H, W, N) in the training
+    orientation (`ichseg.data.orientation`), with the voxel sizes and affine of that array."""
 
     patient: int
     hu: np.ndarray
@@ -382,7 +384,20 @@ class Release:
             raise IchsegError(f"{scan_name}: {bad} voxels are NaN or infinite (patient {patient})")
         mask = mask_values > 0
         self._check_mask_against_csv(mask, labels, mask_name)
-        return PatientVolume(patient=patient, hu=hu, mask=mask, zooms=zooms, affine=affine)
+        turn = reorientation(affine, scan_name)
+        if turn.axial_axis != 2:
+            raise IchsegError(
+                f"{scan_name}: the affine makes array axis {turn.axial_axis} the axial one, but "
+                f"{self.csv_path.name} numbers the slices of the last axis; expected the axial "
+                "axis last, as the release stores it"
+            )
+        return PatientVolume(
+            patient=patient,
+            hu=turn.apply(hu),
+            mask=turn.apply(mask),
+            zooms=turn.zooms(zooms),
+            affine=turn.affine(affine, hu.shape),
+        )
 
     def _check_mask_against_csv(
         self, mask: np.ndarray, labels: list[SliceLabel], mask_name: str

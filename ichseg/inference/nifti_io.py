@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.atomic import atomic_path
+from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
 from ichseg.errors import IchsegError, first_line
 from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
@@ -29,12 +30,14 @@ MASK_SUFFIX = "_mask.nii.gz"
 
 @dataclass
 class Scan:
-    """A NIfTI CT scan, checked to hold one 3-D volume; `hu` is read on demand."""
+    """A NIfTI CT scan, checked to hold one 3-D volume; `hu` is read on demand. `orientation`
+    brings its array to the training orientation and a predicted mask back (its affine's)."""
 
     path: Path
     image: nib.Nifti1Image
     shape: tuple[int, ...]
     zooms: tuple[float, float, float]
+    orientation: Reorientation
 
     @property
     def stem(self) -> str:
@@ -84,7 +87,8 @@ def open_scan(path: str | os.PathLike) -> Scan:
         zooms = voxel_sizes(image, path, f"scan {path}")
     except NIFTI_READ_ERRORS as err:
         raise IchsegError(f"scan {path}: cannot read as NIfTI ({first_line(err)})") from None
-    return Scan(path, image, shape, zooms)  # type: ignore[arg-type]
+    orientation = reorientation(image.affine, f"scan {path}")
+    return Scan(path, image, shape, zooms, orientation)  # type: ignore[arg-type]
 
 
 def mask_image(scan: Scan, mask: np.ndarray) -> nib.Nifti1Image:

@@ -44,6 +44,11 @@ RELIABILITY_CASES = {
         "disk full while writing records",
         "report reads records while a job writes them",
     ),
+    "Orientation": (
+        "scan whose last axis is coronal",
+        "release volume whose last axis is not axial",
+        "affine with no clear axial axis",
+    ),
     "Reproducibility": (
         "same seed: identical splits",
         "same seed and config: identical records",
