@@ -36,7 +36,7 @@ def time_prepare(cfg: DictConfig, repeats: int) -> dict:
         for i in range(repeats + 1):
             with tempfile.TemporaryDirectory(dir=scratch, prefix=".bench-prepare-") as out:
                 start = time.perf_counter()
-                cache = prepare(release, out, datamodule.prepare_config)
+                cache = prepare(datamodule.source, out, datamodule.prepare_config)
                 if i:
                     times.append(time.perf_counter() - start)
                 counts = read_cache_json(cache / "meta.json")["counts"]

@@ -100,8 +100,8 @@ def test_balanced_set_and_index(release, cache):
     assert [r["slice_id"] for r in rows] == data.ids
     assert [int(r["fracture"]) for r in rows] == [int(i[-2:] == "02") for i in data.ids]
     meta = data.meta
-    assert meta["source"] == "phantom" and meta["cfg"]["size"] == 32
-    assert meta["csv_sha256"] == Release.open(release).csv_sha256
+    assert meta["source"] == "physionet" and meta["cfg"]["size"] == 32
+    assert meta["labels_sha256"] == Release.open(release).labels_sha256
     assert meta["counts"]["n_ich"] == meta["counts"]["n_clean"] == 12
     split_ids = set(data.splits["test"]) | set(data.splits["folds"][0]["train"])
     assert split_ids | set(data.splits["folds"][0]["val"]) == set(data.ids)
@@ -206,7 +206,8 @@ def test_phantom_patient_split_counts_match_its_csv(tmp_path):
         i for i, h in zip(data.ids, data.has_ich, strict=True) if h
     ]
     counts = data.meta["counts"]
-    assert counts["n_ich"] == counts["n_clean"] == len(ich) and data.meta["source"] == "phantom"
+    assert counts["n_ich"] == counts["n_clean"] == len(ich) and data.meta["source"] == "physionet"
+    assert data.meta["source_facts"]["synthetic"] is True
     assert counts["subtypes"] == {
         name: sum(lab.subtypes[k] for lab in ich) for k, name in enumerate(SUBTYPES)
     }

@@ -85,7 +85,7 @@ def test_reads_labels_volumes_and_slice_numbers(release: Path) -> None:
     assert data.patients == [7, 51]
     assert len(data.labels) == 7
     assert sum(label.has_ich for label in data.labels) == 2
-    assert data.csv_sha256 == hashlib.sha256((release / CSV_NAME).read_bytes()).hexdigest()
+    assert data.labels_sha256 == hashlib.sha256((release / CSV_NAME).read_bytes()).hexdigest()
     assert data.labels_for(7)[1] == SliceLabel(7, 2, (0, 0, 0, 1, 0), 0, 1)
     assert data.labels_for(7)[1].slice_id == slice_id(7, 2) == "007_02"
     volume = data.load_patient(7)
