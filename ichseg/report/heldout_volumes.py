@@ -55,7 +55,11 @@ def evaluate_volumes(sweep: Sweep, selection: Selection, out_dir: Path) -> list[
         pairs = checkpoints_at(sweep, choice.model, choice.epoch)
         folder = out_dir / f"patients_{choice.model}"
         summary = evaluate(
-            [path for _, path in pairs], release_root, cache_dir, folder, progress=False
+            [path for _, path in pairs],
+            folder,
+            splits=cache_dir,
+            release_root=release_root,
+            progress=False,
         )
         folds = tuple(job.fold for job, _ in pairs)
         results.append(VolumeResult(choice.model, choice.epoch, folds, folder, summary))

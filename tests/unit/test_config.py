@@ -114,7 +114,7 @@ def test_datamodule_and_module_instantiate_from_config(tmp_path):
     assert module.hparams.filters == [4, 8, 16, 32, 64]
     dm = instantiate(cfg.data)
     assert dm.fold == 0 and dm.source == Phantom(
-        root=f"{tmp_path}/data/phantom-p16-s64-seed0", patients=16, size=64, seed=0
+        root=f"{tmp_path}/data/phantom-p16-s64-seed0-physionet", patients=16, size=64, seed=0
     )
 
 
