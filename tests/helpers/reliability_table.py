@@ -49,6 +49,11 @@ RELIABILITY_CASES = {
         "release volume whose last axis is not axial",
         "affine with no clear axial axis",
     ),
+    "Data sources": (
+        "folder of another layout",
+        "mask-labelled volume whose axial axis is stored first",
+        "external validation on another layout",
+    ),
     "Reproducibility": (
         "same seed: identical splits",
         "same seed and config: identical records",

@@ -28,9 +28,9 @@ from ichseg.inference.checkpoint import (
     write_checkpoint,
 )
 from ichseg.inference.ensemble import Ensemble
-from ichseg.inference.volume_metrics import dice_3d
 from ichseg.inference.nifti_io import open_scan
 from ichseg.inference.run import predict_scans
+from ichseg.inference.volume_metrics import dice_3d
 from ichseg.inference.volumes import VolumeEnsemble
 from ichseg.training.module import SegmentationModule
 from tests.helpers.checkpoints import (
