@@ -102,6 +102,7 @@ _wandb_may_hang_at_exit = False
 
 
 def _report(args: argparse.Namespace) -> int:
+    from ichseg.data.sources import source_named
     from ichseg.report.build import build_report, report_dir
     from ichseg.report.compute import compute, score_heldout
     from ichseg.report.sources import WITH_CHECKPOINTS, read_sweep
@@ -129,14 +130,28 @@ def _report(args: argparse.Namespace) -> int:
             global _wandb_may_hang_at_exit
             _wandb_may_hang_at_exit = True
         raise
+    external = [source_named(*_external_spec(spec)) for spec in args.external]
+    if external and args.source not in WITH_CHECKPOINTS:
+        raise IchsegError(
+            f"--external needs the sweep's checkpoints: --source local, not {args.source}"
+        )
     results = compute(sweep, args.protocol)
     out = report_dir(sweep, out)
     with tempfile.TemporaryDirectory(prefix="ichseg-heldout-") as work:
-        scored = args.source in WITH_CHECKPOINTS and not args.no_test
-        heldout = score_heldout(results, Path(work)) if scored else None
+        scored = args.source in WITH_CHECKPOINTS and (external or not args.no_test)
+        test = not args.no_test
+        heldout = score_heldout(results, Path(work), external, test) if scored else None
         out = build_report(results, out, heldout)
     print(f"report written to {out}")
     return _incomplete(sweep)
+
+
+def _external_spec(spec: str) -> tuple[str, str]:
+    """`SOURCE=DIR` of `ichseg report --external` as (source, folder)."""
+    name, sep, root = spec.partition("=")
+    if not sep or not name or not root:
+        raise IchsegError(f"--external {spec!r}: expected SOURCE=DIR, e.g. bhsd=/data/bhsd")
+    return name, root
 
 
 # `ichseg report`'s exit status when the report was written but the sweep is not complete.
@@ -386,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="read the sweep folder's records (local), the W&B API (wandb: --project, --group), "
         "or the sweep's W&B offline run files (wandb-offline)",
+    )
+    p.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="SOURCE=DIR",
+        help="also score the selected checkpoints on every volume of another data source "
+        "(e.g. bhsd=/data/bhsd; repeatable): an external validation section each",
     )
     p.add_argument("--project", help="W&B entity/project (with --source wandb)")
     p.add_argument("--group", help="W&B run group, <experiment_name>/<sweep folder>")

@@ -147,3 +147,18 @@ def test_a_checkpoint_of_one_layout_evaluated_on_another(layouts, tmp_path):
             assert np.isclose(float(row["hd95_mm"]), reference_hd95(pred, truth, volume.zooms))
             tol = json.loads((out / "summary.json").read_text())["nsd_tolerance_mm"]
             assert np.isclose(float(row["nsd"]), reference_nsd(pred, truth, volume.zooms, tol))
+    report = tmp_path / "report"
+    args = ["report", str(sweep), "--no-test", "--out", str(report)]
+    args += ["--external", f"nnunet_raw={layouts['nnunet_raw']}"]
+    run = subprocess.run(
+        [sys.executable, "-m", "ichseg.cli", *args], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = (report / "report.md").read_text()
+    section = text.split("## External validation: nnU-Net v2 raw dataset")[1].split("\n## ")[0]
+    summary = json.loads((report / "external0_nnunet_raw_dunet" / "summary.json").read_text())
+    assert summary["mode"] == "external" and summary["n_patients"] == 16
+    assert f"| {summary['dice_3d_mean']:.3f} ({summary['dice_3d_defined_for']}) |" in section
+    assert "16 volumes" in section and "synthetic phantom in this layout" in section
+    assert "External validation data: nnU-Net v2 raw dataset" in text  # provenance
+    assert "Training data: BHSD" in text
