@@ -281,6 +281,7 @@ class VolumeRelease:
         self.labels_sha256 = labels_sha256
         self.label_map = label_map
         self.subtypes_from = subtypes_from
+        self._by_patient: dict[int, list[SliceLabel]] | None = None
 
     @property
     def labels(self) -> list[SliceLabel]:
@@ -298,8 +299,8 @@ class VolumeRelease:
     def labels_for(self, patient: int) -> list[SliceLabel]:
         """The labels of one patient's slices, ordered by slice number."""
         self._check_patient(patient)
-        if not hasattr(self, "_by_patient"):
-            self._by_patient: dict[int, list[SliceLabel]] = {}
+        if self._by_patient is None:
+            self._by_patient = {}
             for label in self.labels:
                 self._by_patient.setdefault(label.patient, []).append(label)
         return self._by_patient[patient]
