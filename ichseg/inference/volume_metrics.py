@@ -20,7 +20,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 # ichseg's default NSD tolerance: one 5 mm slice's half-thickness, 2.5 mm (see docs/data.md).
 NSD_TOLERANCE_MM = 2.5
@@ -45,8 +44,10 @@ def dice_3d(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * int(np.count_nonzero(pred & truth)) / total
 
 
-def _cropped(pred: np.ndarray, truth: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _cropped(pred: np.ndarray, truth: np.ndarray) -> tuple:
     """Both masks cut to their joint bounding box plus one voxel, as (1, 1, X, Y, Z) tensors."""
+    import torch  # not at import time: the CLI's parser reads NSD_TOLERANCE_MM from here
+
     both = pred | truth
     box = []
     for axis in range(3):
