@@ -195,7 +195,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from ichseg.data.sources import source_named
-    from ichseg.inference.heldout_volumes import evaluate
+    from ichseg.inference.heldout_volumes import dataset_label, evaluate
 
     if (args.splits is None) == (args.source is None):
         raise IchsegError(
@@ -220,7 +220,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
-    what = "test patients" if source is None else f"volumes of {s['source']['title']}"
+    what = "test patients" if source is None else f"volumes of {dataset_label(s['source'])}"
     print(
         f"{s['n_patients']} {what}: 3-D Dice {fmt(s['dice_3d_mean'])} "
         f"(over {s['dice_3d_defined_for']}), HD95 {fmt(s['hd95_mm_mean'])} mm, NSD "

@@ -178,6 +178,12 @@ def _csv_text(rows: Sequence[dict]) -> str:
     return out.getvalue()
 
 
+def dataset_label(facts: dict) -> str:
+    """What a source's volumes are called in figures and messages; says when they are synthetic."""
+    title = str(facts.get("title", facts.get("name", "unknown data")))
+    return f"{title}, synthetic phantom in its layout" if facts.get("synthetic") else title
+
+
 def dice_volume_figure(rows: Sequence[dict], path: Path, title: str) -> None:
     """Per-volume 3-D Dice against true bleed volume (mL) of the volumes with a bleed."""
     from matplotlib.figure import Figure
@@ -265,6 +271,6 @@ def evaluate(
     }
     # The CSV and figure first: summary.json is the marker of a finished evaluation.
     atomic_write_text(out / "patients.csv", _csv_text(rows))
-    dice_volume_figure(rows, out / FIGURE_NAME, facts["title"])
+    dice_volume_figure(rows, out / FIGURE_NAME, dataset_label(facts))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -16,8 +16,10 @@ numpy's (exact at any size); only the surface metrics go through MONAI.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -60,6 +62,15 @@ def _cropped(pred: np.ndarray, truth: np.ndarray) -> tuple:
     )
 
 
+@contextlib.contextmanager
+def _quiet_monai() -> Iterator[None]:
+    """Silence MONAI's deprecation notice about its own internal `get_mask_edges` call, which
+    every volume would print (empty masks never reach MONAI, so nothing else is hidden)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+        yield
+
+
 def hd95_mm(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
     """MONAI's symmetric 95th-percentile Hausdorff distance in mm; NaN when either is empty."""
     if not pred.any() or not truth.any():
@@ -67,7 +78,8 @@ def hd95_mm(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> fl
     from monai.metrics import compute_hausdorff_distance
 
     p, t = _cropped(pred, truth)
-    value = compute_hausdorff_distance(p, t, percentile=95, spacing=[float(s) for s in spacing])
+    with _quiet_monai():
+        value = compute_hausdorff_distance(p, t, percentile=95, spacing=[float(s) for s in spacing])
     return float(value.item())
 
 
@@ -83,13 +95,14 @@ def nsd(
     from monai.metrics import compute_surface_dice
 
     p, t = _cropped(pred, truth)
-    value = compute_surface_dice(
-        p,
-        t,
-        class_thresholds=[float(tolerance_mm)],
-        include_background=True,
-        spacing=[float(s) for s in spacing],
-    )
+    with _quiet_monai():
+        value = compute_surface_dice(
+            p,
+            t,
+            class_thresholds=[float(tolerance_mm)],
+            include_background=True,
+            spacing=[float(s) for s in spacing],
+        )
     return float(value.item())
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
+from ichseg.inference.heldout_volumes import dataset_label
 from ichseg.nnunet.results import is_imported
 from ichseg.report import figures
 from ichseg.report.compare import PairedComparison, comparison_markdown
@@ -459,7 +460,7 @@ def _markdown(
     if patients:
         lines += ["## Held-out patients, whole volumes", "", volumes_markdown(patients)]
     for result in external:
-        title = result.facts.get("title", "?")
+        title = dataset_label(result.facts)
         lines += [f"## External validation: {title}", "", external_markdown(result)]
     for name, p in PROTOCOLS.items():
         if name == main.name:
