@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ichseg.atomic import atomic_path, file_lock
-from ichseg.data.release import SUBTYPES, SliceLabel, VolumeRelease, slice_id
+from ichseg.data.release import SUBTYPES, SliceLabel, VolumeRelease, read_json_object, slice_id
 from ichseg.data.sources import PhysioNet, Source
 from ichseg.data.splits import MODES, make_splits
 from ichseg.data.transforms import prepared_slices, resize_masks, to_slices
@@ -263,8 +263,8 @@ def load_prepared(cache_dir: str | Path) -> PreparedData:
             f"found {masks.shape}"
         )
     ids, patients, has_ich, subtypes = _read_index(cache_dir / "index.csv", len(images))
-    splits = read_cache_json(cache_dir / "splits.json")
-    meta = read_cache_json(cache_dir / "meta.json")
+    splits = read_json_object(cache_dir / "splits.json")
+    meta = read_json_object(cache_dir / "meta.json")
     known = set(ids)
     listed = [*splits.get("test", [])]
     for fold in splits.get("folds", []):
@@ -320,14 +320,3 @@ def _read_index(path: Path, n: int) -> tuple[list[str], np.ndarray, np.ndarray, 
         raise IchsegError(f"{path}: expected slice_id to match the patient and slice columns")
     subtypes = table[:, 4 : 4 + len(SUBTYPES)].astype(np.uint8)
     return ids, table[:, 1].copy(), table[:, 3].astype(bool), subtypes
-
-
-def read_cache_json(path: Path) -> dict:
-    """A JSON object file of a prepared cache (splits.json, meta.json); one line if unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise IchsegError(f"{path}: expected JSON, found unreadable data ({err})") from err
-    if not isinstance(data, dict):
-        raise IchsegError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data

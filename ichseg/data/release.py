@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -600,3 +601,15 @@ def parse_demographics(text: str) -> list[dict[str, str]]:
         cells = [cell.strip() for cell in row] + [""] * (width - len(row))
         records.append(dict(zip(names, cells, strict=True)))
     return records
+
+
+def read_json_object(path: Path) -> dict:
+    """A file holding one JSON object (a cache's splits.json or meta.json, a dataset.json);
+    one line naming the file if it is unreadable or holds anything else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise IchsegError(f"{path}: expected JSON, found unreadable data ({err})") from None
+    if not isinstance(data, dict):
+        raise IchsegError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data

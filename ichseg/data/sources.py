@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from ichseg.data.mask_release import MaskRelease
-from ichseg.data.release import NIFTI_SUFFIXES, Case, Release, VolumeRelease
+from ichseg.data.release import (
+    NIFTI_SUFFIXES,
+    Case,
+    Release,
+    VolumeRelease,
+    read_json_object,
+)
 from ichseg.errors import IchsegError
 
 # What a folder written by `ichseg phantom` holds besides its layout (ichseg.data.phantom).
@@ -254,7 +259,7 @@ class NnunetRaw(MaskSource):
             )
         if not path.is_file():
             raise IchsegError(f"{root}: missing dataset.json beside imagesTr/ and labelsTr/")
-        data = _read_json(path)
+        data = read_json_object(path)
         channels = data.get("channel_names", data.get("modality"))
         if not isinstance(channels, dict) or len(channels) != 1:
             raise IchsegError(
@@ -287,20 +292,10 @@ class NnunetRaw(MaskSource):
         return read_label_map(root / "dataset.json")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise IchsegError(f"{path}: expected JSON, found unreadable data ({err})") from None
-    if not isinstance(data, dict):
-        raise IchsegError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
 def read_label_map(path: Path) -> dict[int, str]:
     """A dataset.json's `labels` as {value: name}: nnU-Net v2 writes {name: value}, v1 (and
     BHSD) {"value": name}; region labels (lists of values) are refused."""
-    labels = _read_json(path).get("labels")
+    labels = read_json_object(path).get("labels")
     if not isinstance(labels, dict) or not labels:
         raise IchsegError(f"{path}: expected a 'labels' object, found {labels!r}")
     out: dict[int, str] = {}

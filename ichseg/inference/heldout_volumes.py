@@ -24,8 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ichseg.atomic import atomic_path, atomic_write_text
-from ichseg.data.prepare import read_cache_json
-from ichseg.data.release import SUBTYPES, VolumeRelease
+from ichseg.data.release import SUBTYPES, VolumeRelease, read_json_object
 from ichseg.data.sources import Source, source_from_record
 from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import SPLIT_KEY, Checkpoint
@@ -73,7 +72,7 @@ def cache_source(splits: str | os.PathLike, root: str | os.PathLike | None = Non
     meta_path = _splits_file(splits).parent / "meta.json"
     if not meta_path.is_file():
         raise IchsegError(f"{meta_path}: missing; expected the meta.json of a prepared cache")
-    record = read_cache_json(meta_path).get("source_facts", {}).get("record")
+    record = read_json_object(meta_path).get("source_facts", {}).get("record")
     if record is None:
         raise IchsegError(
             f"{meta_path}: records no data source (a cache of an earlier ichseg); prepare it again"
@@ -84,7 +83,7 @@ def cache_source(splits: str | os.PathLike, root: str | os.PathLike | None = Non
 def heldout_patients(splits: str | os.PathLike, release: VolumeRelease) -> tuple[list[int], Path]:
     """Patients of the test split in `splits` (a prepared cache folder or its splits.json)."""
     path = _splits_file(splits)
-    data = read_cache_json(path)
+    data = read_json_object(path)
     mode = data.get("mode")
     if mode != "patient":
         raise IchsegError(
@@ -93,7 +92,7 @@ def heldout_patients(splits: str | os.PathLike, release: VolumeRelease) -> tuple
         )
     meta_path = path.parent / "meta.json"
     if meta_path.is_file():
-        made_from = read_cache_json(meta_path).get("labels_sha256")
+        made_from = read_json_object(meta_path).get("labels_sha256")
         if made_from and made_from != release.labels_sha256:
             raise IchsegError(
                 f"{meta_path}: this cache was prepared from another release than {release.root} "

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ichseg.data.phantom import write_phantom
-from ichseg.data.prepare import read_cache_json
+from ichseg.data.release import read_json_object
 from ichseg.data.sources import NnunetRaw
 from ichseg.inference.volumes import VolumeEnsemble
 from tests.helpers.runs import ROOT, TINY
@@ -70,7 +70,7 @@ def _job(sweep: Path) -> tuple[dict, Path]:
     """The job's cache meta and its last checkpoint."""
     job = sweep / "dunet-fold1"
     state = json.loads((job / "job.json").read_text())
-    meta = read_cache_json(Path(state["cache_dir"]) / "meta.json")
+    meta = read_json_object(Path(state["cache_dir"]) / "meta.json")
     return meta, job / "checkpoints" / "epoch=0002.ckpt"
 
 
