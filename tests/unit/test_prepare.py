@@ -231,7 +231,7 @@ def test_a_release_volume_whose_last_axis_is_not_axial_is_refused(
         path = root / folder / f"{patient:03d}.nii"
         image = nib.load(path)
         # A copy: the loaded array maps the file that is about to be replaced.
-        data = np.array(image.dataobj)
+        data = np.asanyarray(image.dataobj).copy()
         nib.save(nib.Nifti1Image(data, image.affine[:, [0, 2, 1, 3]]), path)
     out = tmp_path / "cache"
     argv = ["prepare", root, out, "--size", "32", "--n-folds", "3", "--test-fraction", "0.2"]
