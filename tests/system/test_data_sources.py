@@ -20,7 +20,7 @@ from ichseg.data.phantom import write_phantom
 from ichseg.data.release import read_json_object
 from ichseg.data.sources import NnunetRaw
 from ichseg.inference.volumes import VolumeEnsemble
-from tests.helpers.runs import ROOT, TINY
+from tests.helpers.runs import ROOT, TINY, train
 from tests.unit.test_volume_metrics import reference_hd95, reference_nsd
 
 PLUGIN = '''
@@ -54,16 +54,8 @@ source:
 
 
 def _train(root: Path, sweep: Path, *extra: str, env: dict | None = None):
-    env = {**os.environ, "ICHSEG_ROOT": str(root), "WANDB_MODE": "disabled", **(env or {})}
     args = [*TINY, "model=dunet", f"hydra.sweep.dir={sweep}", *extra]
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=env,
-        timeout=600,
-    )
+    return train(args, root, env={"WANDB_MODE": "disabled", **(env or {})})
 
 
 def _job(sweep: Path) -> tuple[dict, Path]:
