@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ichseg.atomic import atomic_path
+from ichseg.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.errors import IchsegError, first_line
-from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.inference.nifti_io import (
     MASK_SUFFIX,
     Scan,
