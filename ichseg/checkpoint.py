@@ -1,8 +1,12 @@
 """What an ichseg checkpoint carries, the one code that reads checkpoint files, and its writer.
 
 A checkpoint is the dict Lightning saves (`torch.save`) for a `SegmentationModule`:
-- `hyper_parameters`: the module's constructor arguments; `filters` is required, `batch_norm`,
-  `dropout`, `threshold` (default 0.5) and `min_detection_area` (default 0) are read;
+- `ichseg_checkpoint_version` (`VERSION_KEY`): 2 (`CHECKPOINT_VERSION`); checkpoints without it
+  are version 1, and a newer version is refused;
+- `hyper_parameters`: the module's constructor arguments; `net` (the network's resolved config
+  node, `{_target_: ..., ...}`, see `ichseg.nets`) is required, `threshold` (default 0.5) and
+  `min_detection_area` (default 0) are read. Version 1 had a U-Net's `filters`, `batch_norm` and
+  `dropout` instead of `net`, and is read as that U-Net;
 - `state_dict`: the module's weights, the network's under `net.`;
 - `ichseg_preprocess` (`PREPROCESS_KEY`): the prepared cache's `Preprocess` settings, so a whole
   scan is read as the training slices were; older checkpoints lack it, and their job's
@@ -29,8 +33,13 @@ import torch
 
 from ichseg.data.transforms import INTENSITIES
 from ichseg.errors import IchsegError, first_line
-from ichseg.models.unet import UNet, batch_norm_mode
+from ichseg.models.unet import unet_config
+from ichseg.nets import build_net
 
+VERSION_KEY = "ichseg_checkpoint_version"
+CHECKPOINT_VERSION = 2
+# Version 1 (no VERSION_KEY) described a U-Net by its filters, batch_norm and dropout.
+READABLE_VERSIONS = (1, CHECKPOINT_VERSION)
 HPARAMS_KEY = "hyper_parameters"
 STATE_KEY = "state_dict"
 PREPROCESS_KEY = "ichseg_preprocess"
@@ -138,9 +147,9 @@ class Checkpoint:
     """One training checkpoint as inference reads it; `net` is its network, in eval mode."""
 
     path: Path
-    net: UNet
-    filters: tuple[int, ...]
-    batch_norm: str
+    net: torch.nn.Module
+    # The network's config node, as `ichseg.nets.build_net` takes it.
+    net_config: dict
     threshold: float
     min_detection_area: int
     # `PREPROCESS_KEY` as stored (None in older checkpoints); see `preprocess`.
@@ -198,39 +207,52 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if isinstance(state, dict)
         else {}
     )
-    if not isinstance(hparams, dict) or "filters" not in hparams or not weights:
+    version = checkpoint.get(VERSION_KEY, 1) if isinstance(checkpoint, dict) else 1
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise IchsegError(
+            f"checkpoint {path}: {VERSION_KEY} {version!r}, this ichseg reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; use the ichseg that wrote it"
+        )
+    net_key = "net" if version >= 2 else "filters"
+    if not isinstance(hparams, dict) or net_key not in hparams or not weights:
         keys = (
             sorted(map(str, checkpoint))[:6]
             if isinstance(checkpoint, dict)
             else type(checkpoint).__name__
         )
         raise IchsegError(
-            f"checkpoint {path}: not an ichseg SegmentationModule checkpoint (expected "
-            f"{HPARAMS_KEY} with filters and {NET_PREFIX}* weights in {STATE_KEY}, found {keys})"
+            f"checkpoint {path}: not an ichseg SegmentationModule checkpoint of version {version} "
+            f"(expected {HPARAMS_KEY} with {net_key} and {NET_PREFIX}* weights in {STATE_KEY}, "
+            f"found {keys})"
         )
+    where = f"checkpoint {path} {HPARAMS_KEY}.net"
     try:
-        filters = tuple(int(f) for f in hparams["filters"])
-        batch_norm = batch_norm_mode(hparams.get("batch_norm", False))
+        config = (
+            hparams["net"]
+            if version >= 2
+            else unet_config(
+                hparams["filters"], hparams.get("batch_norm", False), hparams.get("dropout", 0.0)
+            )
+        )
         threshold = float(hparams.get("threshold", 0.5))
         min_detection_area = int(hparams.get("min_detection_area", 0))
-        net = UNet(filters=filters, batch_norm=batch_norm, dropout=hparams.get("dropout", 0.0))
-    except (IchsegError, TypeError, ValueError) as err:
+        net = build_net(config, where)
+    except (TypeError, ValueError) as err:
         raise IchsegError(f"checkpoint {path}: bad {HPARAMS_KEY} ({first_line(err)})") from None
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:200]
         raise IchsegError(
-            f"checkpoint {path}: weights do not fit the architecture of its {HPARAMS_KEY} "
-            f"(filters {filters}, batch_norm {batch_norm}): {detail}"
+            f"checkpoint {path}: weights do not fit the network of its {HPARAMS_KEY} "
+            f"({config.get('_target_')}): {detail}"
         ) from None
     stored = checkpoint.get(PREPROCESS_KEY)
     split = checkpoint.get(SPLIT_KEY)
     return Checkpoint(
         path=path,
         net=net.eval(),
-        filters=filters,
-        batch_norm=batch_norm,
+        net_config=dict(config),
         threshold=threshold,
         min_detection_area=min_detection_area,
         stored_preprocess=stored if isinstance(stored, dict) else None,
@@ -252,6 +274,7 @@ def write_checkpoint(
     path = Path(path)
     checkpoint: dict[str, object] = {
         **(extra or {}),
+        VERSION_KEY: CHECKPOINT_VERSION,
         HPARAMS_KEY: dict(hyper_parameters),
         STATE_KEY: dict(state_dict),
     }

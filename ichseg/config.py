@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -13,7 +15,19 @@ def scale_filters(base: list[int], width: float) -> list[int]:
     """Filters per level multiplied by `width` (at least 1), keeping the doubling per level."""
     if width <= 0:
         raise ValueError(f"model.width must be > 0, got {width}")
-    return [max(1, round(f * width)) for f in base]
+    scaled = [max(1, round(f * width)) for f in base]
+    doubling = all(b == 2 * a for a, b in itertools.pairwise(base))
+    if doubling and not all(b == 2 * a for a, b in itertools.pairwise(scaled)):
+        raise ValueError(
+            f"model.width={width} gives filters {scaled}: expected a width whose filters are "
+            "whole numbers >= 1 that double per level (e.g. 0.125, 0.25, 0.5, 1)"
+        )
+    return scaled
+
+
+def scale(base: int, width: float) -> int:
+    """One width-scaled count (e.g. a network's first-level filters), at least 1."""
+    return scale_filters([base], width)[0]
 
 
 def div(numerator: float, denominator: float) -> float:
@@ -23,7 +37,7 @@ def div(numerator: float, denominator: float) -> float:
     return numerator / denominator
 
 
-RESOLVERS = {"scale_filters": scale_filters, "div": div}
+RESOLVERS = {"scale_filters": scale_filters, "scale": scale, "div": div}
 
 
 def register_resolvers() -> None:

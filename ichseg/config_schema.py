@@ -6,7 +6,6 @@ left to the code that reads them.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ichseg.data.phantom import LAYOUTS
 from ichseg.errors import IchsegError
+from ichseg.nets import NET_KEY, build_on_meta, check_input_size
 from ichseg.runtime import FLOAT32_MATMUL_PRECISIONS
 
 # "auto" (ichseg's choice per device) and the precision strings Lightning accepts.
@@ -137,8 +137,6 @@ SCHEMA: dict[str, Rule] = {
     "data.augment.fill": Rule(str, choices=("nearest", "constant")),
     "data.intensity": Rule(str, choices=("linear", "viridis_png")),
     "model.width": Rule(float, gt=0),
-    "model.module.batch_norm": Rule(str, choices=("none", "second", "both")),
-    "model.module.dropout": Rule(float, ge=0, lt=1),
     "model.module.lr": Rule(float, gt=0),
     # After lr: lr_decay derives from it, so a bad lr is named before the decay it breaks.
     "model.module.optimizer": Rule(str, choices=("keras_adam", "adam")),
@@ -178,28 +176,12 @@ def check_value(key: str, value: object, rule: Rule) -> None:
         raise IchsegError(f"{key}={value!r} is not allowed: expected {rule.allowed()}")
 
 
-def _check_filters(cfg: DictConfig) -> list[int] | None:
-    """The network's filters per level: each at least 1, each level twice the one above."""
-    present, filters = _lookup(cfg, "model.module.filters")
-    if not present:
-        return None
-    filters = list(filters)
-    doubling = all(b == 2 * a for a, b in itertools.pairwise(filters))
-    if not filters or min(filters) < 1 or not doubling:
-        raise IchsegError(
-            f"model.width={cfg.model.get('width')!r} gives filters {filters}: expected widths "
-            "whose filters are whole numbers >= 1 that double per level (e.g. 0.125, 0.25, 0.5, 1)"
-        )
-    return filters
-
-
 def validate(cfg: DictConfig) -> None:
     """Check every declared key of the composed config, then the rules that tie keys together."""
     for key, rule in SCHEMA.items():
         present, value = _lookup(cfg, key)
         if present:
             check_value(key, value, rule)
-    filters = _check_filters(cfg)
     present, n_folds = _lookup(cfg, "data.n_folds")
     if present and not 0 <= cfg.fold < n_folds:
         raise IchsegError(
@@ -207,10 +189,7 @@ def validate(cfg: DictConfig) -> None:
             f"(data.n_folds={n_folds})"
         )
     present, size = _lookup(cfg, "data.size")
-    if present and filters:
-        step = 2 ** (len(filters) - 1)
-        if size % step:
-            raise IchsegError(
-                f"data.size={size} is not allowed: a {len(filters)}-level network needs a "
-                f"multiple of {step} (e.g. {max(step, size // step * step)})"
-            )
+    net_present, net = _lookup(cfg, NET_KEY)
+    if present and net_present:
+        # Built on the meta device: its input-size rule is asked of it, at no cost.
+        check_input_size(build_on_meta(net), size)

@@ -39,7 +39,8 @@ def require_shared(checkpoints: Sequence[Checkpoint], key: str, values: Sequence
         if value != values[0]:
             raise IchsegError(
                 f"checkpoints {checkpoints[0].path} and {checkpoint.path} differ in {key} "
-                f"({values[0]} vs {value}): an ensemble averages one architecture"
+                f"({values[0]} vs {value}): an ensemble averages networks that see the same inputs "
+                "and mean the same by a mask"
             )
 
 
@@ -63,7 +64,9 @@ class Ensemble:
             raise IchsegError("predict: expected at least one checkpoint, found none")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise IchsegError(f"--batch-size: expected a positive integer, found {batch_size!r}")
-        for key in ("filters", "batch_norm", "threshold"):
+        # Any networks may be averaged, of one class or of several, as long as they were
+        # trained on the same inputs and threshold their probabilities alike.
+        for key in ("stored_preprocess", "threshold"):
             require_shared(checkpoints, key, [getattr(c, key) for c in checkpoints])
         self.precision = inference_precision(precision, device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ichseg.data.transforms import encode_intensity, from_slices, prepared_slices
-from ichseg.errors import IchsegError
 from ichseg.inference.ensemble import Ensemble, require_shared
+from ichseg.nets import check_input_size
 
 CONNECTIVITY = 26
 STRUCTURE = ndimage.generate_binary_structure(3, 3)  # 26-connectivity
@@ -38,13 +38,8 @@ class VolumeEnsemble:
         require_shared(checkpoints, "preprocess", [preprocess for preprocess, _ in found])
         self.ensemble = ensemble
         self.preprocess, self.preprocess_source = found[0]
-        first = checkpoints[0]
-        divisor = ensemble.nets[0].divisor
-        if self.preprocess.size % divisor:
-            raise IchsegError(
-                f"checkpoint {first.path}: size {self.preprocess.size} is not divisible by "
-                f"{divisor}, which its {len(first.filters)}-level network needs"
-            )
+        for checkpoint in checkpoints:
+            check_input_size(checkpoint.net, self.preprocess.size, f"checkpoint {checkpoint.path}")
 
     @classmethod
     def load(

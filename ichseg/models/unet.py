@@ -30,6 +30,11 @@ from ichseg.errors import IchsegError
 
 # Where each block's two convolutions get a BatchNorm2d: (after the first, after the second).
 BATCH_NORM_MODES = {"none": (False, False), "second": (False, True), "both": (True, True)}
+BATCH_NORM_TEXT = {
+    "none": "none",
+    "second": "after the second convolution of every block",
+    "both": "after both convolutions of every block",
+}
 
 
 def batch_norm_mode(batch_norm: str | bool) -> str:
@@ -38,7 +43,8 @@ def batch_norm_mode(batch_norm: str | bool) -> str:
         return "both" if batch_norm else "none"
     if batch_norm not in BATCH_NORM_MODES:
         raise IchsegError(
-            f"model.batch_norm: expected one of {', '.join(BATCH_NORM_MODES)}, found {batch_norm!r}"
+            f"model.module.net.batch_norm: expected one of {', '.join(BATCH_NORM_MODES)}, "
+            f"found {batch_norm!r}"
         )
     return batch_norm
 
@@ -56,7 +62,8 @@ def _double_conv(in_ch: int, out_ch: int, batch_norm: str) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """U-Net returning logits (B, out_channels, H, W); H and W must be divisible by 2**depth."""
+    """U-Net returning logits (B, out_channels, H, W); H and W must be divisible by
+    `size_divisor` (2**(levels - 1))."""
 
     def __init__(
         self,
@@ -73,18 +80,25 @@ class UNet(nn.Module):
             isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters
         ):
             raise IchsegError(
-                f"model.filters: expected a non-empty list of positive ints, found {filters!r}"
+                "model.module.net.filters: expected a non-empty list of positive ints, "
+                f"found {filters!r}"
             )
         for key, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise IchsegError(f"model.{key}: expected a positive int, found {value!r}")
+                raise IchsegError(
+                    f"model.module.net.{key}: expected a positive int, found {value!r}"
+                )
         if not 0.0 <= float(dropout) < 1.0:
-            raise IchsegError(f"model.dropout: expected 0 <= dropout < 1, found {dropout!r}")
+            raise IchsegError(
+                f"model.module.net.dropout: expected 0 <= dropout < 1, found {dropout!r}"
+            )
 
         self.filters = filters
         self.batch_norm = batch_norm
+        self.dropout = float(dropout)
         self.in_channels = in_channels
-        self.divisor = 2 ** (len(filters) - 1)
+        # H and W must be multiples of it (`ichseg.nets.size_divisor` reads it).
+        self.size_divisor = 2 ** (len(filters) - 1)
 
         self.down = nn.ModuleList()
         cin = in_channels
@@ -104,6 +118,17 @@ class UNet(nn.Module):
             self.up.append(_double_conv(2 * f_low, f_low, batch_norm))
         self.head = nn.Conv2d(filters[0], out_channels, kernel_size=1)
         self.reset_parameters()
+
+    @property
+    def architecture(self) -> dict:
+        """Table 1's architecture columns (`ichseg.nets.architecture`)."""
+        return {
+            "filters": list(self.filters),
+            "kernel": "3x3",
+            "pool": "2x2 max",
+            "dropout": self.dropout,
+            "batch_norm": BATCH_NORM_TEXT[self.batch_norm],
+        }
 
     def reset_parameters(self) -> None:
         """He-normal (fan-in, ReLU gain) conv weights, zero biases, BN weight 1 and bias 0.
@@ -130,9 +155,9 @@ class UNet(nn.Module):
                 f"UNet input: expected shape (B, {self.in_channels}, H, W), found {tuple(x.shape)}"
             )
         h, w = x.shape[-2:]
-        if h % self.divisor or w % self.divisor:
+        if h % self.size_divisor or w % self.size_divisor:
             raise IchsegError(
-                f"UNet input: image size {h}x{w} must be divisible by {self.divisor} "
+                f"UNet input: image size {h}x{w} must be divisible by {self.size_divisor} "
                 f"(2**{len(self.filters) - 1} for {len(self.filters)} levels)"
             )
         skips = []
@@ -146,3 +171,16 @@ class UNet(nn.Module):
         for upconv, block, skip in zip(self.upconv, self.up, reversed(skips), strict=True):
             x = block(torch.cat([upconv(x), skip], dim=1))
         return self.head(x)
+
+
+def unet_config(
+    filters: Sequence[int], batch_norm: str | bool = "none", dropout: float = 0.0
+) -> dict:
+    """The `model.module.net` node of a UNet (what checkpoints written before nets were config
+    nodes mean by their filters, batch_norm and dropout)."""
+    return {
+        "_target_": f"{UNet.__module__}.{UNet.__qualname__}",
+        "filters": [int(f) for f in filters],
+        "batch_norm": batch_norm_mode(batch_norm),
+        "dropout": float(dropout),
+    }

@@ -42,6 +42,10 @@ IGNORED_KEYS = (
     "data.cache_root",
     "data.resident",
     "model.module.compile",
+    # How the report names, orders and describes a network; its results do not depend on them.
+    "model.display_name",
+    "model.order",
+    "model.architecture",
 )
 
 

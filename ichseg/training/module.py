@@ -1,16 +1,17 @@
-"""The LightningModule: a U-Net-family network trained with soft Dice loss, scored per protocol."""
+"""The LightningModule: any network of `model.module.net`, trained with soft Dice loss, scored per
+protocol."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import pytorch_lightning as pl
 import torch
 
-from ichseg.checkpoint import PREPROCESS_KEY, RNG_KEY, Preprocess
+from ichseg.checkpoint import CHECKPOINT_VERSION, PREPROCESS_KEY, RNG_KEY, VERSION_KEY, Preprocess
 from ichseg.metrics import PROTOCOLS, ProtocolAccumulator
-from ichseg.models.unet import UNet
+from ichseg.nets import build_net, net_config
 from ichseg.training.losses import soft_dice_loss
 from ichseg.training.optim import build_optimizer, inverse_time_decay
 
@@ -22,7 +23,8 @@ PROGRESS_BAR = tuple(f"val/{PROTOCOLS[name].keys[0]}" for name in ("paper", "les
 class SegmentationModule(pl.LightningModule):
     """Binary hemorrhage segmentation with soft Dice loss, Adam, and every metric protocol.
 
-    The network is built from its hyperparameters, so a checkpoint alone restores the model.
+    The network is built from its config node `net` (`ichseg.nets`), saved resolved among the
+    hyperparameters, so a checkpoint alone restores the model.
     Train metrics are the running values over the epoch's augmented, train-mode batches, as
     Keras reported them in the paper; validation metrics come from the unaugmented fold in eval
     mode. Both are computed once per epoch, at the end of validation, and kept in
@@ -33,9 +35,7 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(
         self,
-        filters: Sequence[int] = (64, 128, 256, 512, 1024),
-        batch_norm: str | bool = "second",
-        dropout: float = 0.0,
+        net: Mapping,
         optimizer: str = "keras_adam",
         lr: float = 1e-4,
         adam_eps: float = 1e-7,
@@ -49,8 +49,9 @@ class SegmentationModule(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.net = UNet(filters=tuple(filters), batch_norm=batch_norm, dropout=dropout)
+        self.save_hyperparameters(ignore=["net"])
+        self.hparams["net"] = net_config(net)
+        self.net = build_net(self.hparams.net)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         if compile:
@@ -132,6 +133,7 @@ class SegmentationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning does not save the global RNG, which dropout draws from: without it a resumed
         # run would diverge from an uninterrupted one.
+        checkpoint[VERSION_KEY] = CHECKPOINT_VERSION
         checkpoint[RNG_KEY] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()

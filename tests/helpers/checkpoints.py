@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ichseg.checkpoint import Preprocess, write_checkpoint
+from ichseg.models.unet import unet_config
 from ichseg.training.module import SegmentationModule
 
 FILTERS = (4, 8, 16)
@@ -19,7 +20,7 @@ def random_module(seed: int = 0, batch_norm: bool = True, symmetric: bool = Fals
     """A tiny SegmentationModule with random weights (and BN statistics), optionally with every
     kernel mirrored left-right, which makes the network commute with a horizontal flip."""
     torch.manual_seed(seed)
-    module = SegmentationModule(filters=FILTERS, batch_norm=batch_norm)
+    module = SegmentationModule(net=unet_config(FILTERS, batch_norm))
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -35,7 +36,7 @@ def random_module(seed: int = 0, batch_norm: bool = True, symmetric: bool = Fals
 
 def passthrough_module():
     """A network whose logit is 20 * input - 10: it predicts exactly the pixels above 0.5."""
-    module = SegmentationModule(filters=FILTERS, batch_norm=False)
+    module = SegmentationModule(net=unet_config(FILTERS, False))
     net = module.net
     with torch.no_grad():
         for p in net.parameters():

@@ -37,6 +37,7 @@ from ichseg.data import prepare as prepare_mod
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
 from ichseg.data.release import CSV_NAME, SUBTYPES
 from ichseg.errors import IchsegError
+from ichseg.models.unet import unet_config
 from ichseg.records import read_job, read_records, upsert_record, write_job
 from tests.helpers.runs import LAST, ROOT, finish, launch
 
@@ -327,7 +328,7 @@ def _tiny_trainer(root: Path):
         limit_val_batches=0,
         default_root_dir=root,
     )
-    module = SegmentationModule(filters=(2, 4), channels_last=False)
+    module = SegmentationModule(net=unet_config((2, 4)), channels_last=False)
     trainer.fit(module, DataLoader([batch], batch_size=None))
     return trainer
 

@@ -10,6 +10,7 @@ from ichseg.config import register_resolvers, scale_filters
 from ichseg.data.augment import BatchAugment
 from ichseg.data.sources import Phantom
 from ichseg.errors import IchsegError
+from ichseg.models.unet import UNet
 from ichseg.runtime import apply_torch_settings, set_float32_precision, training_precision
 from ichseg.training.callbacks import CheckpointRecorder, FiniteLossGuard, SplitProvenance
 from ichseg.training.console import EpochLine
@@ -29,20 +30,25 @@ def module_cfg(cfg):
     return OmegaConf.to_container(cfg.model.module, resolve=True)
 
 
+def net_cfg(cfg):
+    return module_cfg(cfg)["net"]
+
+
 def test_unet_is_the_authors_baseline():
     cfg = compose_train(["model=unet"])
-    m = module_cfg(cfg)
-    assert m["filters"] == [64, 128, 256, 512, 1024]
-    assert (m["batch_norm"], m["dropout"], m["lr"]) == ("second", 0.0, 1e-4)
+    net = net_cfg(cfg)
+    assert net["_target_"] == "ichseg.models.unet.UNet"
+    assert net["filters"] == [64, 128, 256, 512, 1024]
+    assert (net["batch_norm"], net["dropout"], module_cfg(cfg)["lr"]) == ("second", 0.0, 1e-4)
     assert cfg.data.batch_size == 32
-    plain = module_cfg(compose_train(["model=unet_plain"]))
-    assert {**plain, "batch_norm": "second"} == m and plain["batch_norm"] == "none"
+    plain = net_cfg(compose_train(["model=unet_plain"]))
+    assert {**plain, "batch_norm": "second"} == net and plain["batch_norm"] == "none"
 
 
 def test_dunet_halves_filters_adds_batch_norm_and_dropout():
-    m = module_cfg(compose_train(["model=dunet"]))
-    assert m["filters"] == [32, 64, 128, 256, 512]
-    assert (m["batch_norm"], m["dropout"]) == ("both", 0.2)
+    net = net_cfg(compose_train(["model=dunet"]))
+    assert net["filters"] == [32, 64, 128, 256, 512]
+    assert (net["batch_norm"], net["dropout"]) == ("both", 0.2)
 
 
 def test_paper_experiment_follows_the_authors_code():
@@ -71,7 +77,7 @@ def test_paper_experiment_follows_the_authors_code():
 def test_demo_keeps_the_two_to_one_filter_ratio(model):
     cfg = compose_train(["experiment=demo", f"model={model}"])
     base = [64, 128, 256, 512, 1024] if model == "unet" else [32, 64, 128, 256, 512]
-    assert module_cfg(cfg)["filters"] == [f // 4 for f in base]
+    assert net_cfg(cfg)["filters"] == [f // 4 for f in base]
     assert cfg.checkpoint_every < cfg.trainer.max_epochs
 
 
@@ -125,7 +131,8 @@ def test_the_phantom_layout_is_a_config_key(tmp_path):
 def test_datamodule_and_module_instantiate_from_config(tmp_path):
     cfg = compose_train(["experiment=tiny", "model=dunet", f"paths.root_dir={tmp_path}"])
     module = instantiate(cfg.model.module)
-    assert module.hparams.filters == [4, 8, 16, 32, 64]
+    assert module.hparams.net["filters"] == [4, 8, 16, 32, 64]
+    assert isinstance(module.net, UNet) and module.net.filters == (4, 8, 16, 32, 64)
     dm = instantiate(cfg.data)
     assert dm.fold == 0 and dm.source == Phantom(
         root=f"{tmp_path}/data/phantom-p16-s64-seed0-physionet", patients=16, size=64, seed=0

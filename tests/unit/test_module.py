@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from ichseg.checkpoint import Preprocess, load_checkpoint, write_checkpoint
 from ichseg.errors import IchsegError
+from ichseg.models.unet import unet_config
 from ichseg.training.job_state import check_resume_checkpoint
 from ichseg.training.module import SegmentationModule
 
@@ -26,8 +27,8 @@ def test_compiled_module_saves_the_same_checkpoint_and_loads_without_compiling(
     tmp_path: Path,
 ) -> None:
     torch.manual_seed(0)
-    compiled = SegmentationModule(filters=FILTERS, batch_norm=True, compile=True)
-    plain = SegmentationModule(filters=FILTERS, batch_norm=True)
+    compiled = SegmentationModule(net=unet_config(FILTERS, True), compile=True)
+    plain = SegmentationModule(net=unet_config(FILTERS, True))
     assert _is_compiled(compiled) and not _is_compiled(plain)
     assert list(compiled.state_dict()) == list(plain.state_dict())
 
@@ -45,12 +46,12 @@ def test_compiled_module_saves_the_same_checkpoint_and_loads_without_compiling(
     for name, value in compiled.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
     checkpoint = load_checkpoint(path)
-    assert checkpoint.filters == FILTERS and checkpoint.batch_norm == "both"
+    assert checkpoint.net_config == unet_config(FILTERS, "both")
     for name, value in compiled.net.state_dict().items():
         assert torch.equal(checkpoint.net.state_dict()[name], value), name
 
     # A job may switch compile on or off and still resume; a changed result setting is refused.
-    wanted = {**compiled.hparams, "filters": list(FILTERS), "compile": False}
+    wanted = {**compiled.hparams, "compile": False}
     check_resume_checkpoint(path, OmegaConf.create(wanted))
     with pytest.raises(IchsegError, match=r"model\.module lr 0\.0001 != 0\.1"):
         check_resume_checkpoint(path, OmegaConf.create({**wanted, "lr": 0.1}))
@@ -60,8 +61,8 @@ def test_compiled_module_saves_the_same_checkpoint_and_loads_without_compiling(
 def test_compiled_training_step_matches_eager() -> None:
     """One training step and Adam step, compiled (about 20 s with a cold Inductor cache) and not."""
     torch.manual_seed(0)
-    eager = SegmentationModule(filters=FILTERS, batch_norm=True, lr=1e-3)
-    compiled = SegmentationModule(filters=FILTERS, batch_norm=True, lr=1e-3, compile=True)
+    eager = SegmentationModule(net=unet_config(FILTERS, True), lr=1e-3)
+    compiled = SegmentationModule(net=unet_config(FILTERS, True), lr=1e-3, compile=True)
     compiled.load_state_dict(eager.state_dict())
     image = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     batch = {"image": image, "mask": (image > 0.7).float()}
@@ -87,4 +88,4 @@ def test_threshold_outside_zero_one_is_refused(threshold):
     with pytest.raises(
         IchsegError, match=rf"threshold: expected a probability in \(0, 1\), found {threshold}"
     ):
-        SegmentationModule(filters=(4, 8), threshold=threshold)
+        SegmentationModule(net=unet_config((4, 8)), threshold=threshold)

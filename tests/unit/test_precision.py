@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ichseg.models.unet import unet_config
 from ichseg.training.module import SegmentationModule
 
 LR = 1e-3
@@ -56,7 +57,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["dunet-like", "unet-like"])
 def test_bf16_step_follows_the_fp32_step(batch_norm: bool) -> None:
     torch.manual_seed(0)
-    base = SegmentationModule(filters=FILTERS, batch_norm=batch_norm, dropout=0.0, lr=LR)
+    base = SegmentationModule(net=unet_config(FILTERS, batch_norm, 0.0), lr=LR)
     batch = blob_batch()
     fp32 = one_step(copy.deepcopy(base), batch, bf16=False)
     bf16 = one_step(copy.deepcopy(base), batch, bf16=True)
@@ -122,7 +123,7 @@ class _Recording(SegmentationModule):
 
 def test_bf16_mixed_trainer_trains_in_bf16_with_an_fp32_loss() -> None:
     torch.manual_seed(0)
-    module = _Recording(filters=FILTERS, batch_norm=True, dropout=0.2, lr=LR)
+    module = _Recording(net=unet_config(FILTERS, True, 0.2), lr=LR)
     start = {name: p.detach().clone() for name, p in module.net.named_parameters()}
     trainer = pl.Trainer(
         precision="bf16-mixed",

@@ -16,6 +16,7 @@ from scipy import stats
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION, PROTOCOLS
+from ichseg.models.unet import unet_config
 from ichseg.records import read_records, upsert_history, upsert_record, write_job
 from ichseg.report import compute as compute_module
 from ichseg.report.build import build_report
@@ -482,7 +483,7 @@ def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
     modules = {}
     for fold in (0, 1):
         torch.manual_seed(fold)
-        module = SegmentationModule(filters=(4, 8, 16, 32, 64), batch_norm=True, dropout=0.2)
+        module = SegmentationModule(net=unet_config((4, 8, 16, 32, 64), True, 0.2))
         path = sweep / f"dunet-fold{fold}" / "checkpoints" / "epoch=0100.ckpt"
         write_checkpoint(path, module.hparams, module.state_dict())
         modules[fold] = module.eval()

@@ -70,12 +70,12 @@ def test_bad_size_names_size_and_divisor():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"filters": ()}, "model.filters"),
-        ({"filters": (4, 0)}, "model.filters"),
-        ({"filters": (4, 8.0)}, "model.filters"),
-        ({"dropout": 1.0}, "model.dropout"),
-        ({"dropout": -0.1}, "model.dropout"),
-        ({"in_channels": 0}, "model.in_channels"),
+        ({"filters": ()}, "model.module.net.filters"),
+        ({"filters": (4, 0)}, "model.module.net.filters"),
+        ({"filters": (4, 8.0)}, "model.module.net.filters"),
+        ({"dropout": 1.0}, "model.module.net.dropout"),
+        ({"dropout": -0.1}, "model.module.net.dropout"),
+        ({"in_channels": 0}, "model.module.net.in_channels"),
     ],
 )
 def test_constructor_validation(kwargs, match):
@@ -153,7 +153,9 @@ def test_paper_structure(cfg):
 def test_boolean_batch_norm_of_older_checkpoints():
     assert UNet(filters=(4, 8), batch_norm=True).batch_norm == "both"
     assert UNet(filters=(4, 8), batch_norm=False).batch_norm == "none"
-    with pytest.raises(IchsegError, match=r"model\.batch_norm: expected one of none, second, both"):
+    with pytest.raises(
+        IchsegError, match=r"model\.module\.net\.batch_norm: expected one of none, second, both"
+    ):
         UNet(filters=(4, 8), batch_norm="first")
 
 
