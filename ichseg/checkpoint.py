@@ -193,6 +193,19 @@ def _config_preprocess(config: Path, checkpoint: Path) -> Preprocess:
     return Preprocess.parse(values, str(config))
 
 
+def module_net_config(module: Mapping) -> dict | None:
+    """The network of a SegmentationModule's arguments (a checkpoint's hyper_parameters or a
+    job's `model.module`): `net`, or, where they were written before networks were config
+    nodes, the U-Net their `filters`, `batch_norm` and `dropout` describe; None without either."""
+    if "net" in module:
+        return dict(module["net"])
+    if "filters" in module:
+        return unet_config(
+            module["filters"], module.get("batch_norm", False), module.get("dropout", 0.0)
+        )
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a SegmentationModule checkpoint and rebuild its network (eval mode, on the CPU)."""
     path = Path(path)
@@ -227,13 +240,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         )
     where = f"checkpoint {path} {HPARAMS_KEY}.net"
     try:
-        config = (
-            hparams["net"]
-            if version >= 2
-            else unet_config(
-                hparams["filters"], hparams.get("batch_norm", False), hparams.get("dropout", 0.0)
-            )
-        )
+        config = module_net_config(hparams)
         threshold = float(hparams.get("threshold", 0.5))
         min_detection_area = int(hparams.get("min_detection_area", 0))
         net = build_net(config, where)

@@ -54,6 +54,17 @@ def _override_values(override) -> list:
     return [override.value()]
 
 
+def _searchpath_folders(parsed: list) -> list[Path]:
+    """The local config folders a `hydra.searchpath=[file://...]` override adds."""
+    folders = []
+    for override in parsed:
+        if override.key_or_group == "hydra.searchpath" and not override.is_delete():
+            for entry in override.value() or []:
+                if isinstance(entry, str) and entry.startswith("file://"):
+                    folders.append(Path(entry.removeprefix("file://")))
+    return folders
+
+
 def check_overrides(argv: list[str], conf_dir: Path) -> None:
     """Reject `fold` values outside 0..n_folds-1 or not integers, and unknown `model=` names."""
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
@@ -66,7 +77,8 @@ def check_overrides(argv: list[str], conf_dir: Path) -> None:
         if override.key_or_group == "data.n_folds" and not override.is_sweep_override():
             n_folds = override.value()
             check_value("data.n_folds", n_folds, SCHEMA["data.n_folds"])
-    models = sorted(p.stem for p in (conf_dir / "model").glob("*.yaml"))
+    folders = [conf_dir, *_searchpath_folders(parsed)]
+    models = sorted({p.stem for folder in folders for p in (folder / "model").glob("*.yaml")})
     for override in parsed:
         if override.is_delete():
             continue
@@ -81,5 +93,5 @@ def check_overrides(argv: list[str], conf_dir: Path) -> None:
                 if value not in models:
                     raise IchsegError(
                         f"model={value} is unknown: expected one of {', '.join(models)} "
-                        f"(files in {conf_dir / 'model'})"
+                        f"(files in {', '.join(str(f / 'model') for f in folders)})"
                     )

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
+from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from ichseg.bench.measure import summarize, time_repeats
-from ichseg.models.unet import UNet
+from ichseg.nets import build_on_meta
 
 
-def training_flops_per_image(filters: list[int], batch_norm: bool, size: int) -> int:
-    """FLOPs of one image's forward + backward at `size`², counted by `torch.utils.flop_counter`.
+def training_flops_per_image(net_config: Mapping | DictConfig, size: int) -> int:
+    """FLOPs of one image's forward + backward at `size`² through the network `net_config`
+    describes (`model.module.net`), counted by `torch.utils.flop_counter`.
 
     Counted on the meta device (shapes only, no arithmetic). The counter covers matrix products
-    and convolutions, which are all but a sliver of a U-Net's arithmetic; the optimiser step is
-    not counted (a few FLOPs per weight, not per pixel).
+    and convolutions, which are all but a sliver of a convolutional network's arithmetic; the
+    optimiser step is not counted (a few FLOPs per weight, not per pixel).
     """
+    net = build_on_meta(net_config).train()
     with torch.device("meta"):
-        net = UNet(filters=tuple(filters), batch_norm=batch_norm)
         image = torch.empty(1, 1, size, size)
         mask = torch.empty(1, 1, size, size)
         with FlopCounterMode(display=False) as counter:

@@ -19,8 +19,6 @@ from ichseg.config import instantiate_checked
 from ichseg.data.prepare import prepare
 from ichseg.data.release import read_json_object
 
-DUNET_FILTERS = (32, 64, 128, 256, 512)
-
 
 def time_prepare(cfg: DictConfig, repeats: int) -> dict:
     """Seconds of `ichseg prepare` as the job config `cfg` prepares its data (the paper's: the
@@ -65,13 +63,13 @@ def write_scan(path: Path, size: int, slices: int, seed: int = 0) -> None:
     nib.save(image, path)
 
 
-def write_checkpoint(path: Path, size: int) -> None:
-    """A paper-width D-Unet checkpoint with the keys `ichseg predict` reads, plus Adam state."""
+def write_checkpoint(path: Path, module_config: DictConfig, size: int) -> None:
+    """A checkpoint of the module `module_config` describes (`model.module`), with the keys
+    `ichseg predict` reads, plus Adam state."""
     from ichseg.checkpoint import Preprocess, write_checkpoint
-    from ichseg.training.module import SegmentationModule
 
     torch.manual_seed(0)
-    module = SegmentationModule(filters=DUNET_FILTERS, batch_norm=True, dropout=0.2)
+    module = instantiate_checked(module_config)
     optimizer = module.configure_optimizers()["optimizer"]
     module(torch.rand(1, 1, 32, 32)).mean().backward()
     optimizer.step()
@@ -108,19 +106,21 @@ def _run_cli(args: list[str], peak_file: Path) -> tuple[float, float | None]:
 
 
 def time_predict(
+    module_config: DictConfig,
     repeats: int,
     slices: int = 40,
     scan_size: int = 512,
     size: int = 256,
     options: list[str] | tuple = (),
 ) -> dict:
-    """`ichseg predict [options]` of one paper-width D-Unet on a synthetic scan, each run a new
-    process: wall time (start-up, imports, reading, prediction, writing) and peak RSS."""
+    """`ichseg predict [options]` of one checkpoint of `module_config` (`model.module`) on a
+    synthetic scan, each run a new process: wall time (start-up, imports, reading, prediction,
+    writing) and peak RSS."""
     with tempfile.TemporaryDirectory(prefix="ichseg-bench-predict-") as tmp:
         root = Path(tmp)
-        scan, ckpt = root / "scan.nii", root / "dunet.ckpt"
+        scan, ckpt = root / "scan.nii", root / "model.ckpt"
         write_scan(scan, scan_size, slices)
-        write_checkpoint(ckpt, size)
+        write_checkpoint(ckpt, module_config, size)
         args = ["predict", str(ckpt), str(scan), "-o", str(root / "out"), *options]
         walls, rss, inner = [], [], []
         for i in range(repeats + 1):

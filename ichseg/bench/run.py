@@ -23,6 +23,7 @@ from ichseg.bench.concurrent import run_jobs
 from ichseg.bench.experiment import bench_device, compose_job, job_precision, quiet_lightning
 from ichseg.bench.inference import time_predict, time_prepare
 from ichseg.bench.settings import SCHEMA, BenchSettings
+from ichseg.nets import build_on_meta, parameter_count
 from ichseg.training.provenance import code_version, hardware, package_versions, project_root
 
 
@@ -34,16 +35,15 @@ def bench_case(cfg, device: torch.device, settings: BenchSettings, ceiling: dict
     """Every figure of one (experiment, model): paths, ratios, FLOP rate, epoch shares."""
     size = int(cfg.data.size)
     name = f"{cfg.model.name}@{size}"
-    flops = training_flops_per_image(
-        list(cfg.model.module.filters), cfg.model.module.batch_norm, size
-    )
+    flops = training_flops_per_image(cfg.model.module.net, size)
     case = {
         "experiment": cfg.experiment_name,
         "model": cfg.model.name,
         "size": size,
         "batch_size": int(cfg.data.batch_size),
         "width": float(cfg.model.width),
-        "filters": list(cfg.model.module.filters),
+        "network": str(cfg.model.module.net._target_),
+        "parameters": parameter_count(build_on_meta(cfg.model.module.net)),
         "precision": job_precision(cfg, device),
         "flops_per_image": flops,
     }
@@ -143,7 +143,7 @@ def run_bench(settings: BenchSettings) -> tuple[dict, Path]:
         "load_average_start": os.getloadavg()[0],
         "settings": asdict(settings),
     }
-    paper = compose_job("paper", "dunet", settings.overrides)
+    paper = compose_job("paper", settings.jobs_model, settings.overrides)
     timed_training = {"train", "epoch"} & set(settings.sections)
     configs = (
         [
@@ -176,8 +176,10 @@ def run_bench(settings: BenchSettings) -> tuple[dict, Path]:
         _say("ichseg prepare of the paper experiment's release")
         result["prepare"] = time_prepare(paper, settings.repeats)
     if "predict" in settings.sections:
-        _say("ichseg predict on a 40-slice 512² scan")
-        result["predict"] = time_predict(settings.repeats, options=settings.predict_options)
+        _say(f"ichseg predict of a paper-width {paper.model.name} on a 40-slice 512² scan")
+        result["predict"] = time_predict(
+            paper.model.module, settings.repeats, options=settings.predict_options
+        )
     result["load_average_end"] = os.getloadavg()[0]
     stamp = result["created"].replace(":", "").replace("+0000", "Z")
     path = Path(settings.out_dir) / f"bench-{stamp}.json"

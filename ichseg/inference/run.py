@@ -133,6 +133,7 @@ def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path) -> dict:
         **turn.describe(),
         **summarize(mask, turn.zooms(scan.zooms)),
         "checkpoints": [str(c.path) for c in ensemble.checkpoints],
+        "networks": [c.net_config["_target_"] for c in ensemble.checkpoints],
         "preprocess": {
             "size": model.preprocess.size,
             "window_level": model.preprocess.level,

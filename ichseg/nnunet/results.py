@@ -31,11 +31,12 @@ from ichseg.nnunet.export import cache_of, provenance
 from ichseg.nnunet.layout import PROVENANCE_KEY
 from ichseg.records import upsert_record, write_job
 from ichseg.sweeps.local import collect_sweep
-from ichseg.sweeps.model import CONFIG_FILE, Job, Sweep
+from ichseg.sweeps.model import CONFIG_FILE, IMPORTED_TEST_FILE, Job, Sweep
 
 MODEL = "nnunet"
 IMPORT_FILE = "nnunet_import.json"
-TEST_PROBABILITIES = "test_probabilities.npy"
+# What trained the imported jobs (their job.json's `trained_by`).
+TRAINED_BY = "nnU-Net v2"
 # nnU-Net's trained-model folder: <trainer>__<plans>__<configuration>.
 _TRAINER_DIR = re.compile(r"^(?P<trainer>[^_].*?)__(?P<plans>.+)__(?P<configuration>[^_]+)$")
 # nnU-Net's argmax of two softmax channels is the foreground probability above one half.
@@ -229,6 +230,15 @@ def _template(sweep: Sweep) -> Job:
     raise IchsegError(f"{sweep.root}: no ichseg job with a config.yaml to import nnU-Net beside")
 
 
+def _kernel_text(kernel_sizes: object) -> str | None:
+    """nnU-Net's per-stage kernel sizes as Table 1 writes one kernel, e.g. 3x3; None when the
+    plans do not say or the stages differ."""
+    if not isinstance(kernel_sizes, list) or not kernel_sizes:
+        return None
+    kinds = {"x".join(str(k) for k in stage) for stage in kernel_sizes if isinstance(stage, list)}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def _config(template: Job, fold: int, epochs: int, plans: dict, configuration: str) -> dict:
     """The nnU-Net job's config: the sweep's data and evaluation settings, nnU-Net's network."""
     config = copy.deepcopy(template.config)
@@ -236,10 +246,19 @@ def _config(template: Job, fold: int, epochs: int, plans: dict, configuration: s
     module = template.config.get("model", {}).get("module", {})
     config["model"] = {
         "name": MODEL,
+        "display_name": "nnU-Net (own final checkpoint)",
         "module": {
-            "filters": [int(f) for f in arch.get("features_per_stage", [])],
             "threshold": THRESHOLD,
             "min_detection_area": int(module.get("min_detection_area", 0)),
+        },
+        # Table 1's architecture columns of nnU-Net's 2-d plans (its PlainConvUNet).
+        "architecture": {
+            "filters": [int(f) for f in arch.get("features_per_stage", [])],
+            "kernel": _kernel_text(arch.get("kernel_sizes")),
+            "pool": "stride-2 conv",
+            "batch_norm": "none: instance norm after every convolution; input "
+            + (", ".join(str(n) for n in plans.get("normalization_schemes", [])) or "?"),
+            "batch_size": plans.get("batch_size"),
         },
         "nnunet": {
             "configuration": configuration,
@@ -318,7 +337,7 @@ def import_results(
             }
             (tmp / IMPORT_FILE).write_text(json.dumps(source, indent=1) + "\n", "utf-8")
             if result.test is not None:
-                np.save(tmp / TEST_PROBABILITIES, result.test)
+                np.save(tmp / IMPORTED_TEST_FILE, result.test)
             upsert_record(
                 tmp,
                 {
@@ -338,25 +357,9 @@ def import_results(
                     "fold": result.fold,
                     "status": "done",
                     "cache_dir": str(cache),
-                    "nnunet": source,
+                    "trained_by": TRAINED_BY,
+                    "imported_from": source,
                 },
             )
         written.append(dest)
     return written
-
-
-def is_imported(job: Job) -> bool:
-    """Whether `job` is an imported nnU-Net fold (no ichseg checkpoint behind it)."""
-    return bool(job.state.get(MODEL))
-
-
-def has_imported_test(job: Job) -> bool:
-    """Whether `job` was imported with test-split probabilities."""
-    return job.dir is not None and (job.dir / TEST_PROBABILITIES).is_file()
-
-
-def imported_test_probabilities(job: Job) -> np.ndarray | None:
-    """The test-split probabilities an nnU-Net job was imported with, or None."""
-    if not has_imported_test(job):
-        return None
-    return np.load(job.dir / TEST_PROBABILITIES, allow_pickle=False)

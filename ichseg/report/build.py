@@ -6,6 +6,7 @@ report or the new one, never half of one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -16,7 +17,7 @@ from typing import Any
 from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
 from ichseg.inference.evaluate_volumes import dataset_label
-from ichseg.nnunet.results import is_imported
+from ichseg.nets import FLOPS_SIZE
 from ichseg.report import figures
 from ichseg.report.compare import PairedComparison, comparison_markdown
 from ichseg.report.compute import HeldoutResults, SweepResults
@@ -31,7 +32,6 @@ from ichseg.report.table import (
     ArchInfo,
     TableRow,
     detection_rows,
-    display_name,
     undefined_values,
 )
 from ichseg.report.volume_scores import (
@@ -127,8 +127,13 @@ def build_report(
         for i, result in enumerate(slices):
             name = f"test_overlays_{result.model}_{i}.png"
             if figures.test_overlays(result, tmp / name):
-                pictures[name] = f"Test slices, {display_name(result.model)}, {result.scoring}"
+                pictures[name] = f"Test slices, {result.name}, {result.scoring}"
         summary = _summary(sweep, selections, results.comparisons, results.protocol)
+        summary["architectures"] = {
+            m: {"name": sweep.names[m], **dataclasses.asdict(info)}
+            for m, info in results.archs.items()
+            if info is not None
+        }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         volumes = heldout.volumes if heldout is not None else []
         external = heldout.external if heldout is not None else []
@@ -279,6 +284,21 @@ def _when(stamp: float | str) -> str:
     return str(stamp)
 
 
+def _architecture_text(info: ArchInfo) -> str:
+    """One model's network for the provenance section: what it is, its parameters and FLOPs."""
+    if info.parameters is None:
+        counted = f"parameters and FLOPs not counted ({info.uncounted})"
+    else:
+        counted = (
+            f"{info.parameters:,} parameters, {info.flops_text} GFLOPs per {FLOPS_SIZE}² slice "
+            "(forward pass, counted on the network built from the job's config)"
+        )
+    return (
+        f"`{info.network}`, filters {info.filters}, batch norm {info.batch_norm}, dropout "
+        f"{info.dropout}; {counted}"
+    )
+
+
 def _provenance(
     sweep: Sweep, archs: dict[str, ArchInfo | None], external: list[ExternalResult]
 ) -> list[str]:
@@ -324,27 +344,30 @@ def _provenance(
     )
     for model, info in archs.items():
         if info is not None:
-            lines.append(
-                f"- {display_name(model)}: filters {info.filters_text}, batch norm "
-                f"{info.batch_norm_text}, dropout {info.dropout_text}."
-            )
+            lines.append(f"- {sweep.names[model]}: {_architecture_text(info)}.")
             if info.conflicts:
                 lines.append(
-                    f"  - **Config differs between {display_name(model)} folds**: "
+                    f"  - **Config differs between {sweep.names[model]} folds**: "
                     + ", ".join(info.conflicts)
                 )
-    imported = [j for j in sweep.jobs if is_imported(j)]
-    if imported:
-        epochs = sorted({int(j.get("trainer.max_epochs")) for j in imported})
-        lines.append(
-            f"- {display_name(imported[0].model)}: nnU-Net v2's own training on the same "
-            f"exported slices and folds (`ichseg nnunet export` / `import`), trainer "
-            f"`{imported[0].state[imported[0].model]['trainer']}`, {', '.join(map(str, epochs))} "
-            "epochs; one checkpoint, nnU-Net's final one. Its validation and test probabilities "
-            "are scored by ichseg under every protocol, in the same slices and evaluation "
-            "batches; it records no training-batch metrics (Train NA) and is not scored on "
-            "whole volumes."
-        )
+    for model in sweep.models:
+        imported = [j for j in sweep.jobs_of(model) if j.imported]
+        if imported:
+            epochs = sorted({int(j.get("trainer.max_epochs")) for j in imported})
+            settings = {
+                k: v
+                for k, v in (imported[0].state.get("imported_from") or {}).items()
+                if k in ("trainer", "plans", "configuration")
+            }
+            described = _flat(settings) or "settings not recorded"
+            lines.append(
+                f"- {sweep.names[model]}: trained by {imported[0].trained_by} on the same "
+                f"exported slices and folds and imported ({described}), "
+                f"{', '.join(map(str, epochs))} epochs; one checkpoint, its own "
+                "final one. Its validation and test probabilities are scored by ichseg under "
+                "every protocol, in the same slices and evaluation batches; it records no "
+                "training-batch metrics (Train NA) and is not scored on whole volumes."
+            )
     for key, label in (
         ("code_version", "Code version"),
         ("hardware", "Hardware"),

@@ -16,7 +16,7 @@ from scipy import stats
 
 from ichseg.report.render import fmt
 from ichseg.report.selection import Selection
-from ichseg.report.table import PROTOCOLS, display_name, fold_values, protocol
+from ichseg.report.table import PROTOCOLS, fold_values, protocol
 from ichseg.sweeps.model import Sweep
 
 ALPHA = 0.05
@@ -45,6 +45,8 @@ class PairedComparison:
     epoch_a: int
     model_b: str
     epoch_b: int
+    name_a: str  # how the report names model_a (`Sweep.names`)
+    name_b: str
     folds: tuple[int, ...]
     a: tuple[float, ...]
     b: tuple[float, ...]
@@ -69,7 +71,7 @@ class PairedComparison:
     @property
     def verdict(self) -> str:
         """One sentence a reader can quote; claims a winner only when p < ALPHA."""
-        a, b = display_name(self.model_a), display_name(self.model_b)
+        a, b = self.name_a, self.name_b
         what = f"validation {self.metric_label} ({self.protocol} protocol)"
         if self.n < 2:
             return f"Not enough folds to compare {b} with {a} on {what}: {self.n} paired."
@@ -158,6 +160,8 @@ def compare(
         epoch_a=epoch_a,
         model_b=model_b,
         epoch_b=epoch_b,
+        name_a=sweep.names.get(model_a, model_a),
+        name_b=sweep.names.get(model_b, model_b),
         folds=folds,
         a=tuple(float(x) for x in a),
         b=tuple(float(x) for x in b),
@@ -188,7 +192,7 @@ def comparison_markdown(comparisons: list[PairedComparison]) -> str:
         return "Not enough architectures with a selected checkpoint to compare.\n"
     lines = [METHOD_TEXT, ""]
     for c in comparisons:
-        a, b = display_name(c.model_a), display_name(c.model_b)
+        a, b = c.name_a, c.name_b
         lines += [
             f"**{c.metric_label}**, {b} (epoch {c.epoch_b}) vs {a} (epoch {c.epoch_a}): "
             f"{c.verdict}",

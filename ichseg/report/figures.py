@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ichseg.report.heldout_slices import SliceResult
 from ichseg.report.selection import Selection
-from ichseg.report.table import PROTOCOLS, TableRow, display_name
+from ichseg.report.table import PROTOCOLS, TableRow
 from ichseg.sweeps.model import Sweep
 from ichseg.visualize import overlay_rgb
 
@@ -58,7 +58,7 @@ def loss_curves(sweep: Sweep, path: Path) -> bool:
             if len(epochs):
                 ax.plot(epochs, mean, label=f"{label} loss")
                 ax.fill_between(epochs, mean - std, mean + std, alpha=0.25)
-        ax.set_title(f"{display_name(model)} (mean ± std over {n} folds)")
+        ax.set_title(f"{sweep.names.get(model, model)} (mean ± std over {n} folds)")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -84,7 +84,7 @@ def val_dice_by_epoch(
             epochs = np.array([r.epoch for r in own])
             mean = np.array([r.val_dice.mean for r in own])
             std = np.nan_to_num(np.array([r.val_dice.std for r in own]))
-            (line,) = ax.plot(epochs, mean, marker="o", label=display_name(model))
+            (line,) = ax.plot(epochs, mean, marker="o", label=own[0].name)
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
             choice = selections[name].choices.get(model) if name in selections else None
             if choice is not None:
@@ -128,7 +128,7 @@ def test_overlays(result: SliceResult, path: Path) -> bool:
     colours = (("ground truth", "#00ff00"), ("prediction", "#ff0000"), ("overlap", "#ffff00"))
     handles = [Patch(color=colour, label=label) for label, colour in colours]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(f"{display_name(result.model)} epoch {result.epoch}: {result.scoring}", fontsize=9)
+    fig.suptitle(f"{result.name} epoch {result.epoch}: {result.scoring}", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path)
     return True

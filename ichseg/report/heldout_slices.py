@@ -32,10 +32,9 @@ from ichseg.data.release import SUBTYPES
 from ichseg.errors import IchsegError
 from ichseg.inference.ensemble import Ensemble
 from ichseg.metrics import ProtocolAccumulator, stage_keys
-from ichseg.nnunet.results import has_imported_test, imported_test_probabilities, is_imported
 from ichseg.report.render import fmt
 from ichseg.report.selection import Choice, Selection
-from ichseg.report.table import display_name, protocol
+from ichseg.report.table import protocol
 from ichseg.runtime import pick_device
 from ichseg.sweeps.model import Job, Sweep
 
@@ -60,6 +59,7 @@ class SliceResult:
     """Scores of one architecture's selected checkpoint(s) on the held-out test slices."""
 
     model: str
+    name: str  # how the report names the model (`Sweep.names`)
     epoch: int
     scoring: str  # how the prediction was made: "ensemble of 10 folds (0, ..., 9)", "best fold (3)"
     n_slices: int
@@ -77,7 +77,7 @@ def slices_markdown(results: list[SliceResult]) -> str:
         subsets = [("all", r.n_slices, r.overall)]
         subsets += [(s, r.subtype_counts.get(s, 0), m) for s, m in r.by_subtype.items()]
         for name, count, metrics in subsets:
-            cells = [display_name(r.model), str(r.epoch), r.scoring, name, str(count)]
+            cells = [r.name, str(r.epoch), r.scoring, name, str(count)]
             cells += [fmt(_value(metrics.get(k))) for k in METRIC_COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -205,7 +205,7 @@ def _predictions(
         (job, torch.from_numpy(prob).unsqueeze(1))
         for job in sweep.jobs_of(choice.model)
         if job.record(choice.epoch) is not None
-        and (prob := imported_test_probabilities(job)) is not None
+        and (prob := job.imported_test_probabilities()) is not None
     ]
     if imported:
         jobs = [job for job, _ in imported]
@@ -241,9 +241,9 @@ def _predictions(
 def has_test_predictions(sweep: Sweep, model: str) -> bool:
     """Whether `model`'s test split can be scored: checkpoints, or imported predictions."""
     jobs = sweep.jobs_of(model)
-    if any(has_imported_test(job) for job in jobs):
+    if any(job.imported_test_probabilities() is not None for job in jobs):
         return True
-    return not any(is_imported(job) for job in jobs)
+    return not any(job.imported for job in jobs)
 
 
 def _evaluate_model(
@@ -284,6 +284,7 @@ def _evaluate_model(
         results.append(
             SliceResult(
                 model=choice.model,
+                name=sweep.names.get(choice.model, choice.model),
                 epoch=choice.epoch,
                 scoring=scoring,
                 n_slices=len(rows),

@@ -11,15 +11,8 @@ import io
 import math
 from collections.abc import Iterator
 
-from ichseg.report.table import (
-    KERNEL,
-    POOL,
-    ArchInfo,
-    DetectionRow,
-    Stat,
-    TableRow,
-    display_name,
-)
+from ichseg.nets import FLOPS_SIZE
+from ichseg.report.table import ArchInfo, DetectionRow, Stat, TableRow
 
 CSV_COLUMNS = (
     "architecture",
@@ -98,6 +91,18 @@ def _marked(
         previous = r.model
 
 
+# Table 1's architecture columns after the name; the paper's, then what ichseg counts.
+ARCH_COLUMNS = (
+    "Conv. filters per layer",
+    "Kernel",
+    "Pool",
+    "Dropout",
+    "Batch",
+    "Params",
+    f"GFLOPs per {FLOPS_SIZE}² slice",
+)
+
+
 def table1_markdown(
     rows: list[TableRow],
     archs: dict[str, ArchInfo | None],
@@ -106,15 +111,13 @@ def table1_markdown(
 ) -> str:
     """Table 1 as Markdown; selected rows bold, the best overall marked with a dagger."""
     head = (
-        "| Architecture | Conv. filters per layer | Kernel | Pool | Dropout | Batch | Epochs "
+        f"| Architecture | {' | '.join(ARCH_COLUMNS)} | Epochs "
         "| Train IoU | Train Dice | Val IoU (std) | Val Dice (std) | n_folds |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * (len(ARCH_COLUMNS) + 7)]
     for r, first, selected, top in _marked(rows, chosen, best):
         info = archs.get(r.model)
-        arch_cells = (
-            [display_name(r.model), *_arch_cells(info)] if first else ["", "", "", "", "", ""]
-        )
+        arch_cells = [r.name, *_arch_cells(info)] if first else [""] * (len(ARCH_COLUMNS) + 1)
         numbers = [str(r.epoch) + (" †" if top else ""), *_metric_cells(r)]
         if selected:
             numbers = [f"**{c}**" for c in numbers]
@@ -133,10 +136,18 @@ def _metric_cells(r: TableRow) -> list[str]:
 
 
 def _arch_cells(info: ArchInfo | None) -> list[str]:
-    """Filters, kernel, pool, dropout, batch size; '?' when no config was readable."""
+    """The ARCH_COLUMNS cells of one architecture; '?' when no config was readable."""
     if info is None:
-        return ["?", KERNEL, POOL, "?", "?"]
-    return [info.filters_text, info.kernel, info.pool, info.dropout_text, str(info.batch_size)]
+        return ["?"] * len(ARCH_COLUMNS)
+    return [
+        info.filters,
+        info.kernel,
+        info.pool,
+        info.dropout,
+        info.batch_size,
+        info.parameters_text,
+        info.flops_text,
+    ]
 
 
 def detection_markdown(rows: list[DetectionRow]) -> str:
@@ -146,7 +157,7 @@ def detection_markdown(rows: list[DetectionRow]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {display_name(r.model)} | {r.epoch} | {fmt_stat(r.sensitivity)} | "
+        f"| {r.name} | {r.epoch} | {fmt_stat(r.sensitivity)} | "
         f"{fmt_stat(r.specificity)} | {r.n_folds} |"
         for r in rows
     ]
@@ -173,9 +184,10 @@ def table1_latex(
         r"\begin{table}[ht]",
         r"\centering",
         r"\small",
-        r"\begin{tabular}{lllllrrrrllr}",
+        r"\begin{tabular}{lllllrrrrrrllr}",
         r"\toprule",
-        r"Architecture & Conv.\ filters per layer & Kernel & Pool & Dropout & Batch & Epochs & "
+        r"Architecture & Conv.\ filters per layer & Kernel & Pool & Dropout & Batch & Params & "
+        rf"GFLOPs per ${FLOPS_SIZE}^2$ slice & Epochs & "
         r"Train IoU & Train Dice & Val IoU (std) & Val Dice (std) & $n$ \\",
         r"\midrule",
     ]
@@ -183,7 +195,7 @@ def table1_latex(
         if first and lines[-1] != r"\midrule":
             lines.append(r"\midrule")
         info = archs.get(r.model)
-        arch_cells = [display_name(r.model), *_arch_cells(info)] if first else [""] * 6
+        arch_cells = [r.name, *_arch_cells(info)] if first else [""] * (len(ARCH_COLUMNS) + 1)
         numbers = [str(r.epoch), *_metric_cells(r)]
         if selected:
             numbers = [rf"\textbf{{{c}}}" for c in numbers]

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ichseg.report.render import fmt
-from ichseg.report.table import TableRow, display_name
+from ichseg.report.table import TableRow
 
 # Scores equal to this many decimals count as tied; float sums of the same fold values taken in
 # a different order can differ in the last bit.
@@ -106,10 +106,10 @@ def selection_markdown(selection: Selection) -> str:
     if not selection.choices:
         return "No architecture has a checkpoint with defined validation IoU and Dice.\n"
     lines = [f"Rule: {RULE}", ""]
-    for model, c in selection.choices.items():
+    for c in selection.choices.values():
         r = c.row
         line = (
-            f"- **{display_name(model)}**: epoch {c.epoch} — val IoU {fmt(r.val_iou.mean)} "
+            f"- **{r.name}**: epoch {c.epoch} — val IoU {fmt(r.val_iou.mean)} "
             f"({fmt(r.val_iou.std)}), val Dice {fmt(r.val_dice.mean)} ({fmt(r.val_dice.std)}), "
             f"score {fmt(r.score, 4)}, over {r.n_folds} folds. {c.agreement}"
         )
@@ -123,7 +123,7 @@ def selection_markdown(selection: Selection) -> str:
     best = selection.choices[selection.best] if selection.best else None
     if best is not None:
         lines.append(
-            f"- **Best overall**: {display_name(best.model)} at epoch {best.epoch} "
+            f"- **Best overall**: {best.row.name} at epoch {best.epoch} "
             f"(score {fmt(best.row.score, 4)}). Ranking by mean scores alone is not a "
             "significance test: see the paired comparison."
         )

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ichseg.errors import IchsegError
+from ichseg.checkpoint import module_net_config
+from ichseg.errors import IchsegError, first_line
 from ichseg.metrics import PROTOCOLS as METRIC_PROTOCOLS
-from ichseg.models.unet import batch_norm_mode
-from ichseg.sweeps.model import Job, Sweep
+from ichseg.nets import NET_KEY, architecture, build_on_meta, flops_per_slice, parameter_count
+from ichseg.sweeps.model import ICHSEG, Sweep
 
 
 @dataclass(frozen=True)
@@ -62,17 +63,6 @@ TRAIN_MEANING = (
     "training set."
 )
 STD_MEANING = "Std = sample standard deviation (ddof=1) over the folds present (n_folds)."
-# The network class has fixed 3x3 convolutions and 2x2 max pooling (ichseg/models/unet.py).
-KERNEL = "(3x3)"
-POOL = "(2x2)"
-# nnU-Net's 2-d plans: 3x3 convolutions, stride-2 convolutions instead of pooling.
-NNUNET_POOL = "(stride-2 conv)"
-DISPLAY_NAMES = {
-    "unet": "U-Net",
-    "unet_plain": "U-Net (no BN)",
-    "dunet": "D-Unet",
-    "nnunet": "nnU-Net (own final checkpoint)",
-}
 
 
 def protocol(name: str) -> Protocol:
@@ -80,11 +70,6 @@ def protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise IchsegError(f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
-
-
-def display_name(model: str) -> str:
-    """The paper's spelling of an architecture name."""
-    return DISPLAY_NAMES.get(model, model)
 
 
 @dataclass(frozen=True)
@@ -109,47 +94,10 @@ class Stat:
         return cls(mean, std, int(finite.size))
 
 
-@dataclass(frozen=True)
-class ArchInfo:
-    """The architecture columns of Table 1, read from the jobs' configs."""
-
-    model: str
-    filters: tuple[int, ...]
-    dropout: float
-    batch_size: int
-    batch_norm: str  # none, second or both (see ichseg.models.unet), or the norm in words
-    conflicts: tuple[str, ...]  # config keys whose value differs between this model's folds
-    kernel: str = KERNEL
-    pool: str = POOL
-
-    @property
-    def filters_text(self) -> str:
-        """Filters per layer as the paper writes them, e.g. (64,128,256,512,1024)."""
-        return "(" + ",".join(str(f) for f in self.filters) + ")"
-
-    @property
-    def batch_norm_text(self) -> str:
-        """Where the blocks have batch norm, in words."""
-        return BATCH_NORM_TEXT.get(self.batch_norm, self.batch_norm)
-
-    @property
-    def dropout_text(self) -> str:
-        """Dropout factor, NA when the model has none (as in the paper)."""
-        return "NA" if not self.dropout else f"{self.dropout:g}"
-
-
-BATCH_NORM_TEXT = {
-    "none": "none",
-    "second": "after the second convolution of every block",
-    "both": "after both convolutions of every block",
-}
-# The network's settings sit under model.module (the Lightning module's arguments); model.net is
-# accepted too, for configs that nest the network separately.
-NET_SECTIONS = ("model.module", "model.net")
-NET_KEYS = ("filters", "dropout", "batch_norm")
+NA = "NA"
 # Keys that must agree across one model's folds for their mean to describe one configuration.
 CONSISTENCY_KEYS = (
-    *(f"{s}.{k}" for s in NET_SECTIONS for k in NET_KEYS),
+    "model.module.net",
     "data.batch_size",
     "data.size",
     "data.split",
@@ -160,16 +108,51 @@ CONSISTENCY_KEYS = (
 )
 
 
-def net_value(job: Job, name: str) -> Any:
-    """A network setting (`filters`, `dropout`, `batch_norm`) from the first section that has it."""
-    for section in NET_SECTIONS:
-        value = job.get(f"{section}.{name}", None)
-        if value is not None:
-            return value
-    raise IchsegError(
-        f"{job.source}: config key '{NET_SECTIONS[0]}.{name}' (or '{NET_SECTIONS[1]}.{name}') "
-        "is missing"
-    )
+@dataclass(frozen=True)
+class ArchInfo:
+    """Table 1's architecture columns of one model: what its network says of itself
+    (`ichseg.nets.architecture`), what its config's `model.architecture` adds, and the
+    parameters and FLOPs counted on the network built from its config."""
+
+    model: str
+    filters: str
+    kernel: str
+    pool: str
+    dropout: str
+    batch_norm: str
+    batch_size: str
+    parameters: int | None
+    flops_per_slice: int | None  # forward FLOPs of one FLOPS_SIZE x FLOPS_SIZE slice
+    network: str  # the network's _target_, or what trained it
+    conflicts: tuple[str, ...]  # config keys whose value differs between this model's folds
+    # Why parameters and FLOPs are not counted, when they are not.
+    uncounted: str = ""
+
+    @property
+    def parameters_text(self) -> str:
+        """Parameter count in millions, e.g. 31.03M; NA when not counted."""
+        return NA if self.parameters is None else f"{self.parameters / 1e6:.2f}M"
+
+    @property
+    def flops_text(self) -> str:
+        """GFLOPs per slice, e.g. 96.18; NA when not counted."""
+        return NA if self.flops_per_slice is None else f"{self.flops_per_slice / 1e9:.2f}"
+
+
+def _cell(value: Any) -> str:
+    """An architecture value as Table 1 prints it: lists as (a,b,c), no value as NA."""
+    if value is None or value == "":
+        return NA
+    if isinstance(value, list | tuple):
+        return "(" + ",".join(str(v) for v in value) + ")"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _dropout_cell(value: Any) -> str:
+    """Dropout as the paper prints it: NA when the network has none."""
+    return NA if value in (None, 0, 0.0, "") else _cell(value)
 
 
 def arch_info(sweep: Sweep, model: str) -> ArchInfo | None:
@@ -179,25 +162,34 @@ def arch_info(sweep: Sweep, model: str) -> ArchInfo | None:
         return None
     first = jobs[0]
     conflicts = tuple(k for k in CONSISTENCY_KEYS if len({repr(j.get(k, None)) for j in jobs}) > 1)
-    plans = first.get("model.nnunet", None)
-    if plans is not None:
-        norms = ", ".join(str(n) for n in plans.get("normalization", [])) or "?"
-        return ArchInfo(
-            model=model,
-            filters=tuple(int(f) for f in first.get("model.module.filters")),
-            dropout=0.0,
-            batch_size=int(plans.get("batch_size") or 0),
-            batch_norm=f"none: instance norm after every convolution; input {norms}",
-            conflicts=conflicts,
-            pool=NNUNET_POOL,
-        )
+    said = dict(first.get("model.architecture", None) or {})
+    node = module_net_config(first.get("model.module", None) or {})
+    parameters = flops = None
+    uncounted = ""
+    if first.trained_by != ICHSEG:
+        network, uncounted = first.trained_by, f"trained by {first.trained_by}, not built here"
+    else:
+        network = str(node.get("_target_", NA)) if node else NA
+        try:
+            net = build_on_meta(node, f"{first.source or first.name}: {NET_KEY}")
+            said = architecture(net, said)
+            parameters, flops = parameter_count(net), flops_per_slice(net)
+        except IchsegError as err:
+            uncounted = first_line(err)
+    batch_size = first.get("data.batch_size", None)
     return ArchInfo(
         model=model,
-        filters=tuple(int(f) for f in net_value(first, "filters")),
-        dropout=float(net_value(first, "dropout") or 0.0),
-        batch_size=int(first.get("data.batch_size")),
-        batch_norm=batch_norm_mode(net_value(first, "batch_norm")),
+        filters=_cell(said.get("filters")),
+        kernel=_cell(said.get("kernel")),
+        pool=_cell(said.get("pool")),
+        dropout=_dropout_cell(said.get("dropout")),
+        batch_norm=_cell(said.get("batch_norm")),
+        batch_size=_cell(said.get("batch_size", batch_size)),
+        parameters=parameters,
+        flops_per_slice=flops,
+        network=network,
         conflicts=conflicts,
+        uncounted=uncounted,
     )
 
 
@@ -221,6 +213,7 @@ class TableRow:
     """One row of Table 1 under one protocol."""
 
     model: str
+    name: str  # how the report names the model (`Sweep.names`)
     epoch: int
     protocol: str
     train_iou: Stat
@@ -256,6 +249,7 @@ def table_rows(sweep: Sweep, protocol_name: str) -> list[TableRow]:
             rows.append(
                 TableRow(
                     model=model,
+                    name=sweep.names.get(model, model),
                     epoch=epoch,
                     protocol=p.name,
                     train_iou=stat("train", p.train_iou),
@@ -273,6 +267,7 @@ class DetectionRow:
     """Validation detection sensitivity/specificity of one architecture x epoch."""
 
     model: str
+    name: str
     epoch: int
     sensitivity: Stat
     specificity: Stat
@@ -290,7 +285,12 @@ def detection_rows(sweep: Sweep) -> list[DetectionRow]:
             if n:
                 rows.append(
                     DetectionRow(
-                        model, epoch, Stat.of(list(sens.values())), Stat.of(list(spec.values())), n
+                        model,
+                        sweep.names.get(model, model),
+                        epoch,
+                        Stat.of(list(sens.values())),
+                        Stat.of(list(spec.values())),
+                        n,
                     )
                 )
     return rows

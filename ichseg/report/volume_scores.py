@@ -15,10 +15,8 @@ from pathlib import Path
 from ichseg.data.release import SUBTYPES
 from ichseg.data.sources import Source
 from ichseg.inference.evaluate_volumes import evaluate
-from ichseg.nnunet.results import is_imported
 from ichseg.report.heldout_slices import checkpoints_at
 from ichseg.report.selection import Selection
-from ichseg.report.table import display_name
 from ichseg.sweeps.local import read_cache_meta
 from ichseg.sweeps.model import Sweep
 
@@ -28,6 +26,7 @@ class VolumeResult:
     """One architecture's whole-volume scores on the held-out patients."""
 
     model: str
+    name: str  # how the report names the model (`Sweep.names`)
     epoch: int
     folds: tuple[int, ...]
     folder: Path  # patients.csv and summary.json, taken into the report under its name
@@ -60,13 +59,22 @@ def _each_selected(
     held-out split or an external source), its files in `out_dir/<prefix>_<model>`."""
     results = []
     for choice in selection.choices.values():
-        if any(is_imported(job) for job in sweep.jobs_of(choice.model)):
-            continue  # nnU-Net predicted the exported slices only, not whole volumes
+        if any(job.imported for job in sweep.jobs_of(choice.model)):
+            continue  # an imported network predicted the exported slices only, not volumes
         pairs = checkpoints_at(sweep, choice.model, choice.epoch)
         folder = out_dir / f"{prefix}_{choice.model}"
         summary = evaluate([path for _, path in pairs], folder, progress=False, **where)
         folds = tuple(job.fold for job, _ in pairs)
-        results.append(VolumeResult(choice.model, choice.epoch, folds, folder, summary))
+        results.append(
+            VolumeResult(
+                choice.model,
+                sweep.names.get(choice.model, choice.model),
+                choice.epoch,
+                folds,
+                folder,
+                summary,
+            )
+        )
     return results
 
 
@@ -118,7 +126,7 @@ def volumes_markdown(results: list[VolumeResult]) -> str:
     for r in results:
         s = r.summary
         lines.append(
-            f"| {display_name(r.model)} | {r.epoch} | {len(r.folds)} | {s['n_patients']} | "
+            f"| {r.name} | {r.epoch} | {len(r.folds)} | {s['n_patients']} | "
             f"{_mean(s, 'dice_3d')} | {_mean(s, 'hd95_mm', 1)} | {_mean(s, 'nsd')} | "
             f"{_mean(s, 'rvd', 2)} | {_fmt(s['volume_abs_error_ml_mean'], 2)} | "
             f"{_fmt(s['patient_sensitivity'])} | {_fmt(s['patient_specificity'])} | "
@@ -164,7 +172,7 @@ def external_markdown(result: ExternalResult) -> str:
         ]
         for r, table in per:
             cells = [_mean(table[n], "dice_3d") if n in (table or {}) else "—" for n in SUBTYPES]
-            lines.append(f"| {display_name(r.model)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
         lines.append("")
     figures = [f"![{r.model}]({r.folder.name}/dice_vs_volume.png)" for r in result.volumes]
     return "\n".join([*lines, *figures]) + "\n"

@@ -7,10 +7,12 @@ the rest of the report is shared.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
@@ -22,8 +24,10 @@ CONFIG_FILE = "config.yaml"
 # A job that has not written job.json yet (or never will) has no status of its own.
 NOT_STARTED = "not started"
 _MISSING = object()
-# Models the sweep does not list are ordered baseline first, so comparisons read D-Unet - U-Net.
-MODEL_ORDER = ("unet_plain", "unet", "dunet")
+# job.json's `trained_by` of a job ichseg trained itself (with checkpoints behind its records).
+ICHSEG = "ichseg"
+# An imported job's test-split probabilities, (slices, H, W) float, in its folder.
+IMPORTED_TEST_FILE = "test_probabilities.npy"
 
 
 def config_get(config: dict, key: str, where: str) -> Any:
@@ -64,6 +68,29 @@ class Job:
                 raise
             return default
 
+    @property
+    def display_name(self) -> str:
+        """How the report names the job's model: its config's `model.display_name`, or `model`."""
+        return str(self.get("model.display_name", None) or self.model)
+
+    @property
+    def trained_by(self) -> str:
+        """What trained the job (job.json's `trained_by`): ichseg, or the tool it was imported
+        from, in which case no ichseg checkpoint stands behind its records."""
+        return str(self.state.get("trained_by") or ICHSEG)
+
+    @property
+    def imported(self) -> bool:
+        """Whether the job was trained outside ichseg and imported (no checkpoint behind it)."""
+        return self.trained_by != ICHSEG
+
+    def imported_test_probabilities(self) -> np.ndarray | None:
+        """The test-split probabilities an imported job came with, or None."""
+        path = self.dir / IMPORTED_TEST_FILE if self.dir is not None else None
+        if path is None or not self.imported or not path.is_file():
+            return None
+        return np.load(path, allow_pickle=False)
+
     def record(self, epoch: int) -> dict | None:
         """This job's checkpoint record at `epoch`, or None."""
         return next((r for r in self.records if r["epoch"] == epoch), None)
@@ -98,6 +125,8 @@ class Sweep:
     missing_jobs: list[tuple[str, int]]
     missing_records: list[tuple[str, int, int]]
     notes: list[str]
+    # Model -> how the report names it (`Job.display_name` of its first job).
+    names: dict[str, str] = field(default_factory=dict)
 
     def jobs_of(self, model: str) -> list[Job]:
         """The jobs of one model, by fold."""
@@ -140,9 +169,19 @@ def _sweep_values(multirun: dict, key: str) -> list | None:
     return values
 
 
-def _model_order(model: str) -> tuple[int, str]:
-    """Sort key: known models in MODEL_ORDER, then the others by name."""
-    return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
+def _model_order(jobs: list[Job]) -> dict[str, tuple[float, str]]:
+    """Sort key of each model the sweep's override does not list: its config's `model.order`
+    (lower first; none: last), then its name."""
+    order: dict[str, tuple[float, str]] = {}
+    for job in jobs:
+        value = job.get("model.order", None)
+        rank = (
+            float(value)
+            if isinstance(value, int | float) and not isinstance(value, bool)
+            else math.inf
+        )
+        order[job.model] = min(order.get(job.model, (math.inf, job.model)), (rank, job.model))
+    return order
 
 
 def _first(jobs: list[Job], key: str, multirun: dict) -> Any:
@@ -190,7 +229,8 @@ def assemble_sweep(root: Path, multirun: dict, jobs: list[Job]) -> Sweep:
         seen[key] = job
     notes: list[str] = []
     models = list(dict.fromkeys(str(m) for m in _sweep_values(multirun, "model") or []))
-    models += sorted({j.model for j in jobs} - set(models), key=_model_order)
+    order = _model_order(jobs)
+    models += sorted({j.model for j in jobs} - set(models), key=order.__getitem__)
 
     n_folds = _first(jobs, "data.n_folds", multirun)
     fold_values = _sweep_values(multirun, "fold")
@@ -238,4 +278,5 @@ def assemble_sweep(root: Path, multirun: dict, jobs: list[Job]) -> Sweep:
         missing_jobs=missing_jobs,
         missing_records=sorted(missing_records, key=lambda t: (models.index(t[0]), t[1], t[2])),
         notes=notes,
+        names={m: next((j.display_name for j in ordered if j.model == m), m) for m in models},
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ichseg.checkpoint import HPARAMS_KEY, read_checkpoint
+from ichseg.checkpoint import CHECKPOINT_VERSION, HPARAMS_KEY, VERSION_KEY, read_checkpoint
 from ichseg.errors import IchsegError
 from ichseg.records import write_job
 from ichseg.training.callbacks import LAST_CHECKPOINT, CheckpointRecorder
@@ -103,7 +103,14 @@ def check_resume_checkpoint(path: Path, module_cfg: DictConfig) -> None:
             f"{path}: not a checkpoint of this training (no hyper_parameters); delete it to "
             "train the job from scratch"
         )
-    wanted = OmegaConf.to_container(module_cfg, resolve=True)
+    version = checkpoint.get(VERSION_KEY, 1)
+    if version != CHECKPOINT_VERSION:
+        raise IchsegError(
+            f"{path}: a checkpoint of version {version}, this ichseg resumes version "
+            f"{CHECKPOINT_VERSION}; delete it to train the job from scratch"
+        )
+    saved = _flat(saved)
+    wanted = _flat(OmegaConf.to_container(module_cfg, resolve=True))
     differ = [
         f"{key} {_plain(saved[key])} != {_plain(value)}"
         for key, value in wanted.items()
@@ -116,6 +123,18 @@ def check_resume_checkpoint(path: Path, module_cfg: DictConfig) -> None:
             f"{path}: saved by another model configuration (model.module {'; '.join(differ)}, "
             "checkpoint != config); choose another hydra.sweep.dir or delete this job folder"
         )
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted keys (`net.filters`), so a difference is named
+    by the setting that differs."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict | DictConfig):
+            out.update(_flat(dict(value), f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _plain(value: object) -> object:

@@ -17,6 +17,7 @@ from ichseg.bench.settings import BenchSettings
 from ichseg.bench.table import format_bench
 from ichseg.cli import main
 from ichseg.data.augment import BatchAugment
+from ichseg.models.unet import unet_config
 
 CPU = torch.device("cpu")
 FAST = {"repeats": 2, "warmup_steps": 2, "warmup_s": 0.0, "window_s": 0.0}
@@ -80,12 +81,12 @@ def test_flop_count_matches_a_hand_count():
     )
     # Backward: a weight gradient for every layer, an input gradient for all but the first
     # (the image needs none); each costs what the forward product did.
-    assert training_flops_per_image([2, 4], False, s) == 3 * forward - first
+    assert training_flops_per_image(unet_config([2, 4]), s) == 3 * forward - first
 
 
 def test_paper_flops_are_the_design_figures():
-    unet = training_flops_per_image([64, 128, 256, 512, 1024], False, 256)
-    dunet = training_flops_per_image([32, 64, 128, 256, 512], True, 256)
+    unet = training_flops_per_image(unet_config([64, 128, 256, 512, 1024]), 256)
+    dunet = training_flops_per_image(unet_config([32, 64, 128, 256, 512], "both"), 256)
     assert round(unet / 1e9) == 288 and round(dunet / 1e9) == 72
 
 
@@ -278,7 +279,7 @@ def test_prepare_and_predict_timings(root):
     dm.setup("fit")
     assert (prep["cache_size"], prep["cache_slices"]) == (32, len(dm.data.ids))
     assert not list((root / "data").glob(".bench-prepare-*")), "timed caches must be removed"
-    pred = time_predict(repeats=1, slices=4, scan_size=64, size=32)
+    pred = time_predict(cfg.model.module, repeats=1, slices=4, scan_size=64, size=32)
     assert pred["wall_s"]["median"] > pred["in_process_s"]["median"] > 0
     assert pred["memory"]["peak_rss_mb"] > 50
     assert np.isfinite(pred["wall_s"]["values"]).all()

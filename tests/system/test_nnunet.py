@@ -22,12 +22,13 @@ from ichseg.cli import main
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
 from ichseg.errors import IchsegError
 from ichseg.nnunet.export import export_dataset
-from ichseg.nnunet.results import TEST_PROBABILITIES, import_results
+from ichseg.nnunet.results import import_results
 from ichseg.records import read_job, read_records
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute, score_heldout
 from ichseg.report.heldout_slices import evaluate_slices
 from ichseg.sweeps.local import collect_sweep
+from ichseg.sweeps.model import IMPORTED_TEST_FILE
 from tests.helpers.runs import ROOT
 
 TRAINER = "nnUNetTrainer__nnUNetPlans__2d"
@@ -224,7 +225,7 @@ def test_import_scores_match_numpy_and_the_report_has_three_architectures(sweep,
         )
         for key, value in expected.items():
             assert record["val"][key] == pytest.approx(value, abs=1e-6), key
-        test = np.load(sweep / f"nnunet-fold{fold}" / TEST_PROBABILITIES)
+        test = np.load(sweep / f"nnunet-fold{fold}" / IMPORTED_TEST_FILE)
         data = load_prepared(_cache(sweep))
         assert np.array_equal(
             test, _foreground(folder / f"fold_{fold}" / "test", data.splits["test"])

@@ -33,7 +33,7 @@ def test_overlay_paints_truth_green_prediction_red_overlap_yellow(tmp_path):
         SliceExample("001_10", np.zeros((32, 32)), mask, pred, ("Epidural",)),
         SliceExample("001_02", np.zeros((32, 32)), np.zeros((32, 32), bool), clean_pred, ()),
     ]
-    result = SliceResult("dunet", 5, "best fold (0)", 2, {}, {}, {}, examples)
+    result = SliceResult("dunet", "D-Unet", 5, "best fold (0)", 2, {}, {}, {}, examples)
     path = tmp_path / "overlays.png"
     assert draw_overlays(result, path)
     picture = imread(path)

@@ -42,6 +42,23 @@ def random_metrics(rng: np.random.Generator) -> dict:
     return out
 
 
+# What conf/model/{unet,dunet}.yaml compose to, as far as the report reads it.
+MODEL_CONFIGS = {
+    "unet": {
+        "name": "unet",
+        "display_name": "U-Net",
+        "order": 1,
+        "module": {"net": unet_config([64, 128, 256, 512, 1024], "second", 0.0)},
+    },
+    "dunet": {
+        "name": "dunet",
+        "display_name": "D-Unet",
+        "order": 2,
+        "module": {"net": unet_config([32, 64, 128, 256, 512], "both", 0.2)},
+    },
+}
+
+
 def make_sweep(
     root: Path,
     metrics=None,
@@ -96,16 +113,8 @@ def make_sweep(
                 continue
             job = root / f"{model}-fold{fold}"
             job.mkdir()
-            filters = [64, 128, 256, 512, 1024] if model == "unet" else [32, 64, 128, 256, 512]
             config = {
-                "model": {
-                    "name": model,
-                    "module": {
-                        "filters": filters,
-                        "batch_norm": model == "dunet",
-                        "dropout": 0.2 if model == "dunet" else 0.0,
-                    },
-                },
+                "model": MODEL_CONFIGS[model],
                 "data": {
                     "batch_size": 32,
                     "size": 64,
@@ -393,6 +402,7 @@ def test_figures_are_pngs_and_test_results_are_rendered(tmp_path, monkeypatch):
     mask[10:20, 10:20] = True
     result = SliceResult(
         model="dunet",
+        name="D-Unet",
         epoch=200,
         scoring="ensemble of 10 fold models",
         n_slices=64,
