@@ -449,7 +449,9 @@ def _markdown(
         f"Protocol — {main.description}",
         "",
         f"{TRAIN_MEANING} {STD_MEANING} Bold: selected checkpoint per architecture; †: best "
-        "overall. Kernel and pool sizes are fixed by the network class.",
+        "overall. Architecture columns: what each network says of itself, completed by its "
+        "config's model.architecture (NA: neither says); Params and GFLOPs (forward pass per "
+        f"{FLOPS_SIZE}² slice) are counted on the network built from the job's config.",
         "",
         table1_markdown(
             rows[main.name], archs, selections[main.name].epochs(), selections[main.name].best_key()
