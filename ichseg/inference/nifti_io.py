@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -24,33 +25,47 @@ from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
 from ichseg.errors import IchsegError, first_line
 from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
 
+if TYPE_CHECKING:
+    from ichseg.inference.dicom_io import DicomSeries
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MASK_SUFFIX = "_mask.nii.gz"
 
 
 @dataclass
 class Scan:
-    """A NIfTI CT scan, checked to hold one 3-D volume; `hu` is read on demand. `orientation`
-    brings its array to the training orientation and a predicted mask back (its affine's)."""
+    """A CT scan, checked to hold one 3-D volume; `hu` is read on demand. `orientation`
+    brings its array to the training orientation and a predicted mask back (its affine's).
+    A NIfTI file's `image` is the file; a DICOM series' (`dicom`, `ichseg.inference.dicom_io`)
+    is a header-only image of its shape and affine, and its voxels are read from the series."""
 
     path: Path
     image: nib.Nifti1Image
     shape: tuple[int, ...]
     zooms: tuple[float, float, float]
     orientation: Reorientation
+    dicom: DicomSeries | None = None
 
     @property
     def stem(self) -> str:
-        """The file name without `.nii` / `.nii.gz`."""
+        """The file name without `.nii` / `.nii.gz` (a DICOM series': its folder's or zip's)."""
+        if self.dicom is not None:
+            return self.dicom.stem
         name = self.path.name
         return name[: -len(next(s for s in NIFTI_SUFFIXES if name.lower().endswith(s)))]
 
     def read_hu(self) -> np.ndarray:
-        """Hounsfield units (H, W, N) float32 through nibabel's scaling; all finite."""
-        try:
-            data = self.image.get_fdata(dtype=np.float32, caching="unchanged")
-        except NIFTI_READ_ERRORS as err:
-            raise IchsegError(f"scan {self.path}: cannot read voxels ({first_line(err)})") from None
+        """Hounsfield units (H, W, N) float32 through nibabel's scaling (a DICOM series': its
+        rescale); all finite."""
+        if self.dicom is not None:
+            data = self.dicom.read_hu()
+        else:
+            try:
+                data = self.image.get_fdata(dtype=np.float32, caching="unchanged")
+            except NIFTI_READ_ERRORS as err:
+                raise IchsegError(
+                    f"scan {self.path}: cannot read voxels ({first_line(err)})"
+                ) from None
         hu = data.reshape(self.shape[:3])
         bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
         if bad:

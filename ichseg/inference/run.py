@@ -1,5 +1,6 @@
-"""`ichseg predict`: NIfTI CT volumes -> NIfTI hemorrhage masks + JSON summaries; and what every
-inference command shares: the output folder checked up front, a progress bar.
+"""`ichseg predict`: CT volumes (NIfTI files, DICOM series) -> NIfTI hemorrhage masks + JSON
+summaries; and what every inference command shares: the output folder checked up front, a
+progress bar.
 
 Every input is checked (checkpoints loaded, scan headers read, output folder writable) before the
 first scan is predicted, so a bad argument writes nothing.
@@ -16,6 +17,7 @@ from pathlib import Path
 from ichseg.atomic import atomic_path
 from ichseg.errors import IchsegError, first_line
 from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
+from ichseg.inference.dicom_io import is_dicom_input, open_dicom
 from ichseg.inference.nifti_io import (
     MASK_SUFFIX,
     Scan,
@@ -38,7 +40,10 @@ def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
             "before the scans, found none"
         )
     if not scans:
-        raise IchsegError("predict: expected at least one scan (.nii or .nii.gz), found none")
+        raise IchsegError(
+            "predict: expected at least one scan (.nii, .nii.gz, a DICOM folder or .zip), "
+            "found none"
+        )
     return checkpoints, scans
 
 
@@ -92,13 +97,16 @@ def predict_scans(
     batch_size: int = 16,
     device: str | None = None,
     precision: str = "auto",
+    series: Sequence[str] = (),
     on_scan: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Predict every scan with the averaged checkpoints; write masks and summaries to `outdir`."""
+    """Predict every scan (a NIfTI file, or a DICOM folder or zip, whose series is the one of
+    `series` it holds when it holds several) with the averaged checkpoints; write masks and
+    summaries to `outdir`."""
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
-    opened = [open_scan(p) for p in scans]
+    opened = [open_dicom(p, series) if is_dicom_input(p) else open_scan(p) for p in scans]
     seen: dict[str, Path] = {}
     for scan in opened:
         if scan.stem in seen:
@@ -130,6 +138,7 @@ def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path) -> dict:
         "scan": str(scan.path),
         "mask": str(output_paths(out, scan)[0]),
         "shape": list(scan.shape),
+        **({"dicom": scan.dicom.describe()} if scan.dicom is not None else {}),
         **turn.describe(),
         **summarize(mask, turn.zooms(scan.zooms)),
         "checkpoints": [str(c.path) for c in ensemble.checkpoints],

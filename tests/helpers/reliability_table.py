@@ -54,6 +54,18 @@ RELIABILITY_CASES = {
         "mask-labelled volume whose axial axis is stored first",
         "external validation on another layout",
     ),
+    "DICOM input": (
+        "DICOM series and its NIfTI",
+        "DICOM series of another modality",
+        "DICOM series of mixed image sizes",
+        "DICOM series of mixed orientations",
+        "DICOM series with a missing slice",
+        "DICOM series with gantry tilt",
+        "DICOM series compressed beyond the installed handlers",
+        "DICOM series of a single slice",
+        "folder without DICOM images",
+        "folder of several CT series without --series",
+    ),
     "Reproducibility": (
         "same seed: identical splits",
         "same seed and config: identical records",
