@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,12 +131,16 @@ def _earlier_prediction(json_path: Path, mask_path: Path) -> bool:
     return isinstance(summary, dict) and Path(str(summary.get("mask", ""))).name == mask_path.name
 
 
-def check_outputs_free(outdir: Path, scans: Sequence[Scan]) -> None:
-    """Raise unless every output path is free or holds an earlier prediction of the same name:
-    a file the user put there (a mask of their own, say) is never replaced."""
+def check_outputs_free(
+    outdir: Path, scans: Sequence[Scan], extra: Callable[[Scan], Sequence[Path]] = lambda _: ()
+) -> None:
+    """Raise unless every output path (the mask, the JSON and the `extra` outputs of each scan)
+    is free or holds an earlier prediction of the same name: a file the user put there (a mask
+    of their own, say) is never replaced."""
     for scan in scans:
         mask_path, json_path = output_paths(outdir, scan)
-        taken = [p for p in (mask_path, json_path) if p.exists() or p.is_symlink()]
+        outputs = (mask_path, json_path, *extra(scan))
+        taken = [p for p in outputs if p.exists() or p.is_symlink()]
         if taken and not _earlier_prediction(json_path, mask_path):
             raise IchsegError(
                 f"{taken[0]}: exists and is not an earlier ichseg predict output (no "
@@ -144,14 +148,21 @@ def check_outputs_free(outdir: Path, scans: Sequence[Scan]) -> None:
             )
 
 
-def write_outputs(scan: Scan, mask: np.ndarray, summary: dict, outdir: Path) -> tuple[Path, Path]:
-    """Write `<stem>_mask.nii.gz` then `<stem>.json`, each atomically."""
+def write_outputs(
+    scan: Scan,
+    mask: np.ndarray,
+    summary: dict,
+    outdir: Path,
+    extra: Mapping[Path, bytes] | None = None,
+) -> tuple[Path, Path]:
+    """Write `<stem>_mask.nii.gz`, the `extra` files, then `<stem>.json`, each atomically."""
     mask_path, json_path = output_paths(outdir, scan)
     # mtime=0: the same mask gives the same bytes.
     blob = gzip.compress(mask_image(scan, mask).to_bytes(), compresslevel=1, mtime=0)
     try:
-        with atomic_path(mask_path) as tmp:
-            tmp.write_bytes(blob)
+        for path, data in {mask_path: blob, **(extra or {})}.items():
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     except OSError as err:

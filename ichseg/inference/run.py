@@ -18,6 +18,7 @@ from ichseg.atomic import atomic_path
 from ichseg.errors import IchsegError, first_line
 from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.inference.dicom_io import is_dicom_input, open_dicom
+from ichseg.inference.dicom_seg import checkpoint_ids, seg_bytes, seg_path
 from ichseg.inference.nifti_io import (
     MASK_SUFFIX,
     Scan,
@@ -114,20 +115,28 @@ def predict_scans(
                 f"scans {seen[scan.stem]} and {scan.path} would both write {scan.stem}{MASK_SUFFIX}"
             )
         seen[scan.stem] = scan.path
-    check_outputs_free(Path(outdir), opened)
+    check_outputs_free(Path(outdir), opened, lambda scan: _extra_outputs(Path(outdir), scan))
     out = prepare_outdir(outdir)
+    # The SEG names the checkpoints by their contents: hashed once, for DICOM inputs only.
+    ids = checkpoint_ids(checkpoints) if any(s.dicom is not None for s in opened) else []
     summaries = []
     with progress_bar(len(opened), "scans", progress) as advance:
         for scan in opened:
-            summaries.append(_predict_one(model, scan, out))
+            summaries.append(_predict_one(model, scan, out, ids))
             advance()
             if on_scan is not None:
                 on_scan(summaries[-1])
     return summaries
 
 
-def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path) -> dict:
-    """Predict one scan, write its mask and summary, return the summary."""
+def _extra_outputs(outdir: Path, scan: Scan) -> list[Path]:
+    """What a scan gets besides its mask and JSON: a DICOM series' SEG."""
+    return [seg_path(outdir, scan)] if scan.dicom is not None else []
+
+
+def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path, ids: Sequence[str]) -> dict:
+    """Predict one scan, write its mask (and a DICOM series' SEG) and summary, return the
+    summary."""
     start = time.perf_counter()
     # Sliced along the axial axis in the training orientation; the mask goes back to the scan's
     # own grid, and the summary's slice numbers count along its axial axis.
@@ -153,7 +162,19 @@ def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path) -> dict:
         "threshold": ensemble.threshold,
         "device": str(ensemble.device),
         "precision": ensemble.precision,
-        "seconds": round(time.perf_counter() - start, 3),
     }
-    write_outputs(scan, turn.undo(mask), summary, out)
+    mask = turn.undo(mask)
+    extra = {}
+    if scan.dicom is not None:
+        summary["seg"] = str(seg_path(out, scan))
+        summary["checkpoint_ids"] = list(ids)
+        parameters = {
+            "checkpoints": "; ".join(ids),
+            "threshold": str(ensemble.threshold),
+            "window": f"{model.preprocess.level:g}/{model.preprocess.width:g} HU",
+            "flip_tta": str(ensemble.flip),
+        }
+        extra[seg_path(out, scan)] = seg_bytes(scan, mask, parameters)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    write_outputs(scan, mask, summary, out, extra)
     return summary

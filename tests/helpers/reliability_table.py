@@ -65,6 +65,7 @@ RELIABILITY_CASES = {
         "DICOM series of a single slice",
         "folder without DICOM images",
         "folder of several CT series without --series",
+        "DICOM SEG of a prediction",
     ),
     "Reproducibility": (
         "same seed: identical splits",

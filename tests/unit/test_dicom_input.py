@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 from pathlib import Path
 
+import highdicom
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import JPEGLosslessSV1, RLELossless, generate_uid
 
+import ichseg
 from ichseg.cli import main
 from ichseg.inference.dicom_io import lps_to_ras, open_dicom
 from tests.helpers.dicom_series import read_positions, write_series, zip_folder
@@ -359,3 +362,76 @@ def test_unsafe_series_are_refused_in_one_line(
     _refused(["predict", ckpts["pass"], zipped, "-o", out, *FP32], capsys, out, needles[0])
     shutil.rmtree(folder)
     record_behaviour(f"exit 2, nothing written: {line}")
+
+
+def _source_order(folder: Path) -> list[pydicom.Dataset]:
+    """The source files sorted by ImagePositionPatient z (axial series): the mask's slices."""
+    files = [pydicom.dcmread(p) for p in folder.iterdir()]
+    return sorted(files, key=lambda ds: float(ds.ImagePositionPatient[2]))
+
+
+@pytest.mark.reliability(
+    case="DICOM SEG of a prediction",
+    did="a shuffled series predicted, its SEG read back with highdicom and with pydicom",
+    entry="ichseg predict",
+)
+def test_dicom_seg_reads_back_to_the_nifti_mask(ckpts, tmp_path, capsys, record_behaviour):
+    hu, _ = bleeds_volume()
+    folder = tmp_path / "head"
+    write_series(folder, hu, seed=7)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["predict", ckpts["a"], folder, "-o", out, *FP32], capsys)
+    assert code == 0, err
+    mask = np.asarray(nib.load(out / "head_mask.nii.gz").dataobj).astype(bool)
+    assert mask.any() and not mask.all()
+    sources = _source_order(folder)
+    uids = [ds.SOPInstanceUID for ds in sources]
+    seg = highdicom.seg.segread(out / "head_seg.dcm")
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[..., 0].astype(bool), mask.transpose(2, 1, 0))
+    # pydicom alone: each frame mapped to its source instance through the per-frame references.
+    raw = pydicom.dcmread(out / "head_seg.dcm")
+    frames = raw.pixel_array.reshape(-1, raw.Rows, raw.Columns)
+    for frame, item in zip(frames, raw.PerFrameFunctionalGroupsSequence, strict=True):
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        np.testing.assert_array_equal(frame.astype(bool), mask[:, :, uids.index(ref)].T)
+    assert len(frames) == len(uids)
+    series = raw.ReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == sources[0].SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence} == set(uids)
+    assert (raw.StudyInstanceUID, raw.PatientID) == (sources[0].StudyInstanceUID, "SYN0001")
+    segment = raw.SegmentSequence[0]
+    concept = segment.SegmentedPropertyTypeCodeSequence[0]
+    assert (concept.CodeValue, concept.CodingSchemeDesignator) == ("1386000", "SCT")
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("ichseg", ichseg.__version__)
+    digest = hashlib.sha256(Path(ckpts["a"]).read_bytes()).hexdigest()[:16]
+    assert f"a.ckpt sha256:{digest}" in algorithm.AlgorithmParameters
+    summary = json.loads((out / "head.json").read_text())
+    assert summary["seg"] == str(out / "head_seg.dcm")
+    assert summary["checkpoint_ids"] == [f"a.ckpt sha256:{digest}"]
+    # A second run replaces its own outputs; a SEG of the user's own is never replaced.
+    code, _, err = run_cli(["predict", ckpts["a"], folder, "-o", out, *FP32], capsys)
+    assert code == 0, err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "head_seg.dcm").write_bytes(b"the user's own SEG")
+    code, _, err = run_cli(["predict", ckpts["a"], folder, "-o", other, *FP32], capsys)
+    assert code == 2 and "head_seg.dcm: exists and is not an earlier ichseg predict" in err
+    assert (other / "head_seg.dcm").read_bytes() == b"the user's own SEG"
+    assert sorted(p.name for p in other.iterdir()) == ["head_seg.dcm"]
+    record_behaviour(
+        f"exit 0; the SEG ({len(frames)} frames, SCT 1386000, ichseg {ichseg.__version__}, "
+        "checkpoint sha256) reads back, in highdicom and pydicom, to the NIfTI mask; a "
+        f"head_seg.dcm of the user's is refused: {err.strip()}"
+    )
+
+
+def test_an_empty_prediction_still_gets_a_seg_of_empty_frames(ckpts, tmp_path, capsys):
+    write_series(tmp_path / "clear", np.full((32, 32, 3), 30.0))
+    code, _, err = run_cli(
+        ["predict", ckpts["pass"], tmp_path / "clear", "-o", tmp_path / "o", *FP32], capsys
+    )
+    assert code == 0, err
+    raw = pydicom.dcmread(tmp_path / "o" / "clear_seg.dcm")
+    assert raw.NumberOfFrames == 3 and not raw.pixel_array.any()
