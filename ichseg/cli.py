@@ -191,6 +191,7 @@ def _predict(args: argparse.Namespace) -> None:
         scans,
         args.out,
         series=args.series,
+        png=args.png,
         **_inference_kwargs(args),
         on_scan=show,
     )
@@ -366,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="UID",
         help="the SeriesInstanceUID to read from a DICOM folder or zip holding several CT series "
         "(repeatable, one per such input)",
+    )
+    p.add_argument(
+        "--png",
+        action="store_true",
+        help="also write OUT/<scan>_summary.png: the slices with bleed, the mask, the volume",
     )
     _inference_options(p)
     p.set_defaults(func=_predict)

@@ -27,6 +27,7 @@ from ichseg.inference.nifti_io import (
     output_paths,
     write_outputs,
 )
+from ichseg.inference.summary_page import PNG_SUFFIX, summary_png
 from ichseg.inference.volumes import VolumeEnsemble, summarize
 from ichseg.runtime import pick_device
 
@@ -99,12 +100,13 @@ def predict_scans(
     device: str | None = None,
     precision: str = "auto",
     series: Sequence[str] = (),
+    png: bool = False,
     on_scan: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Predict every scan (a NIfTI file, or a DICOM folder or zip, whose series is the one of
     `series` it holds when it holds several) with the averaged checkpoints; write masks and
-    summaries to `outdir`."""
+    summaries (with `png`, a one-page PNG too) to `outdir`."""
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
     opened = [open_dicom(p, series) if is_dicom_input(p) else open_scan(p) for p in scans]
@@ -115,33 +117,42 @@ def predict_scans(
                 f"scans {seen[scan.stem]} and {scan.path} would both write {scan.stem}{MASK_SUFFIX}"
             )
         seen[scan.stem] = scan.path
-    check_outputs_free(Path(outdir), opened, lambda scan: _extra_outputs(Path(outdir), scan))
+    check_outputs_free(Path(outdir), opened, lambda s: _extra_outputs(Path(outdir), s, png))
     out = prepare_outdir(outdir)
     # The SEG names the checkpoints by their contents: hashed once, for DICOM inputs only.
     ids = checkpoint_ids(checkpoints) if any(s.dicom is not None for s in opened) else []
     summaries = []
     with progress_bar(len(opened), "scans", progress) as advance:
         for scan in opened:
-            summaries.append(_predict_one(model, scan, out, ids))
+            summaries.append(_predict_one(model, scan, out, ids, png))
             advance()
             if on_scan is not None:
                 on_scan(summaries[-1])
     return summaries
 
 
-def _extra_outputs(outdir: Path, scan: Scan) -> list[Path]:
-    """What a scan gets besides its mask and JSON: a DICOM series' SEG."""
-    return [seg_path(outdir, scan)] if scan.dicom is not None else []
+def _png_path(outdir: Path, scan: Scan) -> Path:
+    """Where the one-page PNG of `scan` goes."""
+    return outdir / f"{scan.stem}{PNG_SUFFIX}"
 
 
-def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path, ids: Sequence[str]) -> dict:
-    """Predict one scan, write its mask (and a DICOM series' SEG) and summary, return the
-    summary."""
+def _extra_outputs(outdir: Path, scan: Scan, png: bool) -> list[Path]:
+    """What a scan gets besides its mask and JSON: a DICOM series' SEG, the PNG if asked."""
+    seg = [seg_path(outdir, scan)] if scan.dicom is not None else []
+    return seg + ([_png_path(outdir, scan)] if png else [])
+
+
+def _predict_one(
+    model: VolumeEnsemble, scan: Scan, out: Path, ids: Sequence[str], png: bool
+) -> dict:
+    """Predict one scan, write its mask (a DICOM series' SEG, the PNG if asked) and summary,
+    return the summary."""
     start = time.perf_counter()
     # Sliced along the axial axis in the training orientation; the mask goes back to the scan's
     # own grid, and the summary's slice numbers count along its axial axis.
     turn = scan.orientation
-    mask = model.predict(turn.apply(scan.read_hu()))
+    hu = turn.apply(scan.read_hu())
+    mask = model.predict(hu)
     ensemble = model.ensemble
     summary = {
         "scan": str(scan.path),
@@ -163,8 +174,14 @@ def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path, ids: Sequence[str
         "device": str(ensemble.device),
         "precision": ensemble.precision,
     }
-    mask = turn.undo(mask)
     extra = {}
+    if png:
+        summary["png"] = str(_png_path(out, scan))
+        title = scan.stem if scan.dicom is None else f"{scan.stem}: {scan.dicom.description}"
+        window_hu = (model.preprocess.level, model.preprocess.width)
+        zooms = turn.zooms(scan.zooms)
+        extra[_png_path(out, scan)] = summary_png(hu, mask, zooms, summary, title, window_hu)
+    mask = turn.undo(mask)
     if scan.dicom is not None:
         summary["seg"] = str(seg_path(out, scan))
         summary["checkpoint_ids"] = list(ids)
