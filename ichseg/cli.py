@@ -191,6 +191,7 @@ def _predict(args: argparse.Namespace) -> None:
         scans,
         args.out,
         series=args.series,
+        resample_tilt=args.resample_tilt,
         png=args.png,
         **_inference_kwargs(args),
         on_scan=show,
@@ -367,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="UID",
         help="the SeriesInstanceUID to read from a DICOM folder or zip holding several CT series "
         "(repeatable, one per such input)",
+    )
+    p.add_argument(
+        "--resample-tilt",
+        action="store_true",
+        help="resample a DICOM series with gantry tilt onto an orthogonal grid instead of "
+        "refusing it",
     )
     p.add_argument(
         "--png",

@@ -18,9 +18,14 @@ the RAS affine is the LPS one with its first two rows negated (`lps_to_ras`).
 Refused in one line naming the file or tag: no DICOM image, no CT series, several CT series
 without `--series`, mixed image sizes, orientations or pixel spacings, a single slice, two slices
 at one position, uneven slice spacing (`MAX_SPACING_DEVIATION`, e.g. a missing slice), slice
-positions off one line, gantry tilt (`MAX_TILT_DEG`), multi-frame images, non-HU rescaling and
-compressed pixel data that the installed pydicom handlers cannot decode. Localizer and
-non-axial images (`ImageType` value 3 not AXIAL) are left out of series choice.
+positions off one line, gantry tilt (`MAX_TILT_DEG`) unless `resample_tilt`, multi-frame images,
+non-HU rescaling and compressed pixel data that the installed pydicom handlers cannot decode.
+Localizer and non-axial images (`ImageType` value 3 not AXIAL) are left out of series choice.
+
+Gantry tilt shears the grid: each slice is shifted in-plane by a constant step from the one
+before. With `resample_tilt` every slice is shifted back (linear interpolation, `AIR_HU` where
+it leaves the field of view) onto the orthogonal grid whose third axis is the slice normal, with
+the slices' own plane spacing; the affine is that grid's, and the slices keep their planes.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
+from scipy import ndimage
 
 from ichseg.data.orientation import reorientation
 from ichseg.errors import IchsegError, first_line
@@ -55,6 +61,8 @@ MAX_SPACING_DEVIATION = 0.02
 MAX_OFF_LINE_PX = 0.1
 # Slice steps more than this angle from the slice normal are gantry tilt (a sheared grid).
 MAX_TILT_DEG = 0.1
+# What a tilted slice shifted back onto the orthogonal grid holds where it had no pixels.
+AIR_HU = -1024.0
 # Direction cosines of the images in one series agree to this much.
 ORIENTATION_ATOL = 1e-4
 # What flipping LPS+ (DICOM) into RAS+ (NIfTI) multiplies an affine by.
@@ -93,6 +101,11 @@ class DicomSeries:
     labels: list[str]
     excluded_images: int
     slice_step_mm: float
+    # The LPS affine of the scan's grid (the source images' own, or the resampled one).
+    lps_affine: np.ndarray
+    gantry_tilt_deg: float = 0.0
+    # Gantry tilt resampled: the in-plane shift (column, row pixels) of slice k is k times this.
+    tilt_shift_px: tuple[float, float] | None = None
     _files: list[_File] = field(repr=False, default_factory=list)
 
     @property
@@ -120,6 +133,9 @@ class DicomSeries:
                     f"data of shape {pixels.shape}"
                 )
             hu[:, :, k] = apply_modality_lut(pixels, dataset).T
+            if self.tilt_shift_px is not None and k:
+                shift = (k * self.tilt_shift_px[0], k * self.tilt_shift_px[1])
+                hu[:, :, k] = ndimage.shift(hu[:, :, k], shift, order=1, cval=AIR_HU)
         return hu
 
     def describe(self) -> dict:
@@ -132,6 +148,8 @@ class DicomSeries:
             "n_files": len(self.headers),
             "excluded_localizer_or_non_axial": self.excluded_images,
             "slice_step_mm": round(self.slice_step_mm, 6),
+            "gantry_tilt_deg": round(self.gantry_tilt_deg, 3),
+            "resampled_for_tilt": self.tilt_shift_px is not None,
         }
 
 
@@ -181,9 +199,12 @@ def _series_line(uid: str, group: list[tuple[_File, Dataset]]) -> str:
     return f"{uid} {modality} {description!r} ({len(group)} images)"
 
 
-def open_dicom(path: str | os.PathLike, series: Sequence[str] = ()) -> Scan:
+def open_dicom(
+    path: str | os.PathLike, series: Sequence[str] = (), resample_tilt: bool = False
+) -> Scan:
     """Read the CT series of a DICOM folder or zip (the one of `series` it holds when it holds
-    several) into a `Scan`; IchsegError naming the file or tag for anything unsafe."""
+    several) into a `Scan`, resampled onto an orthogonal grid if tilted and `resample_tilt`;
+    IchsegError naming the file or tag for anything unsafe."""
     source = Path(path)
     files = _files_in(source)
     groups: dict[str, list[tuple[_File, Dataset]]] = {}
@@ -238,7 +259,7 @@ def open_dicom(path: str | os.PathLike, series: Sequence[str] = ()) -> Scan:
             raise IchsegError(
                 f"scan {f.label}: expected Modality CT, found {header.get('Modality', 'none')}"
             )
-    return _scan(source, uid, group, excluded)
+    return _scan(source, uid, group, excluded, resample_tilt)
 
 
 def _vector(header: Dataset, keyword: str, size: int, label: str) -> np.ndarray:
@@ -267,7 +288,13 @@ def _same(group: list[tuple[_File, Dataset]], what: str, value: Callable[[_File,
     return expected
 
 
-def _scan(source: Path, uid: str, group: list[tuple[_File, Dataset]], excluded: int) -> Scan:
+def _scan(
+    source: Path,
+    uid: str,
+    group: list[tuple[_File, Dataset]],
+    excluded: int,
+    resample_tilt: bool,
+) -> Scan:
     """Check the series' geometry, sort its slices, read HU and build the `Scan`."""
     if len(group) < 2:
         raise IchsegError(
@@ -338,13 +365,14 @@ def _scan(source: Path, uid: str, group: list[tuple[_File, Dataset]], excluded: 
     mean_step = float(step @ normal)
     in_plane = step - mean_step * normal
     tilt = math.degrees(math.atan2(float(np.linalg.norm(in_plane)), mean_step))
-    if tilt > MAX_TILT_DEG:
+    if tilt > MAX_TILT_DEG and not resample_tilt:
         tag = group[0][1].get("GantryDetectorTilt")
         said = f", GantryDetectorTilt {tag}" if tag is not None else ""
         raise IchsegError(
             f"scan {source}: gantry tilt: the slices step {np.linalg.norm(in_plane):.3f} mm "
             f"in-plane per {mean_step:.3f} mm along the slice normal ({tilt:.2f} degrees{said}); "
-            f"expected an orthogonal grid (at most {MAX_TILT_DEG} degrees)"
+            f"expected an orthogonal grid (at most {MAX_TILT_DEG} degrees); pass "
+            "--resample-tilt to resample it onto one"
         )
     expected = positions[0] + np.arange(len(group))[:, None] * step
     off = np.abs((positions - expected) @ np.stack([row_dir, col_dir]).T) / np.array(spacing[::-1])
@@ -354,6 +382,11 @@ def _scan(source: Path, uid: str, group: list[tuple[_File, Dataset]], excluded: 
             f"scan {group[k][0].label}: ImagePositionPatient {positions[k].tolist()} lies "
             f"{off[k].max():.2f} pixels off the line of the series' other slices"
         )
+    shift = None
+    if tilt > MAX_TILT_DEG:
+        # Slice k's pixel (i, j) lies where the orthogonal grid has (i + k a, j + k b).
+        shift = (float(in_plane @ row_dir) / spacing[1], float(in_plane @ col_dir) / spacing[0])
+        step = mean_step * normal
     lps = np.eye(4)
     lps[:3, 0] = row_dir * spacing[1]
     lps[:3, 1] = col_dir * spacing[0]
@@ -377,6 +410,9 @@ def _scan(source: Path, uid: str, group: list[tuple[_File, Dataset]], excluded: 
         labels=[f.label for f, _ in group],
         excluded_images=excluded,
         slice_step_mm=mean_step,
+        lps_affine=lps,
+        gantry_tilt_deg=tilt,
+        tilt_shift_px=shift,
         _files=[f for f, _ in group],
     )
     return Scan(source, image, shape, zooms, turn, dicom=dicom)  # type: ignore[arg-type]

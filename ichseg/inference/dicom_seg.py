@@ -2,7 +2,9 @@
 
 One binary segment, "Intracranial hemorrhage", with one frame per source slice (empty frames
 kept, so every slice says whether it bleeds) on the source images' own planes; it references the
-source series and each source instance. The segment is coded with SNOMED CT:
+source series and each source instance. A series resampled for gantry tilt has its frames on
+the resampled grid's planes instead (their positions, orientation and spacing are in the SEG),
+so that the SEG holds exactly the NIfTI mask. The segment is coded with SNOMED CT:
 - property category 49755003 "Morphologically Altered Structure" (DICOM PS3.16 CID 7150), the
   category highdicom's documentation gives for regions of abnormality;
 - property type 1386000 "Intracranial hemorrhage (disorder)" (SNOMED CT concept 1386000, in
@@ -56,6 +58,28 @@ def seg_path(outdir: Path, scan: Scan) -> Path:
     return outdir / f"{scan.stem}{SEG_SUFFIX}"
 
 
+def _resampled_geometry(scan: Scan) -> dict:
+    """highdicom's plane positions, orientation and pixel measures of a resampled grid."""
+    series = scan.dicom
+    lps = series.lps_affine
+    first = series.headers[0]
+    patient = hd.CoordinateSystemNames.PATIENT
+    return {
+        "plane_positions": [
+            hd.PlanePositionSequence(patient, [float(v) for v in (lps @ [0, 0, k, 1])[:3]])
+            for k in range(scan.shape[2])
+        ],
+        "plane_orientation": hd.PlaneOrientationSequence(
+            patient, [float(v) for v in first.ImageOrientationPatient]
+        ),
+        "pixel_measures": hd.PixelMeasuresSequence(
+            pixel_spacing=[float(v) for v in first.PixelSpacing],
+            slice_thickness=float(first.get("SliceThickness") or series.slice_step_mm),
+            spacing_between_slices=series.slice_step_mm,
+        ),
+    }
+
+
 def seg_bytes(scan: Scan, mask: np.ndarray, parameters: dict[str, str]) -> bytes:
     """The SEG file of `mask` (boolean, in the scan's own `[column, row, slice]` grid) as bytes;
     `parameters` (the checkpoints' ids, threshold, ...) name how it was made."""
@@ -81,6 +105,7 @@ def seg_bytes(scan: Scan, mask: np.ndarray, parameters: dict[str, str]) -> bytes
     # One frame per source image, in the series' (sorted) order: [slice, row, column].
     frames = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8).transpose(2, 1, 0))
     try:
+        geometry = _resampled_geometry(scan) if scan.dicom.tilt_shift_px is not None else {}
         seg = hd.seg.Segmentation(
             source_images=scan.dicom.headers,
             pixel_array=frames,
@@ -98,6 +123,7 @@ def seg_bytes(scan: Scan, mask: np.ndarray, parameters: dict[str, str]) -> bytes
             content_label="ICH",
             series_description=f"ichseg ICH mask ({RESEARCH_NOTE})",
             omit_empty_frames=False,
+            **geometry,
         )
     except (ValueError, TypeError, AttributeError, KeyError) as err:
         raise IchsegError(

@@ -100,16 +100,20 @@ def predict_scans(
     device: str | None = None,
     precision: str = "auto",
     series: Sequence[str] = (),
+    resample_tilt: bool = False,
     png: bool = False,
     on_scan: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Predict every scan (a NIfTI file, or a DICOM folder or zip, whose series is the one of
-    `series` it holds when it holds several) with the averaged checkpoints; write masks and
-    summaries (with `png`, a one-page PNG too) to `outdir`."""
+    `series` it holds when it holds several; a tilted one resampled if `resample_tilt`) with
+    the averaged checkpoints; write masks and summaries (with `png`, a one-page PNG too) to
+    `outdir`."""
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
-    opened = [open_dicom(p, series) if is_dicom_input(p) else open_scan(p) for p in scans]
+    opened = [
+        open_dicom(p, series, resample_tilt) if is_dicom_input(p) else open_scan(p) for p in scans
+    ]
     seen: dict[str, Path] = {}
     for scan in opened:
         if scan.stem in seen:

@@ -61,6 +61,7 @@ RELIABILITY_CASES = {
         "DICOM series of mixed orientations",
         "DICOM series with a missing slice",
         "DICOM series with gantry tilt",
+        "DICOM series with gantry tilt, --resample-tilt",
         "DICOM series compressed beyond the installed handlers",
         "DICOM series of a single slice",
         "folder without DICOM images",

@@ -294,7 +294,7 @@ REFUSALS = [
     ),
     pytest.param(
         lambda f: write_series(f, np.zeros((32, 32, 4)), tilt_deg=12.0),
-        ("gantry tilt", "12.00 degrees", "GantryDetectorTilt 12"),
+        ("gantry tilt", "12.00 degrees", "GantryDetectorTilt 12", "--resample-tilt"),
         id="tilt",
         marks=pytest.mark.reliability(
             case="DICOM series with gantry tilt",
@@ -435,3 +435,51 @@ def test_an_empty_prediction_still_gets_a_seg_of_empty_frames(ckpts, tmp_path, c
     assert code == 0, err
     raw = pydicom.dcmread(tmp_path / "o" / "clear_seg.dcm")
     assert raw.NumberOfFrames == 3 and not raw.pixel_array.any()
+
+
+@pytest.mark.reliability(
+    case="DICOM series with gantry tilt, --resample-tilt",
+    did="slices shifted 2 rows (0.8 mm) per 5 mm slice step, a bleed fixed in the patient",
+    entry="ichseg predict --resample-tilt",
+)
+def test_tilted_series_resampled_onto_the_orthogonal_grid(
+    ckpts, tmp_path, capsys, record_behaviour
+):
+    """Slice k lies 2k rows further along the column direction, so a bleed fixed in the patient
+    sits 2k rows higher in the file; resampled, it is on the same rows of every slice."""
+    tilted = np.full((64, 64, 6), 30.0)
+    expected = np.full((64, 64, 6), 30.0)
+    for k in range(6):
+        tilted[20:30, 30 - 2 * k : 40 - 2 * k, k] = 200.0
+        expected[20:30, 30:40, k] = 200.0
+        expected[:, : 2 * k, k] = -1024.0  # rows the tilted slice does not reach: air
+    tilt = math.degrees(math.atan(0.8 / 5.0))
+    write_series(tmp_path / "tilted", tilted, tilt_deg=tilt)
+    scan = open_dicom(tmp_path / "tilted", resample_tilt=True)
+    np.testing.assert_allclose(scan.read_hu(), expected, atol=0.05)
+    # The grid is orthogonal: its slice axis is the normal, 5 mm per slice.
+    np.testing.assert_allclose(scan.image.affine[:3, 2], [0, 0, 5.0], atol=1e-6)
+    assert scan.dicom.describe()["gantry_tilt_deg"] == pytest.approx(tilt, abs=1e-3)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        ["predict", ckpts["pass"], tmp_path / "tilted", "--resample-tilt", "-o", out, *FP32],
+        capsys,
+    )
+    assert code == 0, err
+    mask = np.asarray(nib.load(out / "tilted_mask.nii.gz").dataobj).astype(bool)
+    np.testing.assert_array_equal(mask, expected > 100)
+    summary = json.loads((out / "tilted.json").read_text())
+    assert summary["bleed_volume_ml"] == pytest.approx(6 * 100 * 0.5 * 0.4 * 5.0 / 1000)
+    assert summary["dicom"]["resampled_for_tilt"] is True
+    # The SEG's frames lie on the resampled planes and hold the NIfTI mask.
+    raw = pydicom.dcmread(out / "tilted_seg.dcm")
+    seen = []
+    for frame, item in zip(raw.pixel_array, raw.PerFrameFunctionalGroupsSequence, strict=True):
+        x, y, z = item.PlanePositionSequence[0].ImagePositionPatient
+        k = round((float(z) - 30.0) / 5.0)  # the writer's origin z, 5 mm slices
+        assert (float(x), float(y), float(z)) == pytest.approx((-10.0, -20.0, 30.0 + 5.0 * k))
+        np.testing.assert_array_equal(frame.astype(bool), mask[:, :, k].T)
+        seen.append(k)
+    assert sorted(seen) == list(range(6))
+    assert highdicom.seg.segread(out / "tilted_seg.dcm").number_of_segments == 1
+    record_behaviour(f"exit 0, the bleed on the same rows of every slice: {stdout.splitlines()[0]}")
