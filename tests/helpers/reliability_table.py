@@ -64,6 +64,7 @@ RELIABILITY_CASES = {
         "DICOM series with gantry tilt, --resample-tilt",
         "DICOM series compressed beyond the installed handlers",
         "DICOM series of a single slice",
+        "empty DICOM folder",
         "folder without DICOM images",
         "folder of several CT series without --series",
         "DICOM SEG of a prediction",

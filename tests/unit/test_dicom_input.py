@@ -200,6 +200,14 @@ def test_series_option_picks_one_of_several_and_localizers_are_left_out(ckpts, t
     assert summary["dicom"]["series_instance_uid"] == bone
     assert summary["bleed_voxels"] == 0
     head = pydicom.dcmread(next((folder / "a").glob("IM*"))).SeriesInstanceUID
+    _refused(
+        ["predict", ckpts["pass"], folder, "--series", "1.2.3", "-o", tmp_path / "q", *FP32],
+        capsys,
+        tmp_path / "q",
+        "holds none of --series 1.2.3",
+        f"{bone} CT 'Bone' (6 images)",
+        f"{head} CT 'Head 5mm' (6 images)",
+    )
     code, _, err = run_cli(
         ["predict", ckpts["pass"], folder, "--series", head, "-o", tmp_path / "p", *FP32], capsys
     )
@@ -246,7 +254,7 @@ def _two_ct_series(folder: Path) -> None:
     write_series(folder, np.zeros((32, 32, 3)), description="Bone", prefix="B")
 
 
-def _empty(folder: Path) -> None:
+def _not_dicom(folder: Path) -> None:
     folder.mkdir()
     (folder / "README.txt").write_text("not DICOM\n")
 
@@ -323,9 +331,17 @@ REFUSALS = [
         ),
     ),
     pytest.param(
-        _empty,
-        ("no DICOM image", "1 file(s)", "1 not DICOM"),
+        lambda f: f.mkdir(),
+        ("no DICOM image", "0 file(s)"),
         id="empty",
+        marks=pytest.mark.reliability(
+            case="empty DICOM folder", did="an empty folder", entry="ichseg predict"
+        ),
+    ),
+    pytest.param(
+        _not_dicom,
+        ("no DICOM image", "1 file(s)", "1 not DICOM"),
+        id="not-dicom",
         marks=pytest.mark.reliability(
             case="folder without DICOM images",
             did="a folder holding only a text file",
