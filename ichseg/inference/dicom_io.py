@@ -138,6 +138,17 @@ class DicomSeries:
                 hu[:, :, k] = ndimage.shift(hu[:, :, k], shift, order=1, cval=AIR_HU)
         return hu
 
+    def instances(self, slices: Sequence[int]) -> list[dict]:
+        """The source images of these 1-based slice numbers: what a DICOM viewer shows."""
+        return [
+            {
+                "slice": int(n),
+                "instance_number": self.headers[n - 1].get("InstanceNumber"),
+                "sop_instance_uid": str(self.headers[n - 1].SOPInstanceUID),
+            }
+            for n in slices
+        ]
+
     def describe(self) -> dict:
         """The series' identity for a JSON summary."""
         first = self.headers[0]

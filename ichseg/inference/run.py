@@ -187,6 +187,9 @@ def _predict_one(
         extra[_png_path(out, scan)] = summary_png(hu, mask, zooms, summary, title, window_hu)
     mask = turn.undo(mask)
     if scan.dicom is not None:
+        if turn.axial_axis == 2:  # the slices counted are the source images
+            hits = scan.dicom.instances(summary["slices_with_hemorrhage"])
+            summary["dicom"]["instances_with_hemorrhage"] = hits
         summary["seg"] = str(seg_path(out, scan))
         summary["checkpoint_ids"] = list(ids)
         parameters = {

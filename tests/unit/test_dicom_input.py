@@ -171,6 +171,20 @@ def test_dicom_series_gives_the_nifti_mask_and_ml(ckpts, tmp_path, capsys, recor
             np.testing.assert_allclose(
                 dicom_mask.affine @ [63, 63, 0, 1], nifti_mask.affine @ [0, 0, 0, 1], atol=1e-4
             )
+        # Each slice with hemorrhage named as the viewer shows it: read from the files by position.
+        by_z = {
+            round(float(ds.ImagePositionPatient[2])): ds
+            for ds in map(pydicom.dcmread, (tmp_path / "head_dicom").iterdir())
+        }
+        expected = [
+            {
+                "slice": n,
+                "instance_number": by_z[5 * (n - 1)].InstanceNumber,
+                "sop_instance_uid": by_z[5 * (n - 1)].SOPInstanceUID,
+            }
+            for n in summaries["head"]["slices_with_hemorrhage"]
+        ]
+        assert summaries["head_dicom"]["dicom"]["instances_with_hemorrhage"] == expected
     line = next(row for row in stdout.splitlines() if "head_dicom" in row)
     record_behaviour(f"exit 0, same mask (flipped as the arrays are) and mL as the NIfTI: {line}")
 
