@@ -54,7 +54,7 @@ from ichseg.inference.nifti_io import Scan
 ZIP_SUFFIX = ".zip"
 # The transfer syntax of a file without one in its meta header (DICOM PS3.5 A.1).
 IMPLICIT_VR = "1.2.840.10008.1.2"
-# Beyond this relative deviation of one slice step from the mean step the series is refused
+# Beyond this relative deviation of one slice step from the median step the series is refused
 # (a missing slice doubles a step; scanners write positions to a few hundredths of a mm).
 MAX_SPACING_DEVIATION = 0.02
 # A slice may lie this fraction of a pixel off the line through the first and last positions.
@@ -98,7 +98,6 @@ class DicomSeries:
     uid: str
     description: str
     headers: list[Dataset]
-    labels: list[str]
     excluded_images: int
     slice_step_mm: float
     # The LPS affine of the scan's grid (the source images' own, or the resampled one).
@@ -107,6 +106,11 @@ class DicomSeries:
     # Gantry tilt resampled: the in-plane shift (column, row pixels) of slice k is k times this.
     tilt_shift_px: tuple[float, float] | None = None
     _files: list[_File] = field(repr=False, default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """The files' names in messages, in slice order."""
+        return [f.label for f in self._files]
 
     @property
     def stem(self) -> str:
@@ -418,7 +422,6 @@ def _scan(
         uid=uid,
         description=str(group[0][1].get("SeriesDescription", "")).strip(),
         headers=[h for _, h in group],
-        labels=[f.label for f, _ in group],
         excluded_images=excluded,
         slice_step_mm=mean_step,
         lps_affine=lps,
