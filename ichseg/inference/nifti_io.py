@@ -20,10 +20,10 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.atomic import atomic_path
+from ichseg.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
 from ichseg.errors import IchsegError, first_line
-from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
 
 if TYPE_CHECKING:
     from ichseg.inference.dicom_io import DicomSeries

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ichseg.atomic import atomic_path
+from ichseg.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.errors import IchsegError, first_line
-from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.inference.dicom_io import is_dicom_input, open_dicom
 from ichseg.inference.dicom_seg import checkpoint_ids, seg_bytes, seg_path
 from ichseg.inference.nifti_io import (
