@@ -20,7 +20,12 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 ZOOMS = (0.5, 0.4, 5.0)  # column spacing, row spacing, slice step (mm), as tests/helpers/scans
-STUDY_UID = generate_uid()
+STUDY_UID = generate_uid(entropy_srcs=["ichseg synthetic study"])
+
+
+def synthetic_uid(*names: object) -> str:
+    """A UID made from `names`: the same every run, so messages quoting it do not change."""
+    return generate_uid(entropy_srcs=[str(n) for n in names])
 
 
 def series_affine_lps(
@@ -68,8 +73,8 @@ def write_series(
     row_dir, col_dir = np.asarray(row_dir, float), np.asarray(col_dir, float)
     normal = np.cross(row_dir, col_dir)
     step = zooms[2] * (normal + math.tan(math.radians(tilt_deg)) * col_dir)
-    series_uid = series_uid or generate_uid()
-    frame_uid = generate_uid()
+    series_uid = series_uid or synthetic_uid(description, modality, prefix, seed)
+    frame_uid = synthetic_uid(series_uid, "frame of reference")
     kept = [k for k in range(hu.shape[2]) if k not in drop]
     order = np.random.default_rng(seed).permutation(len(kept))
     paths = []
@@ -78,7 +83,8 @@ def write_series(
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        uid = synthetic_uid(series_uid, k + first_slice, prefix)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.file_meta.TransferSyntaxUID = transfer_syntax
         ds.SOPClassUID = CTImageStorage
         ds.PatientName = "Synthetic^Phantom"

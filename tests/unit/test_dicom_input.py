@@ -18,7 +18,7 @@ from pydicom.uid import JPEGLosslessSV1, RLELossless, generate_uid
 import ichseg
 from ichseg.cli import main
 from ichseg.inference.dicom_io import lps_to_ras, open_dicom
-from tests.helpers.dicom_series import read_positions, write_series, zip_folder
+from tests.helpers.dicom_series import read_positions, synthetic_uid, write_series, zip_folder
 from tests.helpers.scans import save_scan
 
 FP32 = ("--precision", "fp32")
@@ -193,7 +193,7 @@ def test_series_option_picks_one_of_several_and_localizers_are_left_out(ckpts, t
     hu, mask = bleeds_volume()
     folder = tmp_path / "study"
     write_series(folder / "a", hu, description="Head 5mm", seed=1)
-    bone = generate_uid()
+    bone = synthetic_uid("bone")
     write_series(folder / "b", hu * 0 - 1000, description="Bone", series_uid=bone, prefix="B")
     # A localizer in the same series, lying across the others: it must not take part.
     scout = np.zeros((64, 64, 1))
@@ -243,13 +243,13 @@ def _refused(argv: list, capsys, outdir: Path, *needles: str) -> str:
 
 
 def _mixed_sizes(folder: Path) -> None:
-    uid = generate_uid()
+    uid = synthetic_uid("mixed sizes")
     write_series(folder, np.zeros((32, 32, 3)), series_uid=uid)
     write_series(folder, np.zeros((32, 24, 1)), series_uid=uid, first_slice=3, prefix="X")
 
 
 def _mixed_orientations(folder: Path) -> None:
-    uid = generate_uid()
+    uid = synthetic_uid("mixed orientations")
     write_series(folder, np.zeros((32, 32, 3)), series_uid=uid)
     turn = rotation(5, 0)
     write_series(
