@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="UID",
         help="the SeriesInstanceUID to read from a DICOM folder or zip holding several CT series "
-        "(repeatable, one per such input)",
+        "(repeatable: each input uses the one it holds; every UID must be found)",
     )
     p.add_argument(
         "--resample-tilt",

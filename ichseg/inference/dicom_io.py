@@ -217,8 +217,8 @@ def _series_line(uid: str, group: list[tuple[_File, Dataset]]) -> str:
 def open_dicom(
     path: str | os.PathLike, series: Sequence[str] = (), resample_tilt: bool = False
 ) -> Scan:
-    """Read the CT series of a DICOM folder or zip (the one of `series` it holds when it holds
-    several) into a `Scan`, resampled onto an orthogonal grid if tilted and `resample_tilt`;
+    """Read the CT series of a DICOM folder or zip into a `Scan`: the one of `series` it holds,
+    else its only CT series. Resampled onto an orthogonal grid if tilted and `resample_tilt`;
     IchsegError naming the file or tag for anything unsafe."""
     source = Path(path)
     files = _files_in(source)
@@ -243,15 +243,10 @@ def open_dicom(
             f"file(s) ({not_dicom} not DICOM{left_out})"
         )
     ct = {uid: g for uid, g in groups.items() if str(g[0][1].get("Modality", "")) == "CT"}
-    if series:
-        chosen = [uid for uid in groups if uid in series]
-        if not chosen:
-            raise IchsegError(
-                f"scan {source}: holds none of --series {', '.join(series)}; found "
-                + "; ".join(_series_line(uid, g) for uid, g in groups.items())
-            )
-        if len(chosen) > 1:
-            raise IchsegError(f"scan {source}: holds several of --series: {', '.join(chosen)}")
+    chosen = [uid for uid in groups if uid in series]
+    if len(chosen) > 1:
+        raise IchsegError(f"scan {source}: holds several of --series: {', '.join(chosen)}")
+    if chosen:
         uid = chosen[0]
     elif not ct:
         first = next(iter(groups.values()))[0]

@@ -105,8 +105,8 @@ def predict_scans(
     on_scan: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Predict every scan (a NIfTI file, or a DICOM folder or zip, whose series is the one of
-    `series` it holds when it holds several; a tilted one resampled if `resample_tilt`) with
+    """Predict every scan (a NIfTI file, or a DICOM folder or zip: the one of `series` it holds,
+    else its only CT series; a tilted one resampled if `resample_tilt`) with
     the averaged checkpoints; write masks and summaries (with `png`, a one-page PNG too) to
     `outdir`."""
     target = pick_device(device)
@@ -114,6 +114,13 @@ def predict_scans(
     opened = [
         open_dicom(p, series, resample_tilt) if is_dicom_input(p) else open_scan(p) for p in scans
     ]
+    read = {s.dicom.uid: s.path for s in opened if s.dicom is not None}
+    unused = [uid for uid in series if uid not in read]
+    if unused:
+        found = "; ".join(f"{uid} from {path}" for uid, path in read.items()) or "none"
+        raise IchsegError(
+            f"--series {unused[0]}: no DICOM input holds that series (series read: {found})"
+        )
     seen: dict[str, Path] = {}
     for scan in opened:
         if scan.stem in seen:

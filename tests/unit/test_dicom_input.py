@@ -214,14 +214,17 @@ def test_series_option_picks_one_of_several_and_localizers_are_left_out(ckpts, t
     assert summary["dicom"]["series_instance_uid"] == bone
     assert summary["bleed_voxels"] == 0
     head = pydicom.dcmread(next((folder / "a").glob("IM*"))).SeriesInstanceUID
-    _refused(
-        ["predict", ckpts["pass"], folder, "--series", "1.2.3", "-o", tmp_path / "q", *FP32],
-        capsys,
-        tmp_path / "q",
-        "holds none of --series 1.2.3",
-        f"{bone} CT 'Bone' (6 images)",
-        f"{head} CT 'Head 5mm' (6 images)",
-    )
+    # A UID no input holds: the study's two series are listed, a lone series is named as read.
+    argv = ["predict", ckpts["pass"], folder, "--series", "1.2.3", "-o", tmp_path / "q", *FP32]
+    _refused(argv, capsys, tmp_path / "q", "2 CT series", f"{bone} CT 'Bone' (6 images)")
+    argv = [*argv[:2], folder / "b", *argv[3:]]
+    _refused(argv, capsys, tmp_path / "q", "--series 1.2.3: no DICOM input holds", bone)
+    # Each input uses the series of --series it holds, or its only one.
+    argv = ["predict", ckpts["pass"], folder, folder / "a", "--series", bone, "-o", tmp_path / "r"]
+    code, _, err = run_cli([*argv, *FP32], capsys)
+    assert code == 0, err
+    read = [json.loads((tmp_path / "r" / f"{n}.json").read_text()) for n in ("study", "a")]
+    assert [s["dicom"]["series_instance_uid"] for s in read] == [bone, head]
     code, _, err = run_cli(
         ["predict", ckpts["pass"], folder, "--series", head, "-o", tmp_path / "p", *FP32], capsys
     )
