@@ -186,7 +186,16 @@ def _predict(args: argparse.Namespace) -> None:
             f"{summary['n_bleeds']} bleed(s) -> {summary['mask']}"
         )
 
-    done = predict_scans(checkpoints, scans, args.out, **_inference_kwargs(args), on_scan=show)
+    done = predict_scans(
+        checkpoints,
+        scans,
+        args.out,
+        series=args.series,
+        resample_tilt=args.resample_tilt,
+        png=args.png,
+        **_inference_kwargs(args),
+        on_scan=show,
+    )
     print(
         f"{len(done)} scan(s), {len(checkpoints)} checkpoint(s) on {done[0]['device']} "
         f"({done[0]['precision']}) in {time.perf_counter() - start:.1f} s"
@@ -341,16 +350,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="segment whole CT scans (NIfTI) into mask NIfTIs",
+        help="segment whole CT scans (NIfTI, DICOM series) into mask NIfTIs (and DICOM SEG)",
         formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "paths",
         nargs="+",
         metavar="CKPT|SCAN",
-        help="checkpoints (.ckpt, .pt, .pth; several are averaged) and scans (.nii, .nii.gz)",
+        help="checkpoints (.ckpt, .pt, .pth; several are averaged) and scans (.nii, .nii.gz, "
+        "or a DICOM series: a folder or .zip)",
     )
     p.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
+    p.add_argument(
+        "--series",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="the SeriesInstanceUID to read from a DICOM folder or zip holding several CT series "
+        "(repeatable: each input uses the one it holds; every UID must be found)",
+    )
+    p.add_argument(
+        "--resample-tilt",
+        action="store_true",
+        help="resample a DICOM series with gantry tilt onto an orthogonal grid instead of "
+        "refusing it",
+    )
+    p.add_argument(
+        "--png",
+        action="store_true",
+        help="also write OUT/<scan>_summary.png: the slices with bleed, the mask, the volume",
+    )
     _inference_options(p)
     p.set_defaults(func=_predict)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -24,33 +25,47 @@ from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
 from ichseg.errors import IchsegError, first_line
 
+if TYPE_CHECKING:
+    from ichseg.inference.dicom_io import DicomSeries
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MASK_SUFFIX = "_mask.nii.gz"
 
 
 @dataclass
 class Scan:
-    """A NIfTI CT scan, checked to hold one 3-D volume; `hu` is read on demand. `orientation`
-    brings its array to the training orientation and a predicted mask back (its affine's)."""
+    """A CT scan, checked to hold one 3-D volume; `hu` is read on demand. `orientation`
+    brings its array to the training orientation and a predicted mask back (its affine's).
+    A NIfTI file's `image` is the file; a DICOM series' (`dicom`, `ichseg.inference.dicom_io`)
+    is a header-only image of its shape and affine, and its voxels are read from the series."""
 
     path: Path
     image: nib.Nifti1Image
     shape: tuple[int, ...]
     zooms: tuple[float, float, float]
     orientation: Reorientation
+    dicom: DicomSeries | None = None
 
     @property
     def stem(self) -> str:
-        """The file name without `.nii` / `.nii.gz`."""
+        """The file name without `.nii` / `.nii.gz` (a DICOM series': its folder's or zip's)."""
+        if self.dicom is not None:
+            return self.dicom.stem
         name = self.path.name
         return name[: -len(next(s for s in NIFTI_SUFFIXES if name.lower().endswith(s)))]
 
     def read_hu(self) -> np.ndarray:
-        """Hounsfield units (H, W, N) float32 through nibabel's scaling; all finite."""
-        try:
-            data = self.image.get_fdata(dtype=np.float32, caching="unchanged")
-        except NIFTI_READ_ERRORS as err:
-            raise IchsegError(f"scan {self.path}: cannot read voxels ({first_line(err)})") from None
+        """Hounsfield units (H, W, N) float32 through nibabel's scaling (a DICOM series': its
+        rescale); all finite."""
+        if self.dicom is not None:
+            data = self.dicom.read_hu()
+        else:
+            try:
+                data = self.image.get_fdata(dtype=np.float32, caching="unchanged")
+            except NIFTI_READ_ERRORS as err:
+                raise IchsegError(
+                    f"scan {self.path}: cannot read voxels ({first_line(err)})"
+                ) from None
         hu = data.reshape(self.shape[:3])
         bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
         if bad:
@@ -116,12 +131,16 @@ def _earlier_prediction(json_path: Path, mask_path: Path) -> bool:
     return isinstance(summary, dict) and Path(str(summary.get("mask", ""))).name == mask_path.name
 
 
-def check_outputs_free(outdir: Path, scans: Sequence[Scan]) -> None:
-    """Raise unless every output path is free or holds an earlier prediction of the same name:
-    a file the user put there (a mask of their own, say) is never replaced."""
+def check_outputs_free(
+    outdir: Path, scans: Sequence[Scan], extra: Callable[[Scan], Sequence[Path]] = lambda _: ()
+) -> None:
+    """Raise unless every output path (the mask, the JSON and the `extra` outputs of each scan)
+    is free or holds an earlier prediction of the same name: a file the user put there (a mask
+    of their own, say) is never replaced."""
     for scan in scans:
         mask_path, json_path = output_paths(outdir, scan)
-        taken = [p for p in (mask_path, json_path) if p.exists() or p.is_symlink()]
+        outputs = (mask_path, json_path, *extra(scan))
+        taken = [p for p in outputs if p.exists() or p.is_symlink()]
         if taken and not _earlier_prediction(json_path, mask_path):
             raise IchsegError(
                 f"{taken[0]}: exists and is not an earlier ichseg predict output (no "
@@ -129,14 +148,21 @@ def check_outputs_free(outdir: Path, scans: Sequence[Scan]) -> None:
             )
 
 
-def write_outputs(scan: Scan, mask: np.ndarray, summary: dict, outdir: Path) -> tuple[Path, Path]:
-    """Write `<stem>_mask.nii.gz` then `<stem>.json`, each atomically."""
+def write_outputs(
+    scan: Scan,
+    mask: np.ndarray,
+    summary: dict,
+    outdir: Path,
+    extra: Mapping[Path, bytes] | None = None,
+) -> tuple[Path, Path]:
+    """Write `<stem>_mask.nii.gz`, the `extra` files, then `<stem>.json`, each atomically."""
     mask_path, json_path = output_paths(outdir, scan)
     # mtime=0: the same mask gives the same bytes.
     blob = gzip.compress(mask_image(scan, mask).to_bytes(), compresslevel=1, mtime=0)
     try:
-        with atomic_path(mask_path) as tmp:
-            tmp.write_bytes(blob)
+        for path, data in {mask_path: blob, **(extra or {})}.items():
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     except OSError as err:

@@ -1,5 +1,6 @@
-"""`ichseg predict`: NIfTI CT volumes -> NIfTI hemorrhage masks + JSON summaries; and what every
-inference command shares: the output folder checked up front, a progress bar.
+"""`ichseg predict`: CT volumes (NIfTI files, DICOM series) -> NIfTI hemorrhage masks + JSON
+summaries; and what every inference command shares: the output folder checked up front, a
+progress bar.
 
 Every input is checked (checkpoints loaded, scan headers read, output folder writable) before the
 first scan is predicted, so a bad argument writes nothing.
@@ -16,6 +17,8 @@ from pathlib import Path
 from ichseg.atomic import atomic_path
 from ichseg.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.errors import IchsegError, first_line
+from ichseg.inference.dicom_io import is_dicom_input, open_dicom
+from ichseg.inference.dicom_seg import checkpoint_ids, seg_bytes, seg_path
 from ichseg.inference.nifti_io import (
     MASK_SUFFIX,
     Scan,
@@ -24,6 +27,7 @@ from ichseg.inference.nifti_io import (
     output_paths,
     write_outputs,
 )
+from ichseg.inference.summary_page import PNG_SUFFIX, summary_png
 from ichseg.inference.volumes import VolumeEnsemble, summarize
 from ichseg.runtime import pick_device
 
@@ -38,7 +42,10 @@ def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
             "before the scans, found none"
         )
     if not scans:
-        raise IchsegError("predict: expected at least one scan (.nii or .nii.gz), found none")
+        raise IchsegError(
+            "predict: expected at least one scan (.nii, .nii.gz, a DICOM folder or .zip), "
+            "found none"
+        )
     return checkpoints, scans
 
 
@@ -92,13 +99,28 @@ def predict_scans(
     batch_size: int = 16,
     device: str | None = None,
     precision: str = "auto",
+    series: Sequence[str] = (),
+    resample_tilt: bool = False,
+    png: bool = False,
     on_scan: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Predict every scan with the averaged checkpoints; write masks and summaries to `outdir`."""
+    """Predict every scan (a NIfTI file, or a DICOM folder or zip: the one of `series` it holds,
+    else its only CT series; a tilted one resampled if `resample_tilt`) with
+    the averaged checkpoints; write masks and summaries (with `png`, a one-page PNG too) to
+    `outdir`."""
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
-    opened = [open_scan(p) for p in scans]
+    opened = [
+        open_dicom(p, series, resample_tilt) if is_dicom_input(p) else open_scan(p) for p in scans
+    ]
+    read = {s.dicom.uid: s.path for s in opened if s.dicom is not None}
+    unused = [uid for uid in series if uid not in read]
+    if unused:
+        found = "; ".join(f"{uid} from {path}" for uid, path in read.items()) or "none"
+        raise IchsegError(
+            f"--series {unused[0]}: no DICOM input holds that series (series read: {found})"
+        )
     seen: dict[str, Path] = {}
     for scan in opened:
         if scan.stem in seen:
@@ -106,30 +128,48 @@ def predict_scans(
                 f"scans {seen[scan.stem]} and {scan.path} would both write {scan.stem}{MASK_SUFFIX}"
             )
         seen[scan.stem] = scan.path
-    check_outputs_free(Path(outdir), opened)
+    check_outputs_free(Path(outdir), opened, lambda s: _extra_outputs(Path(outdir), s, png))
     out = prepare_outdir(outdir)
+    # The SEG names the checkpoints by their contents: hashed once, for DICOM inputs only.
+    ids = checkpoint_ids(checkpoints) if any(s.dicom is not None for s in opened) else []
     summaries = []
     with progress_bar(len(opened), "scans", progress) as advance:
         for scan in opened:
-            summaries.append(_predict_one(model, scan, out))
+            summaries.append(_predict_one(model, scan, out, ids, png))
             advance()
             if on_scan is not None:
                 on_scan(summaries[-1])
     return summaries
 
 
-def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path) -> dict:
-    """Predict one scan, write its mask and summary, return the summary."""
+def _png_path(outdir: Path, scan: Scan) -> Path:
+    """Where the one-page PNG of `scan` goes."""
+    return outdir / f"{scan.stem}{PNG_SUFFIX}"
+
+
+def _extra_outputs(outdir: Path, scan: Scan, png: bool) -> list[Path]:
+    """What a scan gets besides its mask and JSON: a DICOM series' SEG, the PNG if asked."""
+    seg = [seg_path(outdir, scan)] if scan.dicom is not None else []
+    return seg + ([_png_path(outdir, scan)] if png else [])
+
+
+def _predict_one(
+    model: VolumeEnsemble, scan: Scan, out: Path, ids: Sequence[str], png: bool
+) -> dict:
+    """Predict one scan, write its mask (a DICOM series' SEG, the PNG if asked) and summary,
+    return the summary."""
     start = time.perf_counter()
     # Sliced along the axial axis in the training orientation; the mask goes back to the scan's
     # own grid, and the summary's slice numbers count along its axial axis.
     turn = scan.orientation
-    mask = model.predict(turn.apply(scan.read_hu()))
+    hu = turn.apply(scan.read_hu())
+    mask = model.predict(hu)
     ensemble = model.ensemble
     summary = {
         "scan": str(scan.path),
         "mask": str(output_paths(out, scan)[0]),
         "shape": list(scan.shape),
+        **({"dicom": scan.dicom.describe()} if scan.dicom is not None else {}),
         **turn.describe(),
         **summarize(mask, turn.zooms(scan.zooms)),
         "checkpoints": [str(c.path) for c in ensemble.checkpoints],
@@ -145,7 +185,28 @@ def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path) -> dict:
         "threshold": ensemble.threshold,
         "device": str(ensemble.device),
         "precision": ensemble.precision,
-        "seconds": round(time.perf_counter() - start, 3),
     }
-    write_outputs(scan, turn.undo(mask), summary, out)
+    extra = {}
+    if png:
+        summary["png"] = str(_png_path(out, scan))
+        title = scan.stem if scan.dicom is None else f"{scan.stem}: {scan.dicom.description}"
+        window_hu = (model.preprocess.level, model.preprocess.width)
+        zooms = turn.zooms(scan.zooms)
+        extra[_png_path(out, scan)] = summary_png(hu, mask, zooms, summary, title, window_hu)
+    mask = turn.undo(mask)
+    if scan.dicom is not None:
+        if turn.axial_axis == 2:  # the slices counted are the source images
+            hits = scan.dicom.instances(summary["slices_with_hemorrhage"])
+            summary["dicom"]["instances_with_hemorrhage"] = hits
+        summary["seg"] = str(seg_path(out, scan))
+        summary["checkpoint_ids"] = list(ids)
+        parameters = {
+            "checkpoints": "; ".join(ids),
+            "threshold": str(ensemble.threshold),
+            "window": f"{model.preprocess.level:g}/{model.preprocess.width:g} HU",
+            "flip_tta": str(ensemble.flip),
+        }
+        extra[seg_path(out, scan)] = seg_bytes(scan, mask, parameters)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    write_outputs(scan, mask, summary, out, extra)
     return summary
