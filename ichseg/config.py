@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -38,6 +39,12 @@ def div(numerator: float, denominator: float) -> float:
 
 
 RESOLVERS = {"scale_filters": scale_filters, "scale": scale, "div": div}
+
+
+def project_root() -> Path:
+    """The folder holding the ichseg package and its `conf/` (the repository root in a
+    checkout)."""
+    return Path(__file__).resolve().parents[1]
 
 
 def register_resolvers() -> None:

@@ -13,10 +13,9 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ichseg.config import register_resolvers
+from ichseg.config import project_root, register_resolvers
 from ichseg.errors import IchsegError
 from ichseg.runtime import pick_device, training_precision
-from ichseg.training.provenance import project_root
 
 
 def compose_job(experiment: str, model: str, overrides: list[str] | tuple = ()) -> DictConfig:

@@ -23,8 +23,9 @@ from ichseg.bench.concurrent import run_jobs
 from ichseg.bench.experiment import bench_device, compose_job, job_precision, quiet_lightning
 from ichseg.bench.inference import time_predict, time_prepare
 from ichseg.bench.settings import SCHEMA, BenchSettings
+from ichseg.config import project_root
 from ichseg.nets import build_on_meta, parameter_count
-from ichseg.training.provenance import code_version, hardware, package_versions, project_root
+from ichseg.training.provenance import code_version, hardware, package_versions
 
 
 def _say(message: str) -> None:

@@ -392,7 +392,7 @@ def source_named(name: str, root: str | Path) -> Source:
         return source_from_record({"target": name}, where, str(root))
     from omegaconf import OmegaConf
 
-    from ichseg.training.provenance import project_root
+    from ichseg.config import project_root
 
     folder = project_root() / "conf" / "data"
     path = folder / f"{name}.yaml"

@@ -6,7 +6,6 @@ import os
 import platform
 import subprocess
 from importlib import metadata
-from pathlib import Path
 
 import torch
 
@@ -62,8 +61,3 @@ def hardware() -> dict[str, object]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
     return info
-
-
-def project_root() -> Path:
-    """The folder holding the ichseg package (the repository root in a checkout)."""
-    return Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ichseg.atomic import atomic_write_text
-from ichseg.config import instantiate_checked
+from ichseg.config import instantiate_checked, project_root
 from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.launch.placement import trainer_overrides
@@ -22,7 +22,7 @@ from ichseg.records import read_job, read_records
 from ichseg.runtime import apply_torch_settings, training_precision
 from ichseg.training.console import quiet_libraries
 from ichseg.training.job_state import RecordedRun, config_clash, config_hash, resume_checkpoint
-from ichseg.training.provenance import code_version, hardware, package_versions, project_root
+from ichseg.training.provenance import code_version, hardware, package_versions
 
 log = logging.getLogger(__name__)
 
