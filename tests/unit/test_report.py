@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from matplotlib.image import imread
 from scipy import stats
@@ -42,6 +43,7 @@ def random_metrics(rng: np.random.Generator) -> dict:
     return out
 
 
+SEGRESNET = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "init_filters": 8}
 # What conf/model/{unet,dunet}.yaml compose to, as far as the report reads it.
 MODEL_CONFIGS = {
     "unet": {
@@ -55,6 +57,12 @@ MODEL_CONFIGS = {
         "display_name": "D-Unet",
         "order": 2,
         "module": {"net": unet_config([32, 64, 128, 256, 512], "both", 0.2)},
+    },
+    # No display name or order: the report falls back to the name, and the sweep's order.
+    "segresnet": {
+        "name": "segresnet",
+        "module": {"net": {**SEGRESNET, "_target_": "monai.networks.nets.SegResNet"}},
+        "architecture": {"kernel": "3x3"},
     },
 }
 
@@ -393,6 +401,34 @@ def test_one_fold_is_not_enough_to_compare(tmp_path):
     text = (report(sweep) / "report.md").read_text()
     assert "Not enough folds" in report_section(text, "Paired comparison")
     assert "is better than" not in text
+
+
+def test_three_networks_give_every_pair_and_their_own_counts(tmp_path):
+    from monai.networks.nets import SegResNet
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sweep = make_sweep(tmp_path / "sweep", models=("unet", "dunet", "segresnet"), max_epochs=100)
+    out = report(sweep)
+    summary = json.loads((out / "summary.json").read_text())
+    pairs = {(c["a"], c["b"]) for c in summary["comparisons"]["paper"]}
+    assert pairs == {("unet", "dunet"), ("unet", "segresnet"), ("dunet", "segresnet")}
+    assert len(summary["comparisons"]["paper"]) == 6  # IoU and Dice of each pair
+    # Counted here on MONAI's class itself, outside ichseg.
+    net = SegResNet(**SEGRESNET).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 1, 256, 256))
+    described = summary["architectures"]["segresnet"]
+    assert described["parameters"] == sum(p.numel() for p in net.parameters())
+    assert described["flops_per_slice"] == counter.get_total_flops()
+    assert (described["name"], described["kernel"], described["filters"]) == (
+        "segresnet",
+        "3x3",
+        "NA",
+    )
+    table = report_section((out / "report.md").read_text(), "Table 1 (paper protocol)")
+    assert (
+        f"| segresnet | NA | 3x3 | NA | NA | 32 | {described['parameters'] / 1e6:.2f}M |" in table
+    )
 
 
 def test_figures_are_pngs_and_test_results_are_rendered(tmp_path, monkeypatch):
