@@ -101,6 +101,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         os.fsync(fh.fileno())
 
 
+def try_lock(path: str | os.PathLike) -> int | None:
+    """An open descriptor holding an exclusive flock on `path` (created if missing), or None
+    when another process holds it. Close the descriptor to release the lock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive `flock` on `path` (created if missing) for the duration of the block."""

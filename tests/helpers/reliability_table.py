@@ -49,6 +49,10 @@ RELIABILITY_CASES = {
         "same seed and config: identical records",
         "every job records seed, config, code and package versions",
     ),
+    "Plausible wrong answers": (
+        "two sweeps train one job folder at once",
+        "single run into a folder another process trains",
+    ),
 }
 _ROWS = pytest.StashKey[list]()
 _OUTCOME = pytest.StashKey[str]()

@@ -1,0 +1,115 @@
+"""No plausible-looking wrong answer: one writer per job folder, volumes checked to be CT in
+Hounsfield units and large enough to be a scan, refused runs that leave nothing behind."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ichseg.records import read_job, read_records
+from tests.helpers.runs import TINY, finish, launch, train
+
+# Long enough for a second process to start while the first trains (about 10 s).
+LONG = ("trainer.max_epochs=50", "checkpoint_every=10")
+
+
+def _wait_for_status(job: Path, status: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_job(job) if (job / "job.json").exists() else None
+        if state is not None and state.get("status") == status:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{job}: never reached status {status}")
+
+
+def _one_run_only(job: Path) -> None:
+    """Config, job state, records, history and checkpoints of `job` all come from one run."""
+    state = read_job(job)
+    config = yaml.safe_load((job / "config.yaml").read_text())
+    lr = config["model"]["module"]["lr"]
+    epochs, every = config["trainer"]["max_epochs"], config["checkpoint_every"]
+    assert state["status"] == "done"
+    with open(job / "history.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == list(range(1, epochs + 1))
+    recorded = list(range(every, epochs + 1, every))
+    assert [r["epoch"] for r in read_records(job)] == recorded
+    ckpts = sorted(p.name for p in (job / "checkpoints").glob("epoch=*.ckpt"))
+    assert ckpts == [f"epoch={e:04d}.ckpt" for e in recorded]
+    import torch
+
+    for ckpt in (job / "checkpoints").glob("*.ckpt"):
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
+        assert saved["lr"] == lr, (ckpt, saved["lr"], lr)
+
+
+@pytest.mark.reliability(
+    case="two sweeps train one job folder at once", entry="train.py -m (two processes)"
+)
+def test_a_job_folder_has_one_writer(tmp_path, record_behaviour):
+    sweep = tmp_path / "sweep"
+    job = sweep / "dunet-fold1"
+    first = launch(tmp_path, sweep, *LONG)
+    _wait_for_status(job, "running")
+    code, out, err = (lambda r: (r.returncode, r.stdout, r.stderr))(
+        train([*TINY, "model=dunet", f"hydra.sweep.dir={sweep}", *LONG], tmp_path)
+    )
+    assert first.poll() is None, "the first sweep ended before the second tried its job"
+    lines = [line for line in err.splitlines() if "dunet-fold1" in line]
+    assert code == 0 and len(lines) == 1, err
+    assert "skipped" in lines[0] and "another process" in lines[0] and "job.lock" in lines[0]
+    assert finish(first, sweep)[0] == 0
+    _one_run_only(job)
+    record_behaviour(f"same settings, second started while the first trains: exit 0, {lines[0]}")
+
+    # Different settings, both started at once: exactly one trains, the other one refuses.
+    other = tmp_path / "race"
+    a = launch(tmp_path, other, "trainer.max_epochs=3")
+    b = train(
+        [
+            *TINY,
+            "model=dunet",
+            f"hydra.sweep.dir={other}",
+            "trainer.max_epochs=3",
+            "model.module.lr=0.01",
+        ],
+        tmp_path,
+    )
+    code_a, err_a = finish(a, other)
+    assert 0 in (code_a, b.returncode), (err_a, b.stderr)
+    refusal = [
+        line
+        for line in (err_a + b.stderr).splitlines()
+        if "another process" in line or "another configuration" in line
+    ]
+    assert len(refusal) == 1, (err_a, b.stderr)
+    _one_run_only(other / "dunet-fold1")
+    record_behaviour(
+        f"different settings started together: one trains, the other says: {refusal[0]}",
+        did="two train.py -m with different model.module.lr into one new folder",
+    )
+
+
+@pytest.mark.reliability(
+    case="single run into a folder another process trains", entry="train.py hydra.run.dir=..."
+)
+def test_a_single_run_into_a_busy_folder_is_refused(tmp_path, record_behaviour):
+    sweep = tmp_path / "sweep"
+    job = sweep / "dunet-fold1"
+    first = launch(tmp_path, sweep, *LONG)
+    _wait_for_status(job, "running")
+    args = [a for a in TINY if a != "-m"]
+    done = train([*args, "model=dunet", f"hydra.run.dir={job}", *LONG], tmp_path)
+    assert first.poll() is None, "the sweep ended before the single run tried its folder"
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "another process" in line and "job.lock" in line, done.stderr
+    assert finish(first, sweep)[0] == 0
+    _one_run_only(job)
+    assert json.loads((job / "job.json").read_text())["status"] == "done"
+    record_behaviour(f"exit 2, the folder's run goes on untouched: {line}")
