@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from ichseg.atomic import writable_dir
 from ichseg.errors import IchsegError
 from ichseg.launch.sweep import check_sweep_dir, failure_report
 
@@ -47,14 +48,16 @@ class IchsegSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         loader = self.hydra_context.config_loader
         try:
+            if sweep_dir.exists() and not sweep_dir.is_dir():
+                raise IchsegError(f"hydra.sweep.dir {sweep_dir}: exists and is not a folder")
             check_sweep_dir(
                 [loader.load_sweep_config(self.config, list(job)) for b in batches for job in b],
                 str(sweep_dir),
             )
+            writable_dir(sweep_dir, "hydra.sweep.dir")
         except IchsegError as exc:  # refused before anything is written: train.py's one line
             print(f"train.py: error: {exc}", file=sys.stderr)
             sys.exit(2)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns, results, initial_job_idx = [], [], 0
         while not self.is_done():

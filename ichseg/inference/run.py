@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ichseg.atomic import atomic_path
-from ichseg.errors import IchsegError, first_line
+from ichseg.atomic import writable_dir
+from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.inference.nifti_io import (
     MASK_SUFFIX,
@@ -44,17 +44,7 @@ def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
 
 def prepare_outdir(outdir: str | os.PathLike) -> Path:
     """Create `outdir` if needed and check a file can be written there; one line otherwise."""
-    outdir = Path(outdir)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(outdir / ".ichseg-write-test") as tmp:
-            tmp.write_bytes(b"")
-        (outdir / ".ichseg-write-test").unlink()
-    except OSError as err:
-        raise IchsegError(
-            f"output folder {outdir}: cannot write there ({first_line(err)})"
-        ) from None
-    return outdir
+    return writable_dir(outdir, "output folder")
 
 
 @contextlib.contextmanager

@@ -52,6 +52,9 @@ RELIABILITY_CASES = {
     "Plausible wrong answers": (
         "two sweeps train one job folder at once",
         "single run into a folder another process trains",
+        "sweep dir is a file",
+        "sweep dir under a file",
+        "refused single run leaves nothing",
     ),
 }
 _ROWS = pytest.StashKey[list]()

@@ -56,9 +56,8 @@ def test_a_job_folder_has_one_writer(tmp_path, record_behaviour):
     job = sweep / "dunet-fold1"
     first = launch(tmp_path, sweep, *LONG)
     _wait_for_status(job, "running")
-    code, out, err = (lambda r: (r.returncode, r.stdout, r.stderr))(
-        train([*TINY, "model=dunet", f"hydra.sweep.dir={sweep}", *LONG], tmp_path)
-    )
+    second = train([*TINY, "model=dunet", f"hydra.sweep.dir={sweep}", *LONG], tmp_path)
+    code, err = second.returncode, second.stderr
     assert first.poll() is None, "the first sweep ended before the second tried its job"
     lines = [line for line in err.splitlines() if "dunet-fold1" in line]
     assert code == 0 and len(lines) == 1, err
@@ -113,3 +112,34 @@ def test_a_single_run_into_a_busy_folder_is_refused(tmp_path, record_behaviour):
     _one_run_only(job)
     assert json.loads((job / "job.json").read_text())["status"] == "done"
     record_behaviour(f"exit 2, the folder's run goes on untouched: {line}")
+
+
+@pytest.mark.reliability(entry="train.py -m")
+@pytest.mark.parametrize(
+    ("case", "where"),
+    [("sweep dir is a file", "a-file"), ("sweep dir under a file", "a-file/sub")],
+    ids=["file", "under-file"],
+)
+def test_unusable_sweep_dir_is_one_line(tmp_path, case, where, record_behaviour):
+    (tmp_path / "a-file").write_text("keep me\n")
+    done = train([*TINY, "model=dunet", f"hydra.sweep.dir={tmp_path / where}"], tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("train.py: error: hydra.sweep.dir") and where in lines[0]
+    assert (tmp_path / "a-file").read_text() == "keep me\n"
+    record_behaviour(f"exit 2: {lines[0]}", case=case)
+
+
+@pytest.mark.reliability(case="refused single run leaves nothing", entry="train.py")
+@pytest.mark.parametrize(
+    "override",
+    ["checkpoint_every=0", "data=physionet", "data=physionet data.source.root=/nonexistent"],
+    ids=["bad-value", "missing-value", "missing-release"],
+)
+def test_refused_single_run_leaves_nothing(tmp_path, override, record_behaviour):
+    args = [a for a in TINY if a != "-m"]
+    done = train([*args, *override.split()], tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert not (tmp_path / "experiments" / "runs").exists(), list(tmp_path.rglob("*"))
+    record_behaviour(f"{override}: exit 2, no folder under experiments/runs/: {lines[0]}")
