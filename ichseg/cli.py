@@ -48,7 +48,7 @@ def _prepare(args: argparse.Namespace) -> None:
     )
     out = _output_dir(args.out, "OUT")
     start = time.perf_counter()
-    cache = prepare(Path(args.release), out, cfg)
+    cache = prepare(Path(args.release), out, cfg, allow_non_hu=args.allow_non_hu)
     built = time.perf_counter() - start
     start = time.perf_counter()
     data = load_prepared(cache)
@@ -287,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-folds", type=int, default=10, help="cross-validation folds")
     p.add_argument("--test-fraction", type=float, default=0.1, help="held out per class")
+    _allow_non_hu_option(p)
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser(
@@ -418,8 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _allow_non_hu_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-non-hu",
+        action="store_true",
+        help="go on with volumes that do not look like head CT in Hounsfield units (recorded)",
+    )
+
+
 def _inference_options(p: argparse.ArgumentParser) -> None:
     """Options shared by predict and evaluate."""
+    _allow_non_hu_option(p)
     p.add_argument("--flip", action="store_true", help="average with left-right mirrored input")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU when present)")
@@ -433,7 +443,7 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
 
 def _inference_kwargs(args: argparse.Namespace) -> dict:
     """The shared inference options as keyword arguments."""
-    keys = ("flip", "batch_size", "device", "precision")
+    keys = ("flip", "batch_size", "device", "precision", "allow_non_hu")
     return {key: getattr(args, key) for key in keys}
 
 

@@ -92,7 +92,9 @@ class PreparedData:
 
 
 def cache_key(release: Release, cfg: PrepareConfig) -> str:
-    """Short sha256 of the release CSV, the volume files' sizes, every config field and version."""
+    """Short sha256 of the release CSV, the volume files' sizes, every config field and version
+    (and of `allow_non_hu` when set: a cache of unchecked volumes is never reused by a checked
+    run)."""
     # The CSV alone does not pin the volumes (a phantom written at another size can share its
     # labels); file sizes are a free stat that tells those apart.
     files = {
@@ -105,13 +107,18 @@ def cache_key(release: Release, cfg: PrepareConfig) -> str:
         "cfg": dataclasses.asdict(cfg),
         "cache_version": CACHE_VERSION,
     }
+    if release.allow_non_hu:
+        payload["allow_non_hu"] = True
     blob = json.dumps(payload, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def prepare(release_root: str | Path, out_root: str | Path, cfg: PrepareConfig) -> Path:
-    """Return `out_root/<key>`, building the cache there first unless a complete one exists."""
-    release = Release.open(release_root)
+def prepare(
+    release_root: str | Path, out_root: str | Path, cfg: PrepareConfig, allow_non_hu: bool = False
+) -> Path:
+    """Return `out_root/<key>`, building the cache there first unless a complete one exists;
+    `allow_non_hu` reads scans that do not look like CT in HU (`ichseg.data.hounsfield`)."""
+    release = Release.open(release_root, allow_non_hu)
     key = cache_key(release, cfg)
     out_root = Path(out_root)
     cache = out_root / key
@@ -186,6 +193,7 @@ def _build(release: Release, cfg: PrepareConfig, dest: Path) -> None:
         "csv_sha256": release.csv_sha256,
         "release_root": str(Path(release.root).resolve()),
         "source": _source(Path(release.root)),
+        "allow_non_hu": release.allow_non_hu,
         "counts": _counts(chosen, release),
         "build_seconds": round(time.perf_counter() - start, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ichseg.data.hounsfield import check_ct_volume, check_stored_type
 from ichseg.errors import IchsegError
 
 SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
@@ -228,6 +229,7 @@ def _load_nifti(
         # A trailing singleton axis (H, W, N, 1) is still one volume; real 4-D data is not.
         if len(shape) < 3 or any(extent != 1 for extent in shape[3:]):
             raise IchsegError(f"{label}: expected a 3-D volume (H, W, slices), found shape {shape}")
+        check_stored_type(image.get_data_dtype(), label)
         data = image.get_fdata(dtype=np.float32, caching="unchanged").reshape(shape[:3])
         zooms = voxel_sizes(image, path, label)
     except IchsegError:
@@ -264,9 +266,11 @@ class Release:
         csv_sha256: str,
         scans: dict[int, Path],
         masks: dict[int, Path],
+        allow_non_hu: bool = False,
     ) -> None:
         """Use `Release.open(root)`; this stores already validated parts."""
         self.root = root
+        self.allow_non_hu = allow_non_hu
         self.labels = labels
         self.csv_path = csv_path
         self.csv_sha256 = csv_sha256
@@ -278,8 +282,9 @@ class Release:
             self._by_patient.setdefault(label.patient, []).append(label)
 
     @classmethod
-    def open(cls, root: str | Path) -> Release:
-        """Validate the folder and CSV and locate every CSV patient's scan and mask."""
+    def open(cls, root: str | Path, allow_non_hu: bool = False) -> Release:
+        """Validate the folder and CSV and locate every CSV patient's scan and mask; its scans
+        are read as CT in HU (`ichseg.data.hounsfield`) unless `allow_non_hu`."""
         root = Path(root).expanduser()
         if not root.exists():
             raise IchsegError(f"release folder {root} does not exist")
@@ -325,6 +330,7 @@ class Release:
             hashlib.sha256(raw).hexdigest(),
             found[SCAN_DIR],
             found[MASK_DIR],
+            allow_non_hu,
         )
 
     def _check_patient(self, patient: int) -> None:
@@ -380,6 +386,7 @@ class Release:
         bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
         if bad:
             raise IchsegError(f"{scan_name}: {bad} voxels are NaN or infinite (patient {patient})")
+        check_ct_volume(hu, f"{scan_name} (patient {patient})", self.allow_non_hu)
         mask = mask_values > 0
         self._check_mask_against_csv(mask, labels, mask_name)
         return PatientVolume(patient=patient, hu=hu, mask=mask, zooms=zooms, affine=affine)

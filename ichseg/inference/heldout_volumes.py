@@ -195,14 +195,16 @@ def evaluate(
     batch_size: int = 16,
     device: str | None = None,
     precision: str = "auto",
+    allow_non_hu: bool = False,
     on_patient: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Predict the split's test patients whole; write `patients.csv` and `summary.json`."""
+    """Predict the split's test patients whole; write `patients.csv` and `summary.json`.
+    `allow_non_hu` reads scans that do not look like CT in HU (`ichseg.data.hounsfield`)."""
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
     ensemble = model.ensemble
-    release = Release.open(release_root)
+    release = Release.open(release_root, allow_non_hu)
     patients, splits_path = heldout_patients(splits, release)
     check_never_seen(ensemble.checkpoints, patients, splits_path)
     out = prepare_outdir(outdir)
@@ -232,6 +234,7 @@ def evaluate(
         "threshold": ensemble.threshold,
         "device": str(target),
         "precision": ensemble.precision,
+        "allow_non_hu": allow_non_hu,
     }
     # The CSV first: summary.json is the marker of a finished evaluation.
     atomic_write_text(out / "patients.csv", _csv_text(rows))

@@ -1,9 +1,11 @@
 """NIfTI files of `ichseg predict`: a scan read and checked, its mask and summary written.
 
-A scan must hold one 3-D volume (a trailing singleton axis is allowed) with positive voxel sizes;
-its voxels are read as Hounsfield units through nibabel's scaling. The mask is written as uint8
-0/1 with the scan's exact shape and header geometry, next to a JSON summary; both are written
-atomically, and a file of the same name is replaced only when it is an earlier prediction.
+A scan must hold one 3-D volume (a trailing singleton axis is allowed) of real numbers, at least
+`MIN_IN_PLANE` pixels in-plane, with positive voxel sizes; its voxels are read as Hounsfield
+units through nibabel's scaling and must look like head CT (`ichseg.data.hounsfield`). The mask
+is written as uint8 0/1 with the scan's exact shape and header geometry, next to a JSON summary;
+both are written atomically, and a file of the same name is replaced only when it is an earlier
+prediction.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.atomic import atomic_path
+from ichseg.data.hounsfield import check_ct_size, check_ct_volume, check_stored_type
 from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
 from ichseg.errors import IchsegError, first_line
 from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
@@ -42,8 +45,9 @@ class Scan:
         name = self.path.name
         return name[: -len(next(s for s in NIFTI_SUFFIXES if name.lower().endswith(s)))]
 
-    def read_hu(self) -> np.ndarray:
-        """Hounsfield units (H, W, N) float32 through nibabel's scaling; all finite."""
+    def read_hu(self, allow_non_hu: bool = False) -> np.ndarray:
+        """Hounsfield units (H, W, N) float32 through nibabel's scaling; all finite, and looking
+        like head CT in HU unless `allow_non_hu`."""
         try:
             data = self.image.get_fdata(dtype=np.float32, caching="unchanged")
         except NIFTI_READ_ERRORS as err:
@@ -52,6 +56,7 @@ class Scan:
         bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
         if bad:
             raise IchsegError(f"scan {self.path}: {bad} voxels are NaN or infinite")
+        check_ct_volume(hu, f"scan {self.path}", allow_non_hu)
         return hu
 
 
@@ -80,6 +85,8 @@ def open_scan(path: str | os.PathLike) -> Scan:
         raise IchsegError(f"scan {path}: expected a 3-D volume (H, W, slices), found shape {shape}")
     if min(shape[:3]) < 1:
         raise IchsegError(f"scan {path}: expected a non-empty volume, found shape {shape}")
+    check_ct_size(shape, f"scan {path}")
+    check_stored_type(image.get_data_dtype(), f"scan {path}")
     try:
         zooms = voxel_sizes(image, path, f"scan {path}")
     except NIFTI_READ_ERRORS as err:

@@ -82,10 +82,15 @@ def predict_scans(
     batch_size: int = 16,
     device: str | None = None,
     precision: str = "auto",
+    allow_non_hu: bool = False,
     on_scan: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Predict every scan with the averaged checkpoints; write masks and summaries to `outdir`."""
+    """Predict every scan with the averaged checkpoints; write masks and summaries to `outdir`.
+
+    Every scan's voxels are checked (`allow_non_hu`: not as CT in HU) before the first is
+    predicted; a failure after that names the outputs already written.
+    """
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
     opened = [open_scan(p) for p in scans]
@@ -97,21 +102,37 @@ def predict_scans(
             )
         seen[scan.stem] = scan.path
     check_outputs_free(Path(outdir), opened)
+    for scan in opened:
+        scan.read_hu(allow_non_hu)
     out = prepare_outdir(outdir)
-    summaries = []
+    summaries: list[dict] = []
     with progress_bar(len(opened), "scans", progress) as advance:
         for scan in opened:
-            summaries.append(_predict_one(model, scan, out))
+            try:
+                summaries.append(_predict_one(model, scan, out, allow_non_hu))
+            except (IchsegError, OSError) as err:
+                raise IchsegError(
+                    f"{err} ({_written_so_far(opened, len(summaries), out)})"
+                ) from None
             advance()
             if on_scan is not None:
                 on_scan(summaries[-1])
     return summaries
 
 
-def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path) -> dict:
+def _written_so_far(scans: Sequence[Scan], done: int, out: Path) -> str:
+    """Which outputs exist after scan `done` failed: both files of every scan before it."""
+    where = f"stopped at scan {done + 1} of {len(scans)} ({scans[done].path.name})"
+    if not done:
+        return f"{where}; nothing was written to {out}"
+    names = [p.name for scan in scans[:done] for p in output_paths(out, scan)]
+    return f"{where}; written to {out}: {', '.join(names)}; not written: the rest"
+
+
+def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path, allow_non_hu: bool) -> dict:
     """Predict one scan, write its mask and summary, return the summary."""
     start = time.perf_counter()
-    mask = model.predict(scan.read_hu())
+    mask = model.predict(scan.read_hu(allow_non_hu))
     ensemble = model.ensemble
     summary = {
         "scan": str(scan.path),
@@ -130,6 +151,7 @@ def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path) -> dict:
         "threshold": ensemble.threshold,
         "device": str(ensemble.device),
         "precision": ensemble.precision,
+        "allow_non_hu": allow_non_hu,
         "seconds": round(time.perf_counter() - start, 3),
     }
     write_outputs(scan, mask, summary, out)

@@ -47,6 +47,7 @@ IGNORED_KEYS = (
     "data.source.root",
     "data.cache_root",
     "data.resident",
+    "data.allow_non_hu",
     "model.module.compile",
 )
 
