@@ -55,6 +55,8 @@ RELIABILITY_CASES = {
         "sweep dir is a file",
         "sweep dir under a file",
         "refused single run leaves nothing",
+        "renamed key",
+        "unknown key",
         "HU+1024 without its intercept",
         "HU+1024 in float, no intercept",
         "scan x1e30",

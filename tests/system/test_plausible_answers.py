@@ -143,3 +143,45 @@ def test_refused_single_run_leaves_nothing(tmp_path, override, record_behaviour)
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert not (tmp_path / "experiments" / "runs").exists(), list(tmp_path.rglob("*"))
     record_behaviour(f"{override}: exit 2, no folder under experiments/runs/: {lines[0]}")
+
+
+# Overrides of keys renamed since the first release, unknown keys and groups: one line, exit 2.
+KEY_ERRORS = {
+    "data.root=/r": "data.root was renamed data.source.root",
+    "data.phantom.patients=4": "data.phantom.patients was renamed phantom.patients",
+    "data.phantom.size=64": "data.phantom.size was renamed phantom.size",
+    "data.phantom.seed=1": "data.phantom.seed was renamed phantom.seed",
+    "data.phantom.root=/r": "data.phantom.root was renamed data.source.root",
+    "data.source=physionet": "the data source is a config group now; write data=<source>",
+    "+checkpoint_evry=5": "checkpoint_evry is not a key of the config (closest: checkpoint_every",
+    "checkpoint_evry=5": "checkpoint_evry is not a key of the config (closest: checkpoint_every",
+    "model.module.lrr=0.1": "model.module.lrr is not a key of the config (closest: model.module.lr",
+    "+trainer.max_epoch=3": "trainer.max_epoch is not a key of the config (closest: trainer.max_ep",
+    "data=foo": "Could not find 'data/foo' Available options in 'data': phantom physionet",
+}
+
+
+@pytest.mark.reliability(entry="train.py -m")
+@pytest.mark.parametrize("override", KEY_ERRORS)
+def test_key_errors_are_one_line_with_exit_2(tmp_path, override, record_behaviour):
+    done = train([*TINY, override, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("train.py: error: ") and KEY_ERRORS[override] in lines[0], lines
+    assert not (tmp_path / "sweep").exists()
+    case = "renamed key" if "renamed" in lines[0] or "group now" in lines[0] else "unknown key"
+    record_behaviour(f"exit 2, nothing written: {lines[0]}", case=case, did=override)
+
+
+def test_keys_that_exist_or_that_the_target_takes_pass():
+    from ichseg.sweep_args import check_overrides
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    check_overrides(
+        [
+            *("+trainer.fast_dev_run=true", "++model.module.compile=false", "data=physionet"),
+            *("data.source.root=/r", "phantom.size=64", "~data.augment", "model=unet,dunet"),
+            *("hydra.sweep.dir=x", "hydra/launcher=gpus", "experiment=demo", "trainer.devices=1"),
+        ],
+        conf,
+    )
