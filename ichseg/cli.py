@@ -22,20 +22,24 @@ if TYPE_CHECKING:
 
 
 def _phantom(args: argparse.Namespace) -> None:
-    from ichseg.data.phantom import ensure_phantom, is_phantom
+    from ichseg.data.phantom import ensure_phantom, is_phantom, phantom_params
 
     out = _output_dir(args.out, "OUT")
     params = {"patients": args.patients, "size": args.size, "seed": args.seed}
-    if is_phantom(out, params):
+    if is_phantom(out, phantom_params(**params, layout=args.layout)):
         print(f"{out} already holds this synthetic release; nothing written")
         return
     start = time.perf_counter()
-    ensure_phantom(out, **params)
-    print(f"wrote synthetic release {out} in {time.perf_counter() - start:.1f} s")
+    ensure_phantom(out, **params, layout=args.layout)
+    print(
+        f"wrote synthetic release {out} ({args.layout} layout) in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
 
 
 def _prepare(args: argparse.Namespace) -> None:
     from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
+    from ichseg.data.sources import source_named
 
     cfg = PrepareConfig(
         size=args.size,
@@ -48,7 +52,8 @@ def _prepare(args: argparse.Namespace) -> None:
     )
     out = _output_dir(args.out, "OUT")
     start = time.perf_counter()
-    cache = prepare(Path(args.release), out, cfg, allow_non_hu=args.allow_non_hu)
+    source = source_named(args.source, args.release)
+    cache = prepare(source, out, cfg, allow_non_hu=args.allow_non_hu)
     built = time.perf_counter() - start
     start = time.perf_counter()
     data = load_prepared(cache)
@@ -98,6 +103,7 @@ _wandb_may_hang_at_exit = False
 
 
 def _report(args: argparse.Namespace) -> int:
+    from ichseg.data.sources import source_named
     from ichseg.report.build import build_report, report_dir
     from ichseg.report.compute import compute, score_heldout
     from ichseg.report.sources import WITH_CHECKPOINTS, read_sweep
@@ -125,14 +131,28 @@ def _report(args: argparse.Namespace) -> int:
             global _wandb_may_hang_at_exit
             _wandb_may_hang_at_exit = True
         raise
+    external = [source_named(*_external_spec(spec)) for spec in args.external]
+    if external and args.source not in WITH_CHECKPOINTS:
+        raise IchsegError(
+            f"--external needs the sweep's checkpoints: --source local, not {args.source}"
+        )
     results = compute(sweep, args.protocol)
     out = report_dir(sweep, out)
     with tempfile.TemporaryDirectory(prefix="ichseg-heldout-") as work:
-        scored = args.source in WITH_CHECKPOINTS and not args.no_test
-        heldout = score_heldout(results, Path(work)) if scored else None
+        scored = args.source in WITH_CHECKPOINTS and (external or not args.no_test)
+        test = not args.no_test
+        heldout = score_heldout(results, Path(work), external, test) if scored else None
         out = build_report(results, out, heldout)
     print(f"report written to {out}")
     return _incomplete(sweep)
+
+
+def _external_spec(spec: str) -> tuple[str, str]:
+    """`SOURCE=DIR` of `ichseg report --external` as (source, folder)."""
+    name, sep, root = spec.partition("=")
+    if not sep or not name or not root:
+        raise IchsegError(f"--external {spec!r}: expected SOURCE=DIR, e.g. bhsd=/data/bhsd")
+    return name, root
 
 
 # `ichseg report`'s exit status when the report was written but the sweep is not complete.
@@ -175,16 +195,37 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ichseg.inference.heldout_volumes import evaluate
+    from ichseg.data.sources import source_named
+    from ichseg.inference.heldout_volumes import dataset_label, evaluate
 
-    s = evaluate(args.checkpoints, args.release, args.splits, args.out, **_inference_kwargs(args))
+    if (args.splits is None) == (args.source is None):
+        raise IchsegError(
+            "give --splits CACHE (held-out patients) or --source NAME --root DIR (external "
+            "validation), not both or neither"
+        )
+    if (args.source is None) != (args.root is None):
+        raise IchsegError("--source and --root go together")
+    if args.release is not None and args.splits is None:
+        raise IchsegError("--release goes with --splits (the cache's release folder)")
+    source = None if args.source is None else source_named(args.source, args.root)
+    s = evaluate(
+        args.checkpoints,
+        args.out,
+        splits=args.splits,
+        source=source,
+        release_root=args.release,
+        nsd_tolerance_mm=args.nsd_tolerance_mm,
+        **_inference_kwargs(args),
+    )
 
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
+    what = "test patients" if source is None else f"volumes of {dataset_label(s['source'])}"
     print(
-        f"{s['n_patients']} test patients: 3-D Dice {fmt(s['dice_3d_mean'])} "
-        f"(over {s['dice_3d_defined_for']}), mean |volume error| "
+        f"{s['n_patients']} {what}: 3-D Dice {fmt(s['dice_3d_mean'])} "
+        f"(over {s['dice_3d_defined_for']}), HD95 {fmt(s['hd95_mm_mean'])} mm, NSD "
+        f"{fmt(s['nsd_mean'])} at {s['nsd_tolerance_mm']:g} mm, mean |volume error| "
         f"{fmt(s['volume_abs_error_ml_mean'])} mL, patient sensitivity "
         f"{fmt(s['patient_sensitivity'])}, specificity {fmt(s['patient_specificity'])} "
         f"-> {args.out}"
@@ -262,15 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from ichseg.data.phantom import LAYOUTS
+    from ichseg.inference.volume_metrics import NSD_TOLERANCE_MM
+
     p = sub.add_parser(
         "phantom",
-        help="write a synthetic release in the PhysioNet layout",
+        help="write a synthetic release in the layout of a data source",
         formatter_class=_HelpFormatter,
     )
     p.add_argument("out", help="folder to create")
     p.add_argument("--patients", type=int, default=75)
     p.add_argument("--size", type=int, default=512, help="in-plane pixels (real: 512)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=tuple(LAYOUTS), default="physionet", help="folder layout")
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser(
@@ -278,7 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="window, resize, balance and split a release into a cache",
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("release", help="release folder (ct_scans/, masks/, the slice CSV)")
+    p.add_argument("release", help="release folder, in the layout of --source")
+    p.add_argument(
+        "--source",
+        default="physionet",
+        help="data source: a conf/data/<name>.yaml (physionet, instance22, bhsd, nnunet_raw, "
+        "phantom) or a source class's import path",
+    )
     p.add_argument("out", help="cache root; the cache goes to a subfolder named by its settings")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--level", type=float, default=40.0, help="window level (HU)")
@@ -307,15 +358,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="3-D Dice, volume error, detection on held-out patients",
+        help="3-D Dice, HD95, NSD, RVD, volume error, detection on held-out patients or on "
+        "an external data source",
         formatter_class=_HelpFormatter,
     )
     p.add_argument("checkpoints", nargs="+", help="checkpoints (several are averaged)")
-    p.add_argument("--release", required=True, help="release folder the cache was prepared from")
     p.add_argument(
-        "--splits", required=True, help="a patient-split prepared cache folder or its splits.json"
+        "--splits",
+        help="held-out patients: a patient-split prepared cache folder or its splits.json",
     )
-    p.add_argument("-o", "--out", required=True, help="folder for patients.csv and summary.json")
+    p.add_argument(
+        "--release",
+        help="with --splits: the cache's release folder, if it moved (default: as meta.json says)",
+    )
+    p.add_argument(
+        "--source",
+        help="external validation: the data source of --root (physionet, instance22, bhsd, "
+        "nnunet_raw, phantom, or a source class's import path)",
+    )
+    p.add_argument("--root", help="external validation: the folder of --source")
+    p.add_argument(
+        "--nsd-tolerance-mm", type=float, default=NSD_TOLERANCE_MM, help="NSD tolerance (mm)"
+    )
+    p.add_argument(
+        "-o", "--out", required=True, help="folder for patients.csv, summary.json and the figure"
+    )
     _inference_options(p)
     p.set_defaults(func=_evaluate)
 
@@ -336,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="read the sweep folder's records (local), the W&B API (wandb: --project, --group), "
         "or the sweep's W&B offline run files (wandb-offline)",
+    )
+    p.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="SOURCE=DIR",
+        help="also score the selected checkpoints on every volume of another data source "
+        "(e.g. bhsd=/data/bhsd; repeatable): an external validation section each",
     )
     p.add_argument("--project", help="W&B entity/project (with --source wandb)")
     p.add_argument("--group", help="W&B run group, <experiment_name>/<sweep folder>")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ichseg.data.phantom import LAYOUTS
 from ichseg.errors import IchsegError
 from ichseg.runtime import FLOAT32_MATMUL_PRECISIONS
 
@@ -113,6 +114,7 @@ SCHEMA: dict[str, Rule] = {
     "phantom.patients": POSITIVE_INT,
     "phantom.size": Rule(int, ge=8),
     "phantom.seed": INT,
+    "phantom.layout": Rule(str, choices=tuple(LAYOUTS)),
     # The job records a checkpoint at its last epoch: 0 records nothing, -1 never ends.
     "trainer.max_epochs": POSITIVE_INT,
     "trainer.max_steps": Rule(int, ge=1, also=((-1, "no limit"),)),

@@ -157,6 +157,8 @@ def check_keys(parsed: list[Override], conf_dir: Path) -> None:
     of the object its node builds); renamed keys name their new spelling."""
     first = [o for o in parsed if _is_group(o, conf_dir)]
     groups = [f"{o.get_key_element()}={_override_values(o)[0]}" for o in first]
+    # Config folders of the user's own (a data source written outside the package) first.
+    groups += [o.input_line for o in parsed if o.key_or_group == "hydra.searchpath"]
     cfg = _compose(conf_dir, groups)
     valid = _flat_keys(cfg)
     for override in parsed:

@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 
 from ichseg.bench.measure import peak_memory, summarize
 from ichseg.config import instantiate_checked
-from ichseg.data.prepare import prepare, read_cache_json
+from ichseg.data.prepare import prepare
+from ichseg.data.release import read_json_object
 
 DUNET_FILTERS = (32, 64, 128, 256, 512)
 
@@ -36,10 +37,10 @@ def time_prepare(cfg: DictConfig, repeats: int) -> dict:
         for i in range(repeats + 1):
             with tempfile.TemporaryDirectory(dir=scratch, prefix=".bench-prepare-") as out:
                 start = time.perf_counter()
-                cache = prepare(release, out, datamodule.prepare_config)
+                cache = prepare(datamodule.source, out, datamodule.prepare_config)
                 if i:
                     times.append(time.perf_counter() - start)
-                counts = read_cache_json(cache / "meta.json")["counts"]
+                counts = read_json_object(cache / "meta.json")["counts"]
     return {
         "release": str(release),
         "release_ready_s": release_s,

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ichseg.data.augment import BatchAugment
 from ichseg.data.prepare import PrepareConfig, PreparedData, load_prepared, prepare
-from ichseg.data.sources import ReleaseSource
+from ichseg.data.sources import Source
 from ichseg.data.transforms import INTENSITIES, encode_intensity
 from ichseg.errors import IchsegError
 
@@ -95,7 +95,7 @@ class ICHDataModule(pl.LightningDataModule):
     def __init__(
         self,
         fold: int,
-        source: ReleaseSource,
+        source: Source,
         cache_root: str = "data/cache",
         size: int = 256,
         window_level: float = 40.0,
@@ -112,10 +112,10 @@ class ICHDataModule(pl.LightningDataModule):
         allow_non_hu: bool = False,
     ) -> None:
         super().__init__()
-        if not callable(getattr(source, "release", None)):
+        if not isinstance(source, Source):
             raise IchsegError(
-                "data.source: expected a release source (e.g. ichseg.data.sources.PhysioNet), "
-                f"found {type(source).__name__}"
+                "data.source: expected a data source (a subclass of ichseg.data.sources.Source, "
+                f"e.g. ichseg.data.sources.PhysioNet), found {type(source).__name__}"
             )
         if augment is not None and not isinstance(augment, BatchAugment):
             raise IchsegError(
@@ -180,7 +180,7 @@ class ICHDataModule(pl.LightningDataModule):
 
     def _ensure_cache(self) -> Path:
         """Make the release (if the source does) and the prepared cache; both reuse what exists."""
-        return prepare(self.release(), self.cache_root, self.prepare_config, self.allow_non_hu)
+        return prepare(self.source, self.cache_root, self.prepare_config, self.allow_non_hu)
 
     def prepare_data(self) -> None:
         """Build the phantom and the prepared cache once (Lightning runs this on one process)."""

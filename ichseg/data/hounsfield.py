@@ -1,9 +1,10 @@
 """Whether a volume is big enough to be a scan and looks like head CT in Hounsfield units.
 
-Every command that reads CT voxels (`prepare` and `evaluate` through the release reader,
-`predict` through its scan reader) calls `check_ct_volume` before computing anything, because a
-volume in other units is not an error anywhere downstream: it is windowed, segmented and
-measured into a number that looks like a result. The rule, on the voxels after the header's
+Every command that reads CT voxels (`prepare`, `evaluate` and training through
+`VolumeRelease.load_patient`, `predict` through its scan reader) calls `check_ct_size` and
+`check_hounsfield` before computing anything, because a volume in other units is not an error
+anywhere downstream: it is windowed, segmented and measured into a number that looks like a
+result. The rule, on the voxels after the header's
 slope and intercept:
 
 - in-plane size: at least `MIN_IN_PLANE` pixels along both in-plane axes (the networks pool four
@@ -38,7 +39,8 @@ ALLOW_HINT = "pass --allow-non-hu (train.py: data.allow_non_hu=true) if it reall
 
 
 def check_ct_size(shape: tuple[int, ...], label: str) -> None:
-    """Raise unless both in-plane axes of `shape` (H, W, slices) hold `MIN_IN_PLANE` pixels."""
+    """Raise unless both in-plane axes of `shape` (H, W, slices in the training orientation,
+    `ichseg.data.orientation`) hold `MIN_IN_PLANE` pixels."""
     if min(shape[:2]) < MIN_IN_PLANE:
         raise IchsegError(
             f"{label}: in-plane size {shape[0]}x{shape[1]} is too small to be a CT scan "
@@ -54,14 +56,13 @@ def check_stored_type(dtype: np.dtype, label: str) -> None:
     ):
         kind = "complex-valued" if np.issubdtype(dtype, np.complexfloating) else "not real"
         raise IchsegError(
-            f"{label}: voxels are stored as {dtype} ({kind}); CT in HU is one real number per voxel"
+            f"{label}: voxels are stored as {dtype} ({kind}); expected one real number per voxel"
         )
 
 
-def check_ct_volume(hu: np.ndarray, label: str, allow_non_hu: bool = False) -> None:
-    """Raise with the likely cause unless the finite volume `hu` (H, W, slices) passes the
-    module's rule; with `allow_non_hu` only its size is checked."""
-    check_ct_size(hu.shape, label)
+def check_hounsfield(hu: np.ndarray, label: str, allow_non_hu: bool = False) -> None:
+    """Raise with the likely cause unless the finite volume `hu` (any axis order) looks like
+    head CT in HU by the module's rule; nothing is checked when `allow_non_hu`."""
     if allow_non_hu:
         return
     cause = _non_hu_cause(hu)
@@ -96,7 +97,8 @@ def _non_hu_cause(hu: np.ndarray) -> str | None:
             f"{found}, {100 * air:.2g}% of voxels at or below {AIR_MAX_HU:g} HU where a head CT "
             f"has air at -1000: {cause}"
         )
-    # Every other pixel in-plane: the median of a quarter of a volume is the same to a few HU.
+    # Every other pixel along two axes: the median of a quarter of a volume is the same to a few
+    # HU.
     sample = hu[::2, ::2]
     inside = sample[sample > PADDING_BELOW_HU]
     median = float(np.median(inside)) if inside.size else low

@@ -1,8 +1,11 @@
 """Build (once) and load the prepared cache: the balanced, windowed, resized slice set + splits.
 
-The cache lives in `out_root/<key>`, where the key hashes everything the arrays depend on, so a
-change of release, size, window, seed or split mode lands in a new folder instead of silently
-reusing a stale one. Every job of a sweep calls `prepare`; one builds under a lock, the others
+The cache lives in `out_root/<key>`, where the key hashes everything the arrays depend on (the
+data source's name, what its labels come from, its volume files, every setting), so a change of
+source, release, size, window, seed or split mode lands in a new folder instead of silently
+reusing a stale one. The source is any `ichseg.data.sources.Source`; its name and facts are
+recorded in meta.json (`source`, `source_facts`) for the datamodule, provenance and reports.
+Every job of a sweep calls `prepare`; one builds under a lock, the others
 wait and reuse the folder.
 """
 
@@ -23,13 +26,14 @@ import numpy as np
 import torch
 
 from ichseg.atomic import atomic_path, file_lock
-from ichseg.data.release import CSV_NAME, SUBTYPES, Release, SliceLabel, slice_id
+from ichseg.data.release import SUBTYPES, SliceLabel, VolumeRelease, read_json_object, slice_id
+from ichseg.data.sources import PhysioNet, Source
 from ichseg.data.splits import MODES, make_splits
 from ichseg.data.transforms import prepared_slices, resize_masks, to_slices
 from ichseg.errors import IchsegError
 
 # Bump whenever the arrays or files written for the same inputs change.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CACHE_FILES = ("images.npy", "masks.npy", "index.csv", "splits.json", "meta.json")
 INDEX_COLUMNS = ("row", "slice_id", "patient", "slice", "has_ich", *SUBTYPES, "fracture")
 
@@ -91,18 +95,22 @@ class PreparedData:
     meta: dict
 
 
-def cache_key(release: Release, cfg: PrepareConfig) -> str:
-    """Short sha256 of the release CSV, the volume files' sizes, every config field and version
-    (and of `allow_non_hu` when set: a cache of unchecked volumes is never reused by a checked
-    run)."""
-    # The CSV alone does not pin the volumes (a phantom written at another size can share its
+def cache_key(release: VolumeRelease, cfg: PrepareConfig) -> str:
+    """Short sha256 of the source's name, what its labels come from, the volume files' sizes,
+    every config field and the cache version (and of `allow_non_hu` when set: a cache of
+    unchecked volumes is never reused by a checked run)."""
+    # The labels alone do not pin the volumes (a phantom written at another size can share its
     # labels); file sizes are a free stat that tells those apart.
     files = {
-        str(p): [release.scan_path(p).stat().st_size, release.mask_path(p).stat().st_size]
+        release.case_name(p): [
+            release.scan_path(p).stat().st_size,
+            release.mask_path(p).stat().st_size,
+        ]
         for p in release.patients
     }
     payload = {
-        "csv_sha256": release.csv_sha256,
+        "source": release.source,
+        "labels_sha256": release.labels_sha256,
         "volume_bytes": files,
         "cfg": dataclasses.asdict(cfg),
         "cache_version": CACHE_VERSION,
@@ -113,12 +121,21 @@ def cache_key(release: Release, cfg: PrepareConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def as_source(source: Source | str | Path) -> Source:
+    """`source` itself, or a folder path read as a PhysioNet CT-ICH release."""
+    return source if isinstance(source, Source) else PhysioNet(str(source))
+
+
 def prepare(
-    release_root: str | Path, out_root: str | Path, cfg: PrepareConfig, allow_non_hu: bool = False
+    source: Source | str | Path,
+    out_root: str | Path,
+    cfg: PrepareConfig,
+    allow_non_hu: bool = False,
 ) -> Path:
     """Return `out_root/<key>`, building the cache there first unless a complete one exists;
     `allow_non_hu` reads scans that do not look like CT in HU (`ichseg.data.hounsfield`)."""
-    release = Release.open(release_root, allow_non_hu)
+    source = as_source(source)
+    release = source.open_release(allow_non_hu)
     key = cache_key(release, cfg)
     out_root = Path(out_root)
     cache = out_root / key
@@ -129,21 +146,21 @@ def prepare(
         if (cache / "meta.json").is_file():
             return cache
         with atomic_path(cache, is_dir=True, owned_by=("meta.json",)) as tmp:
-            _build(release, cfg, tmp)
+            _build(source, release, cfg, tmp)
     return cache
 
 
-def _balanced_labels(release: Release, seed: int) -> list[SliceLabel]:
+def _balanced_labels(release: VolumeRelease, seed: int) -> list[SliceLabel]:
     """Every hemorrhage slice plus as many clean slices drawn with `seed`, sorted by slice."""
     labels = sorted(release.labels, key=lambda lab: (lab.patient, lab.slice_number))
     ich = [lab for lab in labels if lab.has_ich]
     clean = [lab for lab in labels if not lab.has_ich]
-    csv_path = Path(release.root) / CSV_NAME
+    where = f"{release.root} ({release.source})"
     if not ich:
-        raise IchsegError(f"{csv_path}: expected hemorrhage slices to balance, found none")
+        raise IchsegError(f"{where}: expected hemorrhage slices to balance, found none")
     if len(clean) < len(ich):
         raise IchsegError(
-            f"{csv_path}: expected at least as many clean slices as hemorrhage slices "
+            f"{where}: expected at least as many clean slices as hemorrhage slices "
             f"({len(ich)}) to draw a balanced set, found {len(clean)}"
         )
     rng = np.random.default_rng(seed)
@@ -152,7 +169,7 @@ def _balanced_labels(release: Release, seed: int) -> list[SliceLabel]:
     return sorted(chosen, key=lambda lab: (lab.patient, lab.slice_number))
 
 
-def _build(release: Release, cfg: PrepareConfig, dest: Path) -> None:
+def _build(source: Source, release: VolumeRelease, cfg: PrepareConfig, dest: Path) -> None:
     """Write the five cache files into `dest`, `meta.json` last."""
     start = time.perf_counter()
     chosen = _balanced_labels(release, cfg.seed)
@@ -190,9 +207,11 @@ def _build(release: Release, cfg: PrepareConfig, dest: Path) -> None:
     meta = {
         "cfg": dataclasses.asdict(cfg),
         "cache_version": CACHE_VERSION,
-        "csv_sha256": release.csv_sha256,
+        "labels_sha256": release.labels_sha256,
         "release_root": str(Path(release.root).resolve()),
-        "source": _source(Path(release.root)),
+        "source": release.source,
+        "source_facts": source.describe(release),
+        "cases": {str(p): release.case_name(p) for p in release.patients},
         "allow_non_hu": release.allow_non_hu,
         "counts": _counts(chosen, release),
         "build_seconds": round(time.perf_counter() - start, 3),
@@ -219,7 +238,7 @@ def _write_index(path: Path, chosen: list[SliceLabel]) -> None:
             )
 
 
-def _counts(chosen: list[SliceLabel], release: Release) -> dict:
+def _counts(chosen: list[SliceLabel], release: VolumeRelease) -> dict:
     n_ich = sum(lab.has_ich for lab in chosen)
     return {
         "n_slices": len(chosen),
@@ -233,15 +252,6 @@ def _counts(chosen: list[SliceLabel], release: Release) -> dict:
         "release_slices": len(release.labels),
         "release_patients": len(release.patients),
     }
-
-
-def _source(root: Path) -> str:
-    """`phantom` when the release's Read_me.txt calls itself synthetic, else `physionet`."""
-    for path in root.iterdir():
-        if path.name.lower() == "read_me.txt" and path.is_file():
-            text = path.read_text(encoding="utf-8", errors="replace").lower()
-            return "phantom" if "synthetic" in text else "physionet"
-    return "physionet"
 
 
 def load_prepared(cache_dir: str | Path) -> PreparedData:
@@ -263,8 +273,8 @@ def load_prepared(cache_dir: str | Path) -> PreparedData:
             f"found {masks.shape}"
         )
     ids, patients, has_ich, subtypes = _read_index(cache_dir / "index.csv", len(images))
-    splits = read_cache_json(cache_dir / "splits.json")
-    meta = read_cache_json(cache_dir / "meta.json")
+    splits = read_json_object(cache_dir / "splits.json")
+    meta = read_json_object(cache_dir / "meta.json")
     known = set(ids)
     listed = [*splits.get("test", [])]
     for fold in splits.get("folds", []):
@@ -320,14 +330,3 @@ def _read_index(path: Path, n: int) -> tuple[list[str], np.ndarray, np.ndarray, 
         raise IchsegError(f"{path}: expected slice_id to match the patient and slice columns")
     subtypes = table[:, 4 : 4 + len(SUBTYPES)].astype(np.uint8)
     return ids, table[:, 1].copy(), table[:, 3].astype(bool), subtypes
-
-
-def read_cache_json(path: Path) -> dict:
-    """A JSON object file of a prepared cache (splits.json, meta.json); one line if unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise IchsegError(f"{path}: expected JSON, found unreadable data ({err})") from err
-    if not isinstance(data, dict):
-        raise IchsegError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data

@@ -1,9 +1,16 @@
-"""Read and validate a CT-ICH 1.3.1 release folder (real PhysioNet or the synthetic phantom).
+"""Release folders: the shared volume loading every data source reads through, and PhysioNet's.
 
-Layout: `ct_scans/NNN.nii` and `masks/NNN.nii` (or `.nii.gz`), `hemorrhage_diagnosis_raw_ct.csv`
-and `Patient_demographics.csv`; folder and file names are matched case-insensitively because
-copies of the release differ in capitalisation. Every inconsistency is an `IchsegError` with a
-one-line message naming the file, patient and slice.
+`VolumeRelease` is a validated folder of any source (`ichseg.data.sources`): its cases (patient
+number -> scan and mask file), per-slice labels, label map and facts, and `load_patient`, the one
+path every scan and mask is read by (nibabel's scaling, shape and affine agreement, finite
+voxels, the training orientation of `ichseg.data.orientation`, a scan's size and Hounsfield units
+of `ichseg.data.hounsfield`).
+
+`Release` is PhysioNet CT-ICH 1.3.1's layout (real or the synthetic phantom): `ct_scans/NNN.nii`
+and `masks/NNN.nii` (or `.nii.gz`), `hemorrhage_diagnosis_raw_ct.csv` and
+`Patient_demographics.csv`; folder and file names are matched case-insensitively because copies
+of the release differ in capitalisation. Every inconsistency is an `IchsegError` with a one-line
+message naming the file, patient and slice.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +26,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ichseg.data.hounsfield import check_ct_volume, check_stored_type
-from ichseg.errors import IchsegError
+from ichseg.data.hounsfield import check_ct_size, check_hounsfield, check_stored_type
+from ichseg.data.orientation import Reorientation, reorientation
+from ichseg.errors import IchsegError, first_line
 
 SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
 CSV_NAME = "hemorrhage_diagnosis_raw_ct.csv"
@@ -71,7 +80,8 @@ class SliceLabel:
 
 @dataclass(frozen=True)
 class PatientVolume:
-    """A validated scan in Hounsfield units and its binary mask, both (H, W, N) as stored."""
+    """A validated scan in Hounsfield units and its binary mask, both (H, W, N) in the training
+    orientation (`ichseg.data.orientation`), with the voxel sizes and affine of that array."""
 
     patient: int
     hu: np.ndarray
@@ -240,6 +250,161 @@ def _load_nifti(
     return data, image.affine, zooms  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Case:
+    """One volume of a release: its name in the source's own terms and its two files."""
+
+    name: str
+    scan: Path
+    mask: Path
+
+
+class VolumeRelease:
+    """A validated release folder of any source: cases, per-slice labels, shared volume loading.
+
+    Subclasses give the per-slice labels (`labels`) and may check a loaded volume against them
+    (`_check_volume`). Patients are numbered by the source (PhysioNet's own numbers; 1..n in
+    case-name order elsewhere), and `case_name` says what the source calls each one.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        source: str,
+        cases: dict[int, Case],
+        labels_sha256: str,
+        label_map: dict[int, str],
+        subtypes_from: str | None,
+    ) -> None:
+        """`labels_sha256` pins what the slice labels come from; `label_map` maps mask values to
+        names; `subtypes_from` says where per-slice subtypes come from (None: no subtypes)."""
+        self.root = root
+        self.source = source
+        self.cases = cases
+        self.patients = sorted(cases)
+        self.labels_sha256 = labels_sha256
+        self.label_map = label_map
+        self.subtypes_from = subtypes_from
+        # Set by `Source.open_release`: scans that fail the HU rule are read anyway.
+        self.allow_non_hu = False
+        self._by_patient: dict[int, list[SliceLabel]] | None = None
+
+    @property
+    def labels(self) -> list[SliceLabel]:
+        """Every slice's label, sorted by patient and slice (slices of the training orientation)."""
+        raise NotImplementedError
+
+    def _check_patient(self, patient: int) -> None:
+        """Raise unless `patient` is one of the release's patients."""
+        if patient not in self.cases:
+            raise IchsegError(
+                f"patient {patient} is not in {self.root} "
+                f"(patients {self.patients[0]}..{self.patients[-1]})"
+            )
+
+    def labels_for(self, patient: int) -> list[SliceLabel]:
+        """The labels of one patient's slices, ordered by slice number."""
+        self._check_patient(patient)
+        if self._by_patient is None:
+            self._by_patient = {}
+            for label in self.labels:
+                self._by_patient.setdefault(label.patient, []).append(label)
+        return self._by_patient[patient]
+
+    def case_name(self, patient: int) -> str:
+        """What the source calls this patient's volume (its file name without suffix)."""
+        self._check_patient(patient)
+        return self.cases[patient].name
+
+    def scan_path(self, patient: int) -> Path:
+        """Path of the patient's CT scan file."""
+        self._check_patient(patient)
+        return self.cases[patient].scan
+
+    def mask_path(self, patient: int) -> Path:
+        """Path of the patient's mask file."""
+        self._check_patient(patient)
+        return self.cases[patient].mask
+
+    def _relative(self, path: Path) -> str:
+        """`path` relative to the release root, for short messages."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def load_patient(self, patient: int) -> PatientVolume:
+        """Read scan and mask of one patient, check them against each other (and the labels),
+        bring both to the training orientation and check the scan is CT in HU of a plausible
+        size (`ichseg.data.hounsfield`); the one loading path of every source."""
+        scan_name = self._relative(self.scan_path(patient))
+        mask_name = self._relative(self.mask_path(patient))
+        hu, affine, zooms = _load_nifti(self.scan_path(patient), scan_name)
+        values, mask_affine, _ = _load_nifti(self.mask_path(patient), mask_name)
+        if values.shape != hu.shape:
+            raise IchsegError(
+                f"{mask_name}: shape {values.shape} differs from {scan_name} shape {hu.shape}"
+            )
+        if not np.allclose(mask_affine, affine, rtol=_AFFINE_RTOL, atol=_AFFINE_ATOL):
+            raise IchsegError(
+                f"{mask_name}: affine differs from {scan_name} "
+                f"(max difference {np.abs(mask_affine - affine).max():.4g})"
+            )
+        bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
+        if bad:
+            raise IchsegError(f"{scan_name}: {bad} voxels are NaN or infinite (patient {patient})")
+        turn = reorientation(affine, scan_name)
+        self._check_volume(patient, values, turn, scan_name, mask_name)
+        hu = turn.apply(hu)
+        where = f"{scan_name} (patient {patient})"
+        check_ct_size(hu.shape, where)
+        check_hounsfield(hu, where, self.allow_non_hu)
+        return PatientVolume(
+            patient=patient,
+            hu=hu,
+            mask=turn.apply(values > 0),
+            zooms=turn.zooms(zooms),
+            affine=turn.affine(affine, hu.shape),
+        )
+
+    def _check_volume(
+        self, patient: int, values: np.ndarray, turn: Reorientation, scan_name: str, mask_name: str
+    ) -> None:
+        """Check a patient's mask values (as stored) against the release's labels."""
+        raise NotImplementedError
+
+    def facts(self) -> dict:
+        """What the report's provenance says of this release, from the volumes' headers: volumes,
+        slices (along the axial axis), voxel spacing and in-plane size ranges, label map."""
+        spacings, sizes, slices = [], [], 0
+        for patient in self.patients:
+            path = self.scan_path(patient)
+            name = self._relative(path)
+            try:
+                image = nib.load(path)
+                zooms = voxel_sizes(image, path, name)
+            except NIFTI_READ_ERRORS as err:
+                raise IchsegError(f"{name}: cannot read as NIfTI ({first_line(err)})") from None
+            turn = reorientation(image.affine, name)
+            shape = turn.zooms(tuple(float(n) for n in image.shape[:3]))
+            spacings.append(turn.zooms(zooms))
+            sizes.append(shape[:2])
+            slices += int(shape[2])
+        spacing = np.asarray(spacings, dtype=float)
+        size = np.asarray(sizes, dtype=int)
+        return {
+            "volumes": len(self.patients),
+            "slices": slices,
+            "spacing_mm_min": [round(float(v), 4) for v in spacing.min(axis=0)],
+            "spacing_mm_max": [round(float(v), 4) for v in spacing.max(axis=0)],
+            "in_plane_min": [int(v) for v in size.min(axis=0)],
+            "in_plane_max": [int(v) for v in size.max(axis=0)],
+            "label_map": {str(k): v for k, v in sorted(self.label_map.items())},
+            "subtypes_from": self.subtypes_from,
+            "labels_sha256": self.labels_sha256,
+        }
+
+
 def _check_no_unlisted_volumes(
     folder: Path | None, listed: dict[int, Path], csv_path: Path
 ) -> None:
@@ -255,8 +420,12 @@ def _check_no_unlisted_volumes(
             )
 
 
-class Release:
-    """A validated release folder: the CSV labels and where each patient's scan and mask lie."""
+class Release(VolumeRelease):
+    """A PhysioNet CT-ICH 1.3.1 release folder: the CSV labels and each patient's scan and mask.
+
+    Patients keep the CSV's numbers; the slice labels are the CSV's rows, which number the slices
+    of the stored last axis, so a volume whose affine makes another axis axial is refused.
+    """
 
     def __init__(
         self,
@@ -264,27 +433,23 @@ class Release:
         labels: list[SliceLabel],
         csv_path: Path,
         csv_sha256: str,
-        scans: dict[int, Path],
-        masks: dict[int, Path],
-        allow_non_hu: bool = False,
+        cases: dict[int, Case],
+        source: str = "physionet",
     ) -> None:
         """Use `Release.open(root)`; this stores already validated parts."""
-        self.root = root
-        self.allow_non_hu = allow_non_hu
-        self.labels = labels
+        label_map = {1: "hemorrhage"}
+        super().__init__(root, source, cases, csv_sha256, label_map, CSV_NAME)
+        self._labels = labels
         self.csv_path = csv_path
-        self.csv_sha256 = csv_sha256
-        self.patients = sorted(scans)
-        self._scans = scans
-        self._masks = masks
-        self._by_patient: dict[int, list[SliceLabel]] = {}
-        for label in labels:
-            self._by_patient.setdefault(label.patient, []).append(label)
+
+    @property
+    def labels(self) -> list[SliceLabel]:
+        """The CSV's rows, sorted by patient and slice."""
+        return self._labels
 
     @classmethod
-    def open(cls, root: str | Path, allow_non_hu: bool = False) -> Release:
-        """Validate the folder and CSV and locate every CSV patient's scan and mask; its scans
-        are read as CT in HU (`ichseg.data.hounsfield`) unless `allow_non_hu`."""
+    def open(cls, root: str | Path, source: str = "physionet") -> Release:
+        """Validate the folder and CSV and locate every CSV patient's scan and mask."""
         root = Path(root).expanduser()
         if not root.exists():
             raise IchsegError(f"release folder {root} does not exist")
@@ -297,7 +462,11 @@ class Release:
             )
         csv_path = entries.get(CSV_NAME)
         if csv_path is None or not csv_path.is_file():
-            raise IchsegError(f"{root}: missing {CSV_NAME} (the slice labels of the release)")
+            found = ", ".join(sorted(child.name for child in entries.values())[:6])
+            raise IchsegError(
+                f"{root}: missing {CSV_NAME}: expected the PhysioNet CT-ICH layout ({CSV_NAME}, "
+                f"{SCAN_DIR}/, {MASK_DIR}/), found {found}"
+            )
         try:
             raw = csv_path.read_bytes()
         except OSError as err:
@@ -323,73 +492,30 @@ class Release:
                 found[name][patient] = path
         for folder in folders.values():
             _check_no_unlisted_volumes(folder, found[SCAN_DIR], csv_path)
-        return cls(
-            root,
-            labels,
-            csv_path,
-            hashlib.sha256(raw).hexdigest(),
-            found[SCAN_DIR],
-            found[MASK_DIR],
-            allow_non_hu,
-        )
+        cases = {
+            patient: Case(f"{patient:03d}", scan, found[MASK_DIR][patient])
+            for patient, scan in found[SCAN_DIR].items()
+        }
+        return cls(root, labels, csv_path, hashlib.sha256(raw).hexdigest(), cases, source)
 
-    def _check_patient(self, patient: int) -> None:
-        """Raise unless `patient` is one of the CSV's patients."""
-        if patient not in self._scans:
-            raise IchsegError(
-                f"patient {patient} is not in {self.csv_path} "
-                f"(patients {self.patients[0]}..{self.patients[-1]})"
-            )
-
-    def labels_for(self, patient: int) -> list[SliceLabel]:
-        """The CSV rows of one patient, ordered by slice number."""
-        self._check_patient(patient)
-        return self._by_patient[patient]
-
-    def scan_path(self, patient: int) -> Path:
-        """Path of the patient's CT scan file."""
-        self._check_patient(patient)
-        return self._scans[patient]
-
-    def mask_path(self, patient: int) -> Path:
-        """Path of the patient's mask file."""
-        self._check_patient(patient)
-        return self._masks[patient]
-
-    def _relative(self, path: Path) -> str:
-        """`path` relative to the release root, for short messages."""
-        return path.relative_to(self.root).as_posix()
-
-    def load_patient(self, patient: int) -> PatientVolume:
-        """Read scan and mask of one patient and check them against each other and the CSV."""
+    def _check_volume(
+        self, patient: int, values: np.ndarray, turn: Reorientation, scan_name: str, mask_name: str
+    ) -> None:
+        """The CSV's slice count and hemorrhage flags, on the stored last axis, which must be the
+        axial one."""
         labels = self.labels_for(patient)
-        scan_name, mask_name = (
-            self._relative(self.scan_path(patient)),
-            self._relative(self.mask_path(patient)),
-        )
-        hu, affine, zooms = _load_nifti(self._scans[patient], scan_name)
-        mask_values, mask_affine, _ = _load_nifti(self._masks[patient], mask_name)
-        if mask_values.shape != hu.shape:
-            raise IchsegError(
-                f"{mask_name}: shape {mask_values.shape} differs from {scan_name} shape {hu.shape}"
-            )
-        if not np.allclose(mask_affine, affine, rtol=_AFFINE_RTOL, atol=_AFFINE_ATOL):
-            raise IchsegError(
-                f"{mask_name}: affine differs from {scan_name} "
-                f"(max difference {np.abs(mask_affine - affine).max():.4g})"
-            )
-        if hu.shape[2] != len(labels):
+        if values.shape[2] != len(labels):
             raise IchsegError(
                 f"{scan_name}: {self.csv_path.name} lists {len(labels)} slices for patient "
-                f"{patient}, the volume has {hu.shape[2]} (shape {hu.shape})"
+                f"{patient}, the volume has {values.shape[2]} (shape {values.shape})"
             )
-        bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
-        if bad:
-            raise IchsegError(f"{scan_name}: {bad} voxels are NaN or infinite (patient {patient})")
-        check_ct_volume(hu, f"{scan_name} (patient {patient})", self.allow_non_hu)
-        mask = mask_values > 0
-        self._check_mask_against_csv(mask, labels, mask_name)
-        return PatientVolume(patient=patient, hu=hu, mask=mask, zooms=zooms, affine=affine)
+        self._check_mask_against_csv(values > 0, labels, mask_name)
+        if turn.axial_axis != 2:
+            raise IchsegError(
+                f"{scan_name}: the affine makes array axis {turn.axial_axis} the axial one, but "
+                f"{self.csv_path.name} numbers the slices of the last axis; expected the axial "
+                "axis last, as the release stores it"
+            )
 
     def _check_mask_against_csv(
         self, mask: np.ndarray, labels: list[SliceLabel], mask_name: str
@@ -485,3 +611,15 @@ def parse_demographics(text: str) -> list[dict[str, str]]:
         cells = [cell.strip() for cell in row] + [""] * (width - len(row))
         records.append(dict(zip(names, cells, strict=True)))
     return records
+
+
+def read_json_object(path: Path) -> dict:
+    """A file holding one JSON object (a cache's splits.json or meta.json, a dataset.json);
+    one line naming the file if it is unreadable or holds anything else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise IchsegError(f"{path}: expected JSON, found unreadable data ({err})") from None
+    if not isinstance(data, dict):
+        raise IchsegError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data

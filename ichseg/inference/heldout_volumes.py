@@ -1,17 +1,16 @@
-"""`ichseg evaluate`: whole-volume scores on the held-out patients of a patient-mode split.
+"""`ichseg evaluate`: whole-volume scores of fold-ensembled checkpoints, in two modes.
 
-Each test patient's scan is predicted whole by a `VolumeEnsemble` (every slice, not only the
-balanced set's) and compared with the release's mask:
-- 3-D Dice `2|P∩T| / (|P| + |T|)` per patient; undefined (NaN) when prediction and mask are both
-  empty, so the mean Dice is over patients where it is defined, and patients without bleed and
-  without prediction are scored by specificity instead;
-- volume error `predicted mL - true mL` (voxels × prod(zooms) / 1000);
-- patient-level detection: a patient is predicted positive when any voxel is predicted, truly
-  positive when the mask has any voxel; sensitivity TP / (TP + FN), specificity TN / (TN + FP),
-  NaN when there is no patient of that class.
-Only a `patient` split makes this meaningful: with a `slice` split the test patients' other
-slices sit in the training folds. The counts are numpy's, not MONAI's: MONAI counts in float32,
-exact only below 2**24 voxels, and a whole scan can hold more.
+- Held-out patients (`splits`): the test patients of a patient-mode split, read from the source
+  the cache was prepared from (its meta.json records it); every checkpoint must prove it never
+  trained or validated on them. Only a `patient` split makes this meaningful: with a `slice`
+  split the test patients' other slices sit in the training folds.
+- External validation (`source`): every volume of another data source's folder (patient =
+  volume), e.g. a model trained on PhysioNet scored on INSTANCE 2022 or BHSD.
+Each volume is predicted whole by a `VolumeEnsemble` (every slice, in the training orientation)
+and scored by `ichseg.inference.volume_metrics` (3-D Dice, HD95 and NSD in mm, RVD, volume error
+in mL, patient-level detection), overall and per subtype where the source has subtypes; the
+rows go to patients.csv, the means to summary.json, and per-volume Dice against true bleed
+volume to dice_vs_volume.png.
 """
 
 from __future__ import annotations
@@ -24,39 +23,67 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from ichseg.atomic import atomic_write_text
-from ichseg.data.prepare import read_cache_json
-from ichseg.data.release import Release
+from ichseg.atomic import atomic_path, atomic_write_text
+from ichseg.data.release import SUBTYPES, VolumeRelease, read_json_object
+from ichseg.data.sources import Source, source_from_record
 from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import SPLIT_KEY, Checkpoint
 from ichseg.inference.run import prepare_outdir, progress_bar
+from ichseg.inference.volume_metrics import (
+    DEFINITIONS,
+    NSD_TOLERANCE_MM,
+    summarize_rows,
+    volume_scores,
+)
 from ichseg.inference.volumes import VolumeEnsemble
 from ichseg.runtime import pick_device
 
 CSV_COLUMNS = (
     "patient",
+    "case",
     "n_slices",
     "true_voxels",
     "predicted_voxels",
     "true_ml",
     "predicted_ml",
     "volume_error_ml",
+    "rvd",
     "dice_3d",
+    "hd95_mm",
+    "nsd",
     "true_positive_patient",
     "predicted_positive_patient",
+    "subtypes",
 )
+FIGURE_NAME = "dice_vs_volume.png"
 
 
-def heldout_patients(splits: str | os.PathLike, release: Release) -> tuple[list[int], Path]:
-    """Patients of the test split in `splits` (a prepared cache folder or its splits.json)."""
+def _splits_file(splits: str | os.PathLike) -> Path:
     path = Path(splits)
     if path.is_dir():
         path = path / "splits.json"
     if not path.is_file():
         raise IchsegError(f"{path}: expected splits.json of a prepared cache, found nothing")
-    data = read_cache_json(path)
+    return path
+
+
+def cache_source(splits: str | os.PathLike, root: str | os.PathLike | None = None) -> Source:
+    """The data source a prepared cache was made from (its meta.json), at `root` if given."""
+    meta_path = _splits_file(splits).parent / "meta.json"
+    if not meta_path.is_file():
+        raise IchsegError(f"{meta_path}: missing; expected the meta.json of a prepared cache")
+    record = read_json_object(meta_path).get("source_facts", {}).get("record")
+    if record is None:
+        raise IchsegError(
+            f"{meta_path}: records no data source (a cache of an earlier ichseg); prepare it again"
+        )
+    return source_from_record(record, str(meta_path), None if root is None else str(root))
+
+
+def heldout_patients(splits: str | os.PathLike, release: VolumeRelease) -> tuple[list[int], Path]:
+    """Patients of the test split in `splits` (a prepared cache folder or its splits.json)."""
+    path = _splits_file(splits)
+    data = read_json_object(path)
     mode = data.get("mode")
     if mode != "patient":
         raise IchsegError(
@@ -65,11 +92,11 @@ def heldout_patients(splits: str | os.PathLike, release: Release) -> tuple[list[
         )
     meta_path = path.parent / "meta.json"
     if meta_path.is_file():
-        made_from = read_cache_json(meta_path).get("csv_sha256")
-        if made_from and made_from != release.csv_sha256:
+        made_from = read_json_object(meta_path).get("labels_sha256")
+        if made_from and made_from != release.labels_sha256:
             raise IchsegError(
                 f"{meta_path}: this cache was prepared from another release than {release.root} "
-                "(the diagnosis CSVs differ)"
+                "(the labels differ)"
             )
     ids = data.get("test")
     try:
@@ -81,7 +108,7 @@ def heldout_patients(splits: str | os.PathLike, release: Release) -> tuple[list[
     missing = [p for p in patients if p not in release.patients]
     if missing:
         raise IchsegError(
-            f"{path}: test patient(s) {missing[:5]} are not in {release.csv_path} "
+            f"{path}: test patient(s) {missing[:5]} are not in {release.root} "
             f"(patients {release.patients[0]}..{release.patients[-1]})"
         )
     return patients, path
@@ -119,56 +146,20 @@ def split_record(checkpoint: Checkpoint) -> dict:
     return {"checkpoint": str(checkpoint.path), **split}
 
 
-def dice_3d(pred: np.ndarray, truth: np.ndarray) -> float:
-    """2|P∩T| / (|P| + |T|) over the whole volume; NaN when both are empty."""
-    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(truth))
-    if total == 0:
-        return math.nan
-    return 2.0 * int(np.count_nonzero(pred & truth)) / total
+def _volume_subtypes(release: VolumeRelease, patient: int) -> list[str]:
+    """The subtypes any slice of the patient's volume shows (none where the source has none)."""
+    flags = [any(lab.subtypes[i] for lab in release.labels_for(patient)) for i in range(5)]
+    return [name for name, flag in zip(SUBTYPES, flags, strict=True) if flag]
 
 
-def patient_row(patient: int, pred: np.ndarray, truth: np.ndarray, zooms: Sequence[float]) -> dict:
-    """One patient's CSV row: voxels, mL, volume error, 3-D Dice, detection flags."""
-    voxel_ml = float(np.prod(zooms[:3])) / 1000.0
-    true_voxels, pred_voxels = int(np.count_nonzero(truth)), int(np.count_nonzero(pred))
-    return {
-        "patient": patient,
-        "n_slices": int(truth.shape[2]),
-        "true_voxels": true_voxels,
-        "predicted_voxels": pred_voxels,
-        "true_ml": true_voxels * voxel_ml,
-        "predicted_ml": pred_voxels * voxel_ml,
-        "volume_error_ml": (pred_voxels - true_voxels) * voxel_ml,
-        "dice_3d": dice_3d(pred, truth),
-        "true_positive_patient": true_voxels > 0,
-        "predicted_positive_patient": pred_voxels > 0,
-    }
-
-
-def _ratio(numer: int, denom: int) -> float | None:
-    return numer / denom if denom else None
-
-
-def summarize_rows(rows: Sequence[dict]) -> dict:
-    """Mean 3-D Dice (where defined), volume errors and patient-level detection rates."""
-    dices = [r["dice_3d"] for r in rows if not math.isnan(r["dice_3d"])]
-    errors = np.array([r["volume_error_ml"] for r in rows], dtype=float)
-    truth = np.array([r["true_positive_patient"] for r in rows], dtype=bool)
-    pred = np.array([r["predicted_positive_patient"] for r in rows], dtype=bool)
-    tp, fn = int(np.sum(truth & pred)), int(np.sum(truth & ~pred))
-    tn, fp = int(np.sum(~truth & ~pred)), int(np.sum(~truth & pred))
-    return {
-        "n_patients": len(rows),
-        "dice_3d_mean": float(np.mean(dices)) if dices else None,
-        "dice_3d_median": float(np.median(dices)) if dices else None,
-        "dice_3d_defined_for": len(dices),
-        "volume_error_ml_mean": float(errors.mean()) if len(rows) else None,
-        "volume_abs_error_ml_mean": float(np.abs(errors).mean()) if len(rows) else None,
-        "volume_abs_error_ml_median": float(np.median(np.abs(errors))) if len(rows) else None,
-        "patient_sensitivity": _ratio(tp, tp + fn),
-        "patient_specificity": _ratio(tn, tn + fp),
-        "patient_counts": {"tp": tp, "fn": fn, "tn": tn, "fp": fp},
-    }
+def per_subtype(rows: Sequence[dict]) -> dict:
+    """`summarize_rows` over the volumes showing each subtype (those that show any)."""
+    out = {}
+    for name in SUBTYPES:
+        members = [r for r in rows if name in r["subtypes"]]
+        if members:
+            out[name] = summarize_rows(members)
+    return out
 
 
 def _csv_text(rows: Sequence[dict]) -> str:
@@ -176,21 +167,49 @@ def _csv_text(rows: Sequence[dict]) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
+        cells = {**row, "subtypes": ";".join(row["subtypes"])}
         writer.writerow(
             {
                 k: (f"{v:.6g}" if isinstance(v, float) else int(v) if isinstance(v, bool) else v)
-                for k, v in row.items()
+                for k, v in cells.items()
             }
         )
     return out.getvalue()
 
 
+def dataset_label(facts: dict) -> str:
+    """What a source's volumes are called in figures and messages; says when they are synthetic."""
+    title = str(facts.get("title", facts.get("name", "unknown data")))
+    return f"{title}, synthetic phantom in its layout" if facts.get("synthetic") else title
+
+
+def dice_volume_figure(rows: Sequence[dict], path: Path, title: str) -> None:
+    """Per-volume 3-D Dice against true bleed volume (mL) of the volumes with a bleed."""
+    from matplotlib.figure import Figure
+
+    bleeding = [r for r in rows if r["true_voxels"] > 0]
+    fig = Figure(figsize=(5.5, 4.0), dpi=120)
+    ax = fig.add_subplot()
+    ax.scatter([r["true_ml"] for r in bleeding], [r["dice_3d"] for r in bleeding], s=18)
+    ax.set_xlabel("true bleed volume (mL)")
+    ax.set_ylabel("3-D Dice")
+    ax.set_ylim(-0.02, 1.02)
+    if bleeding and min(r["true_ml"] for r in bleeding) > 0:
+        ax.set_xscale("log")
+    ax.set_title(f"{title}: {len(bleeding)} volumes with a bleed", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
 def evaluate(
     checkpoints: Sequence[str | os.PathLike],
-    release_root: str | os.PathLike,
-    splits: str | os.PathLike,
     outdir: str | os.PathLike,
     *,
+    splits: str | os.PathLike | None = None,
+    source: Source | None = None,
+    release_root: str | os.PathLike | None = None,
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
     flip: bool = False,
     batch_size: int = 16,
     device: str | None = None,
@@ -199,34 +218,50 @@ def evaluate(
     on_patient: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Predict the split's test patients whole; write `patients.csv` and `summary.json`.
+    """Score the held-out patients of `splits`, or every volume of `source` (one of the two);
+    write `patients.csv`, `dice_vs_volume.png` and `summary.json` into `outdir`.
     `allow_non_hu` reads scans that do not look like CT in HU (`ichseg.data.hounsfield`)."""
+    if (splits is None) == (source is None):
+        raise IchsegError("evaluate: give either a patient-split cache or an external source")
+    if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm > 0):
+        raise IchsegError(
+            f"--nsd-tolerance-mm: expected a positive number, found {nsd_tolerance_mm}"
+        )
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
     ensemble = model.ensemble
-    release = Release.open(release_root, allow_non_hu)
-    patients, splits_path = heldout_patients(splits, release)
-    check_never_seen(ensemble.checkpoints, patients, splits_path)
+    if source is None:
+        source = cache_source(splits, release_root)
+        release = source.open_release(allow_non_hu)
+        patients, splits_path = heldout_patients(splits, release)
+        check_never_seen(ensemble.checkpoints, patients, splits_path)
+        mode = {"mode": "held-out patients", "splits": str(splits_path)}
+    else:
+        release = source.open_release(allow_non_hu)
+        patients = list(release.patients)
+        mode = {"mode": "external"}
     out = prepare_outdir(outdir)
     rows = []
-    with progress_bar(len(patients), "patients", progress) as advance:
+    with progress_bar(len(patients), "volumes", progress) as advance:
         for patient in patients:
             volume = release.load_patient(patient)
-            row = patient_row(patient, model.predict(volume.hu), volume.mask, volume.zooms)
+            pred = model.predict(volume.hu)
+            scores = volume_scores(pred, volume.mask, volume.zooms, nsd_tolerance_mm)
+            row = {"patient": patient, "case": release.case_name(patient), **scores}
+            row["subtypes"] = _volume_subtypes(release, patient)
             rows.append(row)
             advance()
             if on_patient is not None:
                 on_patient(row)
+    facts = source.describe(release)
     summary = {
         **summarize_rows(rows),
-        "definitions": {
-            "dice_3d": "2|P∩T|/(|P|+|T|) per patient over the whole volume; NaN (left out of "
-            "the mean) when both are empty",
-            "volume_error_ml": "predicted minus true, voxels × prod(zooms) / 1000",
-            "patient_detection": "positive when any voxel is predicted / has a mask voxel",
-        },
+        "per_subtype": per_subtype(rows) if release.subtypes_from else None,
+        "nsd_tolerance_mm": nsd_tolerance_mm,
+        "definitions": DEFINITIONS,
+        **mode,
+        "source": facts,
         "release": str(release.root),
-        "splits": str(splits_path),
         "patients": patients,
         "checkpoints": [str(c.path) for c in ensemble.checkpoints],
         "checkpoint_splits": [split_record(c) for c in ensemble.checkpoints],
@@ -236,7 +271,8 @@ def evaluate(
         "precision": ensemble.precision,
         "allow_non_hu": allow_non_hu,
     }
-    # The CSV first: summary.json is the marker of a finished evaluation.
+    # The CSV and figure first: summary.json is the marker of a finished evaluation.
     atomic_write_text(out / "patients.csv", _csv_text(rows))
+    dice_volume_figure(rows, out / FIGURE_NAME, dataset_label(facts))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

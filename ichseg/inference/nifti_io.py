@@ -21,7 +21,8 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.atomic import atomic_path
-from ichseg.data.hounsfield import check_ct_size, check_ct_volume, check_stored_type
+from ichseg.data.hounsfield import check_ct_size, check_hounsfield, check_stored_type
+from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
 from ichseg.errors import IchsegError, first_line
 from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
@@ -32,12 +33,14 @@ MASK_SUFFIX = "_mask.nii.gz"
 
 @dataclass
 class Scan:
-    """A NIfTI CT scan, checked to hold one 3-D volume; `hu` is read on demand."""
+    """A NIfTI CT scan, checked to hold one 3-D volume; `hu` is read on demand. `orientation`
+    brings its array to the training orientation and a predicted mask back (its affine's)."""
 
     path: Path
     image: nib.Nifti1Image
     shape: tuple[int, ...]
     zooms: tuple[float, float, float]
+    orientation: Reorientation
 
     @property
     def stem(self) -> str:
@@ -56,7 +59,7 @@ class Scan:
         bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
         if bad:
             raise IchsegError(f"scan {self.path}: {bad} voxels are NaN or infinite")
-        check_ct_volume(hu, f"scan {self.path}", allow_non_hu)
+        check_hounsfield(hu, f"scan {self.path}", allow_non_hu)
         return hu
 
 
@@ -85,13 +88,15 @@ def open_scan(path: str | os.PathLike) -> Scan:
         raise IchsegError(f"scan {path}: expected a 3-D volume (H, W, slices), found shape {shape}")
     if min(shape[:3]) < 1:
         raise IchsegError(f"scan {path}: expected a non-empty volume, found shape {shape}")
-    check_ct_size(shape, f"scan {path}")
     check_stored_type(image.get_data_dtype(), f"scan {path}")
     try:
         zooms = voxel_sizes(image, path, f"scan {path}")
     except NIFTI_READ_ERRORS as err:
         raise IchsegError(f"scan {path}: cannot read as NIfTI ({first_line(err)})") from None
-    return Scan(path, image, shape, zooms)  # type: ignore[arg-type]
+    orientation = reorientation(image.affine, f"scan {path}")
+    axial_last = tuple(int(n) for n in orientation.zooms(shape[:3]))
+    check_ct_size(axial_last, f"scan {path}")
+    return Scan(path, image, shape, zooms, orientation)  # type: ignore[arg-type]
 
 
 def mask_image(scan: Scan, mask: np.ndarray) -> nib.Nifti1Image:

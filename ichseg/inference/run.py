@@ -132,13 +132,17 @@ def _written_so_far(scans: Sequence[Scan], done: int, out: Path) -> str:
 def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path, allow_non_hu: bool) -> dict:
     """Predict one scan, write its mask and summary, return the summary."""
     start = time.perf_counter()
-    mask = model.predict(scan.read_hu(allow_non_hu))
+    # Sliced along the axial axis in the training orientation; the mask goes back to the scan's
+    # own grid, and the summary's slice numbers count along its axial axis.
+    turn = scan.orientation
+    mask = model.predict(turn.apply(scan.read_hu(allow_non_hu)))
     ensemble = model.ensemble
     summary = {
         "scan": str(scan.path),
         "mask": str(output_paths(out, scan)[0]),
         "shape": list(scan.shape),
-        **summarize(mask, scan.zooms),
+        **turn.describe(),
+        **summarize(mask, turn.zooms(scan.zooms)),
         "checkpoints": [str(c.path) for c in ensemble.checkpoints],
         "preprocess": {
             "size": model.preprocess.size,
@@ -154,5 +158,5 @@ def _predict_one(model: VolumeEnsemble, scan: Scan, out: Path, allow_non_hu: boo
         "allow_non_hu": allow_non_hu,
         "seconds": round(time.perf_counter() - start, 3),
     }
-    write_outputs(scan, mask, summary, out)
+    write_outputs(scan, turn.undo(mask), summary, out)
     return summary

@@ -126,9 +126,7 @@ def export_dataset(
             f"PPP_SS; folds are ichseg's ({info['split']} split, seed {info['split_seed']})"
         ),
         "reference": REFERENCE,
-        "licence": "PhysioNet Credentialed Health Data License 1.5.0 (restricted data)"
-        if data.meta.get("source") == "physionet"
-        else "synthetic phantom",
+        "licence": _licence(data.meta),
         PROVENANCE_KEY: info,
     }
     row = {sid: i for i, sid in enumerate(data.ids)}
@@ -153,6 +151,14 @@ def export_dataset(
         written,
         splits_at,
     )
+
+
+def _licence(meta: dict) -> str:
+    """The licence of the data behind a cache, as its source states it."""
+    facts = meta.get("source_facts") or {}
+    if facts.get("synthetic"):
+        return "synthetic phantom"
+    return str(facts.get("licence", f"unknown (data source {meta.get('source')!r})"))
 
 
 def _same_export(dest: Path, dataset_json: dict) -> bool:

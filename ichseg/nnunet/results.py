@@ -23,7 +23,8 @@ import torch
 import yaml
 
 from ichseg.atomic import atomic_path, check_replaceable
-from ichseg.data.prepare import PreparedData, load_prepared, read_cache_json
+from ichseg.data.prepare import PreparedData, load_prepared
+from ichseg.data.release import read_json_object
 from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION, ProtocolAccumulator
 from ichseg.nnunet.export import cache_of, provenance
@@ -76,7 +77,7 @@ def _json(path: Path) -> dict:
     """A JSON object file of the results folder; one line when missing or unreadable."""
     if not path.is_file():
         raise IchsegError(f"{path}: missing from the nnU-Net results folder")
-    return read_cache_json(path)
+    return read_json_object(path)
 
 
 def check_provenance(folder: Path, expected: dict) -> None:

@@ -15,12 +15,19 @@ from typing import Any
 
 from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
+from ichseg.inference.heldout_volumes import dataset_label
 from ichseg.nnunet.results import is_imported
 from ichseg.report import figures
 from ichseg.report.compare import PairedComparison, comparison_markdown
 from ichseg.report.compute import HeldoutResults, SweepResults
 from ichseg.report.heldout_slices import SliceResult, slices_markdown
-from ichseg.report.heldout_volumes import VolumeResult, volumes_markdown
+from ichseg.report.heldout_volumes import (
+    ExternalResult,
+    VolumeResult,
+    external_markdown,
+    source_facts_text,
+    volumes_markdown,
+)
 from ichseg.report.render import detection_markdown, table1_csv, table1_latex, table1_markdown
 from ichseg.report.selection import Selection, selection_markdown
 from ichseg.report.sources.local import read_cache_meta
@@ -124,9 +131,10 @@ def build_report(
         summary = _summary(sweep, selections, results.comparisons, results.protocol)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         volumes = heldout.volumes if heldout is not None else []
-        for volume in volumes:
+        external = heldout.external if heldout is not None else []
+        for volume in [*volumes, *(v for e in external for v in e.volumes)]:
             shutil.copytree(volume.folder, tmp / volume.folder.name)
-        text = _markdown(results, slices, pictures, volumes)
+        text = _markdown(results, slices, pictures, volumes, external)
         (tmp / "report.md").write_text(text, encoding="utf-8")
     return out
 
@@ -271,7 +279,9 @@ def _when(stamp: float | str) -> str:
     return str(stamp)
 
 
-def _provenance(sweep: Sweep, archs: dict[str, ArchInfo | None]) -> list[str]:
+def _provenance(
+    sweep: Sweep, archs: dict[str, ArchInfo | None], external: list[ExternalResult]
+) -> list[str]:
     """The provenance section: data, split, key config, code version, hardware."""
     lines = ["## Provenance", ""]
     metas = [(j, read_cache_meta(j)) for j in sweep.jobs]
@@ -283,11 +293,15 @@ def _provenance(sweep: Sweep, archs: dict[str, ArchInfo | None]) -> list[str]:
             f"(cache_dir: {', '.join(caches)})."
         )
     else:
-        source = meta.get("source", "unknown")
-        kind = {"phantom": "synthetic phantom (not patient data)", "physionet": "PhysioNet CT-ICH"}
-        lines.append(f"- Data: {kind.get(source, source)}; CSV sha256 `{meta.get('csv_sha256')}`.")
+        facts = meta.get("source_facts") or {"name": meta.get("source", "unknown")}
+        lines.append(
+            f"- Training data: {source_facts_text(facts)}; labels sha256 "
+            f"`{meta.get('labels_sha256')}`."
+        )
         if meta.get("counts"):
             lines.append(f"- Prepared set: {_flat(meta['counts'])}.")
+    for result in external:
+        lines.append(f"- External validation data: {source_facts_text(result.facts)}.")
     if len(caches) > 1:
         lines.append(f"- **Jobs used different prepared caches**: {', '.join(caches)}.")
     else:
@@ -392,6 +406,7 @@ def _markdown(
     results: list[SliceResult],
     pictures: dict[str, str],
     patients: list[VolumeResult],
+    external: list[ExternalResult],
 ) -> str:
     """report.md."""
     sweep, rows, archs = computed.sweep, computed.rows, computed.archs
@@ -404,7 +419,7 @@ def _markdown(
         f"Sweep `{sweep.root}`, built {stamp}. Selection and headline comparison use the "
         f"**{main.name}** protocol.",
         "",
-        *_provenance(sweep, archs),
+        *_provenance(sweep, archs, external),
         *_completeness(sweep),
         f"## Table 1 ({main.name} protocol)",
         "",
@@ -444,6 +459,9 @@ def _markdown(
         lines += ["Not scored: no test evaluation was run for this report.", ""]
     if patients:
         lines += ["## Held-out patients, whole volumes", "", volumes_markdown(patients)]
+    for result in external:
+        title = dataset_label(result.facts)
+        lines += [f"## External validation: {title}", "", external_markdown(result)]
     for name, p in PROTOCOLS.items():
         if name == main.name:
             continue

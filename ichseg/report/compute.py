@@ -7,13 +7,19 @@ split (slices, and whole volumes on a patient split). `ichseg.report.build` only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ichseg.data.sources import Source
 from ichseg.errors import IchsegError
 from ichseg.report.compare import PairedComparison, compare_all
 from ichseg.report.heldout_slices import SliceResult, evaluate_slices
-from ichseg.report.heldout_volumes import VolumeResult, evaluate_volumes
+from ichseg.report.heldout_volumes import (
+    ExternalResult,
+    VolumeResult,
+    evaluate_external,
+    evaluate_volumes,
+)
 from ichseg.report.selection import Selection, select
 from ichseg.report.sources.model import Sweep
 from ichseg.report.table import PROTOCOLS, ArchInfo, TableRow, arch_info, protocol, table_rows
@@ -42,6 +48,7 @@ class HeldoutResults:
 
     slices: list[SliceResult]
     volumes: list[VolumeResult]  # whole volumes: only on a patient split
+    external: list[ExternalResult] = field(default_factory=list)  # one per external source
 
 
 def compute(sweep: Sweep, protocol_name: str = "paper") -> SweepResults:
@@ -64,10 +71,15 @@ def compute(sweep: Sweep, protocol_name: str = "paper") -> SweepResults:
     )
 
 
-def score_heldout(results: SweepResults, work_dir: Path) -> HeldoutResults:
+def score_heldout(
+    results: SweepResults, work_dir: Path, external: list[Source] | None = None, test: bool = True
+) -> HeldoutResults:
     """Score the selected checkpoints on the test slices and, on a patient split, on whole
-    volumes, whose files are written under `work_dir` for the report to take in."""
+    volumes (unless not `test`), and on every volume of each `external` source; their files
+    are written under `work_dir` for the report to take in."""
+    sweep, selection = results.sweep, results.selection
     return HeldoutResults(
-        slices=list(evaluate_slices(results.sweep, results.selection)),
-        volumes=evaluate_volumes(results.sweep, results.selection, work_dir),
+        slices=list(evaluate_slices(sweep, selection)) if test else [],
+        volumes=evaluate_volumes(sweep, selection, work_dir) if test else [],
+        external=evaluate_external(sweep, selection, external or [], work_dir),
     )

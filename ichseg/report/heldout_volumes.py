@@ -3,7 +3,8 @@
 Only a `data.split=patient` sweep has held-out patients whose every slice is unseen; there each
 architecture's fold models at the selected epoch are ensembled by `ichseg evaluate`
 (`ichseg.inference.heldout_volumes.evaluate`) over the test patients' full volumes (3-D Dice,
-volume error in mL, patient-level detection).
+volume error in mL, patient-level detection). Given external data sources, the same ensembles
+score every volume of each (`evaluate_external`): the report's external validation sections.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ichseg.data.release import SUBTYPES
+from ichseg.data.sources import Source
 from ichseg.inference.heldout_volumes import evaluate
 from ichseg.nnunet.results import is_imported
 from ichseg.report.heldout_slices import checkpoints_at
@@ -31,6 +34,14 @@ class VolumeResult:
     summary: dict
 
 
+@dataclass(frozen=True)
+class ExternalResult:
+    """Every selected architecture's whole-volume scores on one external data source."""
+
+    facts: dict  # the source's own description (`Source.describe`)
+    volumes: list[VolumeResult]
+
+
 def patient_split_release(sweep: Sweep) -> tuple[str, str] | None:
     """(release root, cache folder) when the sweep was prepared with a patient split."""
     for job in sweep.jobs:
@@ -42,23 +53,45 @@ def patient_split_release(sweep: Sweep) -> tuple[str, str] | None:
     return None
 
 
+def _each_selected(
+    sweep: Sweep, selection: Selection, prefix: str, out_dir: Path, **where
+) -> list[VolumeResult]:
+    """Each selected architecture's fold ensemble evaluated on whole volumes (`where`: the
+    held-out split or an external source), its files in `out_dir/<prefix>_<model>`."""
+    results = []
+    for choice in selection.choices.values():
+        if any(is_imported(job) for job in sweep.jobs_of(choice.model)):
+            continue  # nnU-Net predicted the exported slices only, not whole volumes
+        pairs = checkpoints_at(sweep, choice.model, choice.epoch)
+        folder = out_dir / f"{prefix}_{choice.model}"
+        summary = evaluate([path for _, path in pairs], folder, progress=False, **where)
+        folds = tuple(job.fold for job, _ in pairs)
+        results.append(VolumeResult(choice.model, choice.epoch, folds, folder, summary))
+    return results
+
+
 def evaluate_volumes(sweep: Sweep, selection: Selection, out_dir: Path) -> list[VolumeResult]:
     """Score each selected architecture on whole held-out patients; [] unless split by patient."""
     found = patient_split_release(sweep)
     if found is None:
         return []
     release_root, cache_dir = found
+    return _each_selected(
+        sweep, selection, "patients", out_dir, splits=cache_dir, release_root=release_root
+    )
+
+
+def evaluate_external(
+    sweep: Sweep, selection: Selection, sources: list[Source], out_dir: Path
+) -> list[ExternalResult]:
+    """Score each selected architecture on every volume of each external source."""
     results = []
-    for choice in selection.choices.values():
-        if any(is_imported(job) for job in sweep.jobs_of(choice.model)):
-            continue  # nnU-Net predicted the exported slices only, not whole volumes
-        pairs = checkpoints_at(sweep, choice.model, choice.epoch)
-        folder = out_dir / f"patients_{choice.model}"
-        summary = evaluate(
-            [path for _, path in pairs], release_root, cache_dir, folder, progress=False
+    for i, source in enumerate(sources):
+        volumes = _each_selected(
+            sweep, selection, f"external{i}_{source.name}", out_dir, source=source
         )
-        folds = tuple(job.fold for job, _ in pairs)
-        results.append(VolumeResult(choice.model, choice.epoch, folds, folder, summary))
+        facts = volumes[0].summary["source"] if volumes else {"title": source.name}
+        results.append(ExternalResult(facts, volumes))
     return results
 
 
@@ -67,23 +100,71 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def volumes_markdown(results: list[VolumeResult]) -> str:
-    """The report section: one row per architecture, definitions beside it."""
+    """One row per architecture, definitions beside it."""
+    tolerance = results[0].summary.get("nsd_tolerance_mm") if results else None
     lines = [
         "Each architecture's fold models at its selected epoch, ensembled (probabilities "
-        "averaged), predict every slice of each held-out patient; scores are over whole "
-        "volumes. 3-D Dice is left out of the mean for patients with neither bleed nor "
-        "prediction (they count for specificity). Volume error = predicted − true mL.",
+        "averaged), predict every slice of each volume; scores are over whole volumes "
+        "(`ichseg.inference.volume_metrics`). 3-D Dice is left out of the mean for volumes with "
+        "neither bleed nor prediction (they count for specificity); HD95 only where both masks "
+        f"are non-empty; NSD at {tolerance} mm (0 where one mask is empty); RVD only where "
+        "there is a bleed. Volume error = predicted − true mL. (n) = volumes the mean is over.",
         "",
-        "| Architecture | Epoch | Folds | Patients | 3-D Dice mean (defined for) | "
-        "Mean abs. volume error (mL) | Patient sensitivity | Patient specificity | Files |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Architecture | Epoch | Folds | Volumes | 3-D Dice (n) | HD95 mm (n) | NSD (n) | "
+        "RVD (n) | Mean abs. volume error (mL) | Patient sensitivity | Patient specificity "
+        "| Files |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s = r.summary
         lines.append(
             f"| {display_name(r.model)} | {r.epoch} | {len(r.folds)} | {s['n_patients']} | "
-            f"{_fmt(s['dice_3d_mean'])} ({s['dice_3d_defined_for']}) | "
-            f"{_fmt(s['volume_abs_error_ml_mean'], 2)} | {_fmt(s['patient_sensitivity'])} | "
-            f"{_fmt(s['patient_specificity'])} | `{r.folder.name}/` |"
+            f"{_mean(s, 'dice_3d')} | {_mean(s, 'hd95_mm', 1)} | {_mean(s, 'nsd')} | "
+            f"{_mean(s, 'rvd', 2)} | {_fmt(s['volume_abs_error_ml_mean'], 2)} | "
+            f"{_fmt(s['patient_sensitivity'])} | {_fmt(s['patient_specificity'])} | "
+            f"`{r.folder.name}/` |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _mean(summary: dict, key: str, digits: int = 3) -> str:
+    return f"{_fmt(summary.get(f'{key}_mean'), digits)} ({summary.get(f'{key}_defined_for', 0)})"
+
+
+def source_facts_text(facts: dict) -> str:
+    """One line of a data source's facts: what it is, volumes, slices, spacing, label map."""
+    if "volumes" not in facts:
+        return f"{facts.get('title', facts.get('name', 'unknown'))} (no facts recorded)"
+    low, high = facts["spacing_mm_min"], facts["spacing_mm_max"]
+    spacing = " × ".join(
+        f"{a:g}" if a == b else f"{a:g}–{b:g}" for a, b in zip(low, high, strict=True)
+    )
+    labels = ", ".join(f"{k} {v}" for k, v in facts["label_map"].items())
+    synthetic = "; **synthetic phantom in this layout (not patient data)**" * bool(
+        facts.get("synthetic")
+    )
+    return (
+        f"{facts['title']} (`{facts['name']}`; {facts['citation']}; licence: "
+        f"{facts['licence']}){synthetic}: {facts['volumes']} volumes, {facts['slices']} axial "
+        f"slices, voxel spacing {spacing} mm, label map {labels} (any label > 0 is the ICH "
+        f"target; subtypes from {facts['subtypes_from'] or 'nowhere: none in this source'})"
+    )
+
+
+def external_markdown(result: ExternalResult) -> str:
+    """An external set's section: its facts, the scores, Dice per subtype where it has them."""
+    lines = [f"Data: {source_facts_text(result.facts)}.", "", volumes_markdown(result.volumes)]
+    per = [(r, r.summary.get("per_subtype")) for r in result.volumes]
+    if any(table for _, table in per):
+        lines += [
+            "3-D Dice mean (volumes) per subtype, a volume counting for each subtype it shows:",
+            "",
+            "| Architecture | " + " | ".join(SUBTYPES) + " |",
+            "|---|" + "---|" * len(SUBTYPES),
+        ]
+        for r, table in per:
+            cells = [_mean(table[n], "dice_3d") if n in (table or {}) else "—" for n in SUBTYPES]
+            lines.append(f"| {display_name(r.model)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    figures = [f"![{r.model}]({r.folder.name}/dice_vs_volume.png)" for r in result.volumes]
+    return "\n".join([*lines, *figures]) + "\n"

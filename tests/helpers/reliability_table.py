@@ -44,6 +44,16 @@ RELIABILITY_CASES = {
         "disk full while writing records",
         "report reads records while a job writes them",
     ),
+    "Orientation": (
+        "scan whose last axis is coronal",
+        "release volume whose last axis is not axial",
+        "affine with no clear axial axis",
+    ),
+    "Data sources": (
+        "folder of another layout",
+        "mask-labelled volume whose axial axis is stored first",
+        "external validation on another layout",
+    ),
     "Reproducibility": (
         "same seed: identical splits",
         "same seed and config: identical records",
@@ -68,6 +78,10 @@ RELIABILITY_CASES = {
         "--allow-non-hu goes on, recorded",
         "release scan stored as HU+1024",
         "held-out scan stored as HU+1024",
+        "instance22 scan stored as HU+1024",
+        "bhsd scan stored as HU+1024",
+        "nnunet_raw scan stored as HU+1024",
+        "size of the axial slices, not of the stored axes",
         "failure mid-way through several scans",
         "scan (1, 1, 1)",
         "scan (1, 1, 3)",

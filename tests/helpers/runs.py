@@ -13,9 +13,18 @@ LAST = "checkpoints/last.ckpt"
 TINY = ["-m", "fold=1", "experiment=tiny", "deterministic=true", "logger=none", "num_threads=1"]
 
 
-def train(args: list[str], root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run train.py as a user would, with data and experiments under `root`."""
-    env = {**os.environ, "ICHSEG_ROOT": str(root), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+def train(
+    args: list[str], root: Path, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run train.py as a user would, with data and experiments under `root` (and `env` added
+    to the environment)."""
+    env = {
+        **os.environ,
+        "ICHSEG_ROOT": str(root),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         capture_output=True,

@@ -271,7 +271,7 @@ def test_prepare_and_predict_timings(root):
 
     cfg = compose_job("tiny", "dunet")
     prep = time_prepare(cfg, repeats=1)
-    assert prep["release"] == str(root / "data" / "phantom-p16-s64-seed0")
+    assert prep["release"] == str(root / "data" / "phantom-p16-s64-seed0-physionet")
     assert prep["seconds"]["n"] == 1 and prep["seconds"]["median"] > 0
     # The tiny phantom's balanced set, as the job's DataModule sees it.
     dm = training._datamodule(cfg)

@@ -97,7 +97,7 @@ def test_every_experiment_composes_with_a_real_release(experiment, record_behavi
     }
     validate(cfg)
     phantom = compose_train([f"experiment={experiment}"]).data.source
-    assert phantom.root.endswith(f"phantom-p{phantom.patients}-s{phantom.size}-seed0")
+    assert phantom.root.endswith(f"phantom-p{phantom.patients}-s{phantom.size}-seed0-physionet")
     record_behaviour(
         f"composes: data.source is PhysioNet(root=/x); the experiment's phantom size "
         f"({phantom.patients} patients, {phantom.size}²) applies only to data=phantom",

@@ -157,7 +157,7 @@ KEY_ERRORS = {
     "checkpoint_evry=5": "checkpoint_evry is not a key of the config (closest: checkpoint_every",
     "model.module.lrr=0.1": "model.module.lrr is not a key of the config (closest: model.module.lr",
     "+trainer.max_epoch=3": "trainer.max_epoch is not a key of the config (closest: trainer.max_ep",
-    "data=foo": "Could not find 'data/foo' Available options in 'data': phantom physionet",
+    "data=foo": "Could not find 'data/foo' Available options in 'data': bhsd instance22",
 }
 
 

@@ -117,7 +117,7 @@ def test_report_command_table1_matches_numpy_over_the_records(finished_sweep):
         assert float(row["val_dice_mean"]) == pytest.approx(np.mean(finite), abs=1e-12)
         assert float(row["val_dice_std"]) == pytest.approx(np.std(finite, ddof=1), abs=1e-12)
     text = (out / "report.md").read_text()
-    assert "- Data: synthetic phantom (not patient data)" in text
+    assert "- Training data: synthetic phantom (not patient data) (`phantom`;" in text
     assert "- Jobs found: 20 (20 done)." in text
 
 

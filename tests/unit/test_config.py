@@ -108,13 +108,27 @@ def test_augmentation_is_an_object_and_null_turns_it_off(tmp_path):
     )
 
 
+@pytest.mark.parametrize("source", ["instance22", "bhsd", "nnunet_raw"])
+def test_every_source_composes_with_the_demo_experiment(source, tmp_path):
+    cfg = compose_train(["experiment=demo", f"data={source}", f"data.source.root={tmp_path}"])
+    dm = instantiate(cfg.data)
+    assert dm.source.name == source and dm.source.root == str(tmp_path)
+    assert dm.prepare_config.size == 48
+
+
+def test_the_phantom_layout_is_a_config_key(tmp_path):
+    cfg = compose_train(["experiment=tiny", "phantom.layout=bhsd", f"paths.root_dir={tmp_path}"])
+    source = instantiate(cfg.data).source
+    assert source.layout == "bhsd" and source.root.endswith("phantom-p16-s64-seed0-bhsd")
+
+
 def test_datamodule_and_module_instantiate_from_config(tmp_path):
     cfg = compose_train(["experiment=tiny", "model=dunet", f"paths.root_dir={tmp_path}"])
     module = instantiate(cfg.model.module)
     assert module.hparams.filters == [4, 8, 16, 32, 64]
     dm = instantiate(cfg.data)
     assert dm.fold == 0 and dm.source == Phantom(
-        root=f"{tmp_path}/data/phantom-p16-s64-seed0", patients=16, size=64, seed=0
+        root=f"{tmp_path}/data/phantom-p16-s64-seed0-physionet", patients=16, size=64, seed=0
     )
 
 

@@ -72,7 +72,7 @@ def test_fold_range_follows_n_folds(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("source", [None, "/data/ct-ich", {"root": "/data/ct-ich"}])
 def test_data_source_must_be_a_release_source(source: object) -> None:
-    with pytest.raises(IchsegError, match=r"^data\.source: expected a release source"):
+    with pytest.raises(IchsegError, match=r"^data\.source: expected a data source"):
         ICHDataModule(fold=0, source=source)
 
 
@@ -179,11 +179,14 @@ def test_augmentation_only_while_training(dm: ICHDataModule) -> None:
     assert torch.equal(dm.on_after_batch_transfer(batch, 0)["image"], original["image"])
 
 
-def test_source_mismatch_is_reported(roots: dict[str, Path], dm: ICHDataModule) -> None:
+def test_caches_of_different_sources_never_mix(roots: dict[str, Path], dm: ICHDataModule) -> None:
+    # The same folder read as PhysioNet's layout and as the phantom: two caches, each its own.
     module = _dm(roots, source=PhysioNet(root=str(roots["phantom"])))
-    with pytest.raises(IchsegError, match=r"data\.source is physionet: .* is 'phantom'"):
-        module.setup("fit")
-    _dm(roots).setup("fit")
+    module.setup("fit")
+    phantom = _dm(roots)
+    phantom.setup("fit")
+    assert module.cache_dir != phantom.cache_dir
+    assert (module.data.meta["source"], phantom.data.meta["source"]) == ("physionet", "phantom")
 
 
 class _Recorder(pl.LightningModule):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ichseg.cli import main
-from ichseg.data.phantom import write_phantom
+from ichseg.data.phantom import LAYOUTS, write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.data.release import Release
 from ichseg.inference.checkpoint import split_provenance
@@ -226,3 +226,44 @@ def test_failure_midway_names_what_was_written(
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["s0.json", "s0_mask.nii.gz"]
     record_behaviour(f"exit 2: {lines[0]}", did="disk full while predicting the 2nd of 3 scans")
+
+
+@pytest.mark.reliability(entry="ichseg prepare --source")
+@pytest.mark.parametrize("layout", ["instance22", "bhsd", "nnunet_raw"])
+def test_every_source_refuses_a_scan_not_in_hu(layout, tmp_path, capsys, record_behaviour):
+    root = write_phantom(tmp_path / layout, patients=12, size=32, layout=layout)
+    release = LAYOUTS[layout](str(root)).open()
+    path = release.scan_path(release.patients[3])
+    image = nib.load(path)
+    shifted = np.clip(image.get_fdata() + 1024, 0, None).astype(np.uint16)
+    nib.save(nib.Nifti1Image(shifted, image.affine), path)
+    args = ["prepare", root, tmp_path / "cache", "--source", layout, "--size", "32"]
+    code, _, err = run(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert path.relative_to(root).as_posix() in lines[0] and "HU+1024" in lines[0], lines[0]
+    assert not any((tmp_path / "cache").glob("*/meta.json"))
+    code, _, err = run([*args, "--allow-non-hu"], capsys)
+    assert code == 0, err
+    record_behaviour(f"exit 2: {lines[0]}", case=f"{layout} scan stored as HU+1024")
+
+
+# A head whose stored axis 1 runs head to foot (its slices), axes 0 and 2 in-plane.
+CORONAL_LAST = np.array([[-0.5, 0, 0, 0], [0, 0, 0.5, 0], [0, 5.0, 0, 0], [0, 0, 0, 1.0]])
+
+
+@pytest.mark.reliability(
+    case="size of the axial slices, not of the stored axes", entry="ichseg predict"
+)
+def test_in_plane_size_is_that_of_the_axial_slices(ckpts, tmp_path, capsys, record_behaviour):
+    stored = np.ascontiguousarray(head(64, slices=10).transpose(0, 2, 1))  # (64, 10, 64)
+    upright = save_scan(tmp_path / "upright.nii", stored, CORONAL_LAST)
+    code, _, err = run(["predict", ckpts["pass"], upright, "-o", tmp_path / "a"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "upright.json").read_text())["axial_axis"] == 1
+    # The same array with the last axis axial has 64x10 slices: too small.
+    flat = save_scan(tmp_path / "flat.nii", stored)
+    code, _, err = run(["predict", ckpts["pass"], flat, "-o", tmp_path / "b"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "in-plane size 64x10" in lines[0], err
+    record_behaviour(f"(64, 10, 64) with axis 1 axial: exit 0; with axis 2 axial: {lines[0]}")

@@ -28,9 +28,9 @@ from ichseg.inference.checkpoint import (
     write_checkpoint,
 )
 from ichseg.inference.ensemble import Ensemble
-from ichseg.inference.heldout_volumes import dice_3d
 from ichseg.inference.nifti_io import open_scan
 from ichseg.inference.run import predict_scans
+from ichseg.inference.volume_metrics import dice_3d
 from ichseg.inference.volumes import VolumeEnsemble
 from ichseg.training.module import SegmentationModule
 from tests.helpers.checkpoints import (
@@ -101,6 +101,73 @@ def test_known_mask_volume_slices_and_bleeds(ckpts, tmp_path, capsys):
     assert [(b["voxels"], b["slices"]) for b in summary["bleeds"]] == [(86, [2, 4]), (50, [6, 6])]
     assert summary["precision"] == "fp32"
     assert f"{136 * voxel_ml:.2f} mL" in out
+
+
+@pytest.mark.reliability(
+    case="scan whose last axis is coronal",
+    did="the axial boxes scan stored with its axes (0, 2, 1) and the affine saying so",
+    entry="ichseg predict",
+)
+def test_a_scan_is_sliced_along_its_axial_axis_whatever_its_axis_order(
+    ckpts, tmp_path, capsys, record_behaviour
+):
+    hu, mask = boxes_volume()
+    axial = np.diag([-0.5, 0.4, 5.0, 1.0])
+    save_scan(tmp_path / "axial.nii", hu, axial)
+    save_scan(tmp_path / "coronal.nii", hu.transpose(0, 2, 1), axial[:, [0, 2, 1, 3]])
+    code, out, err = run_cli(
+        [
+            "predict",
+            ckpts["pass"],
+            tmp_path / "axial.nii",
+            tmp_path / "coronal.nii",
+            "-o",
+            tmp_path / "out",
+            "--precision",
+            "fp32",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    summaries = {
+        n: json.loads((tmp_path / "out" / f"{n}.json").read_text()) for n in ("axial", "coronal")
+    }
+    masks = {
+        n: np.asarray(nib.load(tmp_path / "out" / f"{n}_mask.nii.gz").dataobj)
+        for n in ("axial", "coronal")
+    }
+    np.testing.assert_array_equal(masks["axial"], mask)
+    # The mask comes back in the coronal file's own grid, and the numbers are the axial scan's.
+    np.testing.assert_array_equal(masks["coronal"], mask.transpose(0, 2, 1))
+    for key in ("bleed_volume_ml", "slices_with_hemorrhage", "n_bleeds", "voxel_mm"):
+        assert summaries["coronal"][key] == summaries["axial"][key], key
+    assert (summaries["axial"]["axial_axis"], summaries["axial"]["reoriented"]) == (2, False)
+    assert (summaries["coronal"]["axial_axis"], summaries["coronal"]["reoriented"]) == (1, True)
+    line = next(row for row in out.splitlines() if "coronal" in row)
+    record_behaviour(f"exit 0, same mL and axial slices as the axial original: {line}")
+
+
+@pytest.mark.reliability(
+    case="affine with no clear axial axis",
+    did="an affine rotated 45 degrees about the left-right axis",
+    entry="ichseg predict",
+)
+def test_a_scan_without_a_clear_axial_axis_is_refused(ckpts, tmp_path, capsys, record_behaviour):
+    hu, _ = boxes_volume()
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    affine = np.diag([0.5, 0.4, 5.0, 1.0])
+    affine[1:3, 1:3] = [[0.4 * c, -5 * s], [0.4 * s, 5 * c]]
+    scan = save_scan(tmp_path / "oblique45.nii", hu, affine)
+    out = tmp_path / "out"
+    line = _assert_refused(
+        ["predict", ckpts["pass"], scan, "-o", out],
+        capsys,
+        out,
+        "oblique45.nii",
+        "45 degrees from the patient's",
+        "cannot tell which array axis is axial",
+    )
+    record_behaviour(f"exit 2, nothing written: {line}")
 
 
 def test_output_geometry_equals_input(ckpts, tmp_path, capsys):
@@ -240,7 +307,7 @@ def test_trained_checkpoint_carries_preprocessing_and_config_fallback(tmp_path):
     assert source == str(job / "config.yaml")
 
 
-def _assert_refused(argv, capsys, outdir: Path, *needles: str) -> None:
+def _assert_refused(argv, capsys, outdir: Path, *needles: str) -> str:
     code, _, err = run_cli(argv, capsys)
     assert code == 2
     lines = err.strip().splitlines()
@@ -248,6 +315,7 @@ def _assert_refused(argv, capsys, outdir: Path, *needles: str) -> None:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     assert not outdir.exists() or not any(outdir.iterdir())
+    return lines[0]
 
 
 def test_bad_inputs_fail_with_one_line_and_write_nothing(ckpts, tmp_path, capsys):

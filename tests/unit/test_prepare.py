@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ichseg.cli import main
 from ichseg.data import prepare as prepare_mod
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
@@ -26,8 +27,10 @@ ICH_SLICES = range(3, 7)  # 1-based slice numbers with a bleed
 CFG = PrepareConfig(size=32, seed=0, n_folds=3, test_fraction=0.2)
 
 
-def write_tiny_release(root: Path, size: int = 64) -> Path:
-    """Write a release in the real layout: int16 scans, uint8 masks, the diagnosis CSV."""
+def write_tiny_release(root: Path, size: int = 64, stored_ras: bool = False) -> Path:
+    """Write a release in the real layout: int16 scans, uint8 masks, the diagnosis CSV; in the
+    training orientation (axis 0 towards the left), or with `stored_ras` the same heads stored
+    with axis 0 towards the right."""
     rng = np.random.default_rng(0)
     (root / "ct_scans").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -46,7 +49,11 @@ def write_tiny_release(root: Path, size: int = 64) -> Path:
             subtypes = [int(bleed and i == p % 5) for i in range(5)]
             rows.append([p, s, *subtypes, int(not bleed), int(s == 2)])
         hu[mask > 0] = 75.0
-        affine = np.diag([0.45, 0.45, 5.0, 1.0])
+        affine = np.diag([-0.45, 0.45, 5.0, 1.0])
+        if stored_ras:
+            hu, mask = hu[::-1], mask[::-1]
+            affine = np.diag([0.45, 0.45, 5.0, 1.0])
+            affine[0, 3] = -0.45 * (size - 1)
         nib.save(
             nib.Nifti1Image(np.round(hu).astype(np.int16), affine), root / f"ct_scans/{p:03d}.nii"
         )
@@ -67,6 +74,15 @@ def cache(release, tmp_path_factory) -> Path:
     return prepare(release, tmp_path_factory.mktemp("cache"), CFG)
 
 
+def test_the_same_heads_stored_another_way_give_the_same_cache(cache, tmp_path):
+    """Prepared slices come from the affine's orientation, not the array's order."""
+    flipped = prepare(write_tiny_release(tmp_path / "ras", stored_ras=True), tmp_path / "c", CFG)
+    ours, theirs = load_prepared(cache), load_prepared(flipped)
+    assert ours.ids == theirs.ids
+    np.testing.assert_array_equal(ours.images, theirs.images)
+    np.testing.assert_array_equal(ours.masks, theirs.masks)
+
+
 def test_balanced_set_and_index(release, cache):
     data = load_prepared(cache)
     ich_ids = {f"{p:03d}_{s:02d}" for p in ICH_PATIENTS for s in ICH_SLICES}
@@ -84,8 +100,8 @@ def test_balanced_set_and_index(release, cache):
     assert [r["slice_id"] for r in rows] == data.ids
     assert [int(r["fracture"]) for r in rows] == [int(i[-2:] == "02") for i in data.ids]
     meta = data.meta
-    assert meta["source"] == "phantom" and meta["cfg"]["size"] == 32
-    assert meta["csv_sha256"] == Release.open(release).csv_sha256
+    assert meta["source"] == "physionet" and meta["cfg"]["size"] == 32
+    assert meta["labels_sha256"] == Release.open(release).labels_sha256
     assert meta["counts"]["n_ich"] == meta["counts"]["n_clean"] == 12
     split_ids = set(data.splits["test"]) | set(data.splits["folds"][0]["train"])
     assert split_ids | set(data.splits["folds"][0]["val"]) == set(data.ids)
@@ -190,10 +206,42 @@ def test_phantom_patient_split_counts_match_its_csv(tmp_path):
         i for i, h in zip(data.ids, data.has_ich, strict=True) if h
     ]
     counts = data.meta["counts"]
-    assert counts["n_ich"] == counts["n_clean"] == len(ich) and data.meta["source"] == "phantom"
+    assert counts["n_ich"] == counts["n_clean"] == len(ich) and data.meta["source"] == "physionet"
+    assert data.meta["source_facts"]["synthetic"] is True
     assert counts["subtypes"] == {
         name: sum(lab.subtypes[k] for lab in ich) for k, name in enumerate(SUBTYPES)
     }
     test_patients = {int(i[:3]) for i in data.splits["test"]}
     for fold in data.splits["folds"]:
         assert not test_patients & {int(i[:3]) for i in fold["train"] + fold["val"]}
+
+
+@pytest.mark.reliability(
+    case="release volume whose last axis is not axial",
+    did="one patient's scan and mask re-saved with an affine whose axial axis is the second",
+    entry="ichseg prepare",
+)
+def test_a_release_volume_whose_last_axis_is_not_axial_is_refused(
+    tmp_path, capsys, record_behaviour
+):
+    """The CSV numbers the last axis: slicing a coronal last axis would label the wrong slices."""
+    root = write_tiny_release(tmp_path / "release")
+    patient = PATIENTS[0]
+    for folder in ("ct_scans", "masks"):
+        path = root / folder / f"{patient:03d}.nii"
+        image = nib.load(path)
+        # A copy: the loaded array maps the file that is about to be replaced.
+        data = np.asanyarray(image.dataobj).copy()
+        nib.save(nib.Nifti1Image(data, image.affine[:, [0, 2, 1, 3]]), path)
+    out = tmp_path / "cache"
+    argv = ["prepare", root, out, "--size", "32", "--n-folds", "3", "--test-fraction", "0.2"]
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    # Only the (empty) lock file may stay: flocks die with their holder.
+    assert all(p.name.endswith(".lock") for p in out.iterdir())
+    assert err.startswith(
+        f"ichseg prepare: error: ct_scans/{patient:03d}.nii: the affine makes array axis 1 the "
+        "axial one, but hemorrhage_diagnosis_raw_ct.csv numbers the slices of the last axis"
+    ), err
+    record_behaviour(f"exit 2, nothing left in OUT: {err}")

@@ -14,8 +14,10 @@ import pytest
 from ichseg.data.release import CSV_COLUMNS, CSV_NAME, Release, SliceLabel, slice_id
 from ichseg.errors import IchsegError
 
+# At least the 16x16 in-plane a scan needs (ichseg.data.hounsfield).
 SHAPE = (20, 18)
-AFFINE = np.diag([0.4, 0.45, 5.0, 1.0])
+# The training orientation (ichseg.data.orientation): axis 0 towards the left, 1 anterior.
+AFFINE = np.diag([-0.4, 0.45, 5.0, 1.0])
 # Patient -> per-slice hemorrhage flags (volume index order).
 ICH = {7: (0, 1, 1, 0), 51: (0, 0, 0)}
 
@@ -84,7 +86,7 @@ def test_reads_labels_volumes_and_slice_numbers(release: Path) -> None:
     assert data.patients == [7, 51]
     assert len(data.labels) == 7
     assert sum(label.has_ich for label in data.labels) == 2
-    assert data.csv_sha256 == hashlib.sha256((release / CSV_NAME).read_bytes()).hexdigest()
+    assert data.labels_sha256 == hashlib.sha256((release / CSV_NAME).read_bytes()).hexdigest()
     assert data.labels_for(7)[1] == SliceLabel(7, 2, (0, 0, 0, 1, 0), 0, 1)
     assert data.labels_for(7)[1].slice_id == slice_id(7, 2) == "007_02"
     volume = data.load_patient(7)
@@ -326,3 +328,22 @@ def test_load_is_fast(tmp_path: Path) -> None:
     start = time.perf_counter()
     data.load_patient(49)
     assert time.perf_counter() - start < 1.0
+
+
+def test_volumes_are_reoriented_from_the_affine_keeping_slice_numbers(tmp_path: Path) -> None:
+    """A release stored right-to-left and posterior-to-anterior, slices running foot-ward, is
+    read in the training orientation; CSV slice k stays volume slice k."""
+    stored = np.diag([0.4, -0.45, -5.0, 1.0])
+    root = tmp_path / "release"
+    flags = ICH[7]
+    scan, mask = scan_of(7, len(flags)), mask_of(flags)
+    save(scan, root / "ct_scans" / "007.nii", stored)
+    save(mask, root / "masks" / "007.nii", stored)
+    write_csv(root / CSV_NAME, csv_rows({7: flags}))
+    volume = Release.open(root).load_patient(7)
+    np.testing.assert_array_equal(volume.hu, scan[::-1, ::-1, :].astype(np.float32))
+    np.testing.assert_array_equal(volume.mask, mask[::-1, ::-1, :] > 0)
+    # Voxel (i, j, k) of the result sits where the stored voxel (X-1-i, Y-1-j, k) did.
+    x, y = SHAPE[0] - 1, SHAPE[1] - 1
+    np.testing.assert_allclose(volume.affine @ [0, 0, 2, 1], stored @ [x, y, 2, 1])
+    assert volume.zooms == pytest.approx((0.4, 0.45, 5.0))

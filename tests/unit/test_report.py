@@ -66,7 +66,25 @@ def make_sweep(
     cache = cache_dir or root.parent / f"{root.name}-cache"
     if cache_dir is None:
         cache.mkdir()
-        meta = {"csv_sha256": "ab" * 32, "source": "phantom", "counts": {"slices": 636}}
+        facts = {
+            "name": "phantom",
+            "title": "synthetic phantom (not patient data)",
+            "citation": "ichseg.data.phantom",
+            "licence": "synthetic",
+            "synthetic": True,
+            "volumes": 75,
+            "slices": 2814,
+            "spacing_mm_min": [0.31, 0.31, 5.0],
+            "spacing_mm_max": [0.48, 0.48, 5.0],
+            "label_map": {"1": "hemorrhage"},
+            "subtypes_from": "hemorrhage_diagnosis_raw_ct.csv",
+        }
+        meta = {
+            "labels_sha256": "ab" * 32,
+            "source": "phantom",
+            "source_facts": facts,
+            "counts": {"slices": 636},
+        }
         (cache / "meta.json").write_text(json.dumps(meta))
     task = [f"model={','.join(models)}"] + ([f"fold={fold_override}"] if fold_override else [])
     (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))

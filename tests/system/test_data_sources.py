@@ -1,0 +1,156 @@
+"""train.py on every layout and on a source class written outside the package; a checkpoint
+trained on one layout evaluated on another."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ichseg.data.phantom import write_phantom
+from ichseg.data.release import read_json_object
+from ichseg.data.sources import NnunetRaw
+from ichseg.inference.volumes import VolumeEnsemble
+from tests.helpers.runs import ROOT, TINY, train
+from tests.unit.test_volume_metrics import reference_hd95, reference_nsd
+
+PLUGIN = '''
+"""A source in its own layout: scans/<case>.nii.gz and masks/<case>.nii.gz, binary masks."""
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ichseg.data.sources import MaskSource, nifti_stems, pair_cases
+
+
+@dataclass(frozen=True)
+class Flat(MaskSource):
+    name: ClassVar[str] = "flat"
+    title: ClassVar[str] = "a flat folder of scans and masks"
+    citation: ClassVar[str] = "the tests"
+    licence: ClassVar[str] = "synthetic"
+
+    def find_cases(self, root):
+        return pair_cases(nifti_stems(root / "scans"), nifti_stems(root / "masks"), root)
+'''
+
+YAML = """
+defaults:
+  - /datamodule@_here_
+  - _self_
+
+source:
+  _target_: flat_source.Flat
+  root: ???
+"""
+
+
+def _train(root: Path, sweep: Path, *extra: str, env: dict | None = None):
+    args = [*TINY, "model=dunet", f"hydra.sweep.dir={sweep}", *extra]
+    return train(args, root, env={"WANDB_MODE": "disabled", **(env or {})})
+
+
+def _job(sweep: Path) -> tuple[dict, Path]:
+    """The job's cache meta and its last checkpoint."""
+    job = sweep / "dunet-fold1"
+    state = json.loads((job / "job.json").read_text())
+    meta = read_json_object(Path(state["cache_dir"]) / "meta.json")
+    return meta, job / "checkpoints" / "epoch=0002.ckpt"
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("layouts")
+    return {
+        name: write_phantom(root / name, patients=16, size=64, layout=name)
+        for name in ("instance22", "bhsd", "nnunet_raw")
+    }
+
+
+@pytest.mark.parametrize("layout", ["instance22", "bhsd", "nnunet_raw"])
+def test_train_on_each_layout(layouts, tmp_path, layout):
+    sweep = tmp_path / "sweep"
+    done = _train(tmp_path, sweep, f"data={layout}", f"data.source.root={layouts[layout]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta, ckpt = _job(sweep)
+    assert meta["source"] == layout and meta["source_facts"]["volumes"] == 16
+    assert ckpt.is_file()
+
+
+def test_a_source_class_outside_the_package_trains_with_one_yaml(layouts, tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "flat_source.py").write_text(textwrap.dedent(PLUGIN))
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "conf" / "data" / "flat.yaml").write_text(YAML)
+    data = tmp_path / "flat"
+    shutil.copytree(layouts["instance22"] / "train" / "data", data / "scans")
+    shutil.copytree(layouts["instance22"] / "train" / "label", data / "masks")
+    sweep = tmp_path / "sweep"
+    done = _train(
+        tmp_path,
+        sweep,
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "data=flat",
+        f"data.source.root={data}",
+        env={"PYTHONPATH": f"{tmp_path / 'code'}{os.pathsep}{ROOT}"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta, _ = _job(sweep)
+    assert meta["source"] == "flat"
+    assert meta["source_facts"]["record"] == {"target": "flat_source.Flat", "root": str(data)}
+
+
+def test_a_checkpoint_of_one_layout_evaluated_on_another(layouts, tmp_path):
+    sweep = tmp_path / "sweep"
+    done = _train(tmp_path, sweep, "data=bhsd", f"data.source.root={layouts['bhsd']}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, ckpt = _job(sweep)
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(ckpt), "--source", "nnunet_raw", "--root", str(layouts["nnunet_raw"])]
+    run = subprocess.run(
+        [sys.executable, "-m", "ichseg.cli", *argv, "-o", str(out), "--precision", "fp32"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    release = NnunetRaw(str(layouts["nnunet_raw"])).open()
+    model = VolumeEnsemble.load([ckpt], torch.device("cpu"), precision="fp32")
+    with open(out / "patients.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 16
+    for row, patient in zip(rows, release.patients, strict=True):
+        volume = release.load_patient(patient)
+        pred, truth = model.predict(volume.hu), volume.mask
+        total = pred.sum() + truth.sum()
+        dice = 2 * np.sum(pred & truth) / total if total else float("nan")
+        assert (
+            row["dice_3d"] == "nan" if np.isnan(dice) else np.isclose(float(row["dice_3d"]), dice)
+        )
+        if pred.any() and truth.any():
+            assert np.isclose(float(row["hd95_mm"]), reference_hd95(pred, truth, volume.zooms))
+            tol = json.loads((out / "summary.json").read_text())["nsd_tolerance_mm"]
+            assert np.isclose(float(row["nsd"]), reference_nsd(pred, truth, volume.zooms, tol))
+    report = tmp_path / "report"
+    args = ["report", str(sweep), "--no-test", "--out", str(report)]
+    args += ["--external", f"nnunet_raw={layouts['nnunet_raw']}"]
+    run = subprocess.run(
+        [sys.executable, "-m", "ichseg.cli", *args], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = (report / "report.md").read_text()
+    section = text.split("## External validation: nnU-Net v2 raw dataset")[1].split("\n## ")[0]
+    summary = json.loads((report / "external0_nnunet_raw_dunet" / "summary.json").read_text())
+    assert summary["mode"] == "external" and summary["n_patients"] == 16
+    assert f"| {summary['dice_3d_mean']:.3f} ({summary['dice_3d_defined_for']}) |" in section
+    assert "16 volumes" in section and "synthetic phantom in this layout" in section
+    assert "External validation data: nnU-Net v2 raw dataset" in text  # provenance
+    assert "Training data: BHSD" in text
