@@ -31,7 +31,8 @@ def checkpoint_name(epoch: int) -> str:
 def save_checkpoint_atomically(trainer: pl.Trainer, path: Path) -> None:
     """Save a full training checkpoint through a temporary file, so a crash never leaves half."""
     with atomic_path(path) as tmp:
-        trainer.save_checkpoint(tmp)
+        # Full (optimizer, loops, callbacks), as a resume needs; said so Lightning need not.
+        trainer.save_checkpoint(tmp, weights_only=False)
 
 
 def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:

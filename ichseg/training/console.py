@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+import warnings
 
 import pytorch_lightning as pl
 from hydra.experimental.callback import Callback as HydraCallback
@@ -20,11 +22,22 @@ CHATTY_LOGGERS = (
     "lightning.fabric.utilities.rank_zero",
 )
 
+# Library warnings that say nothing about a job, as (category, exact start of the message); no
+# argument silences them where they are raised. Lightning's advice to prepend `srun` when SLURM is
+# installed (each job is one process, started by sbatch or by hand), and torch's deprecation of
+# the `LeafSpec` class Lightning's own pytree helper still builds. Every other warning shows.
+LIBRARY_NOISE = (
+    (UserWarning, "The `srun` command is available on your system but is not used."),
+    (FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
+)
+
 
 def quiet_libraries() -> None:
-    """Raise the chatty library loggers to WARNING."""
+    """Raise the chatty library loggers to WARNING and ignore exactly `LIBRARY_NOISE`."""
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for category, message in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
 
 
 def metrics_text(metrics: dict, prefix: str) -> str:

@@ -67,6 +67,7 @@ RELIABILITY_CASES = {
         "refused single run leaves nothing",
         "renamed key",
         "unknown key",
+        "library warnings of a sweep",
         "HU+1024 without its intercept",
         "HU+1024 in float, no intercept",
         "scan x1e30",

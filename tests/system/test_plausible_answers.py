@@ -185,3 +185,18 @@ def test_keys_that_exist_or_that_the_target_takes_pass():
         ],
         conf,
     )
+
+
+# What the libraries printed for every job of a sweep before they were silenced.
+LIBRARY_NOISE = ("weights_only", "`srun` command is available", "LeafSpec")
+
+
+@pytest.mark.reliability(case="library warnings of a sweep", entry="train.py -m")
+def test_a_sweep_prints_no_library_noise(tmp_path, record_behaviour):
+    sweep = tmp_path / "sweep"
+    done = train([*TINY, "model=unet,dunet", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(sweep.glob("*/checkpoints/*.ckpt"))) >= 2  # checkpoints were written
+    noisy = [line for line in done.stderr.splitlines() if any(n in line for n in LIBRARY_NOISE)]
+    assert not noisy, noisy
+    record_behaviour(f"exit 0, 2 jobs, stderr holds {len(done.stderr.splitlines())} lines")
