@@ -62,6 +62,7 @@ RELIABILITY_CASES = {
     "Plausible wrong answers": (
         "two sweeps train one job folder at once",
         "single run into a folder another process trains",
+        "second sweep of another command into one folder",
         "sweep dir is a file",
         "sweep dir under a file",
         "refused single run leaves nothing",

@@ -84,7 +84,7 @@ def test_a_job_folder_has_one_writer(tmp_path, record_behaviour):
     refusal = [
         line
         for line in (err_a + b.stderr).splitlines()
-        if "another process" in line or "another configuration" in line
+        if any(f"another {what}" in line for what in ("process", "configuration", "command"))
     ]
     assert len(refusal) == 1, (err_a, b.stderr)
     _one_run_only(other / "dunet-fold1")
@@ -200,3 +200,27 @@ def test_a_sweep_prints_no_library_noise(tmp_path, record_behaviour):
     noisy = [line for line in done.stderr.splitlines() if any(n in line for n in LIBRARY_NOISE)]
     assert not noisy, noisy
     record_behaviour(f"exit 0, 2 jobs, stderr holds {len(done.stderr.splitlines())} lines")
+
+
+@pytest.mark.reliability(
+    case="second sweep of another command into one folder", entry="train.py -m (twice)"
+)
+def test_a_sweep_folder_keeps_its_first_command(tmp_path, record_behaviour):
+    sweep = tmp_path / "sweep"
+    first = train([*TINY, "model=dunet", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    record = (sweep / "multirun.yaml").read_bytes()
+    other = train([*TINY, "model=unet", f"hydra.sweep.dir={sweep}"], tmp_path)
+    lines = other.stderr.strip().splitlines()
+    assert other.returncode == 2 and len(lines) == 1, other.stderr
+    assert "holds the sweep of another command" in lines[0] and "model=dunet" in lines[0]
+    assert (sweep / "multirun.yaml").read_bytes() == record
+    assert not (sweep / "unet-fold1").exists()
+    # The same command again finishes the sweep; its record stays the first's.
+    again = train([*TINY, "model=dunet", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert again.returncode == 0 and "already finished, skipped" in again.stdout + again.stderr
+    assert (
+        yaml.safe_load(record)["hydra"]["overrides"]["task"]
+        == yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    )
+    record_behaviour(f"exit 2, multirun.yaml unchanged, no job started: {lines[0]}")
