@@ -90,11 +90,23 @@ def _nnunet_export(args: argparse.Namespace) -> None:
 def _nnunet_import(args: argparse.Namespace) -> None:
     from ichseg.nnunet.results import import_results
 
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    folds = None if args.folds is None else _fold_list(args.folds)
     written = import_results(args.results, args.sweep, folds)
     names = ", ".join(p.name for p in written)
     print(f"imported nnU-Net as {len(written)} job folders of {args.sweep}: {names}")
     print(f"next: ichseg report {args.sweep}")
+
+
+def _fold_list(text: str) -> list[int]:
+    """`--folds 0,3`'s fold numbers, or one line saying what was found instead."""
+    parts = [part.strip() for part in text.split(",")]
+    bad = next((part for part in parts if not part.isdigit()), None)
+    if bad is not None:
+        found = f"{bad!r} in {text!r}" if text.strip() else "nothing"
+        raise IchsegError(
+            f"--folds: expected comma-separated fold numbers such as 0,1, found {found}"
+        )
+    return [int(part) for part in parts]
 
 
 # Set when a W&B request failed: wandb's exit hook then joins its service process, which may

@@ -91,6 +91,14 @@ RELIABILITY_CASES = {
         "scan (64, 1, 4)",
         "scan (1, 48, 2)",
         "scan (15, 64, 3)",
+        "second export of another cache, same --dataset-id",
+        "folds of two nnU-Net trainers into one sweep",
+        "3d_fullres results",
+        "3d_lowres results",
+        "--folds ''",
+        "--folds 'a,b'",
+        "--folds '0,,1'",
+        "--folds '-1'",
     ),
 }
 _ROWS = pytest.StashKey[list]()
