@@ -28,7 +28,7 @@ from ichseg.data.release import SUBTYPES, VolumeRelease, read_json_object
 from ichseg.data.sources import Source, source_from_record
 from ichseg.errors import IchsegError
 from ichseg.inference.checkpoint import SPLIT_KEY, Checkpoint
-from ichseg.inference.run import prepare_outdir, progress_bar
+from ichseg.inference.run import prepare_outdir, progress_bar, warn_collapsed
 from ichseg.inference.volume_metrics import (
     DEFINITIONS,
     NSD_TOLERANCE_MM,
@@ -230,6 +230,7 @@ def evaluate(
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
     ensemble = model.ensemble
+    warn_collapsed(ensemble.checkpoints, "evaluate")
     if source is None:
         source = cache_source(splits, release_root)
         release = source.open_release(allow_non_hu)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ichseg.atomic import writable_dir
 from ichseg.errors import IchsegError
-from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
+from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
 from ichseg.inference.nifti_io import (
     MASK_SUFFIX,
     Scan,
@@ -25,6 +26,7 @@ from ichseg.inference.nifti_io import (
     write_outputs,
 )
 from ichseg.inference.volumes import VolumeEnsemble, summarize
+from ichseg.metrics import COLLAPSED, collapsed
 from ichseg.runtime import pick_device
 
 
@@ -45,6 +47,20 @@ def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
 def prepare_outdir(outdir: str | os.PathLike) -> Path:
     """Create `outdir` if needed and check a file can be written there; one line otherwise."""
     return writable_dir(outdir, "output folder")
+
+
+def warn_collapsed(checkpoints: Sequence[Checkpoint], command: str) -> None:
+    """One warning line on stderr per checkpoint whose last validation says its network had
+    collapsed (`ichseg.metrics.collapsed`): its empty masks are no finding."""
+    for ckpt in checkpoints:
+        validation = ckpt.validation
+        if validation is not None and collapsed(validation["val"]):
+            print(
+                f"ichseg {command}: warning: checkpoint {ckpt.path}: its network had collapsed "
+                f"at epoch {validation['epoch']} ({COLLAPSED}: lesion Dice 0); an empty mask it "
+                "predicts does not mean there is no bleed",
+                file=sys.stderr,
+            )
 
 
 @contextlib.contextmanager
@@ -93,6 +109,7 @@ def predict_scans(
     """
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
+    warn_collapsed(model.ensemble.checkpoints, "predict")
     opened = [open_scan(p) for p in scans]
     seen: dict[str, Path] = {}
     for scan in opened:

@@ -16,6 +16,7 @@ from typing import Any
 from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
 from ichseg.inference.heldout_volumes import dataset_label
+from ichseg.metrics import COLLAPSED
 from ichseg.nnunet.results import is_imported
 from ichseg.report import figures
 from ichseg.report.compare import PairedComparison, comparison_markdown
@@ -426,7 +427,9 @@ def _markdown(
         f"Protocol — {main.description}",
         "",
         f"{TRAIN_MEANING} {STD_MEANING} Bold: selected checkpoint per architecture; †: best "
-        "overall. Kernel and pool sizes are fixed by the network class.",
+        f"overall; (collapsed: fold k): that fold's network had collapsed ({COLLAPSED}: "
+        "lesion Dice 0), so the epoch is never selected. Kernel and pool sizes are fixed by the "
+        "network class.",
         "",
         table1_markdown(
             rows[main.name], archs, selections[main.name].epochs(), selections[main.name].best_key()

@@ -16,6 +16,7 @@ import numpy as np
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import PROTOCOLS as METRIC_PROTOCOLS
+from ichseg.metrics import collapsed
 from ichseg.models.unet import batch_norm_mode
 from ichseg.report.sources.model import Job, Sweep
 
@@ -216,6 +217,15 @@ def fold_values(
     return out
 
 
+def collapsed_folds(sweep: Sweep, model: str, epoch: int) -> tuple[int, ...]:
+    """The folds whose record at `epoch` says the network had collapsed."""
+    return tuple(
+        job.fold
+        for job in sweep.jobs_of(model)
+        if (record := job.record(epoch)) is not None and collapsed(record.get("val") or {})
+    )
+
+
 @dataclass(frozen=True)
 class TableRow:
     """One row of Table 1 under one protocol."""
@@ -228,6 +238,7 @@ class TableRow:
     val_iou: Stat
     val_dice: Stat
     folds: tuple[int, ...]  # folds with a record at this epoch
+    collapsed: tuple[int, ...] = ()  # folds whose network had collapsed (ichseg.metrics)
 
     @property
     def n_folds(self) -> int:
@@ -263,6 +274,7 @@ def table_rows(sweep: Sweep, protocol_name: str) -> list[TableRow]:
                     val_iou=stat("val", p.iou),
                     val_dice=stat("val", p.dice),
                     folds=folds,
+                    collapsed=collapsed_folds(sweep, model, epoch),
                 )
             )
     return rows

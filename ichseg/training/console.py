@@ -11,6 +11,8 @@ import pytorch_lightning as pl
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from ichseg.metrics import COLLAPSED, collapsed
+
 log = logging.getLogger("ichseg")
 
 # Library loggers whose INFO lines (device summaries, product tips) are noise for a job; their
@@ -62,14 +64,16 @@ class EpochLine(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
+        val = (getattr(pl_module, "epoch_metrics", None) or {}).get("val", {})
         log.info(
-            "%s: epoch %d/%d: train %s; val %s (%.1f s)",
+            "%s: epoch %d/%d: train %s; val %s (%.1f s)%s",
             self.name,
             trainer.current_epoch + 1,
             trainer.max_epochs,
             metrics_text(metrics, "train/") or "-",
             metrics_text(metrics, "val/") or "-",
             time.perf_counter() - self.started,
+            f"; collapsed: {COLLAPSED}" if collapsed(val) else "",
         )
 
 

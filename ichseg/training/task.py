@@ -20,6 +20,7 @@ from ichseg.config import instantiate_checked
 from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.launch.placement import trainer_overrides
+from ichseg.metrics import COLLAPSED, collapsed
 from ichseg.records import RECORDS_FILE, read_job, read_records
 from ichseg.runtime import apply_torch_settings, training_precision
 from ichseg.training.console import quiet_libraries
@@ -165,7 +166,8 @@ def last_val_dice(job_dir: Path) -> float | None:
 
 
 def closing_figures(job_dir: Path) -> str:
-    """The last record's epoch and validation Dice under every protocol, for the closing line."""
+    """The last record's epoch and validation Dice under every protocol, for the closing line,
+    and whether its network collapsed."""
     records = read_records(job_dir)
     if not records:
         return "no records"
@@ -176,4 +178,5 @@ def closing_figures(job_dir: Path) -> str:
         for k, v in sorted(val.items())
         if k.startswith("dice_")
     )
-    return f"epoch {records[-1]['epoch']}: val {dice}"
+    warning = f"; collapsed: {COLLAPSED}" if collapsed(val) else ""
+    return f"epoch {records[-1]['epoch']}: val {dice}{warning}"

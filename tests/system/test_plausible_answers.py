@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from ichseg.records import read_job, read_records
+from ichseg.report.sources.wandb_offline import RUN_FILES, read_offline_run
 from tests.helpers.runs import TINY, finish, launch, train
 
 # Long enough for a second process to start while the first trains (about 10 s).
@@ -197,6 +198,8 @@ def test_a_sweep_prints_no_library_noise(tmp_path, record_behaviour):
     done = train([*TINY, "model=unet,dunet", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list(sweep.glob("*/checkpoints/*.ckpt"))) >= 2  # checkpoints were written
+    # Networks that learn are not called collapsed.
+    assert not any(r["collapsed"] for job in sweep.glob("*-fold1") for r in read_records(job))
     noisy = [line for line in done.stderr.splitlines() if any(n in line for n in LIBRARY_NOISE)]
     assert not noisy, noisy
     record_behaviour(f"exit 0, 2 jobs, stderr holds {len(done.stderr.splitlines())} lines")
@@ -224,3 +227,78 @@ def test_a_sweep_folder_keeps_its_first_command(tmp_path, record_behaviour):
         == yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
     )
     record_behaviour(f"exit 2, multirun.yaml unchanged, no job started: {lines[0]}")
+
+
+def _independently_collapsed(job: Path, checkpoint: Path) -> int:
+    """Validation slices with bleeding, after checking with the checkpoint's own network (plain
+    torch, not ichseg's metrics) that its thresholded prediction touches none of their bleeds."""
+    import torch
+
+    from ichseg.data.prepare import load_prepared
+    from ichseg.inference.checkpoint import load_checkpoint
+
+    data = load_prepared(Path(read_job(job)["cache_dir"]))
+    row = {sid: i for i, sid in enumerate(data.ids)}
+    rows = [row[sid] for sid in data.splits["folds"][1]["val"]]
+    # The "linear" network input: the cache's uint8 slices / 255.
+    images = torch.from_numpy(data.images[rows]).float().unsqueeze(1) / 255
+    masks = torch.from_numpy(data.masks[rows])
+    ckpt = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        predicted = torch.sigmoid(ckpt.net(images))[:, 0] > ckpt.threshold
+    bleeding = masks.flatten(1).any(1)
+    assert not (predicted & masks)[bleeding].any()
+    return int(bleeding.sum())
+
+
+@pytest.mark.reliability(
+    case="network collapsed by a far too high learning rate",
+    entry="train.py, ichseg report, ichseg predict",
+)
+def test_a_collapsed_network_is_named_everywhere(tmp_path, capsys, record_behaviour):
+    import numpy as np
+
+    from ichseg.cli import main
+    from ichseg.metrics import COLLAPSED
+    from tests.helpers.scans import save_scan, with_air
+
+    sweep = tmp_path / "sweep"
+    tiny = [a for a in TINY if a != "logger=none"]  # W&B offline: the run must say so too
+    args = [*tiny, "logger=wandb", "model=unet", "model.module.lr=1", f"hydra.sweep.dir={sweep}"]
+    done = train(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    job = sweep / "unet-fold1"
+    assert read_job(job)["status"] == "done"
+    records = read_records(job)
+    assert [r["collapsed"] for r in records] == [True, True]
+    assert records[-1]["val"]["dice_paper"] > 0.5  # the plausible-looking number
+    bleeds = _independently_collapsed(job, job / records[-1]["checkpoint"])
+    assert bleeds > 0
+    out = done.stdout + done.stderr
+    epoch_lines = [line for line in out.splitlines() if "unet-fold1: epoch " in line]
+    closing = [line for line in out.splitlines() if "unet-fold1: done" in line]
+    assert len(epoch_lines) == 2 and len(closing) == 1, out
+    assert all(f"collapsed: {COLLAPSED}" in line for line in [*epoch_lines, *closing])
+    (run_file,) = sweep.glob(RUN_FILES)
+    logged = [r for r in read_offline_run(run_file).rows if "checkpoint/collapsed" in r]
+    assert [r["checkpoint/collapsed"] for r in logged] == [1, 1]
+
+    assert main(["report", str(sweep), "--no-test", "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| 2 (collapsed: fold 1) |" in text
+    assert "**U-Net**: no epoch selected; at every one (epochs 1, 2)" in text
+    capsys.readouterr()
+
+    scan = save_scan(tmp_path / "scan.nii", with_air(np.full((64, 64, 4), 30.0)))
+    ckpt = job / records[-1]["checkpoint"]
+    assert main(["predict", str(ckpt), str(scan), "-o", str(tmp_path / "pred")]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and str(ckpt) in warning[0], warning
+    assert "collapsed at epoch 2" in warning[0]
+    record_behaviour(
+        f"lr=1 with batch norm: job done with val paper Dice {records[-1]['val']['dice_paper']:.3f}"
+        f" and lesion Dice 0 ({bleeds} validation slices with bleeding, none touched, checked "
+        f"with plain torch); epoch line: ...{epoch_lines[-1][-90:]}; records.jsonl collapsed "
+        f"true; report: '2 (collapsed: fold 1)', no epoch selected; predict: {warning[0]}",
+        did="train.py -m experiment=tiny model=unet model.module.lr=1 fold=1",
+    )
