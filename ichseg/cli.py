@@ -143,6 +143,8 @@ def _report(args: argparse.Namespace) -> int:
             global _wandb_may_hang_at_exit
             _wandb_may_hang_at_exit = True
         raise
+    for warning in sweep.warnings:
+        print(f"ichseg report: warning: {warning}", file=sys.stderr)
     external = [source_named(*_external_spec(spec)) for spec in args.external]
     if external and args.source not in WITH_CHECKPOINTS:
         raise IchsegError(

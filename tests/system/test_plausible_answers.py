@@ -302,3 +302,34 @@ def test_a_collapsed_network_is_named_everywhere(tmp_path, capsys, record_behavi
         f"true; report: '2 (collapsed: fold 1)', no epoch selected; predict: {warning[0]}",
         did="train.py -m experiment=tiny model=unet model.module.lr=1 fold=1",
     )
+
+
+@pytest.mark.reliability(
+    case="W&B offline report of a killed job's truncated run file",
+    entry="ichseg report --source wandb-offline",
+)
+def test_wandb_offline_report_skips_a_truncated_run_and_keeps_the_fold_override(
+    tmp_path, capsys, record_behaviour
+):
+    from ichseg.cli import main
+
+    sweep = tmp_path / "sweep"
+    tiny = [a for a in TINY if a != "logger=none"]
+    args = [*tiny, "logger=wandb", "model=unet,dunet", f"hydra.sweep.dir={sweep}"]
+    assert train(args, tmp_path).returncode == 0
+    report = ["report", str(sweep), "--source", "wandb-offline", "--no-test"]
+    assert main([*report, "--out", str(tmp_path / "whole")]) == 0  # fold=1: complete
+    capsys.readouterr()
+    (killed,) = sweep.glob(f"unet-fold1/{RUN_FILES.split('/', 1)[1]}")
+    data = killed.read_bytes()
+    killed.write_bytes(data[: len(data) * 2 // 3])
+    assert main([*report, "--out", str(tmp_path / "cut")]) == 3  # a job missing: incomplete
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and str(killed) in warning[0] and "truncated" in warning[0], err
+    text = (tmp_path / "cut" / "report.md").read_text()
+    assert "truncated" in text and "D-Unet" in text
+    record_behaviour(
+        f"fold=1 sweep: complete (exit 0); run file cut to 2/3: exit 3, {warning[0]}",
+        did="ichseg report --source wandb-offline after cutting one job's .wandb file",
+    )

@@ -98,6 +98,8 @@ class Sweep:
     missing_jobs: list[tuple[str, int]]
     missing_records: list[tuple[str, int, int]]
     notes: list[str]
+    # What was left out of the sweep as it was read (a truncated W&B run file), for stderr.
+    warnings: list[str] = field(default_factory=list)
 
     def jobs_of(self, model: str) -> list[Job]:
         """The jobs of one model, by fold."""
