@@ -26,7 +26,8 @@ from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 from ichseg.config import register_resolvers  # noqa: E402
 from ichseg.errors import IchsegError  # noqa: E402
 from ichseg.sweep_args import check_overrides, expand_ranges  # noqa: E402
-from ichseg.training.task import run_job  # noqa: E402
+from ichseg.training.job_state import JobBusy  # noqa: E402
+from ichseg.training.task import discard_refused_run, holds_only_hydra_files, run_job  # noqa: E402
 
 register_resolvers()
 
@@ -34,15 +35,27 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """One Hydra job: train, record checkpoints, return the last validation Dice (paper)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    fresh = not multirun and holds_only_hydra_files(run_dir)
     try:
         return run_job(cfg)
+    except JobBusy as exc:
+        if multirun:  # the rest of the sweep goes on; the job is the other process's
+            print(f"train.py: {run_dir.name} skipped: {exc}", file=sys.stderr)
+            return None
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except (IchsegError, MissingMandatoryValue) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise  # the sweeper records the job as failed, runs the rest, and lists it at the end
+        if fresh:
+            discard_refused_run(run_dir)
         sys.exit(2)
     except Exception:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             traceback.print_exc()  # the sweep's last lines name the job; here is its traceback
         raise
 

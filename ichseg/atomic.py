@@ -93,12 +93,44 @@ def atomic_path(
         raise
 
 
+def writable_dir(path: str | os.PathLike, label: str) -> Path:
+    """Create the folder `path` if needed and check a file can be written there; an IchsegError
+    naming `label` and the reason (a file in the way, a read-only file system) otherwise."""
+    path = Path(path)
+    probe = path / ".ichseg-write-test"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(probe) as tmp:
+            tmp.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+        raise IchsegError(f"{label} {path}: cannot write there: {reason}{where}") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically (flushed to disk before the rename)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def try_lock(path: str | os.PathLike) -> int | None:
+    """An open descriptor holding an exclusive flock on `path` (created if missing), or None
+    when another process holds it. Close the descriptor to release the lock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager

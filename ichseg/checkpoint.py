@@ -13,7 +13,9 @@ A checkpoint is the dict Lightning saves (`torch.save`) for a `SegmentationModul
   `config.yaml` says instead;
 - `ichseg_split` (`SPLIT_KEY`): the split it trained on (`split_provenance`), so a held-out
   evaluation can prove it never saw the patients it scores;
-- `ichseg_rng` (`RNG_KEY`): the global RNG states, restored when training resumes.
+- `ichseg_rng` (`RNG_KEY`): the global RNG states, restored when training resumes;
+- `ichseg_validation` (`VALIDATION_KEY`): the epoch and validation metrics of the last validation
+  before it was saved, so inference can warn about a collapsed network (`ichseg.metrics`).
 Lightning's own keys (optimizer states, loops, callbacks) only serve its resuming.
 `write_checkpoint` writes the keys read here, as training does.
 """
@@ -45,6 +47,7 @@ STATE_KEY = "state_dict"
 PREPROCESS_KEY = "ichseg_preprocess"
 SPLIT_KEY = "ichseg_split"
 RNG_KEY = "ichseg_rng"
+VALIDATION_KEY = "ichseg_validation"
 NET_PREFIX = "net."
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 UNREADABLE = "checkpoint {path}: cannot read as a PyTorch checkpoint ({reason})"
@@ -156,6 +159,8 @@ class Checkpoint:
     stored_preprocess: dict | None
     # The split it was trained on (`SPLIT_KEY`), None for checkpoints that do not carry one.
     split: dict | None
+    # `VALIDATION_KEY` ({"epoch", "val"}), None for checkpoints that do not carry it.
+    validation: dict | None = None
 
     def preprocess(self) -> tuple[Preprocess, str]:
         """The preprocessing it was trained with and where that was read: the checkpoint, or
@@ -264,7 +269,15 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         min_detection_area=min_detection_area,
         stored_preprocess=stored if isinstance(stored, dict) else None,
         split=split if isinstance(split, dict) else None,
+        validation=_validation(checkpoint.get(VALIDATION_KEY)),
     )
+
+
+def _validation(entry: object) -> dict | None:
+    """`VALIDATION_KEY` as stored when it has an epoch and a dict of metrics, else None."""
+    if isinstance(entry, dict) and isinstance(entry.get("val"), dict) and "epoch" in entry:
+        return entry
+    return None
 
 
 def write_checkpoint(

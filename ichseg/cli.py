@@ -52,7 +52,8 @@ def _prepare(args: argparse.Namespace) -> None:
     )
     out = _output_dir(args.out, "OUT")
     start = time.perf_counter()
-    cache = prepare(source_named(args.source, args.release), out, cfg)
+    source = source_named(args.source, args.release)
+    cache = prepare(source, out, cfg, allow_non_hu=args.allow_non_hu)
     built = time.perf_counter() - start
     start = time.perf_counter()
     data = load_prepared(cache)
@@ -89,11 +90,23 @@ def _nnunet_export(args: argparse.Namespace) -> None:
 def _nnunet_import(args: argparse.Namespace) -> None:
     from ichseg.nnunet.results import import_results
 
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    folds = None if args.folds is None else _fold_list(args.folds)
     written = import_results(args.results, args.sweep, folds)
     names = ", ".join(p.name for p in written)
     print(f"imported nnU-Net as {len(written)} job folders of {args.sweep}: {names}")
     print(f"next: ichseg report {args.sweep}")
+
+
+def _fold_list(text: str) -> list[int]:
+    """`--folds 0,3`'s fold numbers, or one line saying what was found instead."""
+    parts = [part.strip() for part in text.split(",")]
+    bad = next((part for part in parts if not part.isdigit()), None)
+    if bad is not None:
+        found = f"{bad!r} in {text!r}" if text.strip() else "nothing"
+        raise IchsegError(
+            f"--folds: expected comma-separated fold numbers such as 0,1, found {found}"
+        )
+    return [int(part) for part in parts]
 
 
 # Set when a W&B request failed: wandb's exit hook then joins its service process, which may
@@ -130,6 +143,8 @@ def _report(args: argparse.Namespace) -> int:
             global _wandb_may_hang_at_exit
             _wandb_may_hang_at_exit = True
         raise
+    for warning in sweep.warnings:
+        print(f"ichseg report: warning: {warning}", file=sys.stderr)
     external = [source_named(*_external_spec(spec)) for spec in args.external]
     if external and args.source not in WITH_CHECKPOINTS:
         raise IchsegError(
@@ -346,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-folds", type=int, default=10, help="cross-validation folds")
     p.add_argument("--test-fraction", type=float, default=0.1, help="held out per class")
+    _allow_non_hu_option(p)
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser(
@@ -521,8 +537,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _allow_non_hu_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-non-hu",
+        action="store_true",
+        help="go on with volumes that do not look like head CT in Hounsfield units (recorded)",
+    )
+
+
 def _inference_options(p: argparse.ArgumentParser) -> None:
     """Options shared by predict and evaluate."""
+    _allow_non_hu_option(p)
     p.add_argument("--flip", action="store_true", help="average with left-right mirrored input")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU when present)")
@@ -536,7 +561,7 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
 
 def _inference_kwargs(args: argparse.Namespace) -> dict:
     """The shared inference options as keyword arguments."""
-    keys = ("flip", "batch_size", "device", "precision")
+    keys = ("flip", "batch_size", "device", "precision", "allow_non_hu")
     return {key: getattr(args, key) for key in keys}
 
 

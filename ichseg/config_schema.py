@@ -128,6 +128,7 @@ SCHEMA: dict[str, Rule] = {
     "data.batch_size": POSITIVE_INT,
     "data.eval_batch_size": Rule(int, ge=1, nullable=True),
     "data.resident": BOOL,
+    "data.allow_non_hu": BOOL,
     "data.source.root": Rule(str),
     "data.augment.rotation_deg": NON_NEGATIVE,
     "data.augment.shift": NON_NEGATIVE,

@@ -219,6 +219,19 @@ def lesion_iou(matrix: torch.Tensor) -> float:
     return _lesion_mean("threat score", matrix)
 
 
+# What a collapsed network's validation shows (`collapsed`), in the words every output uses.
+COLLAPSED = "no validation slice with bleeding gets a predicted pixel on its bleed"
+
+
+def collapsed(val: dict) -> bool:
+    """Whether a record's validation metrics say its network collapsed: on every validation slice
+    with bleeding the thresholded prediction misses the bleed entirely (lesion Dice exactly 0;
+    undefined without such slices). A network that collapsed to empty masks (e.g. a far too high
+    learning rate with batch norm) keeps a finite loss and a paper-protocol Dice near 0.7, which
+    the empty slices earn it."""
+    return val.get("dice_lesion") == 0
+
+
 def pooled_dice(matrix: torch.Tensor) -> float:
     """2Σtp/(2Σtp+Σfp+Σfn) with sums over all slices and pixels; NaN when the denominator is 0."""
     return float(_monai_metric("f1 score", matrix.sum(0)))

@@ -2,24 +2,41 @@
 
 Hydra reads `fold=0..9` as the string "0..9" (a plain app then runs two jobs, not twenty).
 `expand_ranges` turns every `key=a..b` into Hydra's `key=range(a,b+1)` (inclusive, as a
-researcher reads it), and `check_overrides` rejects folds and models that cannot run, with one
-line, before a single job starts.
+researcher reads it), and `check_overrides` rejects, with one line and before a single job
+starts, folds and models that cannot run, keys renamed since the first release (naming the new
+spelling), keys the config does not have (naming the closest ones), and any other override the
+config cannot be composed with.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
 
 from ichseg.config_schema import SCHEMA, check_value
 from ichseg.errors import IchsegError
 
 RANGE = re.compile(r"^(?P<key>[+~]{0,2}[\w.\-/@]+)=(?P<a>-?\d+)\.\.(?P<b>-?\d+)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# Keys of earlier releases (git log -p -- conf/) and their spelling now.
+RENAMED = {
+    "data.root": "data.source.root",
+    "data.phantom": "phantom",
+    "data.phantom.root": "data.source.root",
+    "data.phantom.patients": "phantom.patients",
+    "data.phantom.size": "phantom.size",
+    "data.phantom.seed": "phantom.seed",
+}
+# Nodes whose keys are not ichseg's to check.
+FREE_PREFIXES = ("hydra.", "callbacks.", "logger.")
 
 
 def is_multirun(argv: Iterable[str]) -> bool:
@@ -66,12 +83,13 @@ def _searchpath_folders(parsed: list) -> list[Path]:
 
 
 def check_overrides(argv: list[str], conf_dir: Path) -> None:
-    """Reject `fold` values outside 0..n_folds-1 or not integers, and unknown `model=` names."""
+    """Reject `fold` values outside 0..n_folds-1 or not integers, unknown `model=` names,
+    renamed or unknown keys, and overrides the config cannot be composed with."""
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException:
-        return  # Hydra reports its own syntax errors, with the offending override.
+    except OverrideParseException as exc:
+        raise IchsegError(f"cannot parse the overrides: {_one_line(exc)}") from None
     n_folds = 10
     for override in parsed:
         if override.key_or_group == "data.n_folds" and not override.is_sweep_override():
@@ -95,3 +113,86 @@ def check_overrides(argv: list[str], conf_dir: Path) -> None:
                         f"model={value} is unknown: expected one of {', '.join(models)} "
                         f"(files in {', '.join(str(f / 'model') for f in folders)})"
                     )
+    check_keys(parsed, conf_dir)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's message on one line, without its list of search paths."""
+    return " ".join(str(exc).split()).split(" Config search path")[0]
+
+
+def _is_group(override: Override, conf_dir: Path) -> bool:
+    """Whether the override chooses a config group (`model=unet`, `hydra/launcher=gpus`)."""
+    return (conf_dir / override.key_or_group).is_dir() or "/" in override.key_or_group
+
+
+def _flat_keys(node: DictConfig, prefix: str = "") -> set[str]:
+    """Every dotted key of `node` (containers and leaves), without resolving a value."""
+    keys = set()
+    for key in node:
+        path = f"{prefix}{key}"
+        keys.add(path)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            keys |= _flat_keys(child, f"{path}.")
+    return keys
+
+
+def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
+    """train.yaml composed with `overrides` (no sweeps), as Hydra will compose it."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(str(conf_dir.resolve()), version_base="1.3"):
+            return compose("train", overrides=overrides)
+    except HydraException as exc:
+        raise IchsegError(_one_line(exc)) from None
+
+
+def _parameter_of_target(cfg: DictConfig, key: str) -> bool:
+    """Whether `key`'s parent node builds a `_target_` that takes a parameter of `key`'s name."""
+    from hydra.utils import get_method
+
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else None
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return False
+    try:
+        return leaf in inspect.signature(get_method(target)).parameters
+    except (HydraException, ImportError, ValueError, TypeError):
+        return False
+
+
+def check_keys(parsed: list[Override], conf_dir: Path) -> None:
+    """Every key an override sets exists in the composed config (or, for `+key`, is a parameter
+    of the object its node builds); renamed keys name their new spelling."""
+    first = [o for o in parsed if _is_group(o, conf_dir)]
+    groups = [f"{o.get_key_element()}={_override_values(o)[0]}" for o in first]
+    # Config folders of the user's own (a data source written outside the package) first.
+    groups += [o.input_line for o in parsed if o.key_or_group == "hydra.searchpath"]
+    cfg = _compose(conf_dir, groups)
+    valid = _flat_keys(cfg)
+    for override in parsed:
+        key = override.key_or_group
+        if _is_group(override, conf_dir) or key.startswith(FREE_PREFIXES):
+            continue
+        if key in RENAMED and key not in valid:
+            new = RENAMED[key]
+            raise IchsegError(
+                f"{override.input_line}: {key} was renamed {new}; write {new}=... instead"
+            )
+        if key == "data.source" and not override.is_delete():
+            raise IchsegError(
+                f"{override.input_line}: the data source is a config group now; write "
+                "data=<source> (one of the files in conf/data/) instead"
+            )
+        if key in valid:
+            continue
+        if override.is_add() and _parameter_of_target(cfg, key):
+            continue
+        close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.6)
+        hint = f"closest: {', '.join(close)}" if close else "python train.py --cfg job lists them"
+        raise IchsegError(f"{override.input_line}: {key} is not a key of the config ({hint})")
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    _compose(conf_dir, plain)

@@ -1,9 +1,9 @@
 """`hydra/sweeper=ichseg` (train.py's default): Hydra's basic sweeper for every launcher
 (basic, local, gpus, slurm), plus `ichseg.launch.sweep`'s checks.
 
-The sweep folder is checked before `multirun.yaml` is written, so a refused re-run changes
-nothing; every job runs even when some fail, and the failed ones end the sweep with one line
-each (exit status 1; a refused sweep folder: 2).
+The sweep folder is checked before `multirun.yaml` is written (and a folder holding another
+command's is refused), so a refused re-run changes nothing; every job runs even when some fail,
+and the failed ones end the sweep with one line each (exit status 1; a refused sweep folder: 2).
 (No `from __future__ import annotations`: see gpus.py.)
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 
+from ichseg.atomic import writable_dir
 from ichseg.errors import IchsegError
-from ichseg.launch.sweep import check_sweep_dir, failure_report
+from ichseg.launch.sweep import check_sweep_dir, failure_report, record_sweep
 
 
 @dataclass
@@ -47,15 +47,17 @@ class IchsegSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         loader = self.hydra_context.config_loader
         try:
+            if sweep_dir.exists() and not sweep_dir.is_dir():
+                raise IchsegError(f"hydra.sweep.dir {sweep_dir}: exists and is not a folder")
             check_sweep_dir(
                 [loader.load_sweep_config(self.config, list(job)) for b in batches for job in b],
                 str(sweep_dir),
             )
+            writable_dir(sweep_dir, "hydra.sweep.dir")
+            record_sweep(self.config, sweep_dir)
         except IchsegError as exc:  # refused before anything is written: train.py's one line
             print(f"train.py: error: {exc}", file=sys.stderr)
             sys.exit(2)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns, results, initial_job_idx = [], [], 0
         while not self.is_done():
             batch = self.get_job_batch()

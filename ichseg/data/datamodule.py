@@ -109,6 +109,7 @@ class ICHDataModule(pl.LightningDataModule):
         augment: BatchAugment | None = None,
         resident: bool = True,
         intensity: str = "linear",
+        allow_non_hu: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(source, Source):
@@ -158,6 +159,9 @@ class ICHDataModule(pl.LightningDataModule):
         if not isinstance(resident, bool):
             raise IchsegError(f"data.resident={resident!r}: expected true or false")
         self.resident = resident
+        if not isinstance(allow_non_hu, bool):
+            raise IchsegError(f"data.allow_non_hu={allow_non_hu!r}: expected true or false")
+        self.allow_non_hu = allow_non_hu
 
         self.cache_dir: Path | None = None
         self.data: PreparedData | None = None
@@ -176,7 +180,7 @@ class ICHDataModule(pl.LightningDataModule):
 
     def _ensure_cache(self) -> Path:
         """Make the release (if the source does) and the prepared cache; both reuse what exists."""
-        return prepare(self.source, self.cache_root, self.prepare_config)
+        return prepare(self.source, self.cache_root, self.prepare_config, self.allow_non_hu)
 
     def prepare_data(self) -> None:
         """Build the phantom and the prepared cache once (Lightning runs this on one process)."""

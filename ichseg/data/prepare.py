@@ -97,7 +97,8 @@ class PreparedData:
 
 def cache_key(release: VolumeRelease, cfg: PrepareConfig) -> str:
     """Short sha256 of the source's name, what its labels come from, the volume files' sizes,
-    every config field and the cache version."""
+    every config field and the cache version (and of `allow_non_hu` when set: a cache of
+    unchecked volumes is never reused by a checked run)."""
     # The labels alone do not pin the volumes (a phantom written at another size can share its
     # labels); file sizes are a free stat that tells those apart.
     files = {
@@ -114,6 +115,8 @@ def cache_key(release: VolumeRelease, cfg: PrepareConfig) -> str:
         "cfg": dataclasses.asdict(cfg),
         "cache_version": CACHE_VERSION,
     }
+    if release.allow_non_hu:
+        payload["allow_non_hu"] = True
     blob = json.dumps(payload, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -123,10 +126,16 @@ def as_source(source: Source | str | Path) -> Source:
     return source if isinstance(source, Source) else PhysioNet(str(source))
 
 
-def prepare(source: Source | str | Path, out_root: str | Path, cfg: PrepareConfig) -> Path:
-    """Return `out_root/<key>`, building the cache there first unless a complete one exists."""
+def prepare(
+    source: Source | str | Path,
+    out_root: str | Path,
+    cfg: PrepareConfig,
+    allow_non_hu: bool = False,
+) -> Path:
+    """Return `out_root/<key>`, building the cache there first unless a complete one exists;
+    `allow_non_hu` reads scans that do not look like CT in HU (`ichseg.data.hounsfield`)."""
     source = as_source(source)
-    release = source.open()
+    release = source.open_release(allow_non_hu)
     key = cache_key(release, cfg)
     out_root = Path(out_root)
     cache = out_root / key
@@ -203,6 +212,7 @@ def _build(source: Source, release: VolumeRelease, cfg: PrepareConfig, dest: Pat
         "source": release.source,
         "source_facts": source.describe(release),
         "cases": {str(p): release.case_name(p) for p in release.patients},
+        "allow_non_hu": release.allow_non_hu,
         "counts": _counts(chosen, release),
         "build_seconds": round(time.perf_counter() - start, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

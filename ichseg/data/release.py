@@ -3,7 +3,8 @@
 `VolumeRelease` is a validated folder of any source (`ichseg.data.sources`): its cases (patient
 number -> scan and mask file), per-slice labels, label map and facts, and `load_patient`, the one
 path every scan and mask is read by (nibabel's scaling, shape and affine agreement, finite
-voxels, the training orientation of `ichseg.data.orientation`).
+voxels, the training orientation of `ichseg.data.orientation`, a scan's size and Hounsfield units
+of `ichseg.data.hounsfield`).
 
 `Release` is PhysioNet CT-ICH 1.3.1's layout (real or the synthetic phantom): `ct_scans/NNN.nii`
 and `masks/NNN.nii` (or `.nii.gz`), `hemorrhage_diagnosis_raw_ct.csv` and
@@ -25,6 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ichseg.data.hounsfield import check_ct_size, check_hounsfield, check_stored_type
 from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.errors import IchsegError, first_line
 
@@ -237,6 +239,7 @@ def _load_nifti(
         # A trailing singleton axis (H, W, N, 1) is still one volume; real 4-D data is not.
         if len(shape) < 3 or any(extent != 1 for extent in shape[3:]):
             raise IchsegError(f"{label}: expected a 3-D volume (H, W, slices), found shape {shape}")
+        check_stored_type(image.get_data_dtype(), label)
         data = image.get_fdata(dtype=np.float32, caching="unchanged").reshape(shape[:3])
         zooms = voxel_sizes(image, path, label)
     except IchsegError:
@@ -282,6 +285,8 @@ class VolumeRelease:
         self.labels_sha256 = labels_sha256
         self.label_map = label_map
         self.subtypes_from = subtypes_from
+        # Set by `Source.open_release`: scans that fail the HU rule are read anyway.
+        self.allow_non_hu = False
         self._by_patient: dict[int, list[SliceLabel]] | None = None
 
     @property
@@ -330,7 +335,8 @@ class VolumeRelease:
 
     def load_patient(self, patient: int) -> PatientVolume:
         """Read scan and mask of one patient, check them against each other (and the labels),
-        and bring both to the training orientation; the one loading path of every source."""
+        bring both to the training orientation and check the scan is CT in HU of a plausible
+        size (`ichseg.data.hounsfield`); the one loading path of every source."""
         scan_name = self._relative(self.scan_path(patient))
         mask_name = self._relative(self.mask_path(patient))
         hu, affine, zooms = _load_nifti(self.scan_path(patient), scan_name)
@@ -349,9 +355,13 @@ class VolumeRelease:
             raise IchsegError(f"{scan_name}: {bad} voxels are NaN or infinite (patient {patient})")
         turn = reorientation(affine, scan_name)
         self._check_volume(patient, values, turn, scan_name, mask_name)
+        hu = turn.apply(hu)
+        where = f"{scan_name} (patient {patient})"
+        check_ct_size(hu.shape, where)
+        check_hounsfield(hu, where, self.allow_non_hu)
         return PatientVolume(
             patient=patient,
-            hu=turn.apply(hu),
+            hu=hu,
             mask=turn.apply(values > 0),
             zooms=turn.zooms(zooms),
             affine=turn.affine(affine, hu.shape),

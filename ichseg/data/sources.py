@@ -54,6 +54,13 @@ class Source(ABC):
     def open(self) -> VolumeRelease:
         """The folder read and validated: cases, per-slice labels, label map."""
 
+    def open_release(self, allow_non_hu: bool = False) -> VolumeRelease:
+        """`open()`, whose volumes are then loaded even if they do not look like CT in HU when
+        `allow_non_hu` (`ichseg.data.hounsfield`); what prepare and evaluate read through."""
+        release = self.open()
+        release.allow_non_hu = allow_non_hu
+        return release
+
     def describe(self, release: VolumeRelease) -> dict:
         """The source's facts for provenance: who it is, how to reopen it, what the folder holds."""
         root = release.root

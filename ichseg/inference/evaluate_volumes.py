@@ -28,7 +28,7 @@ from ichseg.checkpoint import SPLIT_KEY, Checkpoint
 from ichseg.data.release import SUBTYPES, VolumeRelease, read_json_object
 from ichseg.data.sources import Source, source_from_record
 from ichseg.errors import IchsegError
-from ichseg.inference.run import prepare_outdir, progress_bar
+from ichseg.inference.run import prepare_outdir, progress_bar, warn_collapsed
 from ichseg.inference.volume_metrics import (
     DEFINITIONS,
     NSD_TOLERANCE_MM,
@@ -214,11 +214,13 @@ def evaluate(
     batch_size: int = 16,
     device: str | None = None,
     precision: str = "auto",
+    allow_non_hu: bool = False,
     on_patient: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> dict:
     """Score the held-out patients of `splits`, or every volume of `source` (one of the two);
-    write `patients.csv`, `dice_vs_volume.png` and `summary.json` into `outdir`."""
+    write `patients.csv`, `dice_vs_volume.png` and `summary.json` into `outdir`.
+    `allow_non_hu` reads scans that do not look like CT in HU (`ichseg.data.hounsfield`)."""
     if (splits is None) == (source is None):
         raise IchsegError("evaluate: give either a patient-split cache or an external source")
     if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm > 0):
@@ -228,14 +230,15 @@ def evaluate(
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
     ensemble = model.ensemble
+    warn_collapsed(ensemble.checkpoints, "evaluate")
     if source is None:
         source = cache_source(splits, release_root)
-        release = source.open()
+        release = source.open_release(allow_non_hu)
         patients, splits_path = heldout_patients(splits, release)
         check_never_seen(ensemble.checkpoints, patients, splits_path)
         mode = {"mode": "held-out patients", "splits": str(splits_path)}
     else:
-        release = source.open()
+        release = source.open_release(allow_non_hu)
         patients = list(release.patients)
         mode = {"mode": "external"}
     out = prepare_outdir(outdir)
@@ -267,6 +270,7 @@ def evaluate(
         "threshold": ensemble.threshold,
         "device": str(target),
         "precision": ensemble.precision,
+        "allow_non_hu": allow_non_hu,
     }
     # The CSV and figure first: summary.json is the marker of a finished evaluation.
     atomic_write_text(out / "patients.csv", _csv_text(rows))

@@ -1,9 +1,11 @@
 """NIfTI files of `ichseg predict`: a scan read and checked, its mask and summary written.
 
-A scan must hold one 3-D volume (a trailing singleton axis is allowed) with positive voxel sizes;
-its voxels are read as Hounsfield units through nibabel's scaling. The mask is written as uint8
-0/1 with the scan's exact shape and header geometry, next to a JSON summary; both are written
-atomically, and a file of the same name is replaced only when it is an earlier prediction.
+A scan must hold one 3-D volume (a trailing singleton axis is allowed) of real numbers, at least
+`MIN_IN_PLANE` pixels in-plane, with positive voxel sizes; its voxels are read as Hounsfield
+units through nibabel's scaling and must look like head CT (`ichseg.data.hounsfield`). The mask
+is written as uint8 0/1 with the scan's exact shape and header geometry, next to a JSON summary;
+both are written atomically, and a file of the same name is replaced only when it is an earlier
+prediction.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from ichseg.atomic import atomic_path
 from ichseg.checkpoint import CHECKPOINT_SUFFIXES
+from ichseg.data.hounsfield import check_ct_size, check_hounsfield, check_stored_type
 from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
 from ichseg.errors import IchsegError, first_line
@@ -54,9 +57,9 @@ class Scan:
         name = self.path.name
         return name[: -len(next(s for s in NIFTI_SUFFIXES if name.lower().endswith(s)))]
 
-    def read_hu(self) -> np.ndarray:
+    def read_hu(self, allow_non_hu: bool = False) -> np.ndarray:
         """Hounsfield units (H, W, N) float32 through nibabel's scaling (a DICOM series': its
-        rescale); all finite."""
+        rescale); all finite, and looking like head CT in HU unless `allow_non_hu`."""
         if self.dicom is not None:
             data = self.dicom.read_hu()
         else:
@@ -70,6 +73,7 @@ class Scan:
         bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
         if bad:
             raise IchsegError(f"scan {self.path}: {bad} voxels are NaN or infinite")
+        check_hounsfield(hu, f"scan {self.path}", allow_non_hu)
         return hu
 
 
@@ -98,11 +102,14 @@ def open_scan(path: str | os.PathLike) -> Scan:
         raise IchsegError(f"scan {path}: expected a 3-D volume (H, W, slices), found shape {shape}")
     if min(shape[:3]) < 1:
         raise IchsegError(f"scan {path}: expected a non-empty volume, found shape {shape}")
+    check_stored_type(image.get_data_dtype(), f"scan {path}")
     try:
         zooms = voxel_sizes(image, path, f"scan {path}")
     except NIFTI_READ_ERRORS as err:
         raise IchsegError(f"scan {path}: cannot read as NIfTI ({first_line(err)})") from None
     orientation = reorientation(image.affine, f"scan {path}")
+    axial_last = tuple(int(n) for n in orientation.zooms(shape[:3]))
+    check_ct_size(axial_last, f"scan {path}")
     return Scan(path, image, shape, zooms, orientation)  # type: ignore[arg-type]
 
 

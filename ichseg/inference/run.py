@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from ichseg.atomic import atomic_path
-from ichseg.checkpoint import CHECKPOINT_SUFFIXES
-from ichseg.errors import IchsegError, first_line
+from ichseg.atomic import writable_dir
+from ichseg.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
+from ichseg.errors import IchsegError
 from ichseg.inference.dicom_io import is_dicom_input, open_dicom
 from ichseg.inference.dicom_seg import checkpoint_ids, seg_bytes, seg_path
 from ichseg.inference.nifti_io import (
@@ -29,6 +30,7 @@ from ichseg.inference.nifti_io import (
 )
 from ichseg.inference.summary_page import PNG_SUFFIX, summary_png
 from ichseg.inference.volumes import VolumeEnsemble, summarize
+from ichseg.metrics import COLLAPSED, collapsed
 from ichseg.runtime import pick_device
 
 
@@ -51,17 +53,21 @@ def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
 
 def prepare_outdir(outdir: str | os.PathLike) -> Path:
     """Create `outdir` if needed and check a file can be written there; one line otherwise."""
-    outdir = Path(outdir)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(outdir / ".ichseg-write-test") as tmp:
-            tmp.write_bytes(b"")
-        (outdir / ".ichseg-write-test").unlink()
-    except OSError as err:
-        raise IchsegError(
-            f"output folder {outdir}: cannot write there ({first_line(err)})"
-        ) from None
-    return outdir
+    return writable_dir(outdir, "output folder")
+
+
+def warn_collapsed(checkpoints: Sequence[Checkpoint], command: str) -> None:
+    """One warning line on stderr per checkpoint whose last validation says its network had
+    collapsed (`ichseg.metrics.collapsed`): its empty masks are no finding."""
+    for ckpt in checkpoints:
+        validation = ckpt.validation
+        if validation is not None and collapsed(validation["val"]):
+            print(
+                f"ichseg {command}: warning: checkpoint {ckpt.path}: its network had collapsed "
+                f"at epoch {validation['epoch']} ({COLLAPSED}: lesion Dice 0); an empty mask it "
+                "predicts does not mean there is no bleed",
+                file=sys.stderr,
+            )
 
 
 @contextlib.contextmanager
@@ -102,15 +108,21 @@ def predict_scans(
     series: Sequence[str] = (),
     resample_tilt: bool = False,
     png: bool = False,
+    allow_non_hu: bool = False,
     on_scan: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Predict every scan (a NIfTI file, or a DICOM folder or zip: the one of `series` it holds,
     else its only CT series; a tilted one resampled if `resample_tilt`) with
     the averaged checkpoints; write masks and summaries (with `png`, a one-page PNG too) to
-    `outdir`."""
+    `outdir`.
+
+    Every scan's voxels are checked (`allow_non_hu`: not as CT in HU) before the first is
+    predicted; a failure after that names the outputs already written.
+    """
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
+    warn_collapsed(model.ensemble.checkpoints, "predict")
     opened = [
         open_dicom(p, series, resample_tilt) if is_dicom_input(p) else open_scan(p) for p in scans
     ]
@@ -129,13 +141,20 @@ def predict_scans(
             )
         seen[scan.stem] = scan.path
     check_outputs_free(Path(outdir), opened, lambda s: _extra_outputs(Path(outdir), s, png))
+    for scan in opened:
+        scan.read_hu(allow_non_hu)
     out = prepare_outdir(outdir)
     # The SEG names the checkpoints by their contents: hashed once, for DICOM inputs only.
     ids = checkpoint_ids(checkpoints) if any(s.dicom is not None for s in opened) else []
-    summaries = []
+    summaries: list[dict] = []
     with progress_bar(len(opened), "scans", progress) as advance:
         for scan in opened:
-            summaries.append(_predict_one(model, scan, out, ids, png))
+            try:
+                summaries.append(_predict_one(model, scan, out, ids, png, allow_non_hu))
+            except (IchsegError, OSError) as err:
+                raise IchsegError(
+                    f"{err} ({_written_so_far(opened, len(summaries), out, png)})"
+                ) from None
             advance()
             if on_scan is not None:
                 on_scan(summaries[-1])
@@ -153,8 +172,26 @@ def _extra_outputs(outdir: Path, scan: Scan, png: bool) -> list[Path]:
     return seg + ([_png_path(outdir, scan)] if png else [])
 
 
+def _written_so_far(scans: Sequence[Scan], done: int, out: Path, png: bool) -> str:
+    """Which outputs exist after scan `done` failed: every file of every scan before it."""
+    where = f"stopped at scan {done + 1} of {len(scans)} ({scans[done].path.name})"
+    if not done:
+        return f"{where}; nothing was written to {out}"
+    names = [
+        p.name
+        for scan in scans[:done]
+        for p in (*output_paths(out, scan), *_extra_outputs(out, scan, png))
+    ]
+    return f"{where}; written to {out}: {', '.join(names)}; not written: the rest"
+
+
 def _predict_one(
-    model: VolumeEnsemble, scan: Scan, out: Path, ids: Sequence[str], png: bool
+    model: VolumeEnsemble,
+    scan: Scan,
+    out: Path,
+    ids: Sequence[str],
+    png: bool,
+    allow_non_hu: bool,
 ) -> dict:
     """Predict one scan, write its mask (a DICOM series' SEG, the PNG if asked) and summary,
     return the summary."""
@@ -162,7 +199,7 @@ def _predict_one(
     # Sliced along the axial axis in the training orientation; the mask goes back to the scan's
     # own grid, and the summary's slice numbers count along its axial axis.
     turn = scan.orientation
-    hu = turn.apply(scan.read_hu())
+    hu = turn.apply(scan.read_hu(allow_non_hu))
     mask = model.predict(hu)
     ensemble = model.ensemble
     summary = {
@@ -185,6 +222,7 @@ def _predict_one(
         "threshold": ensemble.threshold,
         "device": str(ensemble.device),
         "precision": ensemble.precision,
+        "allow_non_hu": allow_non_hu,
     }
     extra = {}
     if png:

@@ -16,26 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ichseg.atomic import try_lock
 from ichseg.errors import IchsegError
 
 
 def slot_path(pool_dir: str | os.PathLike, index: int) -> Path:
     """The lock file of slot `index`."""
     return Path(pool_dir) / f"slot-{index}.lock"
-
-
-def _try_lock(path: Path) -> int | None:
-    """An open descriptor holding an exclusive flock on `path`, or None if another holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _wait_for_slot(
@@ -45,7 +32,7 @@ def _wait_for_slot(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         for index in range(n_slots):
-            fd = _try_lock(slot_path(pool, index))
+            fd = try_lock(slot_path(pool, index))
             if fd is not None:
                 return index, fd
         if deadline is not None and time.monotonic() >= deadline:

@@ -1,16 +1,21 @@
-"""What every launcher shares around a sweep: the up-front check of the sweep folder, and one
-line per failed job at the end instead of the first job's error ending the sweep."""
+"""What every launcher shares around a sweep: the up-front check of the sweep folder, its one
+record of the command (`multirun.yaml`), and one line per failed job at the end instead of the
+first job's error ending the sweep."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ichseg.atomic import atomic_write_text, file_lock
 from ichseg.errors import IchsegError
 from ichseg.records import read_job
+from ichseg.sweeps.model import MULTIRUN_FILE
 
 
 def job_dir(job_cfg: DictConfig) -> Path:
@@ -42,6 +47,56 @@ def check_sweep_dir(job_cfgs: Sequence[DictConfig], sweep_dir: str) -> None:
             f"{sweep_dir}: holds results of another configuration: {', '.join(clashes)}; "
             "nothing was changed; choose another hydra.sweep.dir"
         )
+
+
+def _command(config: DictConfig) -> list[str]:
+    """The sweep's command-line overrides, in a canonical order."""
+    return sorted(str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or [])
+
+
+def _values(command: list[str]) -> dict[str, list]:
+    """Every value each override key takes (a sweep's values, or its one value)."""
+    parsed = OverridesParser.create().parse_overrides(command)
+    return {
+        o.get_key_element(): list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+        for o in parsed
+    }
+
+
+def _jobs_among(command: list[str], recorded: list[str]) -> bool:
+    """Whether every job of `command` is one of `recorded`'s: the same keys, each taking only
+    values the recorded command gives it (`fold=0,1` of a sweep of `fold=0..9`)."""
+    try:
+        now, earlier = _values(command), _values(recorded)
+    except OverrideParseException:
+        return False
+    return now.keys() == earlier.keys() and all(
+        all(value in earlier[key] for value in values) for key, values in now.items()
+    )
+
+
+def record_sweep(config: DictConfig, sweep_dir: Path) -> None:
+    """Write the sweep's `multirun.yaml` (what the report expects of it), keep the one there when
+    this command runs some of its jobs again, and raise when the folder holds the record of a
+    command this one is not part of: one sweep folder is one command. Checked and written under
+    a lock, so two sweeps started at once cannot both pass."""
+    path = sweep_dir / MULTIRUN_FILE
+    now = _command(config)
+    with file_lock(sweep_dir / f".{MULTIRUN_FILE}.lock"):
+        if path.is_file():
+            try:
+                earlier = _command(OmegaConf.load(path))
+            except (OSError, ValueError) as err:
+                raise IchsegError(f"{path}: cannot read the sweep's record ({err})") from None
+            if _jobs_among(now, earlier):
+                return
+            raise IchsegError(
+                f"hydra.sweep.dir {sweep_dir}: holds the sweep of another command "
+                f"({MULTIRUN_FILE}: {' '.join(earlier) or 'no overrides'}; this one: "
+                f"{' '.join(now) or 'no overrides'}); nothing was changed; run that command "
+                "(or some of its jobs) again to finish it, or choose another hydra.sweep.dir"
+            )
+        atomic_write_text(path, OmegaConf.to_yaml(config))
 
 
 def why_failed(ret: JobReturn) -> str:

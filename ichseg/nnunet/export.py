@@ -136,6 +136,12 @@ def export_dataset(
         splits_at = Path(preprocessed_root).resolve() / name / SPLITS_FILE
         splits_present = _splits_in_place(splits_at, folds)  # refused before anything is written
     written = not _same_export(dest, dataset_json)
+    if written and (dest.exists() or dest.is_symlink()):
+        raise IchsegError(
+            f"{dest}: holds {_describe(dest)}, not this export ({info['cache_key']}, "
+            f"{len(train)} training slices); nothing was changed: choose another --dataset-id, "
+            "or remove that folder to replace it"
+        )
     if written:
         _write(dest, data, row, train, test, dataset_json, folds, info, cache, dataset_id)
     if splits_at is not None and not splits_present:
@@ -159,6 +165,16 @@ def _licence(meta: dict) -> str:
     if facts.get("synthetic"):
         return "synthetic phantom"
     return str(facts.get("licence", f"unknown (data source {meta.get('source')!r})"))
+
+
+def _describe(dest: Path) -> str:
+    """What an existing dataset folder holds, for the refusal: its export's cache and size."""
+    try:
+        found = json.loads((dest / "dataset.json").read_text(encoding="utf-8"))
+        cache_key = found[PROVENANCE_KEY]["cache_key"]
+        return f"another ichseg export (cache {cache_key}, {found['numTraining']} training slices)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a dataset ichseg did not write"
 
 
 def _same_export(dest: Path, dataset_json: dict) -> bool:

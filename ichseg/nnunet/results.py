@@ -37,8 +37,12 @@ MODEL = "nnunet"
 IMPORT_FILE = "nnunet_import.json"
 # What trained the imported jobs (their job.json's `trained_by`).
 TRAINED_BY = "nnU-Net v2"
-# nnU-Net's trained-model folder: <trainer>__<plans>__<configuration>.
-_TRAINER_DIR = re.compile(r"^(?P<trainer>[^_].*?)__(?P<plans>.+)__(?P<configuration>[^_]+)$")
+# nnU-Net's trained-model folder: <trainer>__<plans>__<configuration>, three names without a
+# double underscore; configurations hold single ones (2d, 3d_fullres, 3d_lowres).
+_NAME = r"(?:(?!__)[^/])+"
+_TRAINER_DIR = re.compile(
+    rf"^(?P<trainer>{_NAME})__(?P<plans>{_NAME})__(?P<configuration>{_NAME})$"
+)
 # nnU-Net's argmax of two softmax channels is the foreground probability above one half.
 THRESHOLD = 0.5
 
@@ -274,6 +278,32 @@ def _config(template: Job, fold: int, epochs: int, plans: dict, configuration: s
     return config
 
 
+def _origin(names: dict) -> str:
+    return f"{names['trainer']}__{names['plans']}__{names['configuration']}"
+
+
+def check_one_nnunet(sweep: Sweep, names: dict) -> None:
+    """Refuse results of another nnU-Net trainer, plans or configuration than the folds the
+    sweep already holds: the report shows them as one architecture, so they must be one."""
+    keys = ("trainer", "plans", "configuration")
+    wanted = {key: names[key] for key in keys}
+    others: dict[str, list[str]] = {}
+    for job in sweep.jobs:
+        source = job.state.get("imported_from")
+        if job.model != MODEL or not isinstance(source, dict):
+            continue
+        found = {key: source.get(key) for key in keys}
+        if found != wanted:
+            others.setdefault(_origin(found), []).append(job.name)
+    if others:
+        held = "; ".join(f"{origin} ({', '.join(jobs)})" for origin, jobs in others.items())
+        raise IchsegError(
+            f"{sweep.root}: holds nnU-Net folds of {held}, these results are of "
+            f"{_origin(wanted)}; one sweep has one nnU-Net row, so nothing was written: import "
+            "them into a copy of the sweep, or remove those folders first"
+        )
+
+
 def import_results(
     results: str | Path, sweep_dir: str | Path, folds: list[int] | None = None
 ) -> list[Path]:
@@ -303,11 +333,12 @@ def import_results(
             f"{folder}: folds {', '.join(map(str, lacking))} have no test/ predictions while "
             f"folds {', '.join(map(str, with_test))} do; predict the test split with every fold"
         )
+    names = _TRAINER_DIR.match(folder.name)
+    check_one_nnunet(sweep, names.groupdict())
     template = _template(sweep)
     batch_size = int(template.get("data.batch_size"))
     eval_batch_size = int(template.get("data.eval_batch_size", None) or batch_size)
     row = {sid: i for i, sid in enumerate(data.ids)}
-    names = _TRAINER_DIR.match(folder.name)
     dests = {r.fold: sweep.root / f"{MODEL}-fold{r.fold}" for r in read}
     for dest in dests.values():  # every fold's folder may be written before the first is
         check_replaceable(dest, (IMPORT_FILE,))

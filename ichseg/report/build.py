@@ -17,6 +17,7 @@ from typing import Any
 from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
 from ichseg.inference.evaluate_volumes import dataset_label
+from ichseg.metrics import COLLAPSED
 from ichseg.nets import FLOPS_SIZE
 from ichseg.report import figures
 from ichseg.report.compare import PairedComparison, comparison_markdown
@@ -449,9 +450,11 @@ def _markdown(
         f"Protocol — {main.description}",
         "",
         f"{TRAIN_MEANING} {STD_MEANING} Bold: selected checkpoint per architecture; †: best "
-        "overall. Architecture columns: what each network says of itself, completed by its "
-        "config's model.architecture (NA: neither says); Params and GFLOPs (forward pass per "
-        f"{FLOPS_SIZE}² slice) are counted on the network built from the job's config.",
+        f"overall; (collapsed: fold k): that fold's network had collapsed ({COLLAPSED}: "
+        "lesion Dice 0), so the epoch is never selected. Architecture columns: what each "
+        "network says of itself, completed by its config's model.architecture (NA: neither "
+        f"says); Params and GFLOPs (forward pass per {FLOPS_SIZE}² slice) are counted on the "
+        "network built from the job's config.",
         "",
         table1_markdown(
             rows[main.name], archs, selections[main.name].epochs(), selections[main.name].best_key()

@@ -25,6 +25,7 @@ CSV_COLUMNS = (
     "val_dice_mean",
     "val_dice_std",
     "n_folds",
+    "collapsed_folds",
 )
 
 
@@ -71,6 +72,7 @@ def table1_csv(rows: list[TableRow]) -> str:
                 cell(r.val_dice.mean),
                 cell(r.val_dice.std),
                 r.n_folds,
+                " ".join(map(str, r.collapsed)),
             ]
         )
     return buffer.getvalue()
@@ -118,11 +120,18 @@ def table1_markdown(
     for r, first, selected, top in _marked(rows, chosen, best):
         info = archs.get(r.model)
         arch_cells = [r.name, *_arch_cells(info)] if first else [""] * (len(ARCH_COLUMNS) + 1)
-        numbers = [str(r.epoch) + (" †" if top else ""), *_metric_cells(r)]
+        numbers = [str(r.epoch) + (" †" if top else "") + _collapsed_mark(r), *_metric_cells(r)]
         if selected:
             numbers = [f"**{c}**" for c in numbers]
         lines.append("| " + " | ".join([*arch_cells, *numbers, str(r.n_folds)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _collapsed_mark(r: TableRow) -> str:
+    """' (collapsed: fold 3)' after the epoch of a row with a collapsed fold, else ''."""
+    if not r.collapsed:
+        return ""
+    return f" (collapsed: fold {', '.join(map(str, r.collapsed))})"
 
 
 def _metric_cells(r: TableRow) -> list[str]:
@@ -196,7 +205,7 @@ def table1_latex(
             lines.append(r"\midrule")
         info = archs.get(r.model)
         arch_cells = [r.name, *_arch_cells(info)] if first else [""] * (len(ARCH_COLUMNS) + 1)
-        numbers = [str(r.epoch), *_metric_cells(r)]
+        numbers = [str(r.epoch) + _tex(_collapsed_mark(r)), *_metric_cells(r)]
         if selected:
             numbers = [rf"\textbf{{{c}}}" for c in numbers]
         if top:

@@ -8,8 +8,9 @@ disagree or tie, so the rule is made explicit (RULE) and every disagreement is r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ichseg.metrics import COLLAPSED
 from ichseg.report.render import fmt
 from ichseg.report.table import TableRow
 
@@ -18,6 +19,8 @@ from ichseg.report.table import TableRow
 TIE_DECIMALS = 9
 RULE = (
     "For each architecture, among the checkpoint epochs recorded by the largest number of folds, "
+    "leaving out those at which a fold's network collapsed (no validation slice with bleeding "
+    "gets a predicted pixel on its bleed: lesion Dice 0), "
     "the epoch with the highest mean of (mean validation IoU, mean validation Dice) is selected; "
     f"ties (equal to {TIE_DECIMALS} decimals) go to the lower mean of the two standard "
     "deviations, then to the earlier epoch. The best overall is the selected row with the "
@@ -34,6 +37,7 @@ class Choice:
     best_iou_epoch: int  # epoch with the highest mean validation IoU alone
     best_dice_epoch: int  # epoch with the highest mean validation Dice alone
     excluded_epochs: tuple[int, ...]  # recorded by fewer folds than the most-complete epochs
+    collapsed_epochs: tuple[int, ...] = ()  # left out: a fold's network had collapsed
 
     @property
     def epoch(self) -> int:
@@ -58,6 +62,10 @@ class Selection:
     protocol: str
     choices: dict[str, Choice]
     best: str | None  # model name of the best overall
+    # Architectures without a selectable epoch because a fold collapsed at every one of them.
+    all_collapsed: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Model -> how the report names it (the rows' `name`).
+    names: dict[str, str] = field(default_factory=dict)
 
     def epochs(self) -> dict[str, int]:
         """Selected epoch per architecture."""
@@ -84,27 +92,49 @@ def select(rows: list[TableRow], protocol: str) -> Selection:
     rows = [r for r in rows if r.protocol == protocol and _defined(r)]
     models = list(dict.fromkeys(r.model for r in rows))
     choices: dict[str, Choice] = {}
+    all_collapsed: dict[str, tuple[int, ...]] = {}
     for model in models:
         own = [r for r in rows if r.model == model]
         most = max(r.n_folds for r in own)
-        candidates = [r for r in own if r.n_folds == most]
+        complete = [r for r in own if r.n_folds == most]
+        candidates = [r for r in complete if not r.collapsed]
+        if not candidates:
+            all_collapsed[model] = tuple(r.epoch for r in complete)
+            continue
         choices[model] = Choice(
             model=model,
             row=min(candidates, key=_key),
             best_iou_epoch=max(candidates, key=lambda r: (r.val_iou.mean, -r.epoch)).epoch,
             best_dice_epoch=max(candidates, key=lambda r: (r.val_dice.mean, -r.epoch)).epoch,
             excluded_epochs=tuple(r.epoch for r in own if r.n_folds < most),
+            collapsed_epochs=tuple(r.epoch for r in complete if r.collapsed),
         )
     best = None
     if choices:
         best = min(choices, key=lambda m: (_key(choices[m].row), models.index(m)))
-    return Selection(protocol=protocol, choices=choices, best=best)
+    return Selection(
+        protocol=protocol,
+        choices=choices,
+        best=best,
+        all_collapsed=all_collapsed,
+        names={r.model: r.name for r in rows},
+    )
+
+
+def _epochs(epochs: tuple[int, ...]) -> str:
+    return "epoch" + ("s " if len(epochs) > 1 else " ") + ", ".join(map(str, epochs))
 
 
 def selection_markdown(selection: Selection) -> str:
     """The selection as Markdown bullet points, with the rule and any disagreement."""
+    collapsed = [
+        f"- **{selection.names.get(model, model)}**: no epoch selected; at every one "
+        f"({_epochs(epochs)}) a fold's network had collapsed ({COLLAPSED})."
+        for model, epochs in selection.all_collapsed.items()
+    ]
     if not selection.choices:
-        return "No architecture has a checkpoint with defined validation IoU and Dice.\n"
+        none = "No architecture has a checkpoint with defined validation IoU and Dice."
+        return "\n".join([none, *collapsed]) + "\n"
     lines = [f"Rule: {RULE}", ""]
     for c in selection.choices.values():
         r = c.row
@@ -119,7 +149,13 @@ def selection_markdown(selection: Selection) -> str:
                 + ", ".join(str(e) for e in c.excluded_epochs)
                 + "."
             )
+        if c.collapsed_epochs:
+            line += (
+                f" Not considered (a fold's network had collapsed: {COLLAPSED}): "
+                f"{_epochs(c.collapsed_epochs)}."
+            )
         lines.append(line)
+    lines += collapsed
     best = selection.choices[selection.best] if selection.best else None
     if best is not None:
         lines.append(

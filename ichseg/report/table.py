@@ -17,6 +17,7 @@ import numpy as np
 from ichseg.checkpoint import module_net_config
 from ichseg.errors import IchsegError, first_line
 from ichseg.metrics import PROTOCOLS as METRIC_PROTOCOLS
+from ichseg.metrics import collapsed
 from ichseg.nets import NET_KEY, architecture, build_on_meta, flops_per_slice, parameter_count
 from ichseg.sweeps.model import ICHSEG, Sweep
 
@@ -208,6 +209,15 @@ def fold_values(
     return out
 
 
+def collapsed_folds(sweep: Sweep, model: str, epoch: int) -> tuple[int, ...]:
+    """The folds whose record at `epoch` says the network had collapsed."""
+    return tuple(
+        job.fold
+        for job in sweep.jobs_of(model)
+        if (record := job.record(epoch)) is not None and collapsed(record.get("val") or {})
+    )
+
+
 @dataclass(frozen=True)
 class TableRow:
     """One row of Table 1 under one protocol."""
@@ -221,6 +231,7 @@ class TableRow:
     val_iou: Stat
     val_dice: Stat
     folds: tuple[int, ...]  # folds with a record at this epoch
+    collapsed: tuple[int, ...] = ()  # folds whose network had collapsed (ichseg.metrics)
 
     @property
     def n_folds(self) -> int:
@@ -257,6 +268,7 @@ def table_rows(sweep: Sweep, protocol_name: str) -> list[TableRow]:
                     val_iou=stat("val", p.iou),
                     val_dice=stat("val", p.dice),
                     folds=folds,
+                    collapsed=collapsed_folds(sweep, model, epoch),
                 )
             )
     return rows

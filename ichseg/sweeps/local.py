@@ -51,7 +51,7 @@ def latest_sweep(experiments_dir: str | Path) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime).parent
 
 
-def _load_yaml(path: Path) -> dict:
+def load_yaml(path: Path) -> dict:
     """A YAML mapping from `path`; IchsegError naming the file when it is not one."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -75,7 +75,7 @@ def read_job_dir(job_dir: Path) -> Job:
     """Read one job folder: job.json, config.yaml, records.jsonl and history.csv."""
     state = read_job(job_dir) or {}
     config_path = job_dir / CONFIG_FILE
-    config = _load_yaml(config_path) if config_path.is_file() else {}
+    config = load_yaml(config_path) if config_path.is_file() else {}
     match = JOB_DIR_PATTERN.match(job_dir.name)
     model = state.get("model") or config.get("model", {}).get("name")
     fold = state.get("fold", config.get("fold"))
@@ -126,7 +126,7 @@ def collect_sweep(sweep_dir: str | Path) -> Sweep:
             f"folder (expected {JOB_FILE}); run `python train.py ...` to make one"
         )
     jobs = [read_job_dir(p) for p in sorted(root.iterdir()) if _is_job_dir(p)]
-    return assemble_sweep(root, _load_yaml(root / MULTIRUN_FILE), jobs)
+    return assemble_sweep(root, load_yaml(root / MULTIRUN_FILE), jobs)
 
 
 def single_run(job_dir: Path) -> Sweep:

@@ -127,6 +127,8 @@ class Sweep:
     notes: list[str]
     # Model -> how the report names it (`Job.display_name` of its first job).
     names: dict[str, str] = field(default_factory=dict)
+    # What was left out of the sweep as it was read (a truncated W&B run file), for stderr.
+    warnings: list[str] = field(default_factory=list)
 
     def jobs_of(self, model: str) -> list[Job]:
         """The jobs of one model, by fold."""

@@ -24,6 +24,7 @@ from ichseg.sweeps.model import Job, Sweep, assemble_sweep
 STATES = {"finished": "done", "running": "running", "crashed": "failed", "failed": "failed"}
 CHECKPOINT_PREFIX = "checkpoint/"
 VERSION_KEY = "checkpoint/metrics_version"
+COLLAPSED_KEY = "checkpoint/collapsed"
 SPLITS = ("train", "val")
 # Seconds per HTTP request: without a network the API must fail in seconds, not retry for minutes.
 API_TIMEOUT_S = 10
@@ -38,7 +39,11 @@ def _record(row: dict[str, Any], model: str, fold: int) -> dict:
     if row.get(VERSION_KEY) is not None:
         record["metrics_version"] = int(row[VERSION_KEY])
     for key, value in row.items():
-        if not key.startswith(CHECKPOINT_PREFIX) or key in ("checkpoint/epoch", VERSION_KEY):
+        if not key.startswith(CHECKPOINT_PREFIX) or key in (
+            "checkpoint/epoch",
+            VERSION_KEY,
+            COLLAPSED_KEY,
+        ):
             continue
         split, _, metric = key[len(CHECKPOINT_PREFIX) :].partition("_")
         if split in SPLITS and metric:
@@ -47,6 +52,8 @@ def _record(row: dict[str, Any], model: str, fold: int) -> dict:
         # Undefined metrics are not logged; records.jsonl holds them as null.
         for metric in stage_keys(split):
             record[split].setdefault(metric, None)
+    if row.get(COLLAPSED_KEY) is not None:
+        record["collapsed"] = bool(row[COLLAPSED_KEY])
     return record
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.errors import IchsegError
-from ichseg.sweeps.model import Sweep, assemble_sweep
+from ichseg.sweeps.local import load_yaml
+from ichseg.sweeps.model import MULTIRUN_FILE, Sweep, assemble_sweep
 from ichseg.sweeps.wandb_api import job_from_run, merge_jobs
 
 RUN_FILES = "*/wandb/offline-run-*/run-*.wandb"
@@ -32,9 +33,19 @@ BLOCK = 32768
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
+class TruncatedRunFile(IchsegError):
+    """A run file whose last record is cut short: its job was killed while W&B wrote it."""
+
+
 def read_log(path: Path) -> Iterator[bytes]:
-    """The records of a W&B transaction log, in order; a torn last record (killed run) ends it."""
+    """The records of a W&B transaction log, in order; `TruncatedRunFile` at a torn last record
+    (a killed job)."""
     data = path.read_bytes()
+    if len(data) < HEADER.size and HEADER.pack(*HEADER_FIELDS).startswith(data):
+        raise TruncatedRunFile(
+            f"{path}: truncated at byte {len(data)}, inside its header (its job was killed as "
+            "W&B started it)"
+        )
     if len(data) < HEADER.size or HEADER.unpack_from(data) != HEADER_FIELDS:
         raise IchsegError(f"{path}: not a W&B run file (expected the ':W&B' version 0 header)")
     pos, pending = HEADER.size, None
@@ -49,7 +60,7 @@ def read_log(path: Path) -> Iterator[bytes]:
             continue
         start = pos + CHUNK.size
         if start + length > len(data):
-            return
+            break
         chunk = data[start : start + length]
         if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
             raise IchsegError(f"{path}: corrupt record at byte {pos} (checksum mismatch)")
@@ -65,6 +76,11 @@ def read_log(path: Path) -> Iterator[bytes]:
                 pending = None
         else:
             raise IchsegError(f"{path}: unexpected record chunk type {kind} at byte {pos}")
+    if pending is not None or any(data[pos:]):
+        raise TruncatedRunFile(
+            f"{path}: truncated at byte {len(data)} in the middle of a record (its job was "
+            "killed while W&B wrote it, or is writing it now)"
+        )
 
 
 def _key(item: Any) -> list[str]:
@@ -138,6 +154,11 @@ def read_offline_run(path: str | Path) -> OfflineRun:
             node.pop(last, None)
     # The API leaves W&B's own bookkeeping out of a run's config.
     run.config = {k: v for k, v in run.config.items() if not k.startswith("_wandb")}
+    if run.state == "running" and not {"model", "fold"} <= run.config.keys():
+        raise TruncatedRunFile(
+            f"{path}: ends before the job's config, without an exit record (its job was killed "
+            "as W&B started it)"
+        )
     return run
 
 
@@ -149,11 +170,20 @@ def collect_wandb_offline(sweep_dir: str | Path) -> Sweep:
     files = sorted(root.glob(RUN_FILES))
     if not files:
         raise IchsegError(f"{root}: no W&B offline run file ({RUN_FILES}); was logger=wandb on?")
-    runs = [read_offline_run(f) for f in files]
+    runs, skipped = [], []
+    for path in files:
+        try:
+            runs.append(read_offline_run(path))
+        except TruncatedRunFile as exc:
+            skipped.append(f"{exc}; its job is left out")
     jobs = merge_jobs([(run.created_at, job_from_run(run)) for run in runs])
-    sweep = assemble_sweep(root, {}, jobs)
+    # The sweep's own record of its command: which folds it expects.
+    multirun = root / MULTIRUN_FILE
+    sweep = assemble_sweep(root, load_yaml(multirun) if multirun.is_file() else {}, jobs)
     groups = ", ".join(sorted({r.group for r in runs if r.group})) or "none"
     sweep.notes.append(
-        f"Read from {len(files)} W&B offline run files (group {groups}); no checkpoint files."
+        f"Read from {len(runs)} W&B offline run files (group {groups}); no checkpoint files."
     )
+    sweep.notes += skipped
+    sweep.warnings += skipped
     return sweep

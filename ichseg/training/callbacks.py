@@ -14,9 +14,9 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ichseg.atomic import atomic_path
-from ichseg.checkpoint import SPLIT_KEY, split_provenance
+from ichseg.checkpoint import SPLIT_KEY, VALIDATION_KEY, split_provenance
 from ichseg.errors import IchsegError
-from ichseg.metrics import METRICS_VERSION
+from ichseg.metrics import METRICS_VERSION, collapsed
 from ichseg.records import read_records, upsert_history, upsert_record
 from ichseg.visualize import overlay_rgb
 
@@ -31,7 +31,8 @@ def checkpoint_name(epoch: int) -> str:
 def save_checkpoint_atomically(trainer: pl.Trainer, path: Path) -> None:
     """Save a full training checkpoint through a temporary file, so a crash never leaves half."""
     with atomic_path(path) as tmp:
-        trainer.save_checkpoint(tmp)
+        # Full (optimizer, loops, callbacks), as a resume needs; said so Lightning need not.
+        trainer.save_checkpoint(tmp, weights_only=False)
 
 
 def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
@@ -76,6 +77,8 @@ class CheckpointRecorder(pl.Callback):
         self._last_saved = time.monotonic()
         # "SIGTERM" or "SIGINT" once training was stopped by that signal (see on_exception).
         self.stopped_by: str | None = None
+        # The epoch (1-based) whose validation ran last; 0 before the first.
+        self._validated_epoch = 0
 
     def is_checkpoint_epoch(self, epoch: int, max_epochs: int) -> bool:
         """Whether `epoch` (1-based) gets a checkpoint and a record."""
@@ -96,7 +99,7 @@ class CheckpointRecorder(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not getattr(pl_module, "epoch_metrics", None):
             return
-        epoch = trainer.current_epoch + 1
+        epoch = self._validated_epoch = trainer.current_epoch + 1
         metrics = pl_module.epoch_metrics
         row = {"epoch": epoch}
         for stage, values in metrics.items():
@@ -114,6 +117,7 @@ class CheckpointRecorder(pl.Callback):
                 "metrics_version": METRICS_VERSION,
                 "train": metrics["train"],
                 "val": metrics["val"],
+                "collapsed": collapsed(metrics["val"]),
             }
             upsert_record(self.job_dir, record)
             self._log_to_wandb(trainer, pl_module, record)
@@ -121,6 +125,15 @@ class CheckpointRecorder(pl.Callback):
         if self.save_last and (checkpoint_epoch or due):
             save_checkpoint_atomically(trainer, self.job_dir / LAST_CHECKPOINT)
             self._last_saved = time.monotonic()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        # The last validation before these weights were saved, so `ichseg predict` can warn
+        # when the network had collapsed.
+        val = (getattr(pl_module, "epoch_metrics", None) or {}).get("val")
+        if val and self._validated_epoch:
+            checkpoint[VALIDATION_KEY] = {"epoch": self._validated_epoch, "val": dict(val)}
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -139,7 +152,11 @@ class CheckpointRecorder(pl.Callback):
         loggers = _wandb_loggers(trainer)
         if not loggers:
             return
-        flat = {"checkpoint/epoch": record["epoch"], "checkpoint/metrics_version": METRICS_VERSION}
+        flat = {
+            "checkpoint/epoch": record["epoch"],
+            "checkpoint/metrics_version": METRICS_VERSION,
+            "checkpoint/collapsed": int(record["collapsed"]),
+        }
         for stage in ("train", "val"):
             for key, value in record[stage].items():
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):

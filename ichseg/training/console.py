@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+import warnings
 
 import pytorch_lightning as pl
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
+
+from ichseg.metrics import COLLAPSED, collapsed
 
 log = logging.getLogger("ichseg")
 
@@ -20,11 +24,22 @@ CHATTY_LOGGERS = (
     "lightning.fabric.utilities.rank_zero",
 )
 
+# Library warnings that say nothing about a job, as (category, exact start of the message); no
+# argument silences them where they are raised. Lightning's advice to prepend `srun` when SLURM is
+# installed (each job is one process, started by sbatch or by hand), and torch's deprecation of
+# the `LeafSpec` class Lightning's own pytree helper still builds. Every other warning shows.
+LIBRARY_NOISE = (
+    (UserWarning, "The `srun` command is available on your system but is not used."),
+    (FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
+)
+
 
 def quiet_libraries() -> None:
-    """Raise the chatty library loggers to WARNING."""
+    """Raise the chatty library loggers to WARNING and ignore exactly `LIBRARY_NOISE`."""
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for category, message in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
 
 
 def metrics_text(metrics: dict, prefix: str) -> str:
@@ -49,14 +64,16 @@ class EpochLine(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
+        val = (getattr(pl_module, "epoch_metrics", None) or {}).get("val", {})
         log.info(
-            "%s: epoch %d/%d: train %s; val %s (%.1f s)",
+            "%s: epoch %d/%d: train %s; val %s (%.1f s)%s",
             self.name,
             trainer.current_epoch + 1,
             trainer.max_epochs,
             metrics_text(metrics, "train/") or "-",
             metrics_text(metrics, "val/") or "-",
             time.perf_counter() - self.started,
+            f"; collapsed: {COLLAPSED}" if collapsed(val) else "",
         )
 
 

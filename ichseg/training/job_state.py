@@ -1,23 +1,29 @@
 """Whether a job folder may be continued by a config, and its `job.json` status while it trains.
 
-A folder's `job.json` names the hash of the config that wrote it: another config's run is
-refused, the same config's finished job is skipped and its interrupted one resumes from
-`last.ckpt` once that checkpoint is known to hold the configured model. `train.py` and the
-sweep's up-front check of every job folder both decide with these functions.
+One process at a time trains a job: it holds an exclusive `flock` on the folder's `job.lock`
+for the job's lifetime (the operating system drops it when the process dies, however it dies)
+and decides under that lock. A folder's `job.json` names the hash of the config that wrote it:
+another config's run is refused, the same config's finished job is skipped and its interrupted
+one resumes from `last.ckpt` once that checkpoint is known to hold the configured model.
+`train.py` and the sweep's up-front check of every job folder both decide with these functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ichseg.atomic import try_lock
 from ichseg.checkpoint import CHECKPOINT_VERSION, HPARAMS_KEY, VERSION_KEY, read_checkpoint
 from ichseg.errors import IchsegError
 from ichseg.records import write_job
@@ -41,12 +47,44 @@ IGNORED_KEYS = (
     "data.source.root",
     "data.cache_root",
     "data.resident",
+    "data.allow_non_hu",
     "model.module.compile",
     # How the report names, orders and describes a network; its results do not depend on them.
     "model.display_name",
     "model.order",
     "model.architecture",
 )
+
+
+JOB_LOCK = "job.lock"
+
+
+class JobBusy(IchsegError):
+    """Another live process holds the job folder's lock."""
+
+
+@contextlib.contextmanager
+def job_lock(job_dir: Path) -> Iterator[None]:
+    """Hold `job_dir`'s exclusive lock for the block (its file names this process's id);
+    JobBusy at once when another process holds it."""
+    path = job_dir / JOB_LOCK
+    fd = try_lock(path)
+    if fd is None:
+        try:
+            holder = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            holder = ""
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise JobBusy(
+            f"{job_dir}: another process{pid} is training this job now (it holds "
+            f"{JOB_LOCK}); wait for it to end or choose another folder"
+        )
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,10 +20,17 @@ from ichseg.config import instantiate_checked, project_root
 from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.launch.placement import trainer_overrides
-from ichseg.records import read_job, read_records
+from ichseg.metrics import COLLAPSED, collapsed
+from ichseg.records import RECORDS_FILE, read_job, read_records
 from ichseg.runtime import apply_torch_settings, training_precision
 from ichseg.training.console import quiet_libraries
-from ichseg.training.job_state import RecordedRun, config_clash, config_hash, resume_checkpoint
+from ichseg.training.job_state import (
+    RecordedRun,
+    config_clash,
+    config_hash,
+    job_lock,
+    resume_checkpoint,
+)
 from ichseg.training.provenance import code_version, hardware, package_versions
 
 log = logging.getLogger(__name__)
@@ -32,24 +41,46 @@ def run_job(cfg: DictConfig) -> float | None:
     validate(cfg)
     job_dir = Path(cfg.paths.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    state = read_job(job_dir)
-    clash = config_clash(state, cfg)
-    if clash:
-        raise IchsegError(
-            f"{job_dir}: holds results of another configuration ({clash}); "
-            "choose another hydra.sweep.dir"
-        )
-    if state is not None and state.get("status") == "done":
-        log.info("%s: already finished, skipped", job_dir.name)
-        return last_val_dice(job_dir)
-    # Before anything is written: a refused folder keeps its files as they were.
-    resume = resume_checkpoint(job_dir, state, cfg.model.module)
-    if resume:
-        log.info("%s: resuming from %s", job_dir.name, resume)
-    train(cfg, job_dir, started=(state or {}).get("started", time.time()), resume=resume)
+    with job_lock(job_dir):
+        state = read_job(job_dir)
+        clash = config_clash(state, cfg)
+        if clash:
+            raise IchsegError(
+                f"{job_dir}: holds results of another configuration ({clash}); "
+                "choose another hydra.sweep.dir"
+            )
+        if state is not None and state.get("status") == "done":
+            log.info("%s: already finished, skipped", job_dir.name)
+            return last_val_dice(job_dir)
+        # Before anything is written: a refused folder keeps its files as they were.
+        resume = resume_checkpoint(job_dir, state, cfg.model.module)
+        if resume:
+            log.info("%s: resuming from %s", job_dir.name, resume)
+        started = (state or {}).get("started", time.time())
+        train(cfg, job_dir, started=started, resume=resume)
     name = f"{cfg.model.name}-fold{cfg.fold}"
     log.info("%s: done, %s; results in %s", name, closing_figures(job_dir), job_dir)
     return last_val_dice(job_dir)
+
+
+# What Hydra writes into a single run's folder before the job starts.
+HYDRA_FILES = {".hydra", "train.log"}
+
+
+def holds_only_hydra_files(run_dir: Path) -> bool:
+    """Whether `run_dir` holds nothing yet but what Hydra wrote before the job started."""
+    return run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_FILES
+
+
+def discard_refused_run(run_dir: Path) -> None:
+    """Remove the folder of a single run that was refused before it recorded anything: its
+    Hydra files, lock and failed job state would only look like a run. Kept when it holds a
+    checkpoint or a record."""
+    if (run_dir / RECORDS_FILE).exists() or any(run_dir.glob("checkpoints/*.ckpt")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # experiments/runs/ itself, when this run created it
 
 
 def train(cfg: DictConfig, job_dir: Path, started: float, resume: Path | None) -> None:
@@ -135,7 +166,8 @@ def last_val_dice(job_dir: Path) -> float | None:
 
 
 def closing_figures(job_dir: Path) -> str:
-    """The last record's epoch and validation Dice under every protocol, for the closing line."""
+    """The last record's epoch and validation Dice under every protocol, for the closing line,
+    and whether its network collapsed."""
     records = read_records(job_dir)
     if not records:
         return "no records"
@@ -146,4 +178,5 @@ def closing_figures(job_dir: Path) -> str:
         for k, v in sorted(val.items())
         if k.startswith("dice_")
     )
-    return f"epoch {records[-1]['epoch']}: val {dice}"
+    warning = f"; collapsed: {COLLAPSED}" if collapsed(val) else ""
+    return f"epoch {records[-1]['epoch']}: val {dice}{warning}"

@@ -18,3 +18,11 @@ def save_scan(path: Path, hu: np.ndarray, affine: np.ndarray | None = None) -> P
     image.header.set_xyzt_units("mm")
     nib.save(image, path)
     return path
+
+
+def with_air(hu: np.ndarray, columns: int = 2) -> np.ndarray:
+    """`hu` with its first `columns` columns set to air (-1000 HU), as around a real head: what
+    the check that a scan is CT in Hounsfield units looks for."""
+    out = np.array(hu, dtype=np.float64)
+    out[:, :columns] = -1000.0
+    return out

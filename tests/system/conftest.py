@@ -26,7 +26,7 @@ def tiny_sweeps(tmp_path_factory) -> tuple[Path, Path]:
         root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # Re-launching into the sweep (as some tests do) rewrites its multirun.yaml.
+    # Re-launching into the sweep (as some tests do) rewrites files of its jobs.
     frozen = root / "frozen" / "tiny" / "s1"
     shutil.copytree(sweep, frozen, symlinks=True, copy_function=copy_or_link)
     return sweep, frozen

@@ -54,17 +54,24 @@ def _export(sweep: Path, root: Path, dataset_id: int = 7) -> Path:
 
 
 def forge_results(
-    dataset_dir: Path, results: Path, folds: list[int], epochs: int = 5, test: bool = True
+    dataset_dir: Path,
+    results: Path,
+    folds: list[int],
+    epochs: int = 5,
+    test: bool = True,
+    trainer: str = TRAINER,
 ) -> Path:
-    """An nnU-Net results folder of `dataset_dir`, with random probabilities per case."""
-    folder = results / dataset_dir.name / TRAINER
+    """An nnU-Net results folder of `dataset_dir`, with random probabilities per case, in the
+    trained-model folder `trainer` (whose configuration the plans hold)."""
+    folder = results / dataset_dir.name / trainer
     folder.mkdir(parents=True)
+    configuration = trainer.split("__")[-1]
     shutil.copy(dataset_dir / "dataset.json", folder / "dataset.json")
     size = Image.open(next((dataset_dir / "imagesTs").iterdir())).size[0]
     plans = {
         "dataset_name": dataset_dir.name,
         "configurations": {
-            "2d": {
+            configuration: {
                 "batch_size": 12,
                 "patch_size": [size, size],
                 "normalization_schemes": ["ZScoreNormalization"],
@@ -411,3 +418,82 @@ def test_real_nnunet_trains_on_the_export_and_its_predictions_are_scored(sweep, 
     computed = compute(collect_sweep(sweep), "paper")
     report = build_report(computed, heldout=score_heldout(computed, tmp_path / "heldout"))
     assert "nnU-Net (own final checkpoint)" in (report / "report.md").read_text()
+
+
+def _ichseg(args: list, capsys) -> tuple[int, list[str]]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.reliability(
+    case="second export of another cache, same --dataset-id", entry="ichseg nnunet export"
+)
+def test_a_second_export_never_replaces_the_first(sweep, tmp_path, capsys, record_behaviour):
+    dataset = _export(sweep, tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in dataset.rglob("*")}
+    release = Path(load_prepared(_cache(sweep)).meta["release_root"])
+    other = prepare(release, tmp_path / "cache", PrepareConfig(size=32, seed=1, n_folds=3))
+    code, lines = _ichseg(["nnunet", "export", other, tmp_path / "raw", "--dataset-id", 7], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "Dataset007_ICH: holds another ichseg export" in lines[0], lines[0]
+    assert "nothing was changed" in lines[0]
+    assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*")} == stamps
+    record_behaviour(f"exit 2, the first export untouched: {lines[0]}")
+
+
+@pytest.mark.reliability(
+    case="folds of two nnU-Net trainers into one sweep", entry="ichseg nnunet import"
+)
+def test_folds_of_another_trainer_are_refused(sweep, tmp_path, capsys, record_behaviour):
+    dataset = _export(sweep, tmp_path)
+    first = forge_results(dataset, tmp_path / "a", [0, 1], test=False)
+    assert main(["nnunet", "import", str(first), str(sweep), "--folds", "0,1"]) == 0
+    capsys.readouterr()
+    for trainer in (
+        "nnUNetTrainer_250epochs__nnUNetPlans__2d",
+        "nnUNetTrainer__nnUNetResEncUNetMPlans__2d",
+    ):
+        other = forge_results(dataset, tmp_path / trainer, [2, 3], test=False, trainer=trainer)
+        code, lines = _ichseg(["nnunet", "import", other, sweep, "--folds", "2,3"], capsys)
+        assert code == 2 and len(lines) == 1, lines
+        assert f"holds nnU-Net folds of {TRAINER} (nnunet-fold0, nnunet-fold1)" in lines[0]
+        assert trainer in lines[0] and "nothing was written" in lines[0]
+        assert not (sweep / "nnunet-fold2").exists()
+    # The same trainer's other folds, and its own folds again, are fine.
+    more = forge_results(dataset, tmp_path / "b", [0, 2], test=False)
+    assert main(["nnunet", "import", str(more), str(sweep), "--folds", "0,2"]) == 0
+    assert read_job(sweep / "nnunet-fold2")["imported_from"]["trainer"] == "nnUNetTrainer"
+    record_behaviour(f"exit 2, nothing written: {lines[0]}")
+
+
+@pytest.mark.reliability(case="3d_fullres results", entry="ichseg nnunet import")
+@pytest.mark.parametrize("configuration", ["3d_fullres", "3d_lowres"])
+def test_3d_configurations_are_named_and_refused(
+    sweep, tmp_path, capsys, configuration, record_behaviour
+):
+    dataset = _export(sweep, tmp_path)
+    trainer = f"nnUNetTrainer__nnUNetPlans__{configuration}"
+    folder = forge_results(dataset, tmp_path / "r", [0], test=False, trainer=trainer)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"][configuration]["patch_size"] = [4, 32, 32]
+    (folder / "plans.json").write_text(json.dumps(plans))
+    # Given the dataset's results folder: the trained-model folder inside is found by name.
+    code, lines = _ichseg(["nnunet", "import", folder.parent, sweep, "--folds", "0"], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"configuration '{configuration}' is not 2-d" in lines[0], lines[0]
+    assert not (sweep / "nnunet-fold0").exists()
+    record_behaviour(f"exit 2: {lines[0]}", case=f"{configuration} results")
+
+
+@pytest.mark.reliability(entry="ichseg nnunet import")
+@pytest.mark.parametrize("folds", ["", "a,b", "0,,1", "-1"])
+def test_folds_that_are_not_fold_numbers_are_one_line(
+    sweep, tmp_path, capsys, folds, record_behaviour
+):
+    dataset = _export(sweep, tmp_path)
+    folder = forge_results(dataset, tmp_path / "r", [0], test=False)
+    code, lines = _ichseg(["nnunet", "import", folder, sweep, "--folds", folds], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "--folds: expected comma-separated fold numbers" in lines[0], lines[0]
+    assert not (sweep / "nnunet-fold0").exists()
+    record_behaviour(f"exit 2: {lines[0]}", case=f"--folds {folds!r}")

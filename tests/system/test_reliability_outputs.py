@@ -19,7 +19,7 @@ from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.records import read_job, read_records, write_job
 from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint
 from tests.helpers.runs import copy_or_link
-from tests.helpers.scans import save_scan
+from tests.helpers.scans import save_scan, with_air
 
 
 def run(argv: list, capsys) -> tuple[int, str, str]:
@@ -347,7 +347,7 @@ def test_predict_never_replaces_a_file_it_did_not_write(
     record_behaviour,
     name,
 ):
-    scan = save_scan(tmp_path / "scan.nii", np.full((32, 32, 4), 60.0))
+    scan = save_scan(tmp_path / "scan.nii", with_air(np.full((32, 32, 4), 60.0)))
     out = tmp_path / "out"
     out.mkdir()
     (out / name).write_bytes(b"the user's own file")
@@ -362,7 +362,7 @@ def test_predict_never_replaces_a_file_it_did_not_write(
 
 
 def test_predict_replaces_its_own_earlier_prediction(ckpts, tmp_path, capsys):
-    scan = save_scan(tmp_path / "scan.nii", np.full((32, 32, 4), 60.0))
+    scan = save_scan(tmp_path / "scan.nii", with_air(np.full((32, 32, 4), 60.0)))
     args = ["predict", ckpts["pass32"], scan, "-o", tmp_path / "out", "--precision", "fp32"]
     assert run(args, capsys)[0] == 0
     assert run(args, capsys)[0] == 0

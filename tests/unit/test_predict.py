@@ -42,7 +42,7 @@ from tests.helpers.checkpoints import (
     random_module,
     save_checkpoint,
 )
-from tests.helpers.scans import save_scan
+from tests.helpers.scans import save_scan, with_air
 
 GEOMETRY_KEYS = (
     "dim",
@@ -69,7 +69,8 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def boxes_volume() -> tuple[np.ndarray, np.ndarray]:
-    """64×64×6 HU volume: brain (30 HU) with two bleeds (200 HU), and the bleeds' mask.
+    """64×64×6 HU volume: brain (30 HU) beside air (-1000 HU, the first three columns) with two
+    bleeds (200 HU), and the bleeds' mask.
 
     Bleed 1 spans slices 2-3 and touches a third box on slice 4 only by a corner (one
     26-connected bleed); bleed 2 lies apart on slice 6. Asymmetric, so a wrong rotation shows.
@@ -79,6 +80,7 @@ def boxes_volume() -> tuple[np.ndarray, np.ndarray]:
     mask[20:23, 34:36, 3] = True  # corner-touching (19, 33, 2) -> (20, 34, 3): 3 × 2 = 6
     mask[40:45, 5:15, 5] = True  # 5 × 10 = 50
     hu = np.where(mask, 200.0, 30.0)
+    hu[:, :3] = -1000.0
     return hu, mask
 
 
@@ -171,7 +173,7 @@ def test_a_scan_without_a_clear_axial_axis_is_refused(ckpts, tmp_path, capsys, r
 
 def test_output_geometry_equals_input(ckpts, tmp_path, capsys):
     # Non-square, oblique, qform and sform differing, resized 64×48 -> 32×32 and back.
-    hu = np.full((64, 48, 4), 30.0)
+    hu = with_air(np.full((64, 48, 4), 30.0))
     hu[8:40, 10:22, 1:3] = 200.0
     affine = np.array(
         [[-0.45, 0.02, 0.0, 90.0], [0.01, 0.45, 0.1, -80.0], [0.0, -0.03, 5.0, -40.0], [0, 0, 0, 1]]
@@ -210,7 +212,7 @@ def test_output_geometry_equals_input(ckpts, tmp_path, capsys):
 def test_ensembling_and_flip_change_nothing_where_they_should_not(ckpts, tmp_path):
     rng = np.random.default_rng(3)
     hu = rng.uniform(-20, 100, (32, 32, 5))
-    hu = (hu + hu[::-1]) / 2  # mirrored upright slices are the same slices
+    hu = with_air((hu + hu[::-1]) / 2)  # mirrored upright slices are the same slices
     scan = open_scan(save_scan(tmp_path / "sym.nii", hu))
     hu = scan.read_hu()
     cpu = torch.device("cpu")
@@ -318,7 +320,7 @@ def _assert_refused(argv, capsys, outdir: Path, *needles: str) -> str:
 
 
 def test_bad_inputs_fail_with_one_line_and_write_nothing(ckpts, tmp_path, capsys):
-    good = save_scan(tmp_path / "good.nii", np.full((32, 32, 3), 30.0))
+    good = save_scan(tmp_path / "good.nii", with_air(np.full((32, 32, 3), 30.0)))
     out = tmp_path / "out"
     fp32 = ["-o", out, "--precision", "fp32"]
     text = tmp_path / "notes.txt"
@@ -472,16 +474,17 @@ def test_predict_scans_api_reports_each_scan(ckpts, tmp_path):
 
 
 @pytest.mark.reliability(entry="ichseg predict")
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 3), (2, 2, 1), (64, 1, 4), (1, 48, 2)])
-def test_degenerate_scan_shapes_give_a_mask_of_the_scan_shape(
-    shape, ckpts, tmp_path, capsys, record_behaviour
-):
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (1, 1, 3), (2, 2, 1), (64, 1, 4), (1, 48, 2), (15, 64, 3)]
+)
+def test_scans_too_small_in_plane_are_refused(shape, ckpts, tmp_path, capsys, record_behaviour):
     scan = save_scan(tmp_path / "tiny.nii", np.full(shape, 30.0))
-    code, out, err = run_cli(["predict", ckpts["a"], scan, "-o", tmp_path / "out"], capsys)
-    assert code == 0 and "Traceback" not in err, err
-    mask = nib.load(tmp_path / "out" / "tiny_mask.nii.gz")
-    assert mask.shape == shape
-    record_behaviour(out.splitlines()[0].replace(str(tmp_path), "<tmp>"), case=f"scan {shape}")
+    code, _, err = run_cli(["predict", ckpts["a"], scan, "-o", tmp_path / "out"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "too small to be a CT scan" in lines[0], err
+    assert "tiny.nii" in lines[0] and "16x16" in lines[0]
+    assert not (tmp_path / "out").exists()
+    record_behaviour(f"exit 2: {lines[0]}", case=f"scan {shape}")
 
 
 @pytest.mark.reliability(case="scan with 0 slices", entry="ichseg predict")

@@ -14,7 +14,8 @@ import pytest
 from ichseg.data.release import CSV_COLUMNS, CSV_NAME, Release, SliceLabel, slice_id
 from ichseg.errors import IchsegError
 
-SHAPE = (12, 10)
+# At least the 16x16 in-plane a scan needs (ichseg.data.hounsfield).
+SHAPE = (20, 18)
 # The training orientation (ichseg.data.orientation): axis 0 towards the left, 1 anterior.
 AFFINE = np.diag([-0.4, 0.45, 5.0, 1.0])
 # Patient -> per-slice hemorrhage flags (volume index order).
@@ -101,7 +102,7 @@ def test_reads_labels_volumes_and_slice_numbers(release: Path) -> None:
 
 
 def test_hu_goes_through_nifti_scaling(release: Path) -> None:
-    raw = np.random.default_rng(0).integers(0, 1500, (*SHAPE, 4)).astype(np.int16)
+    raw = np.random.default_rng(0).integers(0, 600, (*SHAPE, 4)).astype(np.int16)
     image = nib.Nifti1Image(raw, AFFINE)
     image.header.set_slope_inter(2.0, -1024.0)
     nib.save(image, release / "ct_scans" / "007.nii")
@@ -238,7 +239,7 @@ def _nan_scan(path: Path) -> None:
 LOAD_ERRORS = {
     "mask shape": (
         lambda scan, mask: save(np.zeros((*SHAPE[::-1], 4), np.uint8), mask),
-        ["masks/007.nii", "shape (10, 12, 4)", "ct_scans/007.nii", "(12, 10, 4)"],
+        ["masks/007.nii", "shape (18, 20, 4)", "ct_scans/007.nii", "(20, 18, 4)"],
     ),
     "mask affine": (
         lambda scan, mask: save(mask_of(ICH[7]), mask, AFFINE * 1.1),
@@ -263,11 +264,11 @@ LOAD_ERRORS = {
     ),
     "2d": (
         lambda scan, mask: save(np.zeros(SHAPE, np.int16), scan),
-        ["ct_scans/007.nii", "3-D", "(12, 10)"],
+        ["ct_scans/007.nii", "3-D", "(20, 18)"],
     ),
     "4d": (
         lambda scan, mask: save(np.zeros((*SHAPE, 4, 2), np.int16), scan),
-        ["ct_scans/007.nii", "3-D", "(12, 10, 4, 2)"],
+        ["ct_scans/007.nii", "3-D", "(20, 18, 4, 2)"],
     ),
     "nan": (lambda scan, mask: _nan_scan(scan), ["ct_scans/007.nii", "2 voxels", "NaN"]),
 }
@@ -318,7 +319,8 @@ def test_unknown_patient(release: Path) -> None:
 def test_load_is_fast(tmp_path: Path) -> None:
     import time
 
-    scan = np.zeros((512, 512, 40), np.int16)
+    scan = np.full((512, 512, 40), -1000, np.int16)
+    scan[100:400, 80:420] = 40
     save(scan, tmp_path / "r" / "ct_scans" / "049.nii")
     save(np.zeros((512, 512, 40), np.uint8), tmp_path / "r" / "masks" / "049.nii")
     write_csv(tmp_path / "r" / CSV_NAME, csv_rows({49: (0,) * 40}))

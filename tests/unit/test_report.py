@@ -290,6 +290,35 @@ def test_selection_uses_the_combined_score_when_iou_and_dice_disagree(tmp_path):
     assert "IoU alone would pick epoch 100" in choice.agreement
 
 
+def test_a_collapsed_fold_is_marked_and_never_selected(tmp_path):
+    # unet scores best at 300, where fold 3 collapsed (lesion Dice 0 under a high paper Dice);
+    # dunet collapsed in fold 0 at every epoch.
+    def metrics(model, fold, epoch, split):
+        v = {100: 0.5, 200: 0.6, 300: 0.8}[epoch]
+        out = {**{k: v for k in (*KEYS, *DETECTION)}, "loss": 1 - v}
+        if split == "val" and (
+            (model, fold, epoch) == ("unet", 3, 300) or (model, fold) == ("dunet", 0)
+        ):
+            out["dice_lesion"] = out["iou_lesion"] = 0.0
+        return out
+
+    sweep = make_sweep(tmp_path / "sweep", metrics=metrics)
+    selection = select(table_rows(collect_sweep(sweep), "paper"), "paper")
+    assert selection.epochs() == {"unet": 200} and selection.best == "unet"
+    assert selection.choices["unet"].collapsed_epochs == (300,)
+    assert selection.all_collapsed == {"dunet": (100, 200, 300)}
+    out = report(sweep)
+    rows = {(r["architecture"], r["epoch"], r["protocol"]): r for r in read_csv(out / "table1.csv")}
+    assert rows[("unet", "300", "paper")]["collapsed_folds"] == "3"
+    assert rows[("unet", "200", "paper")]["collapsed_folds"] == ""
+    assert rows[("dunet", "100", "lesion")]["collapsed_folds"] == "0"
+    text = (out / "report.md").read_text()
+    table = report_section(text, "Table 1 (paper protocol)")
+    assert "| 300 (collapsed: fold 3) |" in table and "| **200 †** |" in table
+    assert "Not considered (a fold's network had collapsed" in text
+    assert "**D-Unet**: no epoch selected; at every one (epochs 100, 200, 300)" in text
+
+
 def test_missing_job_and_missing_records_are_named(tmp_path):
     sweep = make_sweep(
         tmp_path / "sweep",
