@@ -14,8 +14,10 @@ slope and intercept:
   values such as -2048, -3024 or -32768 included);
 - not a mask: not only the values 0 and 1;
 - air: at least `MIN_AIR_FRACTION` of the voxels at or below `AIR_MAX_HU` (air around and inside
-  a head reads about -1000 HU; the padding outside a scanner's field of view counts too, so a
-  cropped head still passes on its sinuses and corners);
+  a head reads about -1000 HU, partial-volume air in a small or cropped field of view higher:
+  pydicom's bundled CT slice has no voxel below -896; nothing else in a head is below -200, and
+  the padding outside a scanner's field of view counts too, so a cropped head still passes on
+  its sinuses and corners);
 - median: the median of the voxels inside the field of view (above `PADDING_BELOW_HU`) within
   `MEDIAN_RANGE`: mostly air (-1000) or soft tissue (0 to 80), never bone.
 
@@ -31,7 +33,7 @@ from ichseg.errors import IchsegError
 
 MIN_IN_PLANE = 16
 VALUE_RANGE = (-32768.0, 32767.0)
-AIR_MAX_HU = -900.0
+AIR_MAX_HU = -800.0
 MIN_AIR_FRACTION = 1e-3
 PADDING_BELOW_HU = -1100.0
 MEDIAN_RANGE = (-1100.0, 300.0)

@@ -19,7 +19,7 @@ import ichseg
 from ichseg.cli import main
 from ichseg.inference.dicom_io import lps_to_ras, open_dicom
 from tests.helpers.dicom_series import read_positions, synthetic_uid, write_series, zip_folder
-from tests.helpers.scans import save_scan
+from tests.helpers.scans import save_scan, with_air
 
 FP32 = ("--precision", "fp32")
 
@@ -31,11 +31,12 @@ def run_cli(argv: list, capsys) -> tuple[int, str, str]:
 
 
 def bleeds_volume() -> tuple[np.ndarray, np.ndarray]:
-    """64×64×6 HU (brain 30 HU, bleeds 200 HU) with two asymmetric bleeds, and their mask."""
+    """64×64×6 HU (brain 30 HU, bleeds 200 HU, air along one edge) with two asymmetric bleeds,
+    and their mask."""
     mask = np.zeros((64, 64, 6), dtype=bool)
     mask[10:20, 30:34, 1:3] = True
     mask[40:45, 5:15, 5] = True
-    return np.where(mask, 200.0, 30.0), mask
+    return with_air(np.where(mask, 200.0, 30.0)), mask
 
 
 def rotation(z_deg: float, x_deg: float) -> np.ndarray:
@@ -51,7 +52,8 @@ def test_affine_maps_voxels_to_their_image_positions(tmp_path):
     IPP_k + i * row * column spacing + j * column * row spacing, in LPS; RAS negates x and y."""
     turn = rotation(20, 10)
     row_dir, col_dir = turn[:, 0], turn[:, 1]
-    hu = np.random.default_rng(1).integers(-400, 400, (12, 10, 5)).astype(float) * 2
+    hu = np.random.default_rng(1).integers(-400, 400, (20, 18, 5)).astype(float) * 2
+    hu[0] = -1000.0  # air at one edge: a CT in HU
     paths = write_series(tmp_path / "s", hu, row_dir=row_dir, col_dir=col_dir, seed=3)
     scan = open_dicom(tmp_path / "s")
     positions = read_positions(paths)
@@ -72,7 +74,7 @@ def test_affine_maps_voxels_to_their_image_positions(tmp_path):
     # Written in order of position along the normal, so slice k is the writer's k.
     np.testing.assert_array_equal(volume, hu)
     assert scan.zooms == pytest.approx((0.5, 0.4, 5.0), rel=1e-5)  # positions: 4 decimals
-    assert (scan.shape, scan.dicom.slice_step_mm) == ((12, 10, 5), pytest.approx(5.0, rel=1e-5))
+    assert (scan.shape, scan.dicom.slice_step_mm) == ((20, 18, 5), pytest.approx(5.0, rel=1e-5))
 
 
 def test_lps_to_ras_negates_the_first_two_rows():
@@ -461,7 +463,7 @@ def test_dicom_seg_reads_back_to_the_nifti_mask(ckpts, tmp_path, capsys, record_
 
 
 def test_an_empty_prediction_still_gets_a_seg_of_empty_frames(ckpts, tmp_path, capsys):
-    write_series(tmp_path / "clear", np.full((32, 32, 3), 30.0))
+    write_series(tmp_path / "clear", with_air(np.full((32, 32, 3), 30.0)))
     code, _, err = run_cli(
         ["predict", ckpts["pass"], tmp_path / "clear", "-o", tmp_path / "o", *FP32], capsys
     )
@@ -480,8 +482,9 @@ def test_tilted_series_resampled_onto_the_orthogonal_grid(
 ):
     """Slice k lies 2k rows further along the column direction, so a bleed fixed in the patient
     sits 2k rows higher in the file; resampled, it is on the same rows of every slice."""
-    tilted = np.full((64, 64, 6), 30.0)
-    expected = np.full((64, 64, 6), 30.0)
+    tilted = with_air(np.full((64, 64, 6), 30.0), columns=0)
+    tilted[:2] = -1000.0  # air along rows the tilt does not shift
+    expected = tilted.copy()
     for k in range(6):
         tilted[20:30, 30 - 2 * k : 40 - 2 * k, k] = 200.0
         expected[20:30, 30:40, k] = 200.0

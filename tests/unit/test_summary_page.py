@@ -11,7 +11,7 @@ from ichseg.cli import main
 from ichseg.inference.summary_page import DISCLAIMER, MAX_PANELS, _panels, summary_figure
 from ichseg.inference.volumes import summarize
 from tests.helpers.dicom_series import write_series
-from tests.helpers.scans import save_scan
+from tests.helpers.scans import save_scan, with_air
 
 
 def test_panels_are_the_largest_bleed_areas_in_slice_order():
@@ -42,7 +42,7 @@ def test_page_says_the_volume_and_that_it_is_not_a_medical_device():
 
 
 def test_png_option_writes_a_page_for_nifti_and_dicom(ckpts, tmp_path, capsys):
-    hu = np.full((64, 64, 3), 30.0)
+    hu = with_air(np.full((64, 64, 3), 30.0))
     hu[10:20, 30:40, 1] = 200.0
     save_scan(tmp_path / "head.nii", hu)
     write_series(tmp_path / "series", hu)
