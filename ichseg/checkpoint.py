@@ -40,6 +40,8 @@ from ichseg.nets import build_net
 
 VERSION_KEY = "ichseg_checkpoint_version"
 CHECKPOINT_VERSION = 2
+# Where in its folder a job keeps the checkpoint it resumes from.
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
 # Version 1 (no VERSION_KEY) described a U-Net by its filters, batch_norm and dropout.
 READABLE_VERSIONS = (1, CHECKPOINT_VERSION)
 HPARAMS_KEY = "hyper_parameters"

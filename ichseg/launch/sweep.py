@@ -27,7 +27,7 @@ def check_sweep_dir(job_cfgs: Sequence[DictConfig], sweep_dir: str) -> None:
     """Raise, before anything is written, when a job folder of the sweep holds results of
     another configuration, or a checkpoint to resume from that another model saved: the whole
     sweep is refused."""
-    from ichseg.training.job_state import config_clash, resume_checkpoint
+    from ichseg.job_config import config_clash, resume_checkpoint
 
     clashes = []
     for cfg in job_cfgs:

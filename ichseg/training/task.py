@@ -19,18 +19,13 @@ from ichseg.atomic import atomic_write_text
 from ichseg.config import instantiate_checked, project_root
 from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
+from ichseg.job_config import config_clash, config_hash, resume_checkpoint
 from ichseg.launch.placement import trainer_overrides
 from ichseg.metrics import COLLAPSED, collapsed
 from ichseg.records import RECORDS_FILE, read_job, read_records
 from ichseg.runtime import apply_torch_settings, training_precision
 from ichseg.training.console import quiet_libraries
-from ichseg.training.job_state import (
-    RecordedRun,
-    config_clash,
-    config_hash,
-    job_lock,
-    resume_checkpoint,
-)
+from ichseg.training.job_state import RecordedRun, job_lock
 from ichseg.training.provenance import code_version, hardware, package_versions
 
 log = logging.getLogger(__name__)

@@ -447,7 +447,7 @@ def test_report_never_reads_a_half_written_record(tmp_path, record_behaviour):
 def test_unreadable_checkpoint_at_resume_is_one_line(tmp_path, record_behaviour):
     from omegaconf import OmegaConf
 
-    from ichseg.training.job_state import check_resume_checkpoint
+    from ichseg.job_config import check_resume_checkpoint
 
     last = tmp_path / LAST
     last.parent.mkdir()

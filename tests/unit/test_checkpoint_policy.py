@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from ichseg.checkpoint import LAST_CHECKPOINT
 from ichseg.training import callbacks
-from ichseg.training.callbacks import LAST_CHECKPOINT, CheckpointRecorder
+from ichseg.training.callbacks import CheckpointRecorder
 
 
 def _run_epochs(tmp_path, monkeypatch, every_n: int, last_every_s: float, epoch_s: float):
