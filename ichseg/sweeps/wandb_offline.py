@@ -38,8 +38,8 @@ class TruncatedRunFile(IchsegError):
 
 
 def read_log(path: Path) -> Iterator[bytes]:
-    """The records of a W&B transaction log, in order; `TruncatedRunFile` at a torn last record
-    (a killed job)."""
+    """The records of a W&B transaction log, in order; after the complete ones,
+    `TruncatedRunFile` when the last is torn (a killed job)."""
     data = path.read_bytes()
     if len(data) < HEADER.size and HEADER.pack(*HEADER_FIELDS).startswith(data):
         raise TruncatedRunFile(

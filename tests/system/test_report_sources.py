@@ -22,7 +22,13 @@ from ichseg.report.build import build_report
 from ichseg.report.compute import compute
 from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
 from ichseg.sweeps.local import collect_sweep
-from ichseg.sweeps.wandb_offline import BLOCK, RUN_FILES, collect_wandb_offline, read_log
+from ichseg.sweeps.wandb_offline import (
+    BLOCK,
+    RUN_FILES,
+    TruncatedRunFile,
+    collect_wandb_offline,
+    read_log,
+)
 
 # The Dice key of each Table 1 protocol, from the metric registry.
 DICE_KEYS = {name: PROTOCOLS[name].keys[0] for name in TABLE_PROTOCOLS}
@@ -222,9 +228,12 @@ def test_run_file_framing_is_read_across_blocks(tmp_path):
     path = tmp_path / "run-x.wandb"
     path.write_bytes(frame(records))
     assert list(read_log(path)) == records
-    # A killed run leaves a torn last record: the complete ones are still read.
+    # A killed run leaves a torn last record: the complete ones are read, then it is named.
     path.write_bytes(frame(records)[:-100])
-    assert list(read_log(path)) == records[:-1]
+    complete = []
+    with pytest.raises(TruncatedRunFile, match=r"truncated at byte \d+ in the middle of a record"):
+        complete.extend(read_log(path))
+    assert complete == records[:-1]
     corrupt = bytearray(frame(records))
     corrupt[40000] ^= 0xFF
     path.write_bytes(bytes(corrupt))
