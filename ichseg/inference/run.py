@@ -28,7 +28,7 @@ from ichseg.inference.nifti_io import (
     output_paths,
     write_outputs,
 )
-from ichseg.inference.summary_page import PNG_SUFFIX, summary_png
+from ichseg.inference.summary_page import PNG_SUFFIX, png_bytes, summary_figure
 from ichseg.inference.volumes import VolumeEnsemble, summarize
 from ichseg.metrics import COLLAPSED, collapsed
 from ichseg.runtime import pick_device
@@ -230,7 +230,8 @@ def _predict_one(
         title = scan.stem if scan.dicom is None else f"{scan.stem}: {scan.dicom.description}"
         window_hu = (model.preprocess.level, model.preprocess.width)
         zooms = turn.zooms(scan.zooms)
-        extra[_png_path(out, scan)] = summary_png(hu, mask, zooms, summary, title, window_hu)
+        page = summary_figure(hu, mask, zooms, summary, title, window_hu)
+        extra[_png_path(out, scan)] = png_bytes(page)
     mask = turn.undo(mask)
     if scan.dicom is not None:
         if turn.axial_axis == 2:  # the slices counted are the source images

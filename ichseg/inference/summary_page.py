@@ -39,19 +39,10 @@ def _panels(mask: np.ndarray) -> list[int]:
     return sorted({int(k) for k in np.linspace(0, mask.shape[2] - 1, count).round()})
 
 
-def summary_png(
-    hu: np.ndarray,
-    mask: np.ndarray,
-    zooms: tuple[float, float, float],
-    summary: dict,
-    title: str,
-    window_hu: tuple[float, float],
-) -> bytes:
-    """The page (`summary_figure`) as PNG bytes."""
+def png_bytes(figure: Figure) -> bytes:
+    """A page (`summary_figure`) as PNG bytes."""
     buffer = io.BytesIO()
-    summary_figure(hu, mask, zooms, summary, title, window_hu).savefig(
-        buffer, format="png", metadata={"Software": f"ichseg {__version__}"}
-    )
+    figure.savefig(buffer, format="png", metadata={"Software": f"ichseg {__version__}"})
     return buffer.getvalue()
 
 

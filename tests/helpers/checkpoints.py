@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
 
-from ichseg.checkpoint import Preprocess, write_checkpoint
+from ichseg.checkpoint import Preprocess, split_provenance, write_checkpoint
 from ichseg.models.unet import unet_config
 from ichseg.training.module import SegmentationModule
 
@@ -55,4 +56,26 @@ def save_checkpoint(module, path: Path, preprocess: Preprocess | None = PRE, **k
     """The parts of a Lightning checkpoint that predict reads."""
     return write_checkpoint(
         path, module.hparams, module.state_dict(), preprocess=preprocess, **keys
+    )
+
+
+def split_of(cache: Path, fold: int = 0, leak: bool = False) -> dict:
+    """The record training writes for `fold` of `cache`; `leak`: as a slice split's would be,
+    with the test patients among the training patients."""
+    splits = json.loads((cache / "splits.json").read_text())
+
+    def patients(ids: list[str]) -> list[int]:
+        return sorted({int(sid.split("_")[0]) for sid in ids})
+
+    train = patients(splits["folds"][fold]["train"])
+    if leak:
+        train = sorted(set(train) | set(patients(splits["test"])))
+    return split_provenance(
+        mode="slice" if leak else splits["mode"],
+        split_seed=splits["seed"],
+        n_folds=splits["n_folds"],
+        fold=fold,
+        cache_key=cache.name,
+        train_patients=train,
+        val_patients=patients(splits["folds"][fold]["val"]),
     )

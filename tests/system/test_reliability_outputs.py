@@ -12,12 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ichseg.checkpoint import load_checkpoint, split_provenance
+from ichseg.checkpoint import load_checkpoint
 from ichseg.cli import EXIT_INCOMPLETE, main
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.records import read_job, read_records, write_job
-from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint
+from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint, split_of
 from tests.helpers.runs import copy_or_link
 from tests.helpers.scans import save_scan, with_air
 
@@ -189,28 +189,6 @@ def patient_cache(tmp_path_factory) -> tuple[Path, Path]:
     return release, cache
 
 
-def _split_of(cache: Path, fold: int = 0, leak: bool = False) -> dict:
-    """The record training writes for `fold` of `cache`; `leak`: as a slice split's would be,
-    with the test patients among the training patients."""
-    splits = json.loads((cache / "splits.json").read_text())
-
-    def patients(ids: list[str]) -> list[int]:
-        return sorted({int(sid.split("_")[0]) for sid in ids})
-
-    train = patients(splits["folds"][fold]["train"])
-    if leak:
-        train = sorted(set(train) | set(patients(splits["test"])))
-    return split_provenance(
-        mode="slice" if leak else splits["mode"],
-        split_seed=splits["seed"],
-        n_folds=splits["n_folds"],
-        fold=fold,
-        cache_key=cache.name,
-        train_patients=train,
-        val_patients=patients(splits["folds"][fold]["val"]),
-    )
-
-
 def _checkpoint_with(split: dict | None, out: Path) -> Path:
     """The pass-through network's checkpoint, carrying `split` (None: no split record)."""
     return save_checkpoint(passthrough_module(), out, PRE64, split=split)
@@ -226,7 +204,7 @@ def test_evaluate_refuses_checkpoints_that_may_have_seen_its_patients(
     case,
 ):
     release, cache = patient_cache
-    split = None if case == "no split record" else _split_of(cache, leak=True)
+    split = None if case == "no split record" else split_of(cache, leak=True)
     ckpt = _checkpoint_with(split, tmp_path / "model.ckpt")
     out = tmp_path / "eval"
     code, _, err = run(
@@ -250,7 +228,7 @@ def test_evaluate_records_each_checkpoints_split(
     record_behaviour,
 ):
     release, cache = patient_cache
-    ckpt = _checkpoint_with(_split_of(cache, fold=1), tmp_path / "model.ckpt")
+    ckpt = _checkpoint_with(split_of(cache, fold=1), tmp_path / "model.ckpt")
     out = tmp_path / "eval"
     args = ["evaluate", ckpt, "--release", release, "--splits", cache, "-o", out]
     code, _, err = run([*args, "--precision", "fp32"], capsys)

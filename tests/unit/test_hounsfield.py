@@ -12,12 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ichseg.checkpoint import split_provenance
 from ichseg.cli import main
 from ichseg.data.phantom import LAYOUTS, write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.data.release import Release
-from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint
+from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint, split_of
 from tests.helpers.scans import ZOOMS, save_scan
 
 AFFINE = np.diag([*ZOOMS, 1.0])
@@ -176,18 +175,9 @@ def test_prepare_refuses_a_release_scan_not_in_hu(release, tmp_path, capsys, rec
 def test_evaluate_refuses_a_scan_not_in_hu(tmp_path, capsys, record_behaviour):
     release = write_phantom(tmp_path / "phantom", patients=12, size=64, seed=0)
     cache = prepare(release, tmp_path / "cache", PrepareConfig(size=64, split="patient", n_folds=2))
-    splits = json.loads((cache / "splits.json").read_text())
-    fold = {k: sorted({int(sid[:3]) for sid in v}) for k, v in splits["folds"][0].items()}
-    split = split_provenance(
-        mode="patient",
-        split_seed=splits["seed"],
-        n_folds=splits["n_folds"],
-        fold=0,
-        cache_key=cache.name,
-        train_patients=fold["train"],
-        val_patients=fold["val"],
-    )
+    split = split_of(cache)
     ckpt = save_checkpoint(passthrough_module(), tmp_path / "pass.ckpt", PRE64, split=split)
+    splits = json.loads((cache / "splits.json").read_text())
     test_patient = sorted({int(sid[:3]) for sid in splits["test"]})[0]
     name = _break_scan(release, test_patient).relative_to(release)
     args = ["evaluate", ckpt, "--release", release, "--splits", cache, "-o", tmp_path / "eval"]

@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader
 from ichseg.checkpoint import (
     Preprocess,
     load_checkpoint,
-    split_provenance,
     write_checkpoint,
 )
 from ichseg.cli import main
@@ -41,6 +40,7 @@ from tests.helpers.checkpoints import (
     passthrough_module,
     random_module,
     save_checkpoint,
+    split_of,
 )
 from tests.helpers.scans import save_scan, with_air
 
@@ -386,17 +386,7 @@ def test_evaluate_matches_an_independent_computation(patient_release, tmp_path, 
     release_root, cache = patient_release
     out = tmp_path / "eval"
     # What training records in a checkpoint: the split it trained on (fold 0 of this cache).
-    splits = json.loads((cache / "splits.json").read_text())
-    fold = {k: sorted({int(sid[:3]) for sid in v}) for k, v in splits["folds"][0].items()}
-    split = split_provenance(
-        mode="patient",
-        split_seed=splits["seed"],
-        n_folds=splits["n_folds"],
-        fold=0,
-        cache_key=cache.name,
-        train_patients=fold["train"],
-        val_patients=fold["val"],
-    )
+    split = split_of(cache)
     ckpt = save_checkpoint(passthrough_module(), tmp_path / "pass.ckpt", PRE64, split=split)
     code, stdout, err = run_cli(
         [
