@@ -12,7 +12,7 @@ import pytest
 
 from ichseg.cli import main
 from tests.helpers.runs import train
-from tests.helpers.scans import save_scan
+from tests.helpers.scans import save_scan, with_air
 
 # Pooling once and upsampling back: sizes must be even, which ichseg finds by a probe pass,
 # since the class declares no size_divisor.
@@ -108,7 +108,7 @@ def test_a_network_outside_the_package_trains_reports_and_predicts(
         in json.loads((report / "summary.json").read_text())["selection"]["paper"]["models"]
     )
 
-    scan = save_scan(tmp_path / "scan.nii", np.full((64, 64, 4), 30.0))
+    scan = save_scan(tmp_path / "scan.nii", with_air(np.full((64, 64, 4), 30.0)))
     checkpoint = sweep / "poolnet-fold0" / "checkpoints" / "epoch=0002.ckpt"
     capsys.readouterr()
     assert main(["predict", str(checkpoint), str(scan), "-o", str(tmp_path / "out")]) == 0
