@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ichseg.errors import IchsegError
 
 if TYPE_CHECKING:
-    from ichseg.report.sources.model import Sweep
+    from ichseg.sweeps.model import Sweep
 
 
 def _phantom(args: argparse.Namespace) -> None:
@@ -118,8 +118,8 @@ def _report(args: argparse.Namespace) -> int:
     from ichseg.data.sources import source_named
     from ichseg.report.build import build_report, report_dir
     from ichseg.report.compute import compute, score_heldout
-    from ichseg.report.sources import WITH_CHECKPOINTS, read_sweep
-    from ichseg.report.sources.local import latest_sweep
+    from ichseg.sweeps import WITH_CHECKPOINTS, read_sweep
+    from ichseg.sweeps.local import latest_sweep
 
     out = _output_dir(args.out, "--out") if args.out else None
     if args.source != "wandb" and (args.project or args.group):
@@ -210,7 +210,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from ichseg.data.sources import source_named
-    from ichseg.inference.heldout_volumes import dataset_label, evaluate
+    from ichseg.inference.evaluate_volumes import dataset_label, evaluate
 
     if (args.splits is None) == (args.source is None):
         raise IchsegError(

@@ -67,7 +67,7 @@ def write_scan(path: Path, size: int, slices: int, seed: int = 0) -> None:
 
 def write_checkpoint(path: Path, size: int) -> None:
     """A paper-width D-Unet checkpoint with the keys `ichseg predict` reads, plus Adam state."""
-    from ichseg.inference.checkpoint import Preprocess, write_checkpoint
+    from ichseg.checkpoint import Preprocess, write_checkpoint
     from ichseg.training.module import SegmentationModule
 
     torch.manual_seed(0)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ichseg.checkpoint import Checkpoint, load_checkpoint
 from ichseg.errors import IchsegError
-from ichseg.inference.checkpoint import Checkpoint, load_checkpoint
 from ichseg.runtime import inference_precision
 
 

@@ -21,11 +21,11 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.atomic import atomic_path
+from ichseg.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.data.hounsfield import check_ct_size, check_hounsfield, check_stored_type
 from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
 from ichseg.errors import IchsegError, first_line
-from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MASK_SUFFIX = "_mask.nii.gz"

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ichseg.atomic import writable_dir
+from ichseg.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
 from ichseg.errors import IchsegError
-from ichseg.inference.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
 from ichseg.inference.nifti_io import (
     MASK_SUFFIX,
     Scan,

@@ -32,7 +32,7 @@ from ichseg.nnunet.layout import (
     env_folder,
     write_png,
 )
-from ichseg.report.sources.local import collect_sweep
+from ichseg.sweeps.local import collect_sweep
 
 # The dataset's source (Hssayeni et al. 2020, PhysioNet, doi:10.13026/4nae-zg36).
 REFERENCE = "https://doi.org/10.13026/4nae-zg36"

@@ -30,8 +30,8 @@ from ichseg.metrics import METRICS_VERSION, ProtocolAccumulator
 from ichseg.nnunet.export import cache_of, provenance
 from ichseg.nnunet.layout import PROVENANCE_KEY
 from ichseg.records import upsert_record, write_job
-from ichseg.report.sources.local import collect_sweep
-from ichseg.report.sources.model import CONFIG_FILE, Job, Sweep
+from ichseg.sweeps.local import collect_sweep
+from ichseg.sweeps.model import CONFIG_FILE, Job, Sweep
 
 MODEL = "nnunet"
 IMPORT_FILE = "nnunet_import.json"

@@ -15,24 +15,15 @@ from typing import Any
 
 from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
-from ichseg.inference.heldout_volumes import dataset_label
+from ichseg.inference.evaluate_volumes import dataset_label
 from ichseg.metrics import COLLAPSED
 from ichseg.nnunet.results import is_imported
 from ichseg.report import figures
 from ichseg.report.compare import PairedComparison, comparison_markdown
 from ichseg.report.compute import HeldoutResults, SweepResults
 from ichseg.report.heldout_slices import SliceResult, slices_markdown
-from ichseg.report.heldout_volumes import (
-    ExternalResult,
-    VolumeResult,
-    external_markdown,
-    source_facts_text,
-    volumes_markdown,
-)
 from ichseg.report.render import detection_markdown, table1_csv, table1_latex, table1_markdown
 from ichseg.report.selection import Selection, selection_markdown
-from ichseg.report.sources.local import read_cache_meta
-from ichseg.report.sources.model import Job, Sweep
 from ichseg.report.table import (
     DETECTION_DESCRIPTION,
     PROTOCOLS,
@@ -44,6 +35,15 @@ from ichseg.report.table import (
     display_name,
     undefined_values,
 )
+from ichseg.report.volume_scores import (
+    ExternalResult,
+    VolumeResult,
+    external_markdown,
+    source_facts_text,
+    volumes_markdown,
+)
+from ichseg.sweeps.local import read_cache_meta
+from ichseg.sweeps.model import Job, Sweep
 
 # Published validation numbers (the D-Unet paper; Hssayeni et al. 2020, doi:10.3390/data5010014):
 # source, protocol, split, architecture, IoU, Dice, test.

@@ -16,8 +16,8 @@ from scipy import stats
 
 from ichseg.report.render import fmt
 from ichseg.report.selection import Selection
-from ichseg.report.sources.model import Sweep
 from ichseg.report.table import PROTOCOLS, display_name, fold_values, protocol
+from ichseg.sweeps.model import Sweep
 
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000

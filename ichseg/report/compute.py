@@ -14,15 +14,15 @@ from ichseg.data.sources import Source
 from ichseg.errors import IchsegError
 from ichseg.report.compare import PairedComparison, compare_all
 from ichseg.report.heldout_slices import SliceResult, evaluate_slices
-from ichseg.report.heldout_volumes import (
+from ichseg.report.selection import Selection, select
+from ichseg.report.table import PROTOCOLS, ArchInfo, TableRow, arch_info, protocol, table_rows
+from ichseg.report.volume_scores import (
     ExternalResult,
     VolumeResult,
     evaluate_external,
     evaluate_volumes,
 )
-from ichseg.report.selection import Selection, select
-from ichseg.report.sources.model import Sweep
-from ichseg.report.table import PROTOCOLS, ArchInfo, TableRow, arch_info, protocol, table_rows
+from ichseg.sweeps.model import Sweep
 
 
 @dataclass(frozen=True)

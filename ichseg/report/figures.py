@@ -20,8 +20,8 @@ from matplotlib.ticker import MaxNLocator
 
 from ichseg.report.heldout_slices import SliceResult
 from ichseg.report.selection import Selection
-from ichseg.report.sources.model import Sweep
 from ichseg.report.table import PROTOCOLS, TableRow, display_name
+from ichseg.sweeps.model import Sweep
 from ichseg.visualize import overlay_rgb
 
 DPI = 120

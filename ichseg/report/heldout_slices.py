@@ -26,18 +26,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from ichseg.checkpoint import load_checkpoint
 from ichseg.data.datamodule import ICHDataModule
 from ichseg.data.release import SUBTYPES
 from ichseg.errors import IchsegError
-from ichseg.inference.checkpoint import load_checkpoint
 from ichseg.inference.ensemble import Ensemble
 from ichseg.metrics import ProtocolAccumulator, stage_keys
 from ichseg.nnunet.results import has_imported_test, imported_test_probabilities, is_imported
 from ichseg.report.render import fmt
 from ichseg.report.selection import Choice, Selection
-from ichseg.report.sources.model import Job, Sweep
 from ichseg.report.table import display_name, protocol
 from ichseg.runtime import pick_device
+from ichseg.sweeps.model import Job, Sweep
 
 NO_HEMORRHAGE = "No hemorrhage"
 # Every test-stage protocol, the authors' per-image scoring (`perimage`) beside the others.

@@ -18,7 +18,7 @@ from ichseg.errors import IchsegError
 from ichseg.metrics import PROTOCOLS as METRIC_PROTOCOLS
 from ichseg.metrics import collapsed
 from ichseg.models.unet import batch_norm_mode
-from ichseg.report.sources.model import Job, Sweep
+from ichseg.sweeps.model import Job, Sweep
 
 
 @dataclass(frozen=True)

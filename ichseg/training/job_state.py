@@ -24,8 +24,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ichseg.atomic import try_lock
+from ichseg.checkpoint import HPARAMS_KEY, read_checkpoint
 from ichseg.errors import IchsegError
-from ichseg.inference.checkpoint import HPARAMS_KEY, read_checkpoint
 from ichseg.records import write_job
 from ichseg.training.callbacks import LAST_CHECKPOINT, CheckpointRecorder
 

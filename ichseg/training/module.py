@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 import torch
 
-from ichseg.inference.checkpoint import PREPROCESS_KEY, RNG_KEY, Preprocess
+from ichseg.checkpoint import PREPROCESS_KEY, RNG_KEY, Preprocess
 from ichseg.metrics import PROTOCOLS, ProtocolAccumulator
 from ichseg.models.unet import UNet
 from ichseg.training.losses import soft_dice_loss

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ichseg.inference.checkpoint import Preprocess, write_checkpoint
+from ichseg.checkpoint import Preprocess, write_checkpoint
 from ichseg.training.module import SegmentationModule
 
 FILTERS = (4, 8, 16)

@@ -27,7 +27,7 @@ from ichseg.records import read_job, read_records
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute, score_heldout
 from ichseg.report.heldout_slices import evaluate_slices
-from ichseg.report.sources.local import collect_sweep
+from ichseg.sweeps.local import collect_sweep
 from tests.helpers.runs import ROOT
 
 TRAINER = "nnUNetTrainer__nnUNetPlans__2d"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ichseg.records import read_job, read_records
-from ichseg.report.sources.wandb_offline import RUN_FILES, read_offline_run
+from ichseg.sweeps.wandb_offline import RUN_FILES, read_offline_run
 from tests.helpers.runs import TINY, finish, launch, train
 
 # Long enough for a second process to start while the first trains (about 10 s).
@@ -234,8 +234,8 @@ def _independently_collapsed(job: Path, checkpoint: Path) -> int:
     torch, not ichseg's metrics) that its thresholded prediction touches none of their bleeds."""
     import torch
 
+    from ichseg.checkpoint import load_checkpoint
     from ichseg.data.prepare import load_prepared
-    from ichseg.inference.checkpoint import load_checkpoint
 
     data = load_prepared(Path(read_job(job)["cache_dir"]))
     row = {sid: i for i, sid in enumerate(data.ids)}
@@ -298,7 +298,7 @@ def test_a_collapsed_network_is_named_everywhere(tmp_path, capsys, record_behavi
     # A checkpoint without its validation (written before it carried one): the job's record.
     import torch
 
-    from ichseg.inference.checkpoint import VALIDATION_KEY
+    from ichseg.checkpoint import VALIDATION_KEY
 
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     del saved[VALIDATION_KEY]

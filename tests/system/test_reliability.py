@@ -408,7 +408,7 @@ def test_disk_full_while_writing_records_keeps_the_previous_file(
     case="report reads records while a job writes them", entry="report: collect.read_job_dir"
 )
 def test_report_never_reads_a_half_written_record(tmp_path, record_behaviour):
-    from ichseg.report.sources.local import read_job_dir
+    from ichseg.sweeps.local import read_job_dir
 
     job = tmp_path / "dunet-fold0"
     job.mkdir()

@@ -12,10 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ichseg.checkpoint import load_checkpoint, split_provenance
 from ichseg.cli import EXIT_INCOMPLETE, main
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
-from ichseg.inference.checkpoint import load_checkpoint, split_provenance
 from ichseg.records import read_job, read_records, write_job
 from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint
 from tests.helpers.runs import copy_or_link

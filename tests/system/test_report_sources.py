@@ -20,15 +20,15 @@ from ichseg.metrics import PROTOCOLS
 from ichseg.records import read_history, read_records
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute
-from ichseg.report.sources.local import collect_sweep
-from ichseg.report.sources.wandb_offline import (
+from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
+from ichseg.sweeps.local import collect_sweep
+from ichseg.sweeps.wandb_offline import (
     BLOCK,
     RUN_FILES,
     TruncatedRunFile,
     collect_wandb_offline,
     read_log,
 )
-from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
 
 # The Dice key of each Table 1 protocol, from the metric registry.
 DICE_KEYS = {name: PROTOCOLS[name].keys[0] for name in TABLE_PROTOCOLS}
@@ -162,7 +162,7 @@ def test_wandb_api_that_never_answers_times_out(tmp_path):
         )
         code = (
             "import sys\n"
-            "import ichseg.report.sources.wandb_api as source\n"
+            "import ichseg.sweeps.wandb_api as source\n"
             "from ichseg.cli import console\n"
             "source.API_TIMEOUT_S = 2\n"
             "sys.argv = ['ichseg', 'report', '--source', 'wandb', '--project', 'me/ichseg', "
@@ -247,8 +247,8 @@ def test_run_file_framing_is_read_across_blocks(tmp_path):
 
 
 def test_runs_of_a_resumed_job_are_merged_later_run_winning():
-    from ichseg.report.sources.model import Job
-    from ichseg.report.sources.wandb_api import merge_jobs
+    from ichseg.sweeps.model import Job
+    from ichseg.sweeps.wandb_api import merge_jobs
 
     def job(run: str, epochs: list[int]) -> Job:
         records = [

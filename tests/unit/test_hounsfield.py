@@ -12,11 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ichseg.checkpoint import split_provenance
 from ichseg.cli import main
 from ichseg.data.phantom import LAYOUTS, write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.data.release import Release
-from ichseg.inference.checkpoint import split_provenance
 from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint
 from tests.helpers.scans import ZOOMS, save_scan
 

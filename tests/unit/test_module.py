@@ -9,8 +9,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from ichseg.checkpoint import Preprocess, load_checkpoint, write_checkpoint
 from ichseg.errors import IchsegError
-from ichseg.inference.checkpoint import Preprocess, load_checkpoint, write_checkpoint
 from ichseg.training.job_state import check_resume_checkpoint
 from ichseg.training.module import SegmentationModule
 

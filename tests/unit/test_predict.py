@@ -16,17 +16,17 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from ichseg.cli import main
-from ichseg.data.phantom import write_phantom
-from ichseg.data.prepare import PrepareConfig, prepare
-from ichseg.data.release import Release
-from ichseg.data.transforms import window
-from ichseg.inference.checkpoint import (
+from ichseg.checkpoint import (
     Preprocess,
     load_checkpoint,
     split_provenance,
     write_checkpoint,
 )
+from ichseg.cli import main
+from ichseg.data.phantom import write_phantom
+from ichseg.data.prepare import PrepareConfig, prepare
+from ichseg.data.release import Release
+from ichseg.data.transforms import window
 from ichseg.inference.ensemble import Ensemble
 from ichseg.inference.nifti_io import open_scan
 from ichseg.inference.run import predict_scans

@@ -23,9 +23,9 @@ from ichseg.report.compute import compute, score_heldout
 from ichseg.report.heldout_slices import SliceExample, SliceResult
 from ichseg.report.render import CSV_COLUMNS
 from ichseg.report.selection import select
-from ichseg.report.sources.local import collect_sweep, latest_sweep
 from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
 from ichseg.report.table import table_rows
+from ichseg.sweeps.local import collect_sweep, latest_sweep
 
 # (IoU key, Dice key) of each Table 1 protocol, from the metric registry.
 PROTOCOL_KEYS = {name: PROTOCOLS[name].keys[::-1] for name in TABLE_PROTOCOLS}
@@ -474,9 +474,9 @@ def test_latest_sweep_is_the_last_launched(tmp_path):
 def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
     torch = pytest.importorskip("torch")
 
+    from ichseg.checkpoint import write_checkpoint
     from ichseg.data.datamodule import ICHDataModule
     from ichseg.data.sources import Phantom
-    from ichseg.inference.checkpoint import write_checkpoint
     from ichseg.metrics import confusion_matrix, lesion_dice
     from ichseg.report.heldout_slices import evaluate_slices
     from ichseg.training.module import SegmentationModule
@@ -555,7 +555,7 @@ def test_wandb_source_gives_the_same_table(tmp_path):
     from types import SimpleNamespace
 
     from ichseg.records import read_history
-    from ichseg.report.sources.wandb_api import collect_wandb
+    from ichseg.sweeps.wandb_api import collect_wandb
 
     sweep = make_sweep(tmp_path / "sweep", skip_records={("unet", 1, 200)})
     runs = []

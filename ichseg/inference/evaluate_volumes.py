@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ichseg.atomic import atomic_path, atomic_write_text
+from ichseg.checkpoint import SPLIT_KEY, Checkpoint
 from ichseg.data.release import SUBTYPES, VolumeRelease, read_json_object
 from ichseg.data.sources import Source, source_from_record
 from ichseg.errors import IchsegError
-from ichseg.inference.checkpoint import SPLIT_KEY, Checkpoint
 from ichseg.inference.run import prepare_outdir, progress_bar, warn_collapsed
 from ichseg.inference.volume_metrics import (
     DEFINITIONS,

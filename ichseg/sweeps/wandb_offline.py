@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.errors import IchsegError
-from ichseg.report.sources.local import load_yaml
-from ichseg.report.sources.model import MULTIRUN_FILE, Sweep, assemble_sweep
-from ichseg.report.sources.wandb_api import job_from_run, merge_jobs
+from ichseg.sweeps.local import load_yaml
+from ichseg.sweeps.model import MULTIRUN_FILE, Sweep, assemble_sweep
+from ichseg.sweeps.wandb_api import job_from_run, merge_jobs
 
 RUN_FILES = "*/wandb/offline-run-*/run-*.wandb"
 HEADER = struct.Struct("<4sHB")

@@ -21,7 +21,7 @@ from ichseg.records import (
     read_job,
     read_records,
 )
-from ichseg.report.sources.model import (
+from ichseg.sweeps.model import (
     CONFIG_FILE,
     MULTIRUN_FILE,
     NOT_STARTED,

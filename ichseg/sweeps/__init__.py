@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ichseg.errors import IchsegError
-from ichseg.report.sources.local import collect_sweep
-from ichseg.report.sources.model import Sweep
-from ichseg.report.sources.wandb_api import collect_wandb
-from ichseg.report.sources.wandb_offline import collect_wandb_offline
+from ichseg.sweeps.local import collect_sweep
+from ichseg.sweeps.model import Sweep
+from ichseg.sweeps.wandb_api import collect_wandb
+from ichseg.sweeps.wandb_offline import collect_wandb_offline
 
 SOURCES = ("local", "wandb", "wandb-offline")
 # Only the sweep folder holds checkpoint files, which scoring the held-out test split needs.

@@ -2,7 +2,7 @@
 
 Only a `data.split=patient` sweep has held-out patients whose every slice is unseen; there each
 architecture's fold models at the selected epoch are ensembled by `ichseg evaluate`
-(`ichseg.inference.heldout_volumes.evaluate`) over the test patients' full volumes (3-D Dice,
+(`ichseg.inference.evaluate_volumes.evaluate`) over the test patients' full volumes (3-D Dice,
 volume error in mL, patient-level detection). Given external data sources, the same ensembles
 score every volume of each (`evaluate_external`): the report's external validation sections.
 """
@@ -14,13 +14,13 @@ from pathlib import Path
 
 from ichseg.data.release import SUBTYPES
 from ichseg.data.sources import Source
-from ichseg.inference.heldout_volumes import evaluate
+from ichseg.inference.evaluate_volumes import evaluate
 from ichseg.nnunet.results import is_imported
 from ichseg.report.heldout_slices import checkpoints_at
 from ichseg.report.selection import Selection
-from ichseg.report.sources.local import read_cache_meta
-from ichseg.report.sources.model import Sweep
 from ichseg.report.table import display_name
+from ichseg.sweeps.local import read_cache_meta
+from ichseg.sweeps.model import Sweep
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import stage_keys
-from ichseg.report.sources.model import Job, Sweep, assemble_sweep
+from ichseg.sweeps.model import Job, Sweep, assemble_sweep
 
 # W&B run states -> job.json statuses.
 STATES = {"finished": "done", "running": "running", "crashed": "failed", "failed": "failed"}
