@@ -47,7 +47,6 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
 from scipy import ndimage
 
-from ichseg.data.hounsfield import check_ct_size
 from ichseg.data.orientation import reorientation
 from ichseg.errors import IchsegError, first_line
 from ichseg.inference.nifti_io import Scan
@@ -409,7 +408,6 @@ def _scan(
         _check_rescale(f.label, header)
         _check_decodable(f.label, header)
     shape = (cols, rows, len(group))
-    check_ct_size(tuple(int(n) for n in turn.zooms(shape)), f"scan {source}")
     # A header-only image: the mask is written with its geometry, the voxels come from `read_hu`.
     image = nib.Nifti1Image(np.broadcast_to(np.int16(0), shape), affine)
     image.header.set_xyzt_units("mm")

@@ -49,6 +49,12 @@ class Scan:
     orientation: Reorientation
     dicom: DicomSeries | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse a volume too small in-plane to be a scan, in the training orientation (every
+        reader of scans builds one of these, so each gets the check)."""
+        axial_last = tuple(int(n) for n in self.orientation.zooms(self.shape[:3]))
+        check_ct_size(axial_last, f"scan {self.path}")
+
     @property
     def stem(self) -> str:
         """The file name without `.nii` / `.nii.gz` (a DICOM series': its folder's or zip's)."""
@@ -108,8 +114,6 @@ def open_scan(path: str | os.PathLike) -> Scan:
     except NIFTI_READ_ERRORS as err:
         raise IchsegError(f"scan {path}: cannot read as NIfTI ({first_line(err)})") from None
     orientation = reorientation(image.affine, f"scan {path}")
-    axial_last = tuple(int(n) for n in orientation.zooms(shape[:3]))
-    check_ct_size(axial_last, f"scan {path}")
     return Scan(path, image, shape, zooms, orientation)  # type: ignore[arg-type]
 
 

@@ -31,6 +31,7 @@ from ichseg.inference.nifti_io import (
 from ichseg.inference.summary_page import PNG_SUFFIX, png_bytes, summary_figure
 from ichseg.inference.volumes import VolumeEnsemble, summarize
 from ichseg.metrics import COLLAPSED, collapsed
+from ichseg.records import read_records
 from ichseg.runtime import pick_device
 
 
@@ -56,11 +57,25 @@ def prepare_outdir(outdir: str | os.PathLike) -> Path:
     return writable_dir(outdir, "output folder")
 
 
+def _validation(ckpt: Checkpoint) -> dict | None:
+    """The checkpoint's last validation: its own, or for older checkpoints the record of its job
+    (`<job>/checkpoints/x.ckpt` -> `<job>/records.jsonl`) that names it."""
+    if ckpt.validation is not None:
+        return ckpt.validation
+    job = ckpt.path.parent.parent
+    try:
+        records = read_records(job)
+    except (IchsegError, OSError):
+        return None  # no readable record to go by: nothing to warn about
+    name = f"{ckpt.path.parent.name}/{ckpt.path.name}"
+    return next((r for r in records if r.get("checkpoint") == name and "val" in r), None)
+
+
 def warn_collapsed(checkpoints: Sequence[Checkpoint], command: str) -> None:
     """One warning line on stderr per checkpoint whose last validation says its network had
     collapsed (`ichseg.metrics.collapsed`): its empty masks are no finding."""
     for ckpt in checkpoints:
-        validation = ckpt.validation
+        validation = _validation(ckpt)
         if validation is not None and collapsed(validation["val"]):
             print(
                 f"ichseg {command}: warning: checkpoint {ckpt.path}: its network had collapsed "

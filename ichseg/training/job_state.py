@@ -19,9 +19,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from ichseg.atomic import try_lock
-from ichseg.checkpoint import (
-    LAST_CHECKPOINT,
-)
+from ichseg.checkpoint import LAST_CHECKPOINT
 from ichseg.errors import IchsegError
 from ichseg.records import write_job
 from ichseg.training.callbacks import CheckpointRecorder

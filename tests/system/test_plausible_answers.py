@@ -295,6 +295,16 @@ def test_a_collapsed_network_is_named_everywhere(tmp_path, capsys, record_behavi
     warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warning) == 1 and str(ckpt) in warning[0], warning
     assert "collapsed at epoch 2" in warning[0]
+    # A checkpoint without its validation (written before it carried one): the job's record.
+    import torch
+
+    from ichseg.checkpoint import VALIDATION_KEY
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    del saved[VALIDATION_KEY]
+    torch.save(saved, ckpt)
+    assert main(["predict", str(ckpt), str(scan), "-o", str(tmp_path / "pred2")]) == 0
+    assert "collapsed at epoch 2" in capsys.readouterr().err
     record_behaviour(
         f"lr=1 with batch norm: job done with val paper Dice {records[-1]['val']['dice_paper']:.3f}"
         f" and lesion Dice 0 ({bleeds} validation slices with bleeding, none touched, checked "
