@@ -77,7 +77,10 @@ def forge_results(
                 "normalization_schemes": ["ZScoreNormalization"],
                 "architecture": {
                     "network_class_name": "PlainConvUNet",
-                    "arch_kwargs": {"features_per_stage": [32, 64, 128]},
+                    "arch_kwargs": {
+                        "features_per_stage": [32, 64, 128],
+                        "kernel_sizes": [[3, 3], [3, 3], [3, 3]],
+                    },
                 },
             }
         },
@@ -242,7 +245,7 @@ def test_import_scores_match_numpy_and_the_report_has_three_architectures(sweep,
     report = build_report(computed, heldout=score_heldout(computed, tmp_path / "heldout"))
     text = (report / "report.md").read_text()
     assert (
-        "| nnU-Net (own final checkpoint) | (32,64,128) | (3x3) | (stride-2 conv) | NA | 12 "
+        "| nnU-Net (own final checkpoint) | (32,64,128) | 3x3 | stride-2 conv | NA | 12 | NA | NA "
         in text
     )
     assert "D-Unet (epoch" in text and "nnU-Net (own final checkpoint) (epoch 5) vs U-Net" in text
