@@ -69,6 +69,7 @@ RELIABILITY_CASES = {
         "folder of several CT series without --series",
         "DICOM SEG of a prediction",
     ),
+    "Networks": ("data.size the network cannot take",),
     "Reproducibility": (
         "same seed: identical splits",
         "same seed and config: identical records",

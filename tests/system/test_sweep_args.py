@@ -61,7 +61,10 @@ def test_reversed_range_is_an_error():
         ("fold=1.5", "fold=1.5 is not an integer"),
         ("fold=range(0,11)", "fold=10 is out of range"),
         ("fold=0,3,12", "fold=12 is out of range"),
-        ("model=resnet", "model=resnet is unknown: expected one of dunet, unet"),
+        (
+            "model=resnet",
+            "model=resnet is unknown: expected one of attention_unet, dunet, segresnet, unet",
+        ),
         ("model=unet,vnet", "model=vnet is unknown"),
     ],
 )
