@@ -202,10 +202,9 @@ def _predictions(
     the threshold and the detection area. nnU-Net's probabilities are its imported predictions
     (averaged here the same way); the networks' come from their checkpoints."""
     imported = [
-        (job, torch.from_numpy(prob).unsqueeze(1))
+        (job, torch.from_numpy(np.load(job.imported_test_file, allow_pickle=False)).unsqueeze(1))
         for job in sweep.jobs_of(choice.model)
-        if job.record(choice.epoch) is not None
-        and (prob := job.imported_test_probabilities()) is not None
+        if job.record(choice.epoch) is not None and job.imported_test_file is not None
     ]
     if imported:
         jobs = [job for job, _ in imported]
@@ -241,7 +240,7 @@ def _predictions(
 def has_test_predictions(sweep: Sweep, model: str) -> bool:
     """Whether `model`'s test split can be scored: checkpoints, or imported predictions."""
     jobs = sweep.jobs_of(model)
-    if any(job.imported_test_probabilities() is not None for job in jobs):
+    if any(job.imported_test_file is not None for job in jobs):
         return True
     return not any(job.imported for job in jobs)
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
@@ -84,12 +83,12 @@ class Job:
         """Whether the job was trained outside ichseg and imported (no checkpoint behind it)."""
         return self.trained_by != ICHSEG
 
-    def imported_test_probabilities(self) -> np.ndarray | None:
-        """The test-split probabilities an imported job came with, or None."""
-        path = self.dir / IMPORTED_TEST_FILE if self.dir is not None else None
-        if path is None or not self.imported or not path.is_file():
-            return None
-        return np.load(path, allow_pickle=False)
+    @property
+    def imported_test_file(self) -> Path | None:
+        """The test-split probabilities an imported job came with (`IMPORTED_TEST_FILE`), or
+        None."""
+        path = self.dir / IMPORTED_TEST_FILE if self.dir is not None and self.imported else None
+        return path if path is not None and path.is_file() else None
 
     def record(self, epoch: int) -> dict | None:
         """This job's checkpoint record at `epoch`, or None."""
