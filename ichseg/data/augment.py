@@ -90,17 +90,21 @@ class BatchAugment(nn.Module):
         # Draw where the generator lives so a CPU generator also drives a CUDA batch.
         draw_device = generator.device if generator is not None else device
         u = torch.rand(batch, 8, generator=generator, device=draw_device).to(device)
-        keep = u[:, _APPLY] < self.p
-
-        def sym(col: int, half_range: float) -> Tensor:
-            return ((2 * u[:, col] - 1) * half_range).where(keep, 0.0)
-
+        keep = u[:, _APPLY:] < self.p
+        # Every symmetric range in one expression: each value is (2u - 1) * half_range, as if
+        # drawn column by column, with a handful of tensor operations per batch instead of 30.
+        half_ranges = torch.tensor(
+            [self.rotation_deg, self.shift, self.shift, self.shear_deg, self.zoom, self.zoom],
+            dtype=u.dtype,
+            device=device,
+        )
+        sym = ((2 * u[:, :_FLIP] - 1) * half_ranges).where(keep, 0.0)
         return {
-            "angle": sym(_ANGLE, self.rotation_deg),
-            "shift": torch.stack([sym(_TX, self.shift), sym(_TY, self.shift)], dim=1),
-            "shear": sym(_SHEAR, self.shear_deg),
-            "zoom": 1 + torch.stack([sym(_ZX, self.zoom), sym(_ZY, self.zoom)], dim=1),
-            "flip": (u[:, _FLIP] < self.hflip) & keep,
+            "angle": sym[:, _ANGLE],
+            "shift": sym[:, _TX : _TY + 1],
+            "shear": sym[:, _SHEAR],
+            "zoom": 1 + sym[:, _ZX : _ZY + 1],
+            "flip": (u[:, _FLIP] < self.hflip) & keep[:, 0],
         }
 
     def forward(
@@ -136,15 +140,17 @@ class BatchAugment(nn.Module):
         mask = torch.where(flip, mask.flip(-1), mask)
 
         theta = _theta(angle, shift, shear, zoom, image.shape[-2], image.shape[-1], image.device)
+        # A sample whose matrix is exactly the identity keeps its pixels bit for bit. Decided per
+        # sample on the device, without asking whether any sample is warped: that question would
+        # wait for the GPU on every step.
         eye = torch.eye(2, 3, device=image.device)
-        warped = ~(theta == eye).flatten(1).all(dim=1)
-        if not bool(warped.any()):
-            return image, mask
-        # A sample whose matrix is exactly the identity keeps its pixels bit for bit.
-        warped = warped.view(bshape)
+        warped = ~(theta == eye).flatten(1).all(dim=1).view(bshape)
+        # One sampling grid for image and mask (it depends on the batch and the size only).
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            grid = F.affine_grid(theta, [image.shape[0], 1, *image.shape[-2:]], align_corners=False)
         padding = FILL_MODES[fill]
-        image = torch.where(warped, _warp(image, theta, "bilinear", padding), image)
-        mask = torch.where(warped, _warp(mask, theta, "nearest", padding), mask)
+        image = torch.where(warped, _resample(image, grid, "bilinear", padding), image)
+        mask = torch.where(warped, _resample(mask, grid, "nearest", padding), mask)
         return image, mask
 
 
@@ -178,12 +184,11 @@ def _theta(
     return torch.cat([lin, trans], dim=2)
 
 
-def _warp(x: Tensor, theta: Tensor, mode: str, padding: str) -> Tensor:
-    """Resample `x` at the grid of `theta` in float32, returning x's dtype and memory format."""
+def _resample(x: Tensor, grid: Tensor, mode: str, padding: str) -> Tensor:
+    """Sample `x` at `grid` in float32, returning x's dtype and memory format."""
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     # The grid must stay fp32 under bf16 autocast: bf16 coordinates are off by whole pixels.
     with torch.autocast(device_type=x.device.type, enabled=False):
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(
             x.float(), grid, mode=mode, padding_mode=padding, align_corners=False
         ).to(x.dtype)

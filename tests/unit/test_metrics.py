@@ -270,7 +270,17 @@ def test_bad_inputs_raise():
         confusion_matrix(PRED[:2], TARGET[:3])
     with pytest.raises(IchsegError, match="at least one sample"):
         confusion_matrix(PRED[:0], TARGET[:0])
-    # MONAI counts in float32: past 2**24 pixels a sample's counts would not be exact.
-    big = torch.zeros(1, 2**24 + 1, dtype=torch.bool)
-    with pytest.raises(IchsegError, match=r"2\*\*24 pixels"):
-        confusion_matrix(big, big)
+    with pytest.raises(IchsegError, match="at least one pixel"):
+        confusion_matrix(PRED[:, :0], TARGET[:, :0])
+
+
+def test_confusion_matrix_equals_monai_and_stays_exact_past_float32():
+    from monai.metrics import get_confusion_matrix
+
+    monai = get_confusion_matrix(
+        PRED.flatten(1).unsqueeze(1).to(torch.uint8), TARGET.flatten(1).unsqueeze(1).to(torch.uint8)
+    )[:, 0]
+    assert torch.equal(confusion_matrix(PRED, TARGET), monai.to(torch.int64))
+    # Past 2**24 pixels float32 counting (MONAI's) is no longer exact; int64 counting is.
+    big = torch.ones(1, 2**24 + 1, dtype=torch.bool)
+    assert confusion_matrix(big, big).tolist() == [[2**24 + 1, 0, 0, 0]]
