@@ -68,33 +68,47 @@ def _reset_vm_hwm() -> bool:
     return True
 
 
-@contextlib.contextmanager
-def peak_memory(device: torch.device) -> Iterator[dict]:
-    """Fill a dict with the block's peak RSS (MiB) and, on CUDA, peak allocated GPU memory.
+class PeakMemory:
+    """Peak RSS (MiB) and, on CUDA, peak allocated GPU memory from construction to each `read()`.
 
     `rss_scope` says what the RSS figure covers: "block" where the peak could be reset at
-    entry, "process" (the peak since the process started) where it could not. The peak
-    includes what the process held on entry (`rss_at_start_mb`): memory earlier sections freed
-    may stay with the allocator.
+    construction, "process" (the peak since the process started) where it could not. The peak
+    includes what the process held at construction (`rss_at_start_mb`): memory earlier sections
+    freed may stay with the allocator.
     """
-    out: dict = {}
-    scoped = _reset_vm_hwm()
-    start = _status_mb("VmRSS")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        yield out
-    finally:
-        hwm = vm_hwm_mb()
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.scoped = _reset_vm_hwm()
+        self.start = _status_mb("VmRSS")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def read(self) -> dict:
+        """The peaks so far."""
+        out: dict = {}
+        hwm, scoped = vm_hwm_mb(), self.scoped
         if hwm is None:
             hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             scoped = False
         out["peak_rss_mb"] = round(hwm, 1)
         out["rss_scope"] = "block" if scoped else "process"
-        if start is not None:
-            out["rss_at_start_mb"] = round(start, 1)
-        if device.type == "cuda":
-            out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        if self.start is not None:
+            out["rss_at_start_mb"] = round(self.start, 1)
+        if self.device.type == "cuda":
+            out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return out
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict]:
+    """Fill a dict with the block's `PeakMemory` figures when the block ends."""
+    out: dict = {}
+    watch = PeakMemory(device)
+    try:
+        yield out
+    finally:
+        out.update(watch.read())
 
 
 def time_repeats(
@@ -148,6 +162,17 @@ class StepWindows:
         """Read the clock before the first step."""
         synchronize(self.device)
         self._started = self._last = time.perf_counter()
+
+    @property
+    def started(self) -> bool:
+        """Whether `start()` was called."""
+        return self._started is not None
+
+    def resume(self) -> None:
+        """Restart the open window's clock and counts, after work that is not to be timed."""
+        synchronize(self.device)
+        self._start = self._last = time.perf_counter()
+        self._steps = self._images = 0
 
     def step_done(self, images: int) -> bool:
         """Account one finished step of `images` images; True when every window is timed."""

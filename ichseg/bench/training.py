@@ -2,8 +2,9 @@
 
 - real: `ICHDataModule` -> on-device `BatchAugment` -> `SegmentationModule.training_step` (loss
   and metric accumulation) -> backward -> Adam, driven by a Lightning Trainer as in `train.py`;
-- bare: the same network, loss and optimiser on ready tensors of the batch's shape, in a plain
-  loop (no data, no augmentation, no metrics, no Lightning): the floor the real path is held to;
+- bare: the same network, loss and optimiser on ready tensors of the real epoch's batch sizes,
+  in a plain loop (no data, no augmentation, no metrics, no Lightning): the floor the real path
+  is held to, timed in windows that alternate with the real path's in one process;
 - monai: what a user would otherwise write, a torch `DataLoader` over a MONAI `Dataset` of the
   same training slices with per-sample MONAI `RandAffined` + `RandFlipd` in worker processes,
   feeding the same LightningModule.
@@ -24,6 +25,7 @@ from omegaconf import DictConfig
 from ichseg.bench.experiment import bench_trainer, job_precision
 from ichseg.bench.measure import (
     LightningStepWindows,
+    PeakMemory,
     StepWindows,
     peak_memory,
     summarize,
@@ -33,7 +35,7 @@ from ichseg.config import instantiate_checked
 from ichseg.data.datamodule import ICHDataModule
 from ichseg.errors import IchsegError
 from ichseg.runtime import apply_torch_settings
-from ichseg.training.callbacks import CheckpointRecorder
+from ichseg.training.callbacks import CheckpointRecorder, FiniteLossGuard
 from ichseg.training.losses import soft_dice_loss
 from ichseg.training.module import SegmentationModule
 
@@ -56,42 +58,135 @@ def _windows(device: torch.device, timing: dict) -> StepWindows:
 def real_path(cfg: DictConfig, device: torch.device, timing: dict) -> dict:
     """Images/s of the job's own training loop (validation switched off), and its memory."""
     windows = _windows(device, timing)
-    datamodule, module = _datamodule(cfg), _module(cfg)
     trainer = bench_trainer(
-        cfg, device, [LightningStepWindows(windows)], max_epochs=-1, limit_val_batches=0
+        cfg, device, _job_step_hooks([LightningStepWindows(windows)]), **_TRAIN_ONLY
     )
     with peak_memory(device) as memory:
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(_module(cfg), datamodule=_datamodule(cfg))
     return _result(windows, memory)
 
 
-def bare_path(cfg: DictConfig, device: torch.device, timing: dict) -> dict:
-    """Images/s of forward, Dice loss, backward and Adam on ready tensors: no data pipeline."""
-    precision = job_precision(cfg, device)
-    if precision not in ("32-true", "bf16-mixed"):
-        raise IchsegError(f"precision={precision}: the bare path times 32-true and bf16-mixed")
-    module = _module(cfg).to(device)
-    module.train()
-    net, optimizer = module.net, module.configure_optimizers()["optimizer"]
-    batch, size = int(cfg.data.batch_size), int(cfg.data.size)
-    generator = torch.Generator(device=device).manual_seed(0)
-    image = torch.rand(batch, 1, size, size, device=device, generator=generator)
-    if module.hparams.channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    mask = (torch.rand(batch, 1, size, size, device=device, generator=generator) > 0.9).float()
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16-mixed")
-    windows = _windows(device, timing)
-    with peak_memory(device) as memory:
-        windows.start()
-        done = False
-        while not done:
-            with autocast:
-                loss = soft_dice_loss(net(image), mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            done = windows.step_done(batch)
-    return _result(windows, memory)
+def real_and_bare(cfg: DictConfig, device: torch.device, timing: dict) -> dict:
+    """The real and the bare path side by side: their timed windows alternate in one process,
+    so a change in the machine's speed reaches both alike; `pairs` holds bare / real of each
+    bare window and the real window right after it.
+
+    The real path's memory is read when its warm-up ends, before the bare path exists; the bare
+    path has no memory figure of its own.
+    """
+    datamodule, module = _datamodule(cfg), _module(cfg)
+    alternate = _AlternateWithBare(cfg, device, timing, PeakMemory(device))
+    trainer = bench_trainer(cfg, device, _job_step_hooks([alternate]), **_TRAIN_ONLY)
+    trainer.fit(module, datamodule=datamodule)
+    real, bare = alternate.real, alternate.bare.windows
+    ratios = [b / r for b, r in zip(bare.images_per_s, real.images_per_s, strict=True)]
+    return {
+        "real": _result(real, alternate.memory),
+        "bare": {**_result(bare, None), "batch_sizes": alternate.bare.batch_sizes},
+        "pairs": summarize(ratios),
+    }
+
+
+# The timed fits train only: validation is timed in `epoch_costs`.
+_TRAIN_ONLY = {"max_epochs": -1, "limit_val_batches": 0}
+
+
+def _job_step_hooks(callbacks: list) -> list:
+    """`callbacks` plus the job's own per-step callback (the finite-loss check)."""
+    return [FiniteLossGuard(), *callbacks]
+
+
+def epoch_batch_sizes(train_images: int, batch_size: int) -> list[int]:
+    """The batch sizes of one training epoch in order: full batches, then the remainder."""
+    full, rest = divmod(train_images, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
+class BareLoop:
+    """Forward, Dice loss, backward and Adam of the job's network on ready tensors, in a plain
+    loop: no data pipeline, augmentation, metrics or Lightning, the floor the real path is held
+    to. Steps cycle through `batch_sizes` (a real epoch's, its smaller last batch included), so
+    both paths train on batches of the same sizes."""
+
+    def __init__(
+        self, cfg: DictConfig, device: torch.device, timing: dict, batch_sizes: list[int]
+    ) -> None:
+        precision = job_precision(cfg, device)
+        if precision not in ("32-true", "bf16-mixed"):
+            raise IchsegError(f"precision={precision}: the bare path times 32-true and bf16-mixed")
+        # The job's module, weights and PyTorch settings, in a copy of its own.
+        module = _module(cfg).to(device)
+        module.train()
+        self.net = module.net
+        self.optimizer = module.configure_optimizers()["optimizer"]
+        self.batch_sizes = list(batch_sizes)
+        size = int(cfg.data.size)
+        generator = torch.Generator(device=device).manual_seed(0)
+        self.batches = {}
+        for batch in sorted(set(self.batch_sizes)):
+            image = torch.rand(batch, 1, size, size, device=device, generator=generator)
+            if module.hparams.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            mask = torch.rand(batch, 1, size, size, device=device, generator=generator) > 0.9
+            self.batches[batch] = (image, mask.float())
+        self.autocast = torch.autocast(
+            device.type, torch.bfloat16, enabled=precision == "bf16-mixed"
+        )
+        self.windows = _windows(device, timing)
+        self._next = 0
+
+    def step(self) -> int:
+        """One training step on the next batch size of the cycle; returns its images."""
+        batch = self.batch_sizes[self._next]
+        self._next = (self._next + 1) % len(self.batch_sizes)
+        image, mask = self.batches[batch]
+        with self.autocast:
+            loss = soft_dice_loss(self.net(image), mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return batch
+
+    def run_window(self) -> None:
+        """Time one more window (the first call warms up first)."""
+        timed = len(self.windows.images_per_s) + 1
+        if self.windows.started:
+            self.windows.resume()
+        else:
+            self.windows.start()
+        while len(self.windows.images_per_s) < timed:
+            self.windows.step_done(self.step())
+
+
+class _AlternateWithBare(pl.Callback):
+    """Times the real fit in windows and runs one bare window before each of them."""
+
+    def __init__(
+        self, cfg: DictConfig, device: torch.device, timing: dict, watch: PeakMemory
+    ) -> None:
+        self.cfg, self.device, self.timing, self.watch = cfg, device, timing, watch
+        self.real = _windows(device, timing)
+        self.bare: BareLoop | None = None
+        self.memory: dict = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.real.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        windows = self.real
+        warming, timed = windows.steps_per_window == 0, len(windows.images_per_s)
+        if windows.step_done(int(batch["image"].shape[0])):
+            trainer.should_stop = True
+            return
+        if warming and windows.steps_per_window:
+            self.memory = self.watch.read()
+            dm = trainer.datamodule
+            sizes = epoch_batch_sizes(len(dm.train_rows), dm.batch_size)
+            self.bare = BareLoop(self.cfg, self.device, self.timing, sizes)
+        elif len(windows.images_per_s) == timed:
+            return
+        self.bare.run_window()
+        windows.resume()
 
 
 def monai_path(cfg: DictConfig, device: torch.device, timing: dict, workers: int) -> dict:
@@ -101,7 +196,7 @@ def monai_path(cfg: DictConfig, device: torch.device, timing: dict, workers: int
     loader = monai_loader(datamodule, workers, pin_memory=device.type == "cuda")
     windows = _windows(device, timing)
     trainer = bench_trainer(
-        cfg, device, [LightningStepWindows(windows)], max_epochs=-1, limit_val_batches=0
+        cfg, device, _job_step_hooks([LightningStepWindows(windows)]), **_TRAIN_ONLY
     )
     with peak_memory(device) as memory:
         trainer.fit(_module(cfg), train_dataloaders=loader)
@@ -203,13 +298,15 @@ def epoch_costs(cfg: DictConfig, device: torch.device, repeats: int) -> dict:
     }
 
 
-def _result(windows: StepWindows, memory: dict) -> dict:
-    return {
+def _result(windows: StepWindows, memory: dict | None) -> dict:
+    out = {
         "images_per_s": summarize(windows.images_per_s),
         "steps_per_window": windows.steps_per_window,
         "warmup_steps": windows.warmup_done,
-        "memory": memory,
     }
+    if memory is not None:
+        out["memory"] = memory
+    return out
 
 
 def epoch_shares(

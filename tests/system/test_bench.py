@@ -1,4 +1,4 @@
-"""`ichseg bench`: the timing arithmetic, the three training paths, and the JSON it writes."""
+"""`ichseg bench`: the timing arithmetic, the training paths, and the JSON it writes."""
 
 from __future__ import annotations
 
@@ -95,9 +95,11 @@ def test_derived_figures_are_ratios_of_medians():
         "flops_per_image": 2e11,
         "real": {"images_per_s": measure.summarize([90.0, 100.0, 110.0])},
         "bare": {"images_per_s": measure.summarize([104.0, 105.0, 106.0])},
+        "pairs": measure.summarize([104.0 / 90.0, 105.0 / 100.0, 106.0 / 110.0]),
         "monai": {"images_per_s": measure.summarize([40.0, 50.0, 60.0])},
     }
     out = derived_figures(case, {"tflops": {"median": 40.0}})
+    # The median of the paired ratios, not the ratio of the medians.
     assert out["overhead_vs_bare"] == pytest.approx(1.05)
     assert out["speedup_vs_monai_loader"] == pytest.approx(2.0)
     assert out["achieved_tflops"] == pytest.approx(20.0)
@@ -156,7 +158,13 @@ def test_real_path_runs_the_datamodule_augmentation_and_module(root, monkeypatch
     assert result["memory"]["peak_rss_mb"] > 0
 
 
-def test_bare_path_trains_the_network(root, monkeypatch):
+def test_epoch_batch_sizes_end_with_the_remainder():
+    assert training.epoch_batch_sizes(35, 16) == [16, 16, 3]
+    assert training.epoch_batch_sizes(32, 16) == [16, 16]
+    assert training.epoch_batch_sizes(5, 16) == [5]
+
+
+def test_bare_loop_trains_the_network_on_the_epochs_batch_sizes(root, monkeypatch):
     cfg = compose_job("tiny", "unet")
     built = []
     original = training._module
@@ -167,11 +175,45 @@ def test_bare_path_trains_the_network(root, monkeypatch):
         return module
 
     monkeypatch.setattr(training, "_module", keep)
-    result = training.bare_path(cfg, CPU, FAST)
+    bare = training.BareLoop(cfg, CPU, FAST, [4, 4, 1])
+    assert [bare.step() for _ in range(7)] == [4, 4, 1, 4, 4, 1, 4]
     module, before = built[0]
-    assert result["images_per_s"]["n"] == 2
     moved = [not torch.equal(b, p) for b, p in zip(before, module.parameters(), strict=True)]
     assert all(moved), "each weight must move after the Adam steps"
+    bare.run_window()
+    bare.run_window()
+    assert bare.windows.images_per_s and len(bare.windows.images_per_s) == 2
+
+
+def test_real_and_bare_alternate_their_windows(root, monkeypatch):
+    cfg = compose_job("tiny", "dunet")
+    events = []
+    real_step = BatchAugment.forward
+    bare_window = training.BareLoop.run_window
+
+    def augment(self, image, mask, generator=None):
+        events.append("real")
+        return real_step(self, image, mask, generator)
+
+    def window(self):
+        events.append("bare")
+        bare_window(self)
+
+    monkeypatch.setattr(BatchAugment, "forward", augment)
+    monkeypatch.setattr(training.BareLoop, "run_window", window)
+    result = training.real_and_bare(cfg, CPU, FAST)
+    real, bare, pairs = result["real"], result["bare"], result["pairs"]
+    per_window = real["steps_per_window"]
+    # Warm-up, then each real window follows one bare window.
+    warm = real["warmup_steps"]
+    assert events == ["real"] * warm + (["bare"] + ["real"] * per_window) * FAST["repeats"]
+    assert pairs["values"] == pytest.approx(
+        [b / r for b, r in zip(bare["images_per_s"]["values"], real["images_per_s"]["values"])]
+    )
+    dm = training._datamodule(cfg)
+    dm.setup("fit")
+    assert bare["batch_sizes"] == training.epoch_batch_sizes(len(dm.train_rows), dm.batch_size)
+    assert real["memory"]["peak_rss_mb"] > 0 and "memory" not in bare
 
 
 def test_monai_pipeline_flips_like_batch_augment(root):
@@ -231,8 +273,7 @@ def test_bench_writes_json_and_table(root, capsys):
     saved = json.loads(path.read_text())
     assert saved == json.loads(json.dumps(result))
     case = saved["training"]["dunet@32"]
-    ratio = case["bare"]["images_per_s"]["median"] / case["real"]["images_per_s"]["median"]
-    assert case["overhead_vs_bare"] == pytest.approx(ratio)
+    assert case["overhead_vs_bare"] == pytest.approx(case["pairs"]["median"])
     epoch = case["epoch"]
     # 2 * (repeats + 1) epochs alternate plain and checkpoint ones; the first of each is warm-up.
     assert epoch["validation_s"]["n"] == 5 and epoch["save_last_s"]["n"] == 2
@@ -240,7 +281,7 @@ def test_bench_writes_json_and_table(root, capsys):
     assert epoch["split"]["epoch_s"] > epoch["validation_s"]["median"]
     assert saved["paper_sweep"] is None, "no paper-size case ran, so nothing is projected"
     table = format_bench(saved)
-    assert "dunet@32" in table and f"{case['overhead_vs_bare']:.3f}" in table
+    assert "dunet@32" in table and f"{case['overhead_vs_bare']:.3f} (" in table
 
 
 def test_bench_jobs_run_as_separate_processes(root):
