@@ -51,6 +51,25 @@ def test_p_zero_is_identity_even_with_wide_ranges() -> None:
     assert torch.equal(out_mask, mask)
 
 
+def test_samples_left_alone_keep_their_pixels_in_a_warped_batch() -> None:
+    # One batch mixing an identity sample, a flipped-only one and warped ones: each sample is
+    # decided on its own, with nothing asked of the device about the batch as a whole.
+    angle = torch.tensor([0.0, 0.0, 30.0, -12.0])
+    flip = torch.tensor([False, True, False, True])
+    image, mask = torch.rand(4, 1, 24, 24), _blobs(4, 24)
+    out_image, out_mask = BatchAugment.warp(image, mask, **_params(4, angle=angle, flip=flip))
+    assert torch.equal(out_image[0], image[0]) and torch.equal(out_mask[0], mask[0])
+    assert torch.equal(out_image[1], image[1].flip(-1)) and torch.equal(
+        out_mask[1], mask[1].flip(-1)
+    )
+    assert not torch.equal(out_image[2], image[2]) and not torch.equal(out_image[3], image[3])
+    # The warped samples are what a batch of them alone gives: one shared grid, per sample.
+    alone_image, alone_mask = BatchAugment.warp(
+        image[2:], mask[2:], **_params(2, angle=angle[2:], flip=flip[2:])
+    )
+    assert torch.equal(out_image[2:], alone_image) and torch.equal(out_mask[2:], alone_mask)
+
+
 def test_flip_matches_torch_flip_exactly_per_sample() -> None:
     image = torch.rand(3, 2, 20, 24)
     mask = _blobs(3, 24)[..., 2:22, :]
