@@ -207,9 +207,8 @@ def test_real_and_bare_alternate_their_windows(root, monkeypatch):
     # Warm-up, then each real window follows one bare window.
     warm = real["warmup_steps"]
     assert events == ["real"] * warm + (["bare"] + ["real"] * per_window) * FAST["repeats"]
-    assert pairs["values"] == pytest.approx(
-        [b / r for b, r in zip(bare["images_per_s"]["values"], real["images_per_s"]["values"])]
-    )
+    rates = zip(bare["images_per_s"]["values"], real["images_per_s"]["values"], strict=True)
+    assert pairs["values"] == pytest.approx([b / r for b, r in rates])
     dm = training._datamodule(cfg)
     dm.setup("fit")
     assert bare["batch_sizes"] == training.epoch_batch_sizes(len(dm.train_rows), dm.batch_size)
