@@ -74,6 +74,7 @@ def real_and_bare(cfg: DictConfig, device: torch.device, timing: dict) -> dict:
     The real path's memory is read when its warm-up ends, before the bare path exists; the bare
     path has no memory figure of its own.
     """
+    bare_precision(cfg, device)
     datamodule, module = _datamodule(cfg), _module(cfg)
     alternate = _AlternateWithBare(cfg, device, timing, PeakMemory(device))
     trainer = bench_trainer(cfg, device, _job_step_hooks([alternate]), **_TRAIN_ONLY)
@@ -96,6 +97,14 @@ def _job_step_hooks(callbacks: list) -> list:
     return [FiniteLossGuard(), *callbacks]
 
 
+def bare_precision(cfg: DictConfig, device: torch.device) -> str:
+    """The job's precision, refused in one line where the bare loop cannot reproduce it."""
+    precision = job_precision(cfg, device)
+    if precision not in ("32-true", "bf16-mixed"):
+        raise IchsegError(f"precision={precision}: the bare path times 32-true and bf16-mixed")
+    return precision
+
+
 def epoch_batch_sizes(train_images: int, batch_size: int) -> list[int]:
     """The batch sizes of one training epoch in order: full batches, then the remainder."""
     full, rest = divmod(train_images, batch_size)
@@ -111,9 +120,7 @@ class BareLoop:
     def __init__(
         self, cfg: DictConfig, device: torch.device, timing: dict, batch_sizes: list[int]
     ) -> None:
-        precision = job_precision(cfg, device)
-        if precision not in ("32-true", "bf16-mixed"):
-            raise IchsegError(f"precision={precision}: the bare path times 32-true and bf16-mixed")
+        precision = bare_precision(cfg, device)
         # The job's module, weights and PyTorch settings, in a copy of its own.
         module = _module(cfg).to(device)
         module.train()
