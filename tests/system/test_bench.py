@@ -17,6 +17,7 @@ from ichseg.bench.settings import BenchSettings
 from ichseg.bench.table import format_bench
 from ichseg.cli import main
 from ichseg.data.augment import BatchAugment
+from ichseg.errors import IchsegError
 from ichseg.models.unet import unet_config
 
 CPU = torch.device("cpu")
@@ -213,6 +214,13 @@ def test_real_and_bare_alternate_their_windows(root, monkeypatch):
     dm.setup("fit")
     assert bare["batch_sizes"] == training.epoch_batch_sizes(len(dm.train_rows), dm.batch_size)
     assert real["memory"]["peak_rss_mb"] > 0 and "memory" not in bare
+
+
+def test_a_precision_the_bare_loop_cannot_time_is_refused_before_training(root, monkeypatch):
+    cfg = compose_job("tiny", "dunet", ["precision=16-mixed"])
+    monkeypatch.setattr(training, "_module", lambda c: pytest.fail("nothing may be built"))
+    with pytest.raises(IchsegError, match="precision=16-mixed: the bare path"):
+        training.real_and_bare(cfg, CPU, FAST)
 
 
 def test_monai_pipeline_flips_like_batch_augment(root):
