@@ -1,14 +1,13 @@
 """Segmentation metrics under named protocols (see `PROTOCOLS`).
 
-Half of the balanced set has empty masks, so every number is labelled with how empty slices
-count. Hard protocols take boolean masks with one sample (slice) per row of dim 0; every other
-dim is flattened. The soft protocols (`paper` and the authors' variants of it) take sigmoid
-probabilities, as the authors' Keras metrics did. Pixel counts are counted here in int64 (tests
-hold them equal to MONAI's `get_confusion_matrix`); the Dice, IoU, sensitivity and specificity
-over them are MONAI's (`compute_confusion_matrix_metric`, in float64); the smoothed soft sums are
-computed here. The pure functions return Python floats
-(NaN where the protocol is undefined); `ProtocolAccumulator` gathers per-slice sums over an
-epoch and reports every protocol at once.
+Half of the balanced set has empty masks, so every number is labelled with how empty slices count.
+Hard protocols take boolean masks with one sample (slice) per row of dim 0; every other dim is
+flattened. The soft protocols (`paper` and the authors' variants of it) take sigmoid probabilities,
+as the authors' Keras metrics did. Pixel counts are counted here in int64 (tests hold them equal to
+MONAI's `get_confusion_matrix`); the Dice, IoU, sensitivity and specificity over them are MONAI's
+(`compute_confusion_matrix_metric`, in float64); the smoothed soft sums are computed here. The pure
+functions return Python floats (NaN where the protocol is undefined); `ProtocolAccumulator` gathers
+per-slice sums over an epoch and reports every protocol at once.
 """
 
 from __future__ import annotations

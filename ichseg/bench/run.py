@@ -50,8 +50,8 @@ def bench_case(cfg, device: torch.device, settings: BenchSettings, ceiling: dict
     }
     timing = settings.timing()
     if "train" in settings.sections:
-        _say(f"{name}: real path (DataModule, augmentation, LightningModule, Adam) beside the")
-        _say(f"{name}: bare network on ready tensors, windows alternating")
+        _say(f"{name}: real path (DataModule, augmentation, LightningModule, Adam) and bare")
+        _say(f"{name}: network on ready tensors, their timed windows alternating")
         case.update(training.real_and_bare(cfg, device, timing))
         _say(f"{name}: MONAI Dataset + DataLoader, {settings.monai_workers} workers")
         case["monai"] = training.monai_path(cfg, device, timing, settings.monai_workers)

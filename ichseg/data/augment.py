@@ -92,7 +92,7 @@ class BatchAugment(nn.Module):
         u = torch.rand(batch, 8, generator=generator, device=draw_device).to(device)
         keep = u[:, _APPLY:] < self.p
         # Every symmetric range in one expression: each value is (2u - 1) * half_range, as if
-        # drawn column by column, with a handful of tensor operations per batch instead of 30.
+        # drawn column by column, in a handful of tensor operations instead of several per column.
         half_ranges = torch.tensor(
             [self.rotation_deg, self.shift, self.shift, self.shear_deg, self.zoom, self.zoom],
             dtype=u.dtype,
