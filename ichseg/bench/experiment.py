@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from ichseg.config import project_root, register_resolvers
 from ichseg.errors import IchsegError
 from ichseg.runtime import pick_device, training_precision
+from ichseg.training.console import quiet_libraries
 
 
 def compose_job(experiment: str, model: str, overrides: list[str] | tuple = ()) -> DictConfig:
@@ -69,15 +70,15 @@ def bench_trainer(
 
 
 def quiet_lightning() -> None:
-    """Keep Lightning's start-up banners and advice out of the benchmark's output."""
+    """A job's filters (`quiet_libraries`), plus Lightning's start-up banners and the advice the
+    benchmark's deliberately short fits draw, kept out of its output."""
+    quiet_libraries()
     for name in ("pytorch_lightning", "lightning", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for noise in (
         ".*does not have many workers.*",
         ".*weights_only.*",
         ".*limit_train_batches=1.*",
-        ".*`srun` command is available.*",
         ".*no `val_dataloader`.*",
-        ".*LeafSpec.*",
     ):
         warnings.filterwarnings("ignore", message=noise)
