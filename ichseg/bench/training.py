@@ -39,6 +39,9 @@ from ichseg.training.callbacks import CheckpointRecorder, FiniteLossGuard
 from ichseg.training.losses import soft_dice_loss
 from ichseg.training.module import SegmentationModule
 
+# The timed fits train only: validation is timed in `epoch_costs`.
+_TRAIN_ONLY = {"max_epochs": -1, "limit_val_batches": 0}
+
 
 def _datamodule(cfg: DictConfig, **overrides) -> ICHDataModule:
     return instantiate_checked(cfg.data, **overrides)
@@ -86,10 +89,6 @@ def real_and_bare(cfg: DictConfig, device: torch.device, timing: dict) -> dict:
         "bare": {**_result(bare, None), "batch_sizes": alternate.bare.batch_sizes},
         "pairs": summarize(ratios),
     }
-
-
-# The timed fits train only: validation is timed in `epoch_costs`.
-_TRAIN_ONLY = {"max_epochs": -1, "limit_val_batches": 0}
 
 
 def _job_step_hooks(callbacks: list) -> list:
