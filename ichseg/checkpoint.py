@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from ichseg.data.transforms import INTENSITIES
-from ichseg.errors import IchsegError, first_line
+from ichseg.errors import IchsegError, first_line, require_file
 from ichseg.models.unet import unet_config
 from ichseg.nets import build_net
 
@@ -216,9 +216,7 @@ def module_net_config(module: Mapping) -> dict | None:
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a SegmentationModule checkpoint and rebuild its network (eval mode, on the CPU)."""
     path = Path(path)
-    if not path.is_file():
-        found = "a folder" if path.is_dir() else "nothing"
-        raise IchsegError(f"checkpoint {path}: expected a checkpoint file, found {found}")
+    require_file(path, "checkpoint", "a checkpoint file")
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get(HPARAMS_KEY) if isinstance(checkpoint, dict) else None
     state = checkpoint.get(STATE_KEY) if isinstance(checkpoint, dict) else None

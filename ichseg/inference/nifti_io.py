@@ -26,7 +26,7 @@ from ichseg.checkpoint import CHECKPOINT_SUFFIXES
 from ichseg.data.hounsfield import check_ct_size, check_hounsfield, check_stored_type
 from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
-from ichseg.errors import IchsegError, first_line
+from ichseg.errors import IchsegError, first_line, require_file
 
 if TYPE_CHECKING:
     from ichseg.inference.dicom_io import DicomSeries
@@ -86,9 +86,7 @@ class Scan:
 def open_scan(path: str | os.PathLike) -> Scan:
     """Open a `.nii` / `.nii.gz` scan and check its header: one 3-D volume, positive voxel sizes."""
     path = Path(path)
-    if not path.is_file():
-        found = "a folder" if path.is_dir() else "nothing"
-        raise IchsegError(f"scan {path}: expected a NIfTI file, found {found}")
+    require_file(path, "scan", "a NIfTI file")
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise IchsegError(
             f"scan {path}: expected a NIfTI file ending in .nii or .nii.gz "

@@ -374,6 +374,21 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(ckpts, tmp_path, capsys
     assert blocker.read_text().startswith("a file")
 
 
+def test_missing_or_folder_inputs_are_one_line_naming_them(ckpts, tmp_path, capsys):
+    good = save_scan(tmp_path / "good.nii", with_air(np.full((32, 32, 3), 30.0)))
+    out = tmp_path / "out"
+    fp32 = ["-o", out, "--precision", "fp32"]
+    gone_scan, gone_ckpt = tmp_path / "gone.nii.gz", tmp_path / "gone.ckpt"
+    folder_ckpt = tmp_path / "folder.ckpt"
+    folder_ckpt.mkdir()
+    line = _assert_refused(["predict", ckpts["a"], gone_scan, *fp32], capsys, out, "scan")
+    assert line.endswith(f"scan {gone_scan}: expected a NIfTI file, found nothing"), line
+    line = _assert_refused(["predict", gone_ckpt, good, *fp32], capsys, out, "checkpoint")
+    assert line.endswith(f"checkpoint {gone_ckpt}: expected a checkpoint file, found nothing")
+    line = _assert_refused(["predict", folder_ckpt, good, *fp32], capsys, out, "checkpoint")
+    assert line.endswith(f"checkpoint {folder_ckpt}: expected a checkpoint file, found a folder")
+
+
 @pytest.fixture(scope="module")
 def patient_release(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("release")
