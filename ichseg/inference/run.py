@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ichseg.atomic import writable_dir
 from ichseg.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
 from ichseg.errors import IchsegError
@@ -156,16 +158,21 @@ def predict_scans(
             )
         seen[scan.stem] = scan.path
     check_outputs_free(Path(outdir), opened, lambda s: _extra_outputs(Path(outdir), s, png))
-    for scan in opened:
+    # Checked before anything is written. The first scan's voxels are kept for its prediction
+    # (a single scan is read once, one volume is held); the others are read again in turn.
+    first = opened[0].read_hu(allow_non_hu) if opened else None
+    for scan in opened[1:]:
         scan.read_hu(allow_non_hu)
     out = prepare_outdir(outdir)
     # The SEG names the checkpoints by their contents: hashed once, for DICOM inputs only.
     ids = checkpoint_ids(checkpoints) if any(s.dicom is not None for s in opened) else []
     summaries: list[dict] = []
     with progress_bar(len(opened), "scans", progress) as advance:
-        for scan in opened:
+        for index, scan in enumerate(opened):
             try:
-                summaries.append(_predict_one(model, scan, out, ids, png, allow_non_hu))
+                hu = first if index == 0 else scan.read_hu(allow_non_hu)
+                first = None
+                summaries.append(_predict_one(model, scan, hu, out, ids, png, allow_non_hu))
             except (IchsegError, OSError) as err:
                 raise IchsegError(
                     f"{err} ({_written_so_far(opened, len(summaries), out, png)})"
@@ -203,18 +210,19 @@ def _written_so_far(scans: Sequence[Scan], done: int, out: Path, png: bool) -> s
 def _predict_one(
     model: VolumeEnsemble,
     scan: Scan,
+    hu: np.ndarray,
     out: Path,
     ids: Sequence[str],
     png: bool,
     allow_non_hu: bool,
 ) -> dict:
-    """Predict one scan, write its mask (a DICOM series' SEG, the PNG if asked) and summary,
-    return the summary."""
+    """Predict one scan from its voxels `hu` (`Scan.read_hu`), write its mask (a DICOM series'
+    SEG, the PNG if asked) and summary, return the summary."""
     start = time.perf_counter()
     # Sliced along the axial axis in the training orientation; the mask goes back to the scan's
     # own grid, and the summary's slice numbers count along its axial axis.
     turn = scan.orientation
-    hu = turn.apply(scan.read_hu(allow_non_hu))
+    hu = turn.apply(hu)
     mask = model.predict(hu)
     ensemble = model.ensemble
     summary = {

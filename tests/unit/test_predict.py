@@ -27,7 +27,7 @@ from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.data.release import Release
 from ichseg.data.transforms import window
 from ichseg.inference.ensemble import Ensemble
-from ichseg.inference.nifti_io import open_scan
+from ichseg.inference.nifti_io import Scan, open_scan
 from ichseg.inference.run import predict_scans
 from ichseg.inference.volume_metrics import dice_3d
 from ichseg.inference.volumes import VolumeEnsemble
@@ -476,6 +476,26 @@ def test_predict_scans_api_reports_each_scan(ckpts, tmp_path):
     )
     assert [s["scan"] for s in seen] == [str(p) for p in scans] == [s["scan"] for s in done]
     assert all(s["bleed_voxels"] == mask.sum() for s in done)
+
+
+def test_every_scan_is_checked_first_and_the_first_is_read_once(ckpts, tmp_path, monkeypatch):
+    hu, mask = boxes_volume()
+    scans = [save_scan(tmp_path / f"s{i}.nii.gz", hu) for i in range(3)]
+    reads = []
+    read_hu = Scan.read_hu
+
+    def counted(scan, *args, **kwargs):
+        reads.append(scan.path.name)
+        return read_hu(scan, *args, **kwargs)
+
+    monkeypatch.setattr(Scan, "read_hu", counted)
+    done = predict_scans([ckpts["pass"]], scans[:1], tmp_path / "one", precision="fp32")
+    assert reads == ["s0.nii.gz"] and done[0]["bleed_voxels"] == mask.sum()
+    reads.clear()
+    done = predict_scans([ckpts["pass"]], scans, tmp_path / "three", precision="fp32")
+    # All three checked before the first mask is written, then s1 and s2 read for prediction.
+    assert reads == ["s0.nii.gz", "s1.nii.gz", "s2.nii.gz", "s1.nii.gz", "s2.nii.gz"]
+    assert [s["bleed_voxels"] for s in done] == [mask.sum()] * 3
 
 
 @pytest.mark.reliability(entry="ichseg predict")
