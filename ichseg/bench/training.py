@@ -210,7 +210,8 @@ def monai_path(cfg: DictConfig, device: torch.device, timing: dict, workers: int
 
 
 def monai_loader(datamodule: ICHDataModule, workers: int, pin_memory: bool):
-    """The fold's training slices behind MONAI dictionary transforms matching `BatchAugment`."""
+    """The fold's training slices behind MONAI dictionary transforms matching `BatchAugment`
+    (none but the tensor conversion when `data.augment` is off, as in the real path)."""
     from monai.data import Dataset
     from monai.data.utils import worker_init_fn
     from monai.transforms import Compose, EnsureTyped, RandAffined, RandFlipd
@@ -218,17 +219,16 @@ def monai_loader(datamodule: ICHDataModule, workers: int, pin_memory: bool):
 
     from ichseg.data.augment import FILL_MODES
 
-    aug = datamodule.augmenter
-    if aug is None:
-        raise IchsegError("data.augment is off: the MONAI comparison needs the augmentation on")
     rows = datamodule.train_rows.numpy()
     images = datamodule.images.cpu().numpy()
     masks = datamodule.masks.cpu().numpy()
     items = [{"image": images[r], "mask": masks[r]} for r in rows]
     size = images.shape[-1]
     keys = ("image", "mask")
-    transform = Compose(
-        [
+    aug = datamodule.augmenter
+    random = []
+    if aug is not None:
+        random = [
             RandFlipd(keys, prob=aug.hflip, spatial_axis=1),
             RandAffined(
                 keys,
@@ -240,9 +240,8 @@ def monai_loader(datamodule: ICHDataModule, workers: int, pin_memory: bool):
                 mode=("bilinear", "nearest"),
                 padding_mode=FILL_MODES[aug.fill],
             ),
-            EnsureTyped(keys, dtype=torch.float32, track_meta=False),
         ]
-    )
+    transform = Compose([*random, EnsureTyped(keys, dtype=torch.float32, track_meta=False)])
     return DataLoader(
         Dataset(items, transform),
         batch_size=datamodule.batch_size,

@@ -264,6 +264,16 @@ def test_monai_pipeline_augments_with_binary_masks(root):
     assert not any(torch.equal(batch["image"][0], dm.images[r]) for r in dm.train_rows)
 
 
+def test_monai_pipeline_without_augmentation_passes_the_slices_as_they_are(root):
+    dm = training._datamodule(compose_job("tiny", "dunet", ["data.augment=null"]))
+    dm.setup("fit")
+    loader = training.monai_loader(dm, workers=0, pin_memory=False)
+    batch = next(iter(torch.utils.data.DataLoader(loader.dataset, batch_size=len(dm.train_rows))))
+    rows = dm.train_rows
+    assert torch.equal(batch["image"], dm.images[rows].float())
+    assert torch.equal(batch["mask"], dm.masks[rows].float())
+
+
 def test_bench_writes_json_and_table(root, capsys):
     settings = BenchSettings(
         experiments=["tiny"],
