@@ -9,13 +9,13 @@ import warnings
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ichseg.config import project_root, register_resolvers
 from ichseg.errors import IchsegError
 from ichseg.runtime import pick_device, training_precision
+from ichseg.sweep_args import check_overrides
 from ichseg.training.console import quiet_libraries
 
 
@@ -28,12 +28,13 @@ def compose_job(experiment: str, model: str, overrides: list[str] | tuple = ()) 
     if not (conf / "train.yaml").is_file():
         raise IchsegError(f"{conf}: no train.yaml; run `ichseg bench` from an ichseg checkout")
     args = [f"experiment={experiment}", f"model={model}", "logger=none", *overrides]
+    # The checks train.py makes (unknown or renamed keys, unknown models), which also compose it.
     try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            return compose("train", overrides=args)
-    except HydraException as exc:
-        detail = str(exc).splitlines()[0]
-        raise IchsegError(f"bench job config ({' '.join(args)}): {detail}") from None
+        check_overrides(args, conf)
+    except IchsegError as err:
+        raise IchsegError(f"bench job config ({' '.join(args)}): {err}") from None
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose("train", overrides=args)
 
 
 def bench_device(name: str) -> torch.device:

@@ -143,7 +143,6 @@ def run_bench(settings: BenchSettings) -> tuple[dict, Path]:
         "load_average_start": os.getloadavg()[0],
         "settings": asdict(settings),
     }
-    paper = compose_job("paper", settings.jobs_model, settings.overrides)
     timed_training = {"train", "epoch"} & set(settings.sections)
     configs = (
         [
@@ -154,6 +153,8 @@ def run_bench(settings: BenchSettings) -> tuple[dict, Path]:
         if timed_training
         else []
     )
+    # After the configs asked for, so that a bad override is reported against one of them.
+    paper = compose_job("paper", settings.jobs_model, settings.overrides)
     ceiling = None
     if "train" in settings.sections and configs:
         dtype = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ichseg.errors import IchsegError
@@ -42,6 +43,15 @@ class BenchSettings:
             raise IchsegError(f"--repeats {self.repeats}: expected at least 1")
         if any(n < 1 for n in self.jobs_per_device):
             raise IchsegError(f"--jobs-per-device {self.jobs_per_device}: expected counts >= 1")
+        for option, value in (
+            ("--warmup-steps", self.warmup_steps),
+            ("--warmup-s", self.warmup_s),
+            ("--window-s", self.window_s),
+            ("--monai-workers", self.monai_workers),
+        ):
+            # Written so NaN fails too; inf would never end a window.
+            if not 0 <= value < math.inf:
+                raise IchsegError(f"{option} {value}: expected a finite number >= 0")
 
     def timing(self) -> dict:
         """Arguments of `StepWindows`."""

@@ -310,19 +310,30 @@ def test_bench_jobs_run_as_separate_processes(root):
     assert out["total_images_per_s"] == pytest.approx(sum(per_job))
 
 
+@pytest.mark.reliability(entry="ichseg bench")
 @pytest.mark.parametrize(
     ("args", "named"),
     [
         (["--sections", "train,warp"], "--sections"),
         (["--experiments", "huge"], "experiment=huge"),
-        (["--override", "data.nonsense=1"], "data.nonsense"),
+        (["--override", "data.nonsense=1"], "closest: data."),
+        (["--override", "data.augment.p=0.5"], "not a key of the config"),
+        (["--override", "data.root=/x"], "renamed data.source.root"),
+        (["--models", "resnet"], "model=resnet is unknown"),
         (["--device", "tpu"], "--device tpu"),
+        (["--window-s", "-1"], "--window-s -1.0"),
+        (["--warmup-s", "nan"], "--warmup-s nan"),
+        (["--warmup-steps", "-3"], "--warmup-steps -3"),
+        (["--monai-workers", "-1"], "--monai-workers -1"),
     ],
 )
-def test_bench_cli_bad_input_is_one_line(root, capsys, args, named):
-    assert main(["bench", "--sections", "epoch", *args]) == 2
+def test_bench_cli_bad_input_is_one_line(root, capsys, args, named, record_behaviour):
+    out = root / "bench-out"
+    assert main(["bench", "--sections", "epoch", "--out", str(out), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and named in err, err
+    assert not out.exists(), "a refused bench writes nothing"
+    record_behaviour(f"exit 2, nothing written: {err}", case=" ".join(args))
 
 
 def test_prepare_and_predict_timings(root):
