@@ -260,6 +260,8 @@ def _bench(args: argparse.Namespace) -> None:
     from ichseg.bench.settings import BenchSettings
     from ichseg.bench.table import format_bench
 
+    # Checked before anything is timed: a bench takes minutes to hours.
+    _output_dir(args.out, "--out")
     settings = BenchSettings(
         experiments=args.experiments,
         models=args.models,

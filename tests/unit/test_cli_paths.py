@@ -29,12 +29,13 @@ def _command(name: str, release: Path, tmp: Path, out: Path) -> list[str]:
         "phantom": ["phantom", str(out), "--patients", "2", "--size", "32"],
         "prepare": ["prepare", str(release), str(out), "--size", "32"],
         "report": ["report", str(tmp), "--out", str(out)],
+        "bench": ["bench", "--experiments", "tiny", "--sections", "epoch", "--out", str(out)],
     }[name]
 
 
-@pytest.mark.reliability(entry="ichseg phantom / prepare / report --out")
+@pytest.mark.reliability(entry="ichseg phantom / prepare / report / bench --out")
 @pytest.mark.parametrize("case", BAD_OUTPUTS)
-@pytest.mark.parametrize("command", ["phantom", "prepare", "report"])
+@pytest.mark.parametrize("command", ["phantom", "prepare", "report", "bench"])
 def test_unusable_output_path_is_one_line(
     command, case, release, tmp_path, capsys, record_behaviour
 ):
