@@ -55,7 +55,8 @@ class Rule:
     def allowed(self) -> str:
         """The rule as a phrase: 'an integer >= 1', 'one of auto, 32-true', ..."""
         if self.choices is not None:
-            text = "one of " + ", ".join(str(c) for c in self.choices)
+            # Once each as written: Lightning accepts both 16 and "16", which read the same.
+            text = "one of " + ", ".join(dict.fromkeys(str(c) for c in self.choices))
         else:
             text = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[
                 self.kind

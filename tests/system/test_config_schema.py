@@ -61,6 +61,13 @@ def test_bad_config_value_is_one_line_before_any_work(override, tmp_path, record
     record_behaviour(f"exit 2, no cache or W&B run: {lines[0]}", case=f"config {override}")
 
 
+def test_a_choice_rule_names_each_choice_once():
+    phrase = SCHEMA["precision"].allowed()
+    choices = phrase.removeprefix("one of ").split(", ")
+    assert choices[0] == "auto" and len(choices) == len(set(choices)), phrase
+    assert {"16", "32", "64", "bf16-mixed", "32-true"} <= set(choices)
+
+
 @pytest.mark.parametrize("experiment", ["paper", "demo", "tiny"])
 @pytest.mark.parametrize("model", ["unet", "dunet"])
 def test_every_shipped_experiment_passes_the_schema(experiment, model):
