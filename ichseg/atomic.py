@@ -135,12 +135,30 @@ def try_lock(path: str | os.PathLike) -> int | None:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive `flock` on `path` (created if missing) for the duration of the block."""
+    """Hold an exclusive `flock` on `path` (created if missing) for the duration of the block.
+
+    The holder may delete the file before it leaves (`ichseg.data.prepare` does after a failed
+    build): a process that was waiting gets the lock of a deleted file, sees that, and locks the
+    file at `path` afresh, so two processes never hold the lock of one path at once.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:  # the folder was removed meanwhile: make it again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the flock

@@ -48,16 +48,18 @@ CFG = PrepareConfig(size=32)  # what `ichseg prepare REL OUT --size 32` builds
 
 
 def prepare_fails(release: Path, out: Path, capsys) -> str:
-    """Run `ichseg prepare`; check exit 2, one stderr line, and no cache or temp dir left."""
+    """Run `ichseg prepare`; check exit 2, one stderr line, and nothing left: no cache, temp
+    dir or lock, and no OUT folder where there was none."""
+    existed = out.exists()
     code = cli.main(["prepare", str(release), str(out), "--size", "32"])
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
     assert code == 2, captured
     assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
     assert lines[0].startswith("ichseg prepare: error: ") and captured.out == ""
-    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
-    # Only the (empty) lock file may stay: flocks die with their holder, the file is harmless.
-    assert all(name.startswith(".") and name.endswith(".lock") for name in left), left
+    assert out.exists() == existed
+    left = sorted(p.name for p in out.iterdir()) if existed else []
+    assert left == [], left
     return lines[0]
 
 

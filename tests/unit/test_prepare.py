@@ -6,6 +6,8 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ichseg.atomic import file_lock, try_lock
 from ichseg.cli import main
 from ichseg.data import prepare as prepare_mod
 from ichseg.data.phantom import write_phantom
@@ -169,6 +172,43 @@ def test_concurrent_prepare_builds_one_cache(release, tmp_path):
     assert [str(p) for p in visible] == list(results)
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     assert len(load_prepared(visible[0]).ids) == 24
+
+
+def test_a_failed_prepare_leaves_no_folder_or_lock_behind(release, tmp_path):
+    impossible = dataclasses.replace(CFG, n_folds=500)  # more folds than hemorrhage slices
+    nested = tmp_path / "a" / "b" / "cache"
+    with pytest.raises(IchsegError, match="n_folds=500"):
+        prepare(release, nested, impossible)
+    assert not (tmp_path / "a").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine\n")
+    with pytest.raises(IchsegError, match="n_folds=500"):
+        prepare(release, kept, impossible)
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    # The lock of the failed build is gone, and a good build still takes one.
+    assert prepare(release, kept, CFG).parent == kept
+
+
+def test_a_lock_deleted_by_its_holder_is_taken_afresh_by_the_next(tmp_path):
+    path = tmp_path / "x.lock"
+    order = []
+    with file_lock(path):
+        waiter = threading.Thread(target=lambda: _hold(path, order))
+        waiter.start()
+        time.sleep(0.3)  # the waiter now blocks on the file this block holds
+        path.unlink()
+        order.append("released")
+    waiter.join(10)
+    assert order == ["released", "waiter locked", "waiter released"]
+
+
+def _hold(path, order):
+    with file_lock(path):
+        order.append("waiter locked")
+        # It holds the file now at `path`, not the deleted one: nobody else gets that.
+        assert try_lock(path) is None
+        order.append("waiter released")
 
 
 def test_load_prepared_errors_name_the_file(cache, tmp_path):
