@@ -16,6 +16,7 @@ from ichseg.data.phantom import LAYOUTS
 from ichseg.errors import IchsegError
 from ichseg.nets import NET_KEY, build_on_meta, check_input_size
 from ichseg.runtime import FLOAT32_MATMUL_PRECISIONS
+from ichseg.seeds import MAX_SEED
 
 # "auto" (ichseg's choice per device) and the precision strings Lightning accepts.
 PRECISIONS = (
@@ -36,6 +37,11 @@ PRECISIONS = (
     "transformer-engine",
     "transformer-engine-float16",
 )
+
+
+def _bound(value: float) -> str:
+    """A bound as written: 4294967295 in full, 0.5 as itself."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class Rule:
                 self.kind
             ]
             bounds = [
-                f"{op} {value:g}"
+                f"{op} {_bound(value)}"
                 for op, value in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
                 if value is not None
             ]
@@ -95,15 +101,16 @@ class Rule:
         return all(bound is None or ok(bound) for bound, ok in checks)
 
 
-INT = Rule(int)
 POSITIVE_INT = Rule(int, ge=1)
 PROBABILITY = Rule(float, ge=0, le=1)
 NON_NEGATIVE = Rule(float, ge=0)
 BOOL = Rule(bool)
+# What Lightning's seed_everything and numpy both take.
+SEED = Rule(int, ge=0, le=MAX_SEED)
 
 SCHEMA: dict[str, Rule] = {
     "fold": Rule(int, ge=0),
-    "seed": INT,
+    "seed": SEED,
     "checkpoint_every": POSITIVE_INT,
     "last_checkpoint_every_s": NON_NEGATIVE,
     "overlay_count": Rule(int, ge=0),
@@ -114,7 +121,7 @@ SCHEMA: dict[str, Rule] = {
     "num_threads": Rule(int, ge=1, nullable=True),
     "phantom.patients": POSITIVE_INT,
     "phantom.size": Rule(int, ge=8),
-    "phantom.seed": INT,
+    "phantom.seed": SEED,
     "phantom.layout": Rule(str, choices=tuple(LAYOUTS)),
     # The job records a checkpoint at its last epoch: 0 records nothing, -1 never ends.
     "trainer.max_epochs": POSITIVE_INT,
@@ -123,7 +130,7 @@ SCHEMA: dict[str, Rule] = {
     "data.window_level": Rule(float),
     "data.window_width": Rule(float, gt=0),
     "data.split": Rule(str, choices=("slice", "patient")),
-    "data.seed": INT,
+    "data.seed": SEED,
     "data.n_folds": Rule(int, ge=2),
     "data.test_fraction": Rule(float, gt=0, lt=1),
     "data.batch_size": POSITIVE_INT,

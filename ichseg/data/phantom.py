@@ -31,6 +31,7 @@ from ichseg.atomic import atomic_path, file_lock
 from ichseg.data.release import CSV_COLUMNS, CSV_NAME, MASK_DIR, SCAN_DIR, SUBTYPES, SliceLabel
 from ichseg.data.sources import BHSD, PHANTOM_MARKER, Instance22, NnunetRaw, PhysioNet, Source
 from ichseg.errors import IchsegError
+from ichseg.seeds import check_seed
 
 # Patient numbers of the real release: 49-130 were collected, 59-65 have no scans.
 PATIENT_NUMBERS = tuple(p for p in range(49, 131) if not 59 <= p <= 65)
@@ -578,9 +579,10 @@ def layout_source(layout: str) -> type[Source]:
     return LAYOUTS[layout]
 
 
-def _check_params(patients: int, size: int, layout: str = "physionet") -> None:
+def _check_params(patients: int, size: int, seed: int, layout: str = "physionet") -> None:
     """Reject parameters the generator cannot honour."""
     patient_numbers(patients)
+    check_seed(seed, "phantom seed")
     layout_source(layout)
     if size < 16:
         raise IchsegError(f"phantom size must be at least 16 pixels, found {size}")
@@ -661,7 +663,7 @@ def write_phantom(
     out: str | Path, patients: int = 75, size: int = 512, seed: int = 0, layout: str = "physionet"
 ) -> Path:
     """Write a synthetic release in `layout` into `out` (created if needed) and return it."""
-    _check_params(patients, size, layout)
+    _check_params(patients, size, seed, layout)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_layout(out, plan_phantom(patients, seed), size, seed, layout)
@@ -698,7 +700,7 @@ def ensure_phantom(
     root: str | Path, patients: int = 75, size: int = 512, seed: int = 0, layout: str = "physionet"
 ) -> Path:
     """Return `root`, writing the phantom there once; concurrent callers get one release."""
-    _check_params(patients, size, layout)
+    _check_params(patients, size, seed, layout)
     root = Path(root)
     params = phantom_params(patients, size, seed, layout)
     # The folder appears by one atomic rename, so its marker file means it is complete.

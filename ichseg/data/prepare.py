@@ -31,6 +31,7 @@ from ichseg.data.sources import PhysioNet, Source
 from ichseg.data.splits import MODES, make_splits
 from ichseg.data.transforms import prepared_slices, resize_masks, to_slices
 from ichseg.errors import IchsegError
+from ichseg.seeds import check_seed
 
 # Bump whenever the arrays or files written for the same inputs change.
 CACHE_VERSION = 2
@@ -56,7 +57,8 @@ class PrepareConfig:
                 f"prepare config {key}: expected {expected}, found {getattr(self, key)!r}"
             )
 
-        for key in ("size", "seed", "n_folds"):
+        object.__setattr__(self, "seed", check_seed(self.seed, "prepare config seed"))
+        for key in ("size", "n_folds"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise bad(key, "an integer")

@@ -81,3 +81,27 @@ def test_prepare_takes_folds_and_test_fraction(release, tmp_path, capsys, record
     splits = json.loads(next(tmp_path.glob("*/splits.json")).read_text())
     assert len(splits["folds"]) == 3
     record_behaviour(line, did="--split patient --n-folds 3 --test-fraction 0.2 on 12 patients")
+
+
+@pytest.mark.reliability(entry="ichseg phantom / prepare --seed")
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999999"])
+@pytest.mark.parametrize("command", ["phantom", "prepare"])
+def test_a_seed_outside_what_lightning_and_numpy_take_is_one_line(
+    command, seed, release, tmp_path, capsys, record_behaviour
+):
+    out = tmp_path / "out"
+    assert cli.main([*_command(command, release, tmp_path, out), "--seed", seed]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"seed: expected an integer in 0..4294967295, found {seed}" in err, err
+    assert not out.exists()
+    record_behaviour(f"exit 2, nothing written: {err}", case=f"{command} --seed {seed}")
+
+
+def test_the_largest_seed_is_taken(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert (
+        cli.main(["phantom", str(out), "--patients", "2", "--size", "16", "--seed", "4294967295"])
+        == 0
+    )
+    assert json.loads((out / "phantom.json").read_text())["seed"] == 4294967295
