@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ichseg.errors import IchsegError
+from ichseg.errors import IchsegError, first_line
 
 if TYPE_CHECKING:
     from ichseg.sweeps.model import Sweep
@@ -575,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     except IchsegError as exc:
         print(f"ichseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        # numpy names the array it could not allocate; a traceback adds nothing to that.
+        print(f"ichseg {args.command}: error: out of memory: {first_line(exc)}", file=sys.stderr)
+        return 1
     except OSError as exc:
         if exc.errno not in _PATH_ERRORS:
             raise

@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ichseg.data.phantom import LAYOUTS
+from ichseg.data.phantom import MAX_SIZE as PHANTOM_MAX_SIZE
+from ichseg.data.phantom import MIN_SIZE as PHANTOM_MIN_SIZE
 from ichseg.errors import IchsegError
 from ichseg.nets import NET_KEY, build_on_meta, check_input_size
 from ichseg.runtime import FLOAT32_MATMUL_PRECISIONS
@@ -120,7 +122,7 @@ SCHEMA: dict[str, Rule] = {
     "deterministic": BOOL,
     "num_threads": Rule(int, ge=1, nullable=True),
     "phantom.patients": POSITIVE_INT,
-    "phantom.size": Rule(int, ge=8),
+    "phantom.size": Rule(int, ge=PHANTOM_MIN_SIZE, le=PHANTOM_MAX_SIZE),
     "phantom.seed": SEED,
     "phantom.layout": Rule(str, choices=tuple(LAYOUTS)),
     # The job records a checkpoint at its last epoch: 0 records nothing, -1 never ends.

@@ -572,6 +572,12 @@ _BHSD_VALUE = {IVH: 3, IPH: 2, SAH: 4, EDH: 1, SDH: 5}
 _BHSD_LUT = np.array([0, *(_BHSD_VALUE[i] for i in range(len(SUBTYPES)))], dtype=np.uint8)
 
 
+# In-plane pixels the generator draws: below 16 the head has no room for a bleed; the CT-ICH
+# release is 512², and each slice is drawn as size² float64 arrays (2048²: 32 MiB each).
+MIN_SIZE = 16
+MAX_SIZE = 2048
+
+
 def layout_source(layout: str) -> type[Source]:
     """The source class that reads a phantom written in `layout`."""
     if layout not in LAYOUTS:
@@ -584,8 +590,8 @@ def _check_params(patients: int, size: int, seed: int, layout: str = "physionet"
     patient_numbers(patients)
     check_seed(seed, "phantom seed")
     layout_source(layout)
-    if size < 16:
-        raise IchsegError(f"phantom size must be at least 16 pixels, found {size}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise IchsegError(f"phantom size must be {MIN_SIZE}..{MAX_SIZE} pixels, found {size}")
 
 
 def phantom_params(patients: int, size: int, seed: int, layout: str = "physionet") -> dict:

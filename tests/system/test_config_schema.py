@@ -21,6 +21,7 @@ BAD_VALUES = {
     "seed=-1": ["seed=-1", "an integer >= 0 and <= 4294967295"],
     "data.seed=4294967296": ["data.seed=4294967296", "<= 4294967295"],
     "phantom.seed=-1": ["phantom.seed=-1", "an integer >= 0"],
+    "phantom.size=4096": ["phantom.size=4096", "an integer >= 16 and <= 2048"],
     "num_threads=-1": ["num_threads=-1", "integer >= 1 (or null)"],
     "model.width=0": ["model.width=0", "number > 0"],
     "model.width=0.01": ["model.width=0.01", "double per level"],

@@ -105,3 +105,32 @@ def test_the_largest_seed_is_taken(tmp_path, capsys):
         == 0
     )
     assert json.loads((out / "phantom.json").read_text())["seed"] == 4294967295
+
+
+@pytest.mark.reliability(entry="ichseg phantom --size")
+@pytest.mark.parametrize("size", ["15", "2049", "99999999"])
+def test_a_phantom_size_outside_what_the_generator_draws_is_one_line(
+    size, tmp_path, capsys, record_behaviour
+):
+    out = tmp_path / "out"
+    assert cli.main(["phantom", str(out), "--patients", "2", "--size", size]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ichseg phantom: error: phantom size must be 16..2048 pixels, found {size}", err
+    assert not out.exists()
+    record_behaviour(f"exit 2, nothing written: {err}", case=f"phantom --size {size}")
+
+
+@pytest.mark.reliability(
+    case="prepare --size far beyond memory",
+    did="--size 10000000: each cache array would be petabytes, past any address space",
+    entry="ichseg prepare",
+)
+def test_an_allocation_no_machine_can_make_is_one_line(release, tmp_path, capsys, record_behaviour):
+    out = tmp_path / "out"
+    assert cli.main(["prepare", str(release), str(out), "--size", "10000000"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("ichseg prepare: error: out of memory: Unable to allocate "), err
+    assert "10000000, 10000000" in err, err
+    assert not out.exists()
+    record_behaviour(f"exit 1, nothing left in OUT: {err}")
