@@ -24,11 +24,18 @@ def pick_device(name: str | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise IchsegError(f"--device {name}: {detail}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise IchsegError(f"--device {name}: expected a CUDA GPU, found none")
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise IchsegError(f"--device {name}: expected auto, cpu, cuda or cuda:<index>")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise IchsegError(f"--device {name}: expected a CUDA GPU, found none")
+        if device.index is not None and device.index >= count:
+            raise IchsegError(
+                f"--device {name}: expected cuda:0..cuda:{count - 1}, found {count} GPU(s)"
+            )
     return device
 
 

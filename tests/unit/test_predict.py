@@ -519,3 +519,21 @@ def test_scan_without_slices_is_one_line(ckpts, tmp_path, capsys, record_behavio
     out = tmp_path / "out"
     _assert_refused(["predict", ckpts["a"], scan, "-o", out], capsys, out, "empty.nii", "non-empty")
     record_behaviour("exit 2, nothing written: expected a non-empty volume")
+
+
+@pytest.mark.reliability(entry="ichseg predict --device")
+@pytest.mark.parametrize("device", ["mps", "meta", "tpu"])
+def test_a_device_ichseg_cannot_compute_on_is_one_line(
+    device, ckpts, tmp_path, capsys, record_behaviour
+):
+    """mps (not in this build) and meta (no data) parse as devices but fail mid-prediction."""
+    good = save_scan(tmp_path / "good.nii", with_air(np.full((32, 32, 3), 30.0)))
+    out = tmp_path / "out"
+    line = _assert_refused(
+        ["predict", ckpts["a"], good, "-o", out, "--device", device], capsys, out
+    )
+    assert (
+        line
+        == f"ichseg predict: error: --device {device}: expected auto, cpu, cuda or cuda:<index>"
+    )
+    record_behaviour(f"exit 2, nothing written: {line}", case=f"predict --device {device}")
