@@ -122,6 +122,7 @@ def _report(args: argparse.Namespace) -> int:
     from ichseg.sweeps.local import latest_sweep
 
     out = _output_dir(args.out, "--out") if args.out else None
+    external_specs = _external_specs(args.external)
     if args.source != "wandb" and (args.project or args.group):
         raise IchsegError(f"--project and --group go with --source wandb, not {args.source}")
     if args.source == "wandb":
@@ -145,7 +146,7 @@ def _report(args: argparse.Namespace) -> int:
         raise
     for warning in sweep.warnings:
         print(f"ichseg report: warning: {warning}", file=sys.stderr)
-    external = [source_named(*_external_spec(spec)) for spec in args.external]
+    external = [source_named(name, root) for name, root in external_specs]
     if external and args.source not in WITH_CHECKPOINTS:
         raise IchsegError(
             f"--external needs the sweep's checkpoints: --source local, not {args.source}"
@@ -161,12 +162,24 @@ def _report(args: argparse.Namespace) -> int:
     return _incomplete(sweep)
 
 
-def _external_spec(spec: str) -> tuple[str, str]:
-    """`SOURCE=DIR` of `ichseg report --external` as (source, folder)."""
-    name, sep, root = spec.partition("=")
-    if not sep or not name or not root:
-        raise IchsegError(f"--external {spec!r}: expected SOURCE=DIR, e.g. bhsd=/data/bhsd")
-    return name, root
+def _external_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """Each `SOURCE=DIR` of `ichseg report --external` as (source, folder); a folder named twice
+    (under any source name or spelling) would be scored, and shown, twice."""
+    parsed: list[tuple[str, str]] = []
+    seen: dict[Path, str] = {}
+    for spec in specs:
+        name, sep, root = spec.partition("=")
+        if not sep or not name or not root:
+            raise IchsegError(f"--external {spec!r}: expected SOURCE=DIR, e.g. bhsd=/data/bhsd")
+        folder = Path(root).resolve()
+        if folder in seen:
+            raise IchsegError(
+                f"--external {spec!r}: {root} is already --external {seen[folder]!r}; "
+                "give each external data set once"
+            )
+        seen[folder] = spec
+        parsed.append((name, root))
+    return parsed
 
 
 # `ichseg report`'s exit status when the report was written but the sweep is not complete.

@@ -134,3 +134,25 @@ def test_an_allocation_no_machine_can_make_is_one_line(release, tmp_path, capsys
     assert "10000000, 10000000" in err, err
     assert not out.exists()
     record_behaviour(f"exit 1, nothing left in OUT: {err}")
+
+
+@pytest.mark.reliability(
+    case="report --external of one folder twice",
+    did="--external physionet=REL --external phantom=./REL/ (one folder, two spellings)",
+    entry="ichseg report",
+)
+def test_an_external_folder_given_twice_is_one_line(
+    release, tmp_path, capsys, monkeypatch, record_behaviour
+):
+    """Scored twice, it would show as two external validations of the same patients."""
+    monkeypatch.chdir(release.parent)
+    twice = [f"physionet={release.name}", f"phantom=./{release.name}/"]
+    argv = ["report", str(tmp_path), "--out", str(tmp_path / "report")]
+    assert cli.main([*argv, "--external", twice[0], "--external", twice[1]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ichseg report: error: --external '{twice[1]}': ./{release.name}/ is already "
+        f"--external '{twice[0]}'; give each external data set once"
+    ), err
+    assert not (tmp_path / "report").exists()
+    record_behaviour(f"exit 2, nothing written: {err}")
