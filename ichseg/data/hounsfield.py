@@ -19,7 +19,10 @@ slope and intercept:
   the padding outside a scanner's field of view counts too, so a cropped head still passes on
   its sinuses and corners);
 - median: the median of the voxels inside the field of view (above `PADDING_BELOW_HU`) within
-  `MEDIAN_RANGE`: mostly air (-1000) or soft tissue (0 to 80), never bone.
+  `MEDIAN_RANGE`: mostly air (-1000) or soft tissue (0 to 80), never bone;
+- a head: at least `MIN_TISSUE_FRACTION` of the voxels inside the field of view within
+  `TISSUE_HU` (fat about -100, CSF and brain 0 to 45, blood 40 to 90): a volume of air, or air
+  and bone, has no brain to segment, and a network asked to segment it finds whatever it finds.
 
 `allow_non_hu=True` skips the unit rules (not the size, and not complex data) for a user who
 knows the volume is right; the commands record that they were told so.
@@ -37,6 +40,8 @@ AIR_MAX_HU = -800.0
 MIN_AIR_FRACTION = 1e-3
 PADDING_BELOW_HU = -1100.0
 MEDIAN_RANGE = (-1100.0, 300.0)
+TISSUE_HU = (-100.0, 100.0)
+MIN_TISSUE_FRACTION = 1e-2
 ALLOW_HINT = "pass --allow-non-hu (train.py: data.allow_non_hu=true) if it really is CT in HU"
 
 
@@ -114,5 +119,13 @@ def _non_hu_cause(hu: np.ndarray) -> str | None:
         return (
             f"{found}, median {median:.4g} inside the field of view where head CT has "
             f"{MEDIAN_RANGE[0]:g}..{MEDIAN_RANGE[1]:g} (air or soft tissue): {cause}"
+        )
+    tissue = np.count_nonzero((inside >= TISSUE_HU[0]) & (inside <= TISSUE_HU[1]))
+    tissue /= max(inside.size, 1)
+    if tissue < MIN_TISSUE_FRACTION:
+        return (
+            f"{found}, {100 * tissue:.2g}% of the field of view in {TISSUE_HU[0]:g}.."
+            f"{TISSUE_HU[1]:g} HU where a head CT has its brain: no head in the volume (only air, "
+            "or air and bone)"
         )
     return None

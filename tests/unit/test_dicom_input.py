@@ -196,7 +196,13 @@ def test_series_option_picks_one_of_several_and_localizers_are_left_out(ckpts, t
     folder = tmp_path / "study"
     write_series(folder / "a", hu, description="Head 5mm", seed=1)
     bone = synthetic_uid("bone")
-    write_series(folder / "b", hu * 0 - 1000, description="Bone", series_uid=bone, prefix="B")
+    write_series(
+        folder / "b",
+        with_air(np.full(hu.shape, 30.0)),
+        description="Bone",
+        series_uid=bone,
+        prefix="B",
+    )
     # A localizer in the same series, lying across the others: it must not take part.
     scout = np.zeros((64, 64, 1))
     write_series(

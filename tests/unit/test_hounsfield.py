@@ -78,6 +78,14 @@ NOT_HU = {
         lambda p: save_raw(p, ((head() + 1000) / 2200 * 255).clip(0, 255).astype(np.uint8)),
         "8-bit picture",
     ),
+    "air only, no head": (
+        lambda p: save_raw(p, head().clip(None, -900).astype(np.float32)),
+        "no head in the volume",
+    ),
+    "air and skull, no brain": (
+        lambda p: save_raw(p, np.where(head() > 300, head(), -1000.0).astype(np.float32)),
+        "no head in the volume",
+    ),
     "complex-valued scan": (
         lambda p: save_raw(p, head().astype(np.complex64)),
         "complex-valued",
