@@ -24,10 +24,10 @@ from omegaconf import DictConfig  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
 from ichseg.config import register_resolvers  # noqa: E402
+from ichseg.config_schema import validate  # noqa: E402
 from ichseg.errors import IchsegError  # noqa: E402
 from ichseg.sweep_args import check_overrides, expand_ranges  # noqa: E402
-from ichseg.training.job_state import JobBusy  # noqa: E402
-from ichseg.training.task import discard_refused_run, holds_only_hydra_files, run_job  # noqa: E402
+from ichseg.training.job_folder import JobBusy, discard_refused_run, holds_only_hydra_files  # noqa: E402
 
 register_resolvers()
 
@@ -40,6 +40,10 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     fresh = not multirun and holds_only_hydra_files(run_dir)
     try:
+        validate(cfg)
+        # Lightning takes seconds to load: a refused config answers without it.
+        from ichseg.training.task import run_job
+
         return run_job(cfg)
     except JobBusy as exc:
         if multirun:  # the rest of the sweep goes on; the job is the other process's

@@ -1,15 +1,17 @@
 """What every launcher shares around a sweep: the up-front check of the sweep folder, its one
 record of the command (`multirun.yaml`), and one line per failed job at the end instead of the
-first job's error ending the sweep."""
+first job's error ending the sweep, then where the sweep is and how to report it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import OverrideParseException
+from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ichseg.atomic import atomic_write_text, file_lock
@@ -121,3 +123,11 @@ def failure_report(results: Sequence[JobReturn], sweep_dir: str) -> str:
     )
     head = f"{len(failed)} of {len(results)} jobs failed:"
     return "\n".join([head, *lines, finish])
+
+
+class SweepEnd(HydraCallback):
+    """At the end of a multirun, say where the sweep is and how to report it."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = config.hydra.sweep.dir
+        logging.getLogger("ichseg").info("sweep in %s; report: make report SWEEP=%s", sweep, sweep)

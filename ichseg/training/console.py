@@ -8,8 +8,6 @@ import time
 import warnings
 
 import pytorch_lightning as pl
-from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import DictConfig
 
 from ichseg.metrics import COLLAPSED, collapsed
 
@@ -75,11 +73,3 @@ class EpochLine(pl.Callback):
             time.perf_counter() - self.started,
             f"; collapsed: {COLLAPSED}" if collapsed(val) else "",
         )
-
-
-class SweepEnd(HydraCallback):
-    """At the end of a multirun, say where the sweep is and how to report it."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep = config.hydra.sweep.dir
-        log.info("sweep in %s; report: make report SWEEP=%s", sweep, sweep)

@@ -1,58 +1,17 @@
-"""One job's hold on its folder and its `job.json` status while it trains.
-
-One process at a time trains a job: it holds an exclusive `flock` on the folder's `job.lock`
-for the job's lifetime (the operating system drops it when the process dies, however it dies)
-and decides under that lock, with `ichseg.job_config`, whether the folder's job is skipped,
-resumed or refused.
-"""
+"""One job's `job.json` status while it trains (its folder's lock: `training.job_folder`)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
 
-from ichseg.atomic import try_lock
 from ichseg.checkpoint import LAST_CHECKPOINT
-from ichseg.errors import IchsegError
 from ichseg.records import write_job
 from ichseg.training.callbacks import CheckpointRecorder
-
-JOB_LOCK = "job.lock"
-
-
-class JobBusy(IchsegError):
-    """Another live process holds the job folder's lock."""
-
-
-@contextlib.contextmanager
-def job_lock(job_dir: Path) -> Iterator[None]:
-    """Hold `job_dir`'s exclusive lock for the block (its file names this process's id);
-    JobBusy at once when another process holds it."""
-    path = job_dir / JOB_LOCK
-    fd = try_lock(path)
-    if fd is None:
-        try:
-            holder = path.read_text(encoding="utf-8").strip()
-        except OSError:
-            holder = ""
-        pid = f" (pid {holder})" if holder.isdigit() else ""
-        raise JobBusy(
-            f"{job_dir}: another process{pid} is training this job now (it holds "
-            f"{JOB_LOCK}); wait for it to end or choose another folder"
-        )
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
 
 
 class RecordedRun:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,23 +15,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from ichseg.atomic import atomic_write_text
 from ichseg.config import instantiate_checked, project_root
-from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.job_config import config_clash, config_hash, resume_checkpoint
 from ichseg.launch.placement import trainer_overrides
 from ichseg.metrics import COLLAPSED, collapsed
-from ichseg.records import RECORDS_FILE, read_job, read_records
+from ichseg.records import read_job, read_records
 from ichseg.runtime import apply_torch_settings, training_precision
 from ichseg.training.console import quiet_libraries
-from ichseg.training.job_state import RecordedRun, job_lock
+from ichseg.training.job_folder import job_lock
+from ichseg.training.job_state import RecordedRun
 from ichseg.training.provenance import code_version, hardware, package_versions
 
 log = logging.getLogger(__name__)
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """Train `cfg.model` on `cfg.fold`, writing checkpoints, records and job state to its folder."""
-    validate(cfg)
+    """Train `cfg.model` on `cfg.fold` (a config `config_schema.validate` passed), writing
+    checkpoints, records and job state to its folder."""
     job_dir = Path(cfg.paths.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     with job_lock(job_dir):
@@ -56,26 +54,6 @@ def run_job(cfg: DictConfig) -> float | None:
     name = f"{cfg.model.name}-fold{cfg.fold}"
     log.info("%s: done, %s; results in %s", name, closing_figures(job_dir), job_dir)
     return last_val_dice(job_dir)
-
-
-# What Hydra writes into a single run's folder before the job starts.
-HYDRA_FILES = {".hydra", "train.log"}
-
-
-def holds_only_hydra_files(run_dir: Path) -> bool:
-    """Whether `run_dir` holds nothing yet but what Hydra wrote before the job started."""
-    return run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_FILES
-
-
-def discard_refused_run(run_dir: Path) -> None:
-    """Remove the folder of a single run that was refused before it recorded anything: its
-    Hydra files, lock and failed job state would only look like a run. Kept when it holds a
-    checkpoint or a record."""
-    if (run_dir / RECORDS_FILE).exists() or any(run_dir.glob("checkpoints/*.ckpt")):
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run_dir.parent.rmdir()  # experiments/runs/ itself, when this run created it
 
 
 def train(cfg: DictConfig, job_dir: Path, started: float, resume: Path | None) -> None:
