@@ -48,6 +48,36 @@ def check_replaceable(path: Path, owned_by: tuple[str, ...]) -> None:
         )
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet; None if `path` exists."""
+    missing = None
+    for folder in (path, *path.absolute().parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+@contextlib.contextmanager
+def created_folders_removed_on_failure(path: str | os.PathLike) -> Iterator[None]:
+    """When the block raises, remove the folder `path` and those of its parents the block
+    created, each only while it is empty: a folder anything was written into stays."""
+    path = Path(path).absolute()
+    outermost = _first_missing(path)
+    try:
+        yield
+    except BaseException:
+        if outermost is not None:
+            for folder in (path, *path.parents):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                if folder == outermost:
+                    break
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(
     path: str | os.PathLike, *, is_dir: bool = False, owned_by: tuple[str, ...] = ()
@@ -55,12 +85,22 @@ def atomic_path(
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
 
     A folder (`is_dir`) replaces only a missing or empty `path`, or one holding every file named
-    in `owned_by` (what this writer puts there); anything else is refused before any write.
+    in `owned_by` (what this writer puts there); anything else is refused before any write. A
+    failed block leaves neither the temporary nor the parent folders it created.
     """
     path = Path(path)
     if is_dir:
         check_replaceable(path, owned_by)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with created_folders_removed_on_failure(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _renamed_into_place(path, is_dir) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _renamed_into_place(path: Path, is_dir: bool) -> Iterator[Path]:
+    """`atomic_path`'s temporary, in an existing parent folder: renamed onto `path` if the block
+    succeeds, removed otherwise."""
     existed = path.exists()
     prefix = f".{path.name}.tmp-"
     if is_dir:
@@ -99,10 +139,11 @@ def writable_dir(path: str | os.PathLike, label: str) -> Path:
     path = Path(path)
     probe = path / ".ichseg-write-test"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(probe) as tmp:
-            tmp.write_bytes(b"")
-        probe.unlink()
+        with created_folders_removed_on_failure(path):
+            path.mkdir(parents=True, exist_ok=True)
+            with atomic_path(probe) as tmp:
+                tmp.write_bytes(b"")
+            probe.unlink()
     except OSError as err:
         reason = err.strerror or str(err)
         where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
@@ -134,14 +175,34 @@ def try_lock(path: str | os.PathLike) -> int | None:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
+def file_lock(path: str | os.PathLike, *, remove_on_failure: bool = False) -> Iterator[None]:
     """Hold an exclusive `flock` on `path` (created if missing) for the duration of the block.
 
-    The holder may delete the file before it leaves (`ichseg.data.prepare` does after a failed
-    build): a process that was waiting gets the lock of a deleted file, sees that, and locks the
-    file at `path` afresh, so two processes never hold the lock of one path at once.
+    With `remove_on_failure`, a block that raises deletes the lock file while still holding it,
+    and the folders made for it, so a failed build leaves nothing behind. A process that was
+    waiting then holds the lock of a deleted file, sees that, and locks the file at `path`
+    afresh: two processes never hold the lock of one path at once.
     """
     path = Path(path)
+    cleanup = (
+        created_folders_removed_on_failure(path.parent)
+        if remove_on_failure
+        else contextlib.nullcontext()
+    )
+    with cleanup:
+        fd = _lock_current_file(path)
+        try:
+            yield
+        except BaseException:
+            if remove_on_failure:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _lock_current_file(path: Path) -> int:
+    """A descriptor holding the flock of the file at `path` now (not of one deleted meanwhile)."""
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -151,14 +212,10 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if os.path.samestat(os.fstat(fd), os.stat(path)):
-                break
+                return fd
         except FileNotFoundError:
             pass
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)
-    try:
-        yield
-    finally:
-        os.close(fd)  # releases the flock

@@ -712,7 +712,7 @@ def ensure_phantom(
     # The folder appears by one atomic rename, so its marker file means it is complete.
     if is_phantom(root, params):
         return root
-    with file_lock(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock", remove_on_failure=True):
         if not is_phantom(root, params):
             with atomic_path(root, is_dir=True, owned_by=(PARAMS_NAME,)) as tmp:
                 write_phantom(tmp, patients, size, seed, layout)

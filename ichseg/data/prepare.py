@@ -143,48 +143,12 @@ def prepare(
     cache = out_root / key
     if (cache / "meta.json").is_file():
         return cache
-    created = _first_missing(out_root)
-    lock = out_root / f".{key}.lock"
-    try:
-        with file_lock(lock):
-            # Another process may have finished the build while this one waited for the lock.
-            if (cache / "meta.json").is_file():
-                return cache
-            try:
-                with atomic_path(cache, is_dir=True, owned_by=("meta.json",)) as tmp:
-                    _build(source, release, cfg, tmp)
-            except BaseException:
-                # Still under the lock: a waiting process then locks a new file (`file_lock`).
-                lock.unlink(missing_ok=True)
-                raise
-    except BaseException:
-        _remove_empty_folders(out_root, created)
-        raise
+    with file_lock(out_root / f".{key}.lock", remove_on_failure=True):
+        # Another process may have finished the build while this one waited for the lock.
+        if not (cache / "meta.json").is_file():
+            with atomic_path(cache, is_dir=True, owned_by=("meta.json",)) as tmp:
+                _build(source, release, cfg, tmp)
     return cache
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost of `path` and its parents that does not exist yet; None if `path` exists."""
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing = folder
-    return missing
-
-
-def _remove_empty_folders(path: Path, outermost: Path | None) -> None:
-    """Remove `path` and its parents up to `outermost` (the folders a failed build created),
-    each only while it is empty: a folder another process wrote into meanwhile stays."""
-    if outermost is None:
-        return
-    for folder in (path, *path.parents):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        if folder == outermost:
-            return
 
 
 def _balanced_labels(release: VolumeRelease, seed: int) -> list[SliceLabel]:

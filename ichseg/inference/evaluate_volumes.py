@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ichseg.atomic import atomic_path, atomic_write_text
+from ichseg.atomic import atomic_path, atomic_write_text, created_folders_removed_on_failure
 from ichseg.checkpoint import SPLIT_KEY, Checkpoint
 from ichseg.data.release import SUBTYPES, VolumeRelease, read_json_object
 from ichseg.data.sources import Source, source_from_record
@@ -241,39 +241,41 @@ def evaluate(
         release = source.open_release(allow_non_hu)
         patients = list(release.patients)
         mode = {"mode": "external"}
-    out = prepare_outdir(outdir)
-    rows = []
-    with progress_bar(len(patients), "volumes", progress) as advance:
-        for patient in patients:
-            volume = release.load_patient(patient)
-            pred = model.predict(volume.hu)
-            scores = volume_scores(pred, volume.mask, volume.zooms, nsd_tolerance_mm)
-            row = {"patient": patient, "case": release.case_name(patient), **scores}
-            row["subtypes"] = _volume_subtypes(release, patient)
-            rows.append(row)
-            advance()
-            if on_patient is not None:
-                on_patient(row)
-    facts = source.describe(release)
-    summary = {
-        **summarize_rows(rows),
-        "per_subtype": per_subtype(rows) if release.subtypes_from else None,
-        "nsd_tolerance_mm": nsd_tolerance_mm,
-        "definitions": DEFINITIONS,
-        **mode,
-        "source": facts,
-        "release": str(release.root),
-        "patients": patients,
-        "checkpoints": [str(c.path) for c in ensemble.checkpoints],
-        "checkpoint_splits": [split_record(c) for c in ensemble.checkpoints],
-        "flip_tta": flip,
-        "threshold": ensemble.threshold,
-        "device": str(target),
-        "precision": ensemble.precision,
-        "allow_non_hu": allow_non_hu,
-    }
-    # The CSV and figure first: summary.json is the marker of a finished evaluation.
-    atomic_write_text(out / "patients.csv", _csv_text(rows))
-    dice_volume_figure(rows, out / FIGURE_NAME, dataset_label(facts))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    # A run that fails before writing anything leaves no folder it made.
+    with created_folders_removed_on_failure(outdir):
+        out = prepare_outdir(outdir)
+        rows = []
+        with progress_bar(len(patients), "volumes", progress) as advance:
+            for patient in patients:
+                volume = release.load_patient(patient)
+                pred = model.predict(volume.hu)
+                scores = volume_scores(pred, volume.mask, volume.zooms, nsd_tolerance_mm)
+                row = {"patient": patient, "case": release.case_name(patient), **scores}
+                row["subtypes"] = _volume_subtypes(release, patient)
+                rows.append(row)
+                advance()
+                if on_patient is not None:
+                    on_patient(row)
+        facts = source.describe(release)
+        summary = {
+            **summarize_rows(rows),
+            "per_subtype": per_subtype(rows) if release.subtypes_from else None,
+            "nsd_tolerance_mm": nsd_tolerance_mm,
+            "definitions": DEFINITIONS,
+            **mode,
+            "source": facts,
+            "release": str(release.root),
+            "patients": patients,
+            "checkpoints": [str(c.path) for c in ensemble.checkpoints],
+            "checkpoint_splits": [split_record(c) for c in ensemble.checkpoints],
+            "flip_tta": flip,
+            "threshold": ensemble.threshold,
+            "device": str(target),
+            "precision": ensemble.precision,
+            "allow_non_hu": allow_non_hu,
+        }
+        # The CSV and figure first: summary.json is the marker of a finished evaluation.
+        atomic_write_text(out / "patients.csv", _csv_text(rows))
+        dice_volume_figure(rows, out / FIGURE_NAME, dataset_label(facts))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.atomic import writable_dir
+from ichseg.atomic import created_folders_removed_on_failure, writable_dir
 from ichseg.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
 from ichseg.errors import IchsegError
 from ichseg.inference.dicom_io import is_dicom_input, open_dicom
@@ -163,23 +163,25 @@ def predict_scans(
     first = opened[0].read_hu(allow_non_hu) if opened else None
     for scan in opened[1:]:
         scan.read_hu(allow_non_hu)
-    out = prepare_outdir(outdir)
-    # The SEG names the checkpoints by their contents: hashed once, for DICOM inputs only.
-    ids = checkpoint_ids(checkpoints) if any(s.dicom is not None for s in opened) else []
-    summaries: list[dict] = []
-    with progress_bar(len(opened), "scans", progress) as advance:
-        for index, scan in enumerate(opened):
-            try:
-                hu = first if index == 0 else scan.read_hu(allow_non_hu)
-                first = None
-                summaries.append(_predict_one(model, scan, hu, out, ids, png, allow_non_hu))
-            except (IchsegError, OSError) as err:
-                raise IchsegError(
-                    f"{err} ({_written_so_far(opened, len(summaries), out, png)})"
-                ) from None
-            advance()
-            if on_scan is not None:
-                on_scan(summaries[-1])
+    # A run that fails before writing anything leaves no folder it made.
+    with created_folders_removed_on_failure(outdir):
+        out = prepare_outdir(outdir)
+        # The SEG names the checkpoints by their contents: hashed once, for DICOM inputs only.
+        ids = checkpoint_ids(checkpoints) if any(s.dicom is not None for s in opened) else []
+        summaries: list[dict] = []
+        with progress_bar(len(opened), "scans", progress) as advance:
+            for index, scan in enumerate(opened):
+                try:
+                    hu = first if index == 0 else scan.read_hu(allow_non_hu)
+                    first = None
+                    summaries.append(_predict_one(model, scan, hu, out, ids, png, allow_non_hu))
+                except (IchsegError, OSError) as err:
+                    raise IchsegError(
+                        f"{err} ({_written_so_far(opened, len(summaries), out, png)})"
+                    ) from None
+                advance()
+                if on_scan is not None:
+                    on_scan(summaries[-1])
     return summaries
 
 

@@ -145,7 +145,6 @@ def export_dataset(
     if written:
         _write(dest, data, row, train, test, dataset_json, folds, info, cache, dataset_id)
     if splits_at is not None and not splits_present:
-        splits_at.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(splits_at, json.dumps(folds, indent=1) + "\n")
     return Export(
         dest.resolve(),

@@ -156,3 +156,32 @@ def test_an_external_folder_given_twice_is_one_line(
     ), err
     assert not (tmp_path / "report").exists()
     record_behaviour(f"exit 2, nothing written: {err}")
+
+
+@pytest.mark.reliability(
+    case="phantom into a new folder, disk full mid-way",
+    did="the 3rd NIfTI write raises ENOSPC; OUT and its parent did not exist",
+    entry="ichseg phantom",
+)
+def test_a_phantom_that_fails_midway_leaves_nothing(
+    tmp_path, capsys, monkeypatch, record_behaviour
+):
+    from ichseg.data import phantom
+
+    save, calls = phantom._save_nifti, []
+
+    def full_disk_at_the_third(data, affine, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        save(data, affine, path)
+
+    monkeypatch.setattr(phantom, "_save_nifti", full_disk_at_the_third)
+    out = tmp_path / "new" / "release"
+    assert cli.main(["phantom", str(out), "--patients", "2", "--size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no space left on device" in err, err
+    assert "nothing was written" in err, err
+    # Neither the release, its temporary, its lock file nor the parent made for them is left.
+    assert list(tmp_path.iterdir()) == []
+    record_behaviour(f"exit 2, nothing left: {err}")

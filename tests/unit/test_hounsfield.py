@@ -193,7 +193,8 @@ def test_evaluate_refuses_a_scan_not_in_hu(tmp_path, capsys, record_behaviour):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert str(name) in lines[0] and "HU+1024" in lines[0], lines[0]
-    assert not (tmp_path / "eval" / "summary.json").exists()
+    # The refusal came while reading the held-out volumes: the folder it had made is gone.
+    assert not (tmp_path / "eval").exists()
     code, _, err = run([*args, "--allow-non-hu"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["allow_non_hu"] is True
@@ -224,6 +225,36 @@ def test_failure_midway_names_what_was_written(
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["s0.json", "s0_mask.nii.gz"]
     record_behaviour(f"exit 2: {lines[0]}", did="disk full while predicting the 2nd of 3 scans")
+
+
+@pytest.mark.reliability(case="failure at the first of several scans", entry="ichseg predict")
+@pytest.mark.parametrize("out_exists", [False, True], ids=["new OUT", "OUT of the user"])
+def test_failure_before_any_output_leaves_no_folder_it_made(
+    out_exists, ckpts, tmp_path, capsys, monkeypatch, record_behaviour
+):
+    from ichseg.inference.volumes import VolumeEnsemble
+
+    def full_disk(self, hu):
+        raise OSError(28, "No space left on device")
+
+    scans = [save_scan(tmp_path / f"s{i}.nii", head()) for i in range(2)]
+    out = tmp_path / "new" / "out"
+    if out_exists:
+        out.mkdir(parents=True)
+        (out / "notes.txt").write_text("mine\n")
+    monkeypatch.setattr(VolumeEnsemble, "predict", full_disk)
+    code, _, err = run(["predict", ckpts["pass"], *scans, "-o", out], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert f"stopped at scan 1 of 2 (s0.nii); nothing was written to {out}" in lines[0], lines[0]
+    if out_exists:
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    else:
+        assert not (tmp_path / "new").exists()
+        record_behaviour(
+            f"exit 2, neither OUT nor its new parent left: {lines[0]}",
+            did="disk full while predicting the 1st of 2 scans into a new OUT/parent",
+        )
 
 
 @pytest.mark.reliability(entry="ichseg prepare --source")
