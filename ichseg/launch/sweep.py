@@ -31,6 +31,7 @@ def check_sweep_dir(job_cfgs: Sequence[DictConfig], sweep_dir: str) -> None:
     sweep is refused."""
     from ichseg.job_config import config_clash, resume_checkpoint
 
+    _check_one_job_per_folder(job_cfgs)
     clashes = []
     for cfg in job_cfgs:
         folder = job_dir(cfg)
@@ -49,6 +50,22 @@ def check_sweep_dir(job_cfgs: Sequence[DictConfig], sweep_dir: str) -> None:
             f"{sweep_dir}: holds results of another configuration: {', '.join(clashes)}; "
             "nothing was changed; choose another hydra.sweep.dir"
         )
+
+
+def _check_one_job_per_folder(job_cfgs: Sequence[DictConfig]) -> None:
+    """Raise when two jobs of the sweep would write one folder (a value given twice, or a swept
+    key the folder name leaves out): the second would find the first's results as its own."""
+    first: dict[Path, str] = {}
+    for cfg in job_cfgs:
+        folder = job_dir(cfg)
+        job = " ".join(_command(cfg)) or "no overrides"
+        if folder in first:
+            raise IchsegError(
+                f"two jobs of this sweep ({first[folder]}; {job}) would both write {folder}; "
+                "nothing was changed: give each value once, and sweep a setting the folder "
+                "name (hydra.sweep.subdir) leaves out into a hydra.sweep.dir of its own"
+            )
+        first[folder] = job
 
 
 def _command(config: DictConfig) -> list[str]:

@@ -131,6 +131,31 @@ def test_unusable_sweep_dir_is_one_line(tmp_path, case, where, record_behaviour)
     record_behaviour(f"exit 2: {lines[0]}", case=case)
 
 
+@pytest.mark.reliability(entry="train.py -m")
+@pytest.mark.parametrize(
+    ("case", "overrides", "jobs"),
+    [
+        ("a model given twice", ["model=unet,unet"], ("model=unet", "model=unet")),
+        ("a swept seed", ["model=dunet", "seed=1,2"], ("seed=1", "seed=2")),
+    ],
+    ids=["model-twice", "seed-swept"],
+)
+def test_two_jobs_of_one_sweep_never_share_a_folder(
+    tmp_path, case, overrides, jobs, record_behaviour
+):
+    """The second would find the first's results and skip, or resume them as its own."""
+    sweep = tmp_path / "sweep"
+    done = train([*TINY, *overrides, f"hydra.sweep.dir={sweep}"], tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    folder = sweep / f"{overrides[0].split('=')[1].split(',')[0]}-fold1"
+    assert lines[0].startswith("train.py: error: two jobs of this sweep ("), lines[0]
+    assert f") would both write {folder}; nothing was changed" in lines[0], lines[0]
+    assert all(job in lines[0] for job in jobs), lines[0]
+    assert not sweep.exists()
+    record_behaviour(f"exit 2, no folder made: {lines[0]}", case=case)
+
+
 @pytest.mark.reliability(case="refused single run leaves nothing", entry="train.py")
 @pytest.mark.parametrize(
     "override",
