@@ -48,7 +48,7 @@ $(NNUNET_STAMP):
 		-c 'import torch; print(torch.__version__.split("+")[0])')"
 	touch $(NNUNET_STAMP)
 
-test: $(STAMP) $(NNUNET_STAMP) ## the full test suite on CPU (about 20 min on 2 cores), real nnU-Net included
+test: $(STAMP) $(NNUNET_STAMP) ## the full test suite on CPU (about 15 min on 2 cores), real nnU-Net included
 	ICHSEG_NNUNET_PYTHON=$(NNUNET_VENV)/bin/python $(PY) -m pytest
 
 test-fast: $(STAMP) ## tests/unit only (in-process, no train.py run or sweep): the loop while developing
