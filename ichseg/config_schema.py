@@ -16,10 +16,10 @@ from ichseg.data.phantom import LAYOUTS
 from ichseg.data.phantom import MAX_SIZE as PHANTOM_MAX_SIZE
 from ichseg.data.phantom import MIN_SIZE as PHANTOM_MIN_SIZE
 from ichseg.errors import IchsegError
-from ichseg.nets import NET_KEY, build_on_meta, check_input_size
-from ichseg.runtime import FLOAT32_MATMUL_PRECISIONS
 from ichseg.seeds import MAX_SEED
 
+# Inside fp32 matmuls and cuDNN convolutions: "high" and "medium" allow TF32, "highest" does not.
+FLOAT32_MATMUL_PRECISIONS = ("highest", "high", "medium")
 # "auto" (ichseg's choice per device) and the precision strings Lightning accepts.
 PRECISIONS = (
     "auto",
@@ -199,6 +199,9 @@ def validate(cfg: DictConfig) -> None:
             f"fold={cfg.fold} is out of range: expected an integer 0..{n_folds - 1} "
             f"(data.n_folds={n_folds})"
         )
+    # torch loads only for a config whose values passed: a refusal answers without it.
+    from ichseg.nets import NET_KEY, build_on_meta, check_input_size
+
     present, size = _lookup(cfg, "data.size")
     net_present, net = _lookup(cfg, NET_KEY)
     if present and net_present:

@@ -26,6 +26,8 @@ from ichseg.errors import IchsegError
 RECORDS_FILE = "records.jsonl"
 HISTORY_FILE = "history.csv"
 JOB_FILE = "job.json"
+# Hydra's record of a sweep's command, in the sweep folder above its jobs.
+MULTIRUN_FILE = "multirun.yaml"
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+from ichseg.config_schema import FLOAT32_MATMUL_PRECISIONS
 from ichseg.errors import IchsegError
 
-# Inside fp32 matmuls and cuDNN convolutions: "high" and "medium" allow TF32, "highest" does not.
-FLOAT32_MATMUL_PRECISIONS = ("highest", "high", "medium")
 # What `ichseg predict` and `ichseg evaluate` compute in.
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 

@@ -16,8 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ichseg.atomic import atomic_write_text, file_lock
 from ichseg.errors import IchsegError
-from ichseg.records import read_job
-from ichseg.sweeps.model import MULTIRUN_FILE
+from ichseg.records import MULTIRUN_FILE, read_job
 
 
 def job_dir(job_cfg: DictConfig) -> Path:

@@ -16,6 +16,7 @@ from ichseg.errors import IchsegError
 from ichseg.records import (
     HISTORY_FILE,
     JOB_FILE,
+    MULTIRUN_FILE,
     RECORDS_FILE,
     read_history,
     read_job,
@@ -23,7 +24,6 @@ from ichseg.records import (
 )
 from ichseg.sweeps.model import (
     CONFIG_FILE,
-    MULTIRUN_FILE,
     NOT_STARTED,
     Job,
     Sweep,

@@ -17,8 +17,8 @@ from hydra.errors import OverrideParseException
 
 from ichseg.errors import IchsegError
 from ichseg.metrics import METRICS_VERSION
+from ichseg.records import MULTIRUN_FILE
 
-MULTIRUN_FILE = "multirun.yaml"
 CONFIG_FILE = "config.yaml"
 # A job that has not written job.json yet (or never will) has no status of its own.
 NOT_STARTED = "not started"

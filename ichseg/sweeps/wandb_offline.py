@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.errors import IchsegError
+from ichseg.records import MULTIRUN_FILE
 from ichseg.sweeps.local import load_yaml
-from ichseg.sweeps.model import MULTIRUN_FILE, Sweep, assemble_sweep
+from ichseg.sweeps.model import Sweep, assemble_sweep
 from ichseg.sweeps.wandb_api import job_from_run, merge_jobs
 
 RUN_FILES = "*/wandb/offline-run-*/run-*.wandb"
