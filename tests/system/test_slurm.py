@@ -236,13 +236,16 @@ def test_preempted_job_is_requeued_and_resumes_from_last_checkpoint(cluster, tmp
     job_dir = sweep / "dunet-fold1"
 
     def training(resumed: bool, records: int) -> bool:
-        """The job trains (after a resume, or not) and has written more than `records` records."""
+        """The job trains (after a resume, or not), has written more than `records` records and
+        a last.ckpt to resume from (written just after an epoch's record: a job stopped between
+        the two trains again from the last.ckpt before, here from scratch)."""
         assert proc.poll() is None, (tmp_path / "sweep.err").read_text()[-3000:]
         state = read_job(job_dir) or {}
         return (
             state.get("status") == "running"
             and bool(state.get("resumed_from")) == resumed
             and len(read_records(job_dir)) > records
+            and (job_dir / "checkpoints" / "last.ckpt").is_file()
         )
 
     wait_for("the first checkpoint", lambda: training(resumed=False, records=0), 300)
