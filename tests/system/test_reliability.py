@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import ctypes
 import dataclasses
 import errno
 import io
@@ -222,20 +223,64 @@ def test_bad_release_stops_prepare_with_one_line(case, release, tmp_path, capsys
     record_behaviour(f"exit 2, nothing left in OUT: {message}", case=case, did=did)
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapSets(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+
+
+# capget(2)/capset(2): version 3 takes two _CapSets (capabilities 0-31, then 32-63).
+_CAP_VERSION_3 = 0x20080522
+# CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: what lets root read and list what chmod 000 closes.
+_PERMISSION_OVERRIDES = (1 << 1) | (1 << 2)
+
+
+@contextlib.contextmanager
+def _without_permission_overrides():
+    """Run the block as root without the capabilities that bypass file permissions (this
+    thread's effective set only; they come back after)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, sets = _CapHeader(_CAP_VERSION_3, 0), (_CapSets * 2)()
+    if libc.capget(ctypes.byref(header), sets) != 0:
+        pytest.skip(f"capget failed ({os.strerror(ctypes.get_errno())}): cannot stop root's reads")
+    effective = sets[0].effective
+    sets[0].effective = effective & ~_PERMISSION_OVERRIDES
+    if libc.capset(ctypes.byref(header), sets) != 0:
+        pytest.skip(f"capset failed ({os.strerror(ctypes.get_errno())}): cannot stop root's reads")
+    try:
+        yield
+    finally:
+        sets[0].effective = effective
+        assert libc.capset(ctypes.byref(header), sets) == 0, "could not restore capabilities"
+
+
 @contextlib.contextmanager
 def unprivileged():
-    """Run the block as uid 65534 when the tests run as root, whom chmod 000 does not stop."""
+    """Run the block so that chmod 000 stops it, while it still reaches the checkout's code and
+    conf/ wherever the checkout lives: as the tests' own user; when that is root, as the
+    checkout's owner (root without the capabilities that bypass file permissions, or
+    seteuid to the user who owns the checkout)."""
     if os.geteuid() != 0:
         yield ""
         return
-    # The interpreter may live under /root, out of uid 65534's reach: load lazy codecs now.
+    owner = ROOT.stat().st_uid
+    if owner == 0:
+        with _without_permission_overrides():
+            yield (
+                " (as root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, the capabilities "
+                "that let root past chmod 000)"
+            )
+        return
+    # The interpreter may live under /root, out of the owner's reach: load lazy codecs now.
     codecs.lookup("utf-8-sig")
     try:
-        os.seteuid(65534)
+        os.seteuid(owner)
     except PermissionError:
-        pytest.skip("running as root without CAP_SETUID: chmod 000 cannot block root's reads")
+        pytest.skip("running as root without CAP_SETUID: chmod 000 cannot stop root's reads")
     try:
-        yield " (as uid 65534: the tests run as root, whom chmod 000 does not stop)"
+        yield f" (as uid {owner}, the checkout's owner: chmod 000 does not stop root)"
     finally:
         os.seteuid(0)
 
