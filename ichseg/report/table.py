@@ -141,19 +141,18 @@ class ArchInfo:
 
 
 def _cell(value: Any) -> str:
-    """An architecture value as Table 1 prints it: lists as (a,b,c), no value as NA."""
-    if value is None or value == "":
+    """An architecture value as Table 1 prints it: lists as (a,b,c), an empty text as "", and
+    NA only where neither the network nor its config says anything (None); a value of 0 or
+    False is printed as said."""
+    if value is None:
         return NA
+    if value == "":
+        return '""'
     if isinstance(value, list | tuple):
-        return "(" + ",".join(str(v) for v in value) + ")"
+        return "(" + ",".join(_cell(v) for v in value) + ")"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def _dropout_cell(value: Any) -> str:
-    """Dropout as the paper prints it: NA when the network has none."""
-    return NA if value in (None, 0, 0.0, "") else _cell(value)
 
 
 def arch_info(sweep: Sweep, model: str) -> ArchInfo | None:
@@ -183,7 +182,7 @@ def arch_info(sweep: Sweep, model: str) -> ArchInfo | None:
         filters=_cell(said.get("filters")),
         kernel=_cell(said.get("kernel")),
         pool=_cell(said.get("pool")),
-        dropout=_dropout_cell(said.get("dropout")),
+        dropout=_cell(said.get("dropout")),
         batch_norm=_cell(said.get("batch_norm")),
         batch_size=_cell(said.get("batch_size", batch_size)),
         parameters=parameters,

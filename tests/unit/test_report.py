@@ -460,6 +460,22 @@ def test_three_networks_give_every_pair_and_their_own_counts(tmp_path):
     )
 
 
+def test_table1_prints_what_a_config_says_and_na_only_where_nothing_does(tmp_path, monkeypatch):
+    # A network that describes nothing itself, its config saying 0, False and an empty text.
+    said = {"dropout": 0, "batch_norm": False, "pool": ""}
+    plain = {"name": "plain", "module": MODEL_CONFIGS["segresnet"]["module"], "architecture": said}
+    monkeypatch.setitem(MODEL_CONFIGS, "plain", plain)
+    sweep = make_sweep(tmp_path / "sweep", models=("unet", "dunet", "plain"), max_epochs=100)
+    text = (report(sweep) / "report.md").read_text()
+    table = report_section(text, "Table 1 (paper protocol)")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:6] for line in table.splitlines()[2:]}
+    # Filters, kernel, pool, dropout, batch size: the U-Net's config says dropout 0.0.
+    assert rows["U-Net"] == ["(64,128,256,512,1024)", "3x3", "2x2 max", "0", "32"]
+    assert rows["D-Unet"] == ["(32,64,128,256,512)", "3x3", "2x2 max", "0.2", "32"]
+    assert rows["plain"] == ["NA", "NA", '""', "0", "32"]
+    assert "batch norm False, dropout 0;" in report_section(text, "Provenance")
+
+
 def test_figures_are_pngs_and_test_results_are_rendered(tmp_path, monkeypatch):
     sweep = make_sweep(tmp_path / "sweep")
     image = np.linspace(0, 1, 32 * 32).reshape(32, 32)
