@@ -221,6 +221,7 @@ def _predict(args: argparse.Namespace) -> None:
         series=args.series,
         resample_tilt=args.resample_tilt,
         png=args.png,
+        seg=not args.no_seg,
         **_inference_kwargs(args),
         on_scan=show,
     )
@@ -410,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--png",
         action="store_true",
         help="also write OUT/<scan>_summary.png: the slices with bleed, the mask, the volume",
+    )
+    p.add_argument(
+        "--no-seg",
+        action="store_true",
+        help="write no DICOM SEG for DICOM inputs (their mask and JSON only)",
     )
     _inference_options(p)
     p.set_defaults(func=_predict)

@@ -12,7 +12,17 @@ so that the SEG holds exactly the NIfTI mask. The segment is coded with SNOMED C
   IntracranialHemorrhage`; https://browser.ihtsdotools.org/?perspective=full&conceptId1=1386000).
 The algorithm is identified as ichseg with its version, family "Artificial Intelligence" (DCM
 123110, CID 7162), and as parameters the checkpoints' ids (file name and the first 16 hex digits
-of the file's SHA-256), the threshold, the CT window and whether flip averaging was used.
+of the file's SHA-256), the threshold, the CT window and whether flip averaging was used; the
+content creator is "ichseg".
+
+The patient, study and frame of reference come from the source images (highdicom's Segmentation
+reads them from the first one). `seg_plan` decides from the headers, before anything is
+predicted, whether a valid SEG can be made: a type-1 value the SEG must carry (DICOM PS3.3:
+StudyInstanceUID of the General Study module, FrameOfReferenceUID of the Frame of Reference
+module, and the SeriesInstanceUID and SOPInstanceUIDs its references name) absent, empty or
+inconsistent means no SEG; an absent type-2 value of the Patient or General Study module is
+written empty, and an absent SliceThickness (Pixel Measures, type 1C) is the series' slice step.
+The values are filled in copies of the headers: the user's files are never changed.
 """
 
 from __future__ import annotations
@@ -20,11 +30,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
@@ -39,6 +52,93 @@ ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
 # The SEG's own series number: arbitrary, high so viewers list it after the scanner's series.
 SEG_SERIES_NUMBER = 901
 RESEARCH_NOTE = "research tool, not a medical device"
+# A person name of one component: the trailing caret says it is meant so (PS3.5 6.2.1.2).
+CONTENT_CREATOR = "ichseg^"
+# Type 2 in the SEG's Patient and General Study modules, copied from the source images: an
+# absent one is written empty, as the standard allows.
+EMPTY_ALLOWED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+# Type 1 values the SEG takes from its source images, each one value for the whole series.
+SAME_IN_SERIES = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+# Type 1 and different in every source image: the SEG references each image by it.
+EACH_IMAGE = "SOPInstanceUID"
+
+
+# The start of highdicom's warning about a person name of one component.
+_NAME_ADVICE = r"The string .* is unlikely to represent the intended person name"
+# What highdicom raises on headers it cannot build a SEG from.
+_BUILD_ERRORS = (ValueError, TypeError, AttributeError, KeyError)
+
+
+@dataclass(frozen=True)
+class SegPlan:
+    """What a series' SEG will be made of: `why_not` says why no valid SEG can be made (None: one
+    can); `filled` is each value written into copies of its headers (keyword -> value)."""
+
+    why_not: str | None = None
+    filled: dict[str, str | float] = field(default_factory=dict)
+
+
+def _lacking(headers: Sequence[Dataset]) -> list[str]:
+    """The type-1 values a SEG takes from `headers` that they lack or do not agree on."""
+    problems = []
+    for keyword in SAME_IN_SERIES:
+        values = {str(h.get(keyword, "") or "").strip() for h in headers}
+        if "" in values:
+            problems.append(f"no {keyword}")
+        elif len(values) > 1:
+            problems.append(f"{len(values)} different {keyword}s")
+    uids = [str(h.get(EACH_IMAGE, "") or "").strip() for h in headers]
+    if "" in uids:
+        problems.append(f"no {EACH_IMAGE} in {uids.count('')} of {len(uids)} images")
+    elif len(set(uids)) < len(uids):
+        problems.append(f"{len(uids) - len(set(uids))} repeated {EACH_IMAGE}s")
+    return problems
+
+
+def seg_plan(scan: Scan) -> SegPlan:
+    """Decide from the headers alone, before anything is predicted, whether `scan` (a DICOM
+    series) can carry a valid SEG and which values its headers need filled; the SEG of an empty
+    mask is built as a trial, so that whatever else highdicom refuses is known now too."""
+    headers = scan.dicom.headers
+    lacking = _lacking(headers)
+    if lacking:
+        return SegPlan(f"its headers lack what a valid SEG must carry: {', '.join(lacking)}")
+    filled: dict[str, str | float] = {k: "" for k in EMPTY_ALLOWED if k not in headers[0]}
+    if any(not h.get("SliceThickness") for h in headers):
+        filled["SliceThickness"] = round(scan.dicom.slice_step_mm, 6)
+    plan = SegPlan(filled=filled)
+    try:
+        _seg_file(scan, np.zeros(scan.shape[:3], dtype=bool), {}, filled)
+    except _BUILD_ERRORS as err:
+        return SegPlan(f"highdicom cannot build one from its headers ({first_line(err)})")
+    return plan
+
+
+def _filled_headers(headers: Sequence[Dataset], filled: dict[str, str | float]) -> list[Dataset]:
+    """Copies of `headers` with the `filled` values set where a header lacks them; the headers
+    themselves (and the files they were read from) are never changed."""
+    out = []
+    for header in headers:
+        copied = Dataset()
+        copied.update(header)  # a dataset of its own, holding the same elements
+        copied.file_meta = header.file_meta
+        for keyword, value in filled.items():
+            if not copied.get(keyword):
+                if keyword in copied:
+                    del copied[keyword]  # an empty element: replaced, not changed in place
+                setattr(copied, keyword, value)
+        out.append(copied)
+    return out
 
 
 def checkpoint_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -58,11 +158,11 @@ def seg_path(outdir: Path, scan: Scan) -> Path:
     return outdir / f"{scan.stem}{SEG_SUFFIX}"
 
 
-def _resampled_geometry(scan: Scan) -> dict:
-    """highdicom's plane positions, orientation and pixel measures of a resampled grid."""
+def _resampled_geometry(scan: Scan, first: Dataset) -> dict:
+    """highdicom's plane positions, orientation and pixel measures of a resampled grid (`first`:
+    the first source header, its SliceThickness filled)."""
     series = scan.dicom
     lps = series.lps_affine
-    first = series.headers[0]
     patient = hd.CoordinateSystemNames.PATIENT
     return {
         "plane_positions": [
@@ -74,17 +174,31 @@ def _resampled_geometry(scan: Scan) -> dict:
         ),
         "pixel_measures": hd.PixelMeasuresSequence(
             pixel_spacing=[float(v) for v in first.PixelSpacing],
-            slice_thickness=float(first.get("SliceThickness") or series.slice_step_mm),
+            slice_thickness=float(first.SliceThickness),
             spacing_between_slices=series.slice_step_mm,
         ),
     }
 
 
-def seg_bytes(scan: Scan, mask: np.ndarray, parameters: dict[str, str]) -> bytes:
+def seg_bytes(scan: Scan, mask: np.ndarray, parameters: dict[str, str], plan: SegPlan) -> bytes:
     """The SEG file of `mask` (boolean, in the scan's own `[column, row, slice]` grid) as bytes;
-    `parameters` (the checkpoints' ids, threshold, ...) name how it was made."""
-    if scan.dicom is None:
-        raise IchsegError(f"scan {scan.path}: a DICOM SEG needs a DICOM series as its source")
+    `parameters` (the checkpoints' ids, threshold, ...) name how it was made, `plan`
+    (`seg_plan`) which values its headers need filled."""
+    if scan.dicom is None or plan.why_not is not None:
+        why = "it is not a DICOM series" if scan.dicom is None else plan.why_not
+        raise IchsegError(f"scan {scan.path}: no DICOM SEG can be made, {why}")
+    try:
+        return _seg_file(scan, mask, parameters, plan.filled)
+    except _BUILD_ERRORS as err:
+        raise IchsegError(
+            f"scan {scan.path}: cannot build a DICOM SEG from its headers ({first_line(err)})"
+        ) from None
+
+
+def _seg_file(
+    scan: Scan, mask: np.ndarray, parameters: dict[str, str], filled: dict[str, str | float]
+) -> bytes:
+    """`seg_bytes` without its checks: highdicom's errors as they are."""
     algorithm = hd.AlgorithmIdentificationSequence(
         name="ichseg",
         family=ARTIFICIAL_INTELLIGENCE,
@@ -104,10 +218,15 @@ def seg_bytes(scan: Scan, mask: np.ndarray, parameters: dict[str, str]) -> bytes
     )
     # One frame per source image, in the series' (sorted) order: [slice, row, column].
     frames = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8).transpose(2, 1, 0))
-    try:
-        geometry = _resampled_geometry(scan) if scan.dicom.tilt_shift_px is not None else {}
+    headers = _filled_headers(scan.dicom.headers, filled)
+    tilted = scan.dicom.tilt_shift_px is not None
+    geometry = _resampled_geometry(scan, headers[0]) if tilted else {}
+    with warnings.catch_warnings():
+        # A source PatientName of one component ("ANONYMOUS", as de-identification leaves it) is
+        # copied as it is; highdicom's advice on how to spell names is not the user's to act on.
+        warnings.filterwarnings("ignore", _NAME_ADVICE, UserWarning)
         seg = hd.seg.Segmentation(
-            source_images=scan.dicom.headers,
+            source_images=headers,
             pixel_array=frames,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[segment],
@@ -121,14 +240,11 @@ def seg_bytes(scan: Scan, mask: np.ndarray, parameters: dict[str, str]) -> bytes
             device_serial_number="none",
             content_description=f"ICH by ichseg; {RESEARCH_NOTE}",
             content_label="ICH",
+            content_creator_name=CONTENT_CREATOR,
             series_description=f"ichseg ICH mask ({RESEARCH_NOTE})",
             omit_empty_frames=False,
             **geometry,
         )
-    except (ValueError, TypeError, AttributeError, KeyError) as err:
-        raise IchsegError(
-            f"scan {scan.path}: cannot build a DICOM SEG from its headers ({first_line(err)})"
-        ) from None
     buffer = io.BytesIO()
     seg.save_as(buffer)
     return buffer.getvalue()

@@ -10,7 +10,7 @@ Each volume is predicted whole by a `VolumeEnsemble` (every slice, in the traini
 and scored by `ichseg.inference.volume_metrics` (3-D Dice, HD95 and NSD in mm, RVD, volume error
 in mL, patient-level detection), overall and per subtype where the source has subtypes; the
 rows go to patients.csv, the means to summary.json, and per-volume Dice against true bleed
-volume to dice_vs_volume.png.
+volume to dice_vs_volume.png, in a folder that is missing, empty or holds an earlier evaluation.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ichseg.atomic import atomic_path, atomic_write_text, created_folders_removed_on_failure
+from ichseg.atomic import (
+    atomic_path,
+    atomic_write_text,
+    check_replaceable,
+    created_folders_removed_on_failure,
+)
 from ichseg.checkpoint import SPLIT_KEY, Checkpoint
 from ichseg.data.release import SUBTYPES, VolumeRelease, read_json_object
 from ichseg.data.sources import Source, source_from_record
@@ -56,6 +61,8 @@ CSV_COLUMNS = (
     "subtypes",
 )
 FIGURE_NAME = "dice_vs_volume.png"
+# What an evaluation writes: a folder holding all three is one an evaluation may write again.
+EVALUATION_FILES = ("patients.csv", FIGURE_NAME, "summary.json")
 
 
 def _splits_file(splits: str | os.PathLike) -> Path:
@@ -227,6 +234,9 @@ def evaluate(
         raise IchsegError(
             f"--nsd-tolerance-mm: expected a positive number, found {nsd_tolerance_mm}"
         )
+    # As `ichseg report --out`: a folder of the user's (their own summary.json or patients.csv)
+    # is refused before any volume is scored, never written into.
+    check_replaceable(Path(outdir), EVALUATION_FILES)
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
     ensemble = model.ensemble

@@ -4,8 +4,10 @@ A scan must hold one 3-D volume (a trailing singleton axis is allowed) of real n
 `MIN_IN_PLANE` pixels in-plane, with positive voxel sizes; its voxels are read as Hounsfield
 units through nibabel's scaling and must look like head CT (`ichseg.data.hounsfield`). The mask
 is written as uint8 0/1 with the scan's exact shape and header geometry, next to a JSON summary;
-both are written atomically, and a file of the same name is replaced only when it is an earlier
-prediction.
+both are written atomically. The summary records its input (`input_identity`: the resolved path,
+and a DICOM series' UID), and a file of the same name is replaced only when it is an earlier
+prediction of that same input: inputs of one name in different folders (PACS exports name every
+folder `DICOM`) never replace each other's outputs.
 """
 
 from __future__ import annotations
@@ -131,30 +133,73 @@ def output_paths(outdir: Path, scan: Scan) -> tuple[Path, Path]:
     return outdir / f"{scan.stem}{MASK_SUFFIX}", outdir / f"{scan.stem}.json"
 
 
-def _earlier_prediction(json_path: Path, mask_path: Path) -> bool:
-    """True when `json_path` is the summary `ichseg predict` wrote next to `mask_path`."""
+def input_identity(scan: Scan) -> dict:
+    """What outputs record of the input they were made from: its resolved path, and for a DICOM
+    series its SeriesInstanceUID (a folder exported again may hold another patient)."""
+    identity = {"path": str(scan.path.resolve())}
+    if scan.dicom is not None:
+        identity["series_instance_uid"] = scan.dicom.uid
+    return identity
+
+
+def _recorded_input(summary: dict) -> dict:
+    """The input an earlier summary was made from; one written before summaries recorded it
+    gives its `scan` path (as it was typed, resolved from here) and its series UID."""
+    recorded = summary.get("input")
+    if isinstance(recorded, dict):
+        return recorded
+    legacy = {"path": str(Path(str(summary.get("scan", ""))).resolve())}
+    dicom = summary.get("dicom")
+    if isinstance(dicom, dict) and "series_instance_uid" in dicom:
+        legacy["series_instance_uid"] = str(dicom["series_instance_uid"])
+    return legacy
+
+
+def _describe_input(identity: dict) -> str:
+    """An input in a message: its path, and its series UID when it is a DICOM series."""
+    uid = identity.get("series_instance_uid")
+    return f"{identity.get('path')}" + (
+        f" (series {uid or 'without a UID'})" if uid is not None else ""
+    )
+
+
+def _earlier_prediction(json_path: Path, mask_path: Path) -> dict | None:
+    """The summary at `json_path` when it is one `ichseg predict` wrote next to `mask_path`."""
     try:
         summary = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and Path(str(summary.get("mask", ""))).name == mask_path.name
+        return None
+    if isinstance(summary, dict) and Path(str(summary.get("mask", ""))).name == mask_path.name:
+        return summary
+    return None
 
 
 def check_outputs_free(
     outdir: Path, scans: Sequence[Scan], extra: Callable[[Scan], Sequence[Path]] = lambda _: ()
-) -> None:
+) -> list[dict | None]:
     """Raise unless every output path (the mask, the JSON and the `extra` outputs of each scan)
-    is free or holds an earlier prediction of the same name: a file the user put there (a mask
-    of their own, say) is never replaced."""
+    is free or holds an earlier prediction of the same input: a file the user put there (a mask
+    of their own, say), or the outputs of another input of the same name, are never replaced.
+    Returns each scan's earlier summary (None where there is none)."""
+    earlier: list[dict | None] = []
     for scan in scans:
         mask_path, json_path = output_paths(outdir, scan)
         outputs = (mask_path, json_path, *extra(scan))
         taken = [p for p in outputs if p.exists() or p.is_symlink()]
-        if taken and not _earlier_prediction(json_path, mask_path):
+        summary = _earlier_prediction(json_path, mask_path) if taken else None
+        if taken and summary is None:
             raise IchsegError(
                 f"{taken[0]}: exists and is not an earlier ichseg predict output (no "
                 f"{json_path.name} naming {mask_path.name}); choose another -o or remove it"
             )
+        if summary is not None and _recorded_input(summary) != input_identity(scan):
+            raise IchsegError(
+                f"{json_path}: holds the prediction of {_describe_input(_recorded_input(summary))}"
+                f", not of {_describe_input(input_identity(scan))}; outputs are named after the "
+                f"scan's file or folder name ({scan.stem}), so give this scan another -o folder"
+            )
+        earlier.append(summary)
+    return earlier
 
 
 def write_outputs(
@@ -163,8 +208,11 @@ def write_outputs(
     summary: dict,
     outdir: Path,
     extra: Mapping[Path, bytes] | None = None,
+    stale: Sequence[Path] = (),
 ) -> tuple[Path, Path]:
-    """Write `<stem>_mask.nii.gz`, the `extra` files, then `<stem>.json`, each atomically."""
+    """Write `<stem>_mask.nii.gz`, the `extra` files, then `<stem>.json`, each atomically; then
+    remove `stale`, the files an earlier prediction of this input wrote that this one does not
+    (so that no earlier SEG or PNG reads as this prediction's)."""
     mask_path, json_path = output_paths(outdir, scan)
     # mtime=0: the same mask gives the same bytes.
     blob = gzip.compress(mask_image(scan, mask).to_bytes(), compresslevel=1, mtime=0)
@@ -174,6 +222,8 @@ def write_outputs(
                 tmp.write_bytes(data)
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        for path in stale:
+            path.unlink(missing_ok=True)
     except OSError as err:
         raise IchsegError(f"output folder {outdir}: cannot write ({first_line(err)})") from None
     return mask_path, json_path

@@ -2,8 +2,10 @@
 summaries; and what every inference command shares: the output folder checked up front, a
 progress bar.
 
-Every input is checked (checkpoints loaded, scan headers read, output folder writable) before the
-first scan is predicted, so a bad argument writes nothing.
+Every input is checked (checkpoints loaded, scan headers read, output folder writable, what each
+DICOM series' SEG needs) before the first scan is predicted, so a bad argument writes nothing. A
+side output never costs a scan its mask and JSON: a series that cannot carry a valid SEG gets
+them with one warning line, and the JSON says why it has no SEG.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +24,12 @@ from ichseg.atomic import created_folders_removed_on_failure, writable_dir
 from ichseg.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
 from ichseg.errors import IchsegError
 from ichseg.inference.dicom_io import is_dicom_input, open_dicom
-from ichseg.inference.dicom_seg import checkpoint_ids, seg_bytes, seg_path
+from ichseg.inference.dicom_seg import SegPlan, checkpoint_ids, seg_bytes, seg_path, seg_plan
 from ichseg.inference.nifti_io import (
     MASK_SUFFIX,
     Scan,
     check_outputs_free,
+    input_identity,
     open_scan,
     output_paths,
     write_outputs,
@@ -125,14 +129,15 @@ def predict_scans(
     series: Sequence[str] = (),
     resample_tilt: bool = False,
     png: bool = False,
+    seg: bool = True,
     allow_non_hu: bool = False,
     on_scan: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Predict every scan (a NIfTI file, or a DICOM folder or zip: the one of `series` it holds,
     else its only CT series; a tilted one resampled if `resample_tilt`) with
-    the averaged checkpoints; write masks and summaries (with `png`, a one-page PNG too) to
-    `outdir`.
+    the averaged checkpoints; write masks and summaries (with `png`, a one-page PNG too; for a
+    DICOM series a SEG unless not `seg`) to `outdir`.
 
     Every scan's voxels are checked (`allow_non_hu`: not as CT in HU) before the first is
     predicted; a failure after that names the outputs already written.
@@ -157,12 +162,20 @@ def predict_scans(
                 f"scans {seen[scan.stem]} and {scan.path} would both write {scan.stem}{MASK_SUFFIX}"
             )
         seen[scan.stem] = scan.path
-    check_outputs_free(Path(outdir), opened, lambda s: _extra_outputs(Path(outdir), s, png))
+    # None: no SEG asked for (a NIfTI input, or --no-seg).
+    plans = {s.stem: seg_plan(s) if seg and s.dicom is not None else None for s in opened}
+    earlier = check_outputs_free(
+        Path(outdir), opened, lambda s: _extra_outputs(Path(outdir), s, png, plans[s.stem])
+    )
     # Checked before anything is written. The first scan's voxels are kept for its prediction
     # (a single scan is read once, one volume is held); the others are read again in turn.
     first = opened[0].read_hu(allow_non_hu) if opened else None
     for scan in opened[1:]:
         scan.read_hu(allow_non_hu)
+    for scan in opened:
+        plan = plans[scan.stem]
+        if plan is not None and plan.why_not is not None:
+            _warn_no_seg(f"scan {scan.path}: no DICOM SEG, {plan.why_not}", png)
     # A run that fails before writing anything leaves no folder it made.
     with created_folders_removed_on_failure(outdir):
         out = prepare_outdir(outdir)
@@ -174,10 +187,11 @@ def predict_scans(
                 try:
                     hu = first if index == 0 else scan.read_hu(allow_non_hu)
                     first = None
-                    summaries.append(_predict_one(model, scan, hu, out, ids, png, allow_non_hu))
+                    outputs = _Outputs(out, ids, png, plans[scan.stem], earlier[index])
+                    summaries.append(_predict_one(model, scan, hu, outputs, allow_non_hu))
                 except (IchsegError, OSError) as err:
                     raise IchsegError(
-                        f"{err} ({_written_so_far(opened, len(summaries), out, png)})"
+                        f"{err} ({_written_so_far(opened, summaries, out)})"
                     ) from None
                 advance()
                 if on_scan is not None:
@@ -190,36 +204,64 @@ def _png_path(outdir: Path, scan: Scan) -> Path:
     return outdir / f"{scan.stem}{PNG_SUFFIX}"
 
 
-def _extra_outputs(outdir: Path, scan: Scan, png: bool) -> list[Path]:
-    """What a scan gets besides its mask and JSON: a DICOM series' SEG, the PNG if asked."""
-    seg = [seg_path(outdir, scan)] if scan.dicom is not None else []
+def _extra_outputs(outdir: Path, scan: Scan, png: bool, plan: SegPlan | None) -> list[Path]:
+    """What a scan gets besides its mask and JSON: a DICOM series' SEG when one can be made
+    (`plan`), the PNG if asked."""
+    seg = [seg_path(outdir, scan)] if plan is not None and plan.why_not is None else []
     return seg + ([_png_path(outdir, scan)] if png else [])
 
 
-def _written_so_far(scans: Sequence[Scan], done: int, out: Path, png: bool) -> str:
-    """Which outputs exist after scan `done` failed: every file of every scan before it."""
+def _warn_no_seg(why: str, png: bool) -> None:
+    """One warning line on stderr: a scan gets no SEG (`why` names it), its other outputs do."""
+    kept = "mask, JSON and PNG" if png else "mask and JSON"
+    print(f"ichseg predict: warning: {why}; its {kept} are written", file=sys.stderr)
+
+
+def _written_so_far(scans: Sequence[Scan], summaries: Sequence[dict], out: Path) -> str:
+    """Which outputs exist after the scan after `summaries` failed: every file of the scans
+    before it, as their summaries name them."""
+    done = len(summaries)
     where = f"stopped at scan {done + 1} of {len(scans)} ({scans[done].path.name})"
     if not done:
         return f"{where}; nothing was written to {out}"
     names = [
-        p.name
-        for scan in scans[:done]
-        for p in (*output_paths(out, scan), *_extra_outputs(out, scan, png))
+        Path(p).name
+        for scan, summary in zip(scans, summaries, strict=False)
+        for p in (
+            *output_paths(out, scan),
+            *(summary[k] for k in ("seg", "png") if summary.get(k)),
+        )
     ]
     return f"{where}; written to {out}: {', '.join(names)}; not written: the rest"
 
 
+@dataclass(frozen=True)
+class _Outputs:
+    """Where and how one scan's outputs are written: the folder, the checkpoints' ids for its
+    SEG, whether a PNG is asked for, its SEG plan (None: no SEG asked for) and the summary of an
+    earlier prediction of the same input (None: none)."""
+
+    folder: Path
+    checkpoint_ids: Sequence[str]
+    png: bool
+    seg_plan: SegPlan | None
+    earlier: dict | None
+
+    def stale(self, scan: Scan, written: Sequence[Path]) -> list[Path]:
+        """The SEG and PNG the earlier prediction wrote that this one does not."""
+        if self.earlier is None:
+            return []
+        named = {Path(str(self.earlier[k])).name for k in ("seg", "png") if self.earlier.get(k)}
+        possible = (seg_path(self.folder, scan), _png_path(self.folder, scan))
+        return [p for p in possible if p.name in named and p not in written]
+
+
 def _predict_one(
-    model: VolumeEnsemble,
-    scan: Scan,
-    hu: np.ndarray,
-    out: Path,
-    ids: Sequence[str],
-    png: bool,
-    allow_non_hu: bool,
+    model: VolumeEnsemble, scan: Scan, hu: np.ndarray, outputs: _Outputs, allow_non_hu: bool
 ) -> dict:
     """Predict one scan from its voxels `hu` (`Scan.read_hu`), write its mask (a DICOM series'
     SEG, the PNG if asked) and summary, return the summary."""
+    out = outputs.folder
     start = time.perf_counter()
     # Sliced along the axial axis in the training orientation; the mask goes back to the scan's
     # own grid, and the summary's slice numbers count along its axial axis.
@@ -229,6 +271,7 @@ def _predict_one(
     ensemble = model.ensemble
     summary = {
         "scan": str(scan.path),
+        "input": input_identity(scan),
         "mask": str(output_paths(out, scan)[0]),
         "shape": list(scan.shape),
         **({"dicom": scan.dicom.describe()} if scan.dicom is not None else {}),
@@ -250,7 +293,7 @@ def _predict_one(
         "allow_non_hu": allow_non_hu,
     }
     extra = {}
-    if png:
+    if outputs.png:
         summary["png"] = str(_png_path(out, scan))
         title = scan.stem if scan.dicom is None else f"{scan.stem}: {scan.dicom.description}"
         window_hu = (model.preprocess.level, model.preprocess.width)
@@ -262,15 +305,34 @@ def _predict_one(
         if turn.axial_axis == 2:  # the slices counted are the source images
             hits = scan.dicom.instances(summary["slices_with_hemorrhage"])
             summary["dicom"]["instances_with_hemorrhage"] = hits
-        summary["seg"] = str(seg_path(out, scan))
-        summary["checkpoint_ids"] = list(ids)
+        summary["checkpoint_ids"] = list(outputs.checkpoint_ids)
         parameters = {
-            "checkpoints": "; ".join(ids),
+            "checkpoints": "; ".join(outputs.checkpoint_ids),
             "threshold": str(ensemble.threshold),
             "window": f"{model.preprocess.level:g}/{model.preprocess.width:g} HU",
             "flip_tta": str(ensemble.flip),
         }
-        extra[seg_path(out, scan)] = seg_bytes(scan, mask, parameters)
+        summary.update(_seg(scan, mask, parameters, outputs, extra))
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    write_outputs(scan, mask, summary, out, extra)
+    stale = outputs.stale(scan, list(extra))
+    write_outputs(scan, mask, summary, out, extra, stale)
     return summary
+
+
+def _seg(
+    scan: Scan, mask: np.ndarray, parameters: dict, outputs: _Outputs, extra: dict[Path, bytes]
+) -> dict:
+    """Build the SEG of a DICOM series into `extra` when its plan allows; what the summary says
+    of it. A SEG that fails to build is warned about: the mask and JSON are written all the same."""
+    plan = outputs.seg_plan
+    if plan is None:
+        return {"seg": None, "seg_not_written": "--no-seg"}
+    if plan.why_not is not None:
+        return {"seg": None, "seg_not_written": plan.why_not}
+    path = seg_path(outputs.folder, scan)
+    try:
+        extra[path] = seg_bytes(scan, mask, parameters, plan)
+    except IchsegError as err:
+        _warn_no_seg(str(err), outputs.png)
+        return {"seg": None, "seg_not_written": str(err)}
+    return {"seg": str(path), **({"seg_filled": plan.filled} if plan.filled else {})}

@@ -65,10 +65,12 @@ def write_series(
     first_slice: int = 0,
     prefix: str = "IM",
     seed: int = 0,
+    leave_out: Sequence[str] = (),
 ) -> list[Path]:
     """Write `hu` ([column, row, slice], HU) as a DICOM CT series of single-slice files in
     `folder`; slice k lies at `origin + k * step` (the step along the slice normal, tilted by
-    `tilt_deg` towards the column direction). `drop` leaves slices out. Returns the files."""
+    `tilt_deg` towards the column direction). `drop` leaves slices out, `leave_out` these
+    attributes (by keyword: absent, as de-identification tools leave them). Returns the files."""
     folder.mkdir(parents=True, exist_ok=True)
     row_dir, col_dir = np.asarray(row_dir, float), np.asarray(col_dir, float)
     normal = np.cross(row_dir, col_dir)
@@ -121,6 +123,8 @@ def write_series(
         data = stored.tobytes()
         # A compressed syntax declared over raw bytes: the reader must refuse it from the header.
         ds.PixelData = encapsulate([data]) if ds.file_meta.TransferSyntaxUID.is_compressed else data
+        for keyword in leave_out:
+            delattr(ds, keyword)
         path = folder / f"{prefix}{int(rank):04d}"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
