@@ -203,15 +203,18 @@ def _incomplete(sweep: Sweep) -> int:
 
 def _predict(args: argparse.Namespace) -> None:
     from ichseg.inference.run import predict_scans, split_paths
+    from ichseg.inference.slice_numbers import instance_numbers, slices_text
 
     checkpoints, scans = split_paths(args.paths)
     start = time.perf_counter()
 
     def show(summary: dict) -> None:
+        hits = summary["slices_with_hemorrhage"]
+        where = f" on {slices_text(hits, instance_numbers(summary))}" if hits else ""
         print(
             f"{summary['scan']}: {summary['bleed_volume_ml']:.2f} mL, "
             f"{summary['n_slices_with_hemorrhage']}/{summary['n_slices']} slices, "
-            f"{summary['n_bleeds']} bleed(s) -> {summary['mask']}"
+            f"{summary['n_bleeds']} bleed(s){where} -> {summary['mask']}"
         )
 
     done = predict_scans(

@@ -22,9 +22,9 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ichseg.atomic import (
-    atomic_path,
     atomic_write_text,
     check_replaceable,
     created_folders_removed_on_failure,
@@ -33,6 +33,7 @@ from ichseg.checkpoint import SPLIT_KEY, Checkpoint
 from ichseg.data.release import SUBTYPES, VolumeRelease, read_json_object
 from ichseg.data.sources import Source, source_from_record
 from ichseg.errors import IchsegError
+from ichseg.inference.network_name import network_name
 from ichseg.inference.run import prepare_outdir, progress_bar, warn_collapsed
 from ichseg.inference.volume_metrics import (
     DEFINITIONS,
@@ -42,6 +43,10 @@ from ichseg.inference.volume_metrics import (
 )
 from ichseg.inference.volumes import VolumeEnsemble
 from ichseg.runtime import pick_device
+from ichseg.visualize import plain_log_ticks, save_png
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CSV_COLUMNS = (
     "patient",
@@ -190,23 +195,29 @@ def dataset_label(facts: dict) -> str:
     return f"{title}, synthetic phantom in its layout" if facts.get("synthetic") else title
 
 
-def dice_volume_figure(rows: Sequence[dict], path: Path, title: str) -> None:
-    """Per-volume 3-D Dice against true bleed volume (mL) of the volumes with a bleed."""
+def dice_volume_figure(rows: Sequence[dict], summary: dict) -> Figure:
+    """Per-volume 3-D Dice against true bleed volume (mL, log scale) of the volumes with a bleed,
+    titled with the network, the checkpoints, the data and the mode of `summary`."""
     from matplotlib.figure import Figure
 
     bleeding = [r for r in rows if r["true_voxels"] > 0]
-    fig = Figure(figsize=(5.5, 4.0), dpi=120)
+    fig = Figure(figsize=(5.5, 4.0), dpi=120, layout="tight")
     ax = fig.add_subplot()
-    ax.scatter([r["true_ml"] for r in bleeding], [r["dice_3d"] for r in bleeding], s=18)
+    volumes = [r["true_ml"] for r in bleeding]
+    ax.scatter(volumes, [r["dice_3d"] for r in bleeding], s=18)
     ax.set_xlabel("true bleed volume (mL)")
     ax.set_ylabel("3-D Dice")
     ax.set_ylim(-0.02, 1.02)
-    if bleeding and min(r["true_ml"] for r in bleeding) > 0:
-        ax.set_xscale("log")
-    ax.set_title(f"{title}: {len(bleeding)} volumes with a bleed", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    if bleeding and min(volumes) > 0:
+        plain_log_ticks(ax.xaxis, min(volumes), max(volumes))
+    n = len(summary["checkpoints"])
+    ax.set_title(
+        f"{summary['network']} ({n} checkpoint{'s' * (n != 1)}) on "
+        f"{dataset_label(summary['source'])} ({summary['mode']}): "
+        f"{len(bleeding)} volumes with a bleed",
+        fontsize=9,
+    )
+    return fig
 
 
 def evaluate(
@@ -277,6 +288,7 @@ def evaluate(
             "release": str(release.root),
             "patients": patients,
             "checkpoints": [str(c.path) for c in ensemble.checkpoints],
+            "network": network_name((c.path, c.net_config) for c in ensemble.checkpoints),
             "checkpoint_splits": [split_record(c) for c in ensemble.checkpoints],
             "flip_tta": flip,
             "threshold": ensemble.threshold,
@@ -286,6 +298,6 @@ def evaluate(
         }
         # The CSV and figure first: summary.json is the marker of a finished evaluation.
         atomic_write_text(out / "patients.csv", _csv_text(rows))
-        dice_volume_figure(rows, out / FIGURE_NAME, dataset_label(facts))
+        save_png(dice_volume_figure(rows, summary), out / FIGURE_NAME)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

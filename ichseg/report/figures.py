@@ -6,6 +6,8 @@
   protocol;
 - test overlays: CT above CT with truth (green), prediction (red) and their overlap (yellow),
   for a few test slices with and without hemorrhage (the paper's Fig. 4).
+Each names its networks (and protocol) and is written by `ichseg.visualize.save_png`: titles
+wrapped to fit, no tick label over another.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from ichseg.report.heldout_slices import SliceResult
 from ichseg.report.selection import Selection
 from ichseg.report.table import PROTOCOLS, TableRow
 from ichseg.sweeps.model import Sweep
-from ichseg.visualize import overlay_rgb
+from ichseg.visualize import overlay_rgb, save_png
 
 DPI = 120
+# Inches: the overlays' legend (three entries in one row) fits in this width.
+MIN_OVERLAY_WIDTH = 4.4
 
 
 def _mean_std_by_epoch(
@@ -49,7 +53,7 @@ def loss_curves(sweep: Sweep, path: Path) -> bool:
     models = [m for m in sweep.models if any(j.history for j in sweep.jobs_of(m))]
     if not models:
         return False
-    fig = Figure(figsize=(5 * len(models), 4), dpi=DPI)
+    fig = Figure(figsize=(5 * len(models), 4), dpi=DPI, layout="tight")
     axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
     for ax, model in zip(axes, models, strict=True):
         n = sum(1 for j in sweep.jobs_of(model) if j.history)
@@ -64,8 +68,7 @@ def loss_curves(sweep: Sweep, path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_ylabel("Dice loss")
-    fig.tight_layout()
-    fig.savefig(path)
+    save_png(fig, path)
     return True
 
 
@@ -76,7 +79,7 @@ def val_dice_by_epoch(
     protocols = [p for p, r in rows.items() if r]
     if not protocols:
         return False
-    fig = Figure(figsize=(5.5 * len(protocols), 4), dpi=DPI)
+    fig = Figure(figsize=(5.5 * len(protocols), 4), dpi=DPI, layout="tight")
     axes = fig.subplots(1, len(protocols), squeeze=False)[0]
     for ax, name in zip(axes, protocols, strict=True):
         for model in dict.fromkeys(r.model for r in rows[name]):
@@ -102,8 +105,7 @@ def val_dice_by_epoch(
         ax.set_ylabel("Dice (mean ± std over folds)")
         ax.grid(alpha=0.3)
         ax.legend(title="circled: selected")
-    fig.tight_layout()
-    fig.savefig(path)
+    save_png(fig, path)
     return True
 
 
@@ -112,7 +114,9 @@ def test_overlays(result: SliceResult, path: Path) -> bool:
     if not result.examples:
         return False
     n = len(result.examples)
-    fig = Figure(figsize=(2.2 * n, 5.2), dpi=DPI)
+    # Wide enough for the legend's one row below the panels.
+    fig = Figure(figsize=(max(2.2 * n, MIN_OVERLAY_WIDTH), 5.2), dpi=DPI)
+    fig.set_layout_engine("tight", rect=(0, 0.05, 1, 1))
     axes = fig.subplots(2, n, squeeze=False)
     for col, ex in enumerate(result.examples):
         image = np.asarray(ex.image, dtype=float)
@@ -129,6 +133,5 @@ def test_overlays(result: SliceResult, path: Path) -> bool:
     handles = [Patch(color=colour, label=label) for label, colour in colours]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"{result.name} epoch {result.epoch}: {result.scoring}", fontsize=9)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path)
+    save_png(fig, path)
     return True
