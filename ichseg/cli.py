@@ -223,6 +223,7 @@ def _predict(args: argparse.Namespace) -> None:
         args.out,
         series=args.series,
         resample_tilt=args.resample_tilt,
+        allow_unreadable=args.allow_unreadable,
         png=args.png,
         seg=not args.no_seg,
         **_inference_kwargs(args),
@@ -409,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resample a DICOM series with gantry tilt onto an orthogonal grid instead of "
         "refusing it",
+    )
+    p.add_argument(
+        "--allow-unreadable",
+        action="store_true",
+        help="read a DICOM series without its files that look like DICOM but cannot be read "
+        "(cut short, damaged) instead of refusing it; the JSON lists them",
     )
     p.add_argument(
         "--png",

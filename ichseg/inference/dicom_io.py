@@ -15,12 +15,35 @@ normal is `n = r × c`; slices are sorted by `ImagePositionPatient · n` (never 
 `c · PixelSpacing[0]`, the slice step and the first slice's position; NIfTI's world is RAS+, so
 the RAS affine is the LPS one with its first two rows negated (`lps_to_ras`).
 
+Every file is accounted for (`DicomSeries.describe`). A file is DICOM when it holds `DICM` after
+its 128-byte preamble, or, written without preamble, starts with a data element of group 0002
+or 0008 (then read with pydicom's `force`). A file that looks like DICOM but cannot be read is
+unreadable (`_read_header`): its header does not parse, ends inside its file meta or names no
+SOP class; an image lacks an Image Pixel attribute (`IMAGE_PIXEL_KEYWORDS`), has no pixel data,
+or holds fewer pixel bytes than Rows × Columns × SamplesPerPixel × frames × BitsAllocated / 8
+(a copy cut short); also a file named `.dcm`, `.dicom`, `.dic` or `.ima` that holds no DICOM
+data, and a file without suffix (or with a numeric one) shorter than preamble and prefix, zero
+up to where `DICM` would start. An input with unreadable files is refused naming them, unless
+`allow_unreadable`: then they are left out and the JSON lists them. Other files are not DICOM,
+and non-image objects (DICOMDIR, reports) are not images: both are counted and left out.
+
+Series choice is by geometry, whatever the writer put in `ImageType`: a localizer (`ImageType`
+LOCALIZER) and an image whose slice normal lies more than `MAX_AXIAL_DEG` from the patient's z
+(head-foot) axis are left out, and so is a series none of whose images has
+`ImageOrientationPatient` (screen captures such as dose reports). Multi-frame images (enhanced
+CT) stay in, so that choosing their series is refused naming them.
+
 Refused in one line naming the file or tag: no DICOM image, no CT series, several CT series
-without `--series`, mixed image sizes, orientations or pixel spacings, a single slice, two slices
-at one position, uneven slice spacing (`MAX_SPACING_DEVIATION`, e.g. a missing slice), slice
-positions off one line, gantry tilt (`MAX_TILT_DEG`) unless `resample_tilt`, multi-frame images,
-non-HU rescaling and compressed pixel data that the installed pydicom handlers cannot decode.
-Localizer and non-axial images (`ImageType` value 3 not AXIAL) are left out of series choice.
+without `--series`, unreadable files, multi-frame (enhanced) images, mixed image sizes,
+orientations or pixel spacings, a single slice, two slices at one position, uneven slice spacing
+(`MAX_SPACING_DEVIATION`, e.g. a missing slice), slice positions off one line, gantry tilt
+(`MAX_TILT_DEG`) unless `resample_tilt`, a rescale to other units than HU, and compressed pixel
+data that the installed pydicom handlers cannot decode. `RescaleType` US (unspecified), which
+GDCM and ITK write for CT, is taken as HU for a CT series and recorded as such; the HU check of
+the voxels (`ichseg.data.hounsfield`) still applies.
+
+Each pass over the files (headers, then pixels) opens a zip once, and a file that is not DICOM
+is read no further than the 132 bytes that tell.
 
 Gantry tilt shears the grid: each slice is shifted in-plane by a constant step from the one
 before. With `resample_tilt` every slice is shifted back (linear interpolation, `AIR_HU` where
@@ -30,30 +53,68 @@ the slices' own plane spacing; the affine is that grid's, and the slices keep th
 
 from __future__ import annotations
 
-import io
+import contextlib
 import math
 import os
+import struct
 import zipfile
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, get_decoder
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    EnhancedCTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    LegacyConvertedEnhancedCTImageStorage,
+)
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from scipy import ndimage
 
-from ichseg.data.orientation import reorientation
+from ichseg.data.orientation import MAX_OBLIQUE_DEG, reorientation
 from ichseg.errors import IchsegError, first_line
-from ichseg.inference.nifti_io import Scan
+from ichseg.inference.nifti_io import NIFTI_SUFFIXES, Scan
 
 ZIP_SUFFIX = ".zip"
-# The transfer syntax of a file without one in its meta header (DICOM PS3.5 A.1).
-IMPLICIT_VR = "1.2.840.10008.1.2"
+# A DICOM file's 128-byte preamble and the prefix after it (DICOM PS3.10 7.1).
+PREAMBLE = 128
+PREFIX = b"DICM"
+# Names that say a file is DICOM whatever it holds.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
+DICOMDIR = "DICOMDIR"
+# Data elements a DICOM data set written without preamble starts with: file meta or identifying.
+FIRST_GROUPS = (0x0002, 0x0008)
+PIXEL_DATA_TAG = (0x7FE0, 0x0010)
+# What an image needs to decode its pixels (the Image Pixel module's type 1 attributes).
+IMAGE_PIXEL_KEYWORDS = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+)
+UNDEFINED_LENGTH = 0xFFFFFFFF
+# CT written as one multi-frame object, which this reader refuses by name.
+ENHANCED_CT = (EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage)
+# An image is axial when its slice normal lies at most this far from the patient's z axis: the
+# same limit beyond which a volume's axis is too oblique to slice along (head CT is often tilted
+# 20-30 degrees along the orbitomeatal line; coronal and sagittal normals are 90 degrees off).
+MAX_AXIAL_DEG = MAX_OBLIQUE_DEG
+# RescaleType "unspecified", which GDCM and ITK write for CT: taken as HU for a CT series.
+UNSPECIFIED_RESCALE = "US"
+# Unreadable files named in a refusal; the JSON lists them all.
+SHOWN_UNREADABLE = 3
 # Beyond this relative deviation of one slice step from the median step the series is refused
 # (a missing slice doubles a step; scanners write positions to a few hundredths of a mm).
 MAX_SPACING_DEVIATION = 0.02
@@ -67,8 +128,16 @@ AIR_HU = -1024.0
 ORIENTATION_ATOL = 1e-4
 # What flipping LPS+ (DICOM) into RAS+ (NIfTI) multiplies an affine by.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-# Errors pydicom raises on a file that is not (complete) DICOM.
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError)
+# Why files were left out, as the JSON counts them and a message says them.
+LEFT_OUT = {
+    "not_dicom": "not DICOM",
+    "non_image_objects": "DICOM object(s) without an image (DICOMDIR, reports)",
+    "localizer": "localizer(s)",
+    "non_axial": f"non-axial image(s) (slice normal more than {MAX_AXIAL_DEG:g} degrees from "
+    "the patient's head-foot axis)",
+    "without_orientation": "image(s) of series without ImageOrientationPatient (screen captures)",
+    "other_series": "image(s) of other series",
+}
 
 
 def lps_to_ras(affine: np.ndarray) -> np.ndarray:
@@ -77,34 +146,105 @@ def lps_to_ras(affine: np.ndarray) -> np.ndarray:
 
 
 def is_dicom_input(path: str | os.PathLike) -> bool:
-    """True for what is read as a DICOM series: a folder or a `.zip` file."""
+    """True for what is read as DICOM: a folder, a `.zip`, or a single DICOM file (which
+    `open_dicom` refuses, naming the folder to give instead)."""
     path = Path(path)
-    return path.is_dir() or path.name.lower().endswith(ZIP_SUFFIX)
+    return path.is_dir() or path.name.lower().endswith(ZIP_SUFFIX) or _single_dicom_file(path)
 
 
-@dataclass
+def _single_dicom_file(path: Path) -> bool:
+    """True for a file that is not NIfTI and is a DICOMDIR, named as DICOM or prefixed `DICM`."""
+    if not path.is_file() or path.name.lower().endswith(NIFTI_SUFFIXES):
+        return False
+    if path.name.upper() == DICOMDIR or path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as fp:
+            return fp.read(PREAMBLE + len(PREFIX))[PREAMBLE:] == PREFIX
+    except OSError:
+        return False  # left to the NIfTI reader, which names the error
+
+
+@dataclass(frozen=True)
 class _File:
-    """One file of a folder or zip: its name in messages and a reader of its dataset."""
+    """One file of a folder or zip: its path or member name, its name in messages, its size."""
 
+    key: str
     label: str
-    read: Callable[[bool], Dataset]
+    size: int
+
+
+class _Files:
+    """The files of a DICOM folder or zip, open for one pass over them (a zip opened once)."""
+
+    def __init__(self, source: Path, archive: zipfile.ZipFile | None) -> None:
+        self.source = source
+        self.archive = archive
+
+    def listing(self) -> list[_File]:
+        """Every regular file (a folder's recursively), hidden names left out, sorted by name."""
+        if self.archive is None:
+            paths = sorted(
+                p
+                for p in self.source.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(self.source).parts)
+            )
+            return [_File(str(p), str(p), p.stat().st_size) for p in paths]
+        members = sorted(
+            (i for i in self.archive.infolist() if not i.is_dir()), key=lambda i: i.filename
+        )
+        return [
+            _File(i.filename, f"{self.source}:{i.filename}", i.file_size)
+            for i in members
+            if not any(part.startswith(".") for part in PurePosixPath(i.filename).parts)
+        ]
+
+    def open(self, f: _File) -> BinaryIO:
+        """A binary stream of the file, positioned at its start."""
+        if self.archive is None:
+            return open(f.key, "rb")  # the caller closes it
+        return self.archive.open(f.key)
+
+
+@contextlib.contextmanager
+def _opened(source: Path) -> Iterator[_Files]:
+    """The folder or zip `source` opened for one pass; one line for a zip that cannot be read."""
+    if source.is_dir():
+        yield _Files(source, None)
+        return
+    if not source.is_file():
+        raise IchsegError(f"scan {source}: expected a DICOM folder or zip, found nothing")
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise IchsegError(f"scan {source}: cannot read as a zip ({first_line(err)})") from None
+    with archive:
+        yield _Files(source, archive)
 
 
 @dataclass
 class DicomSeries:
-    """One CT series as read: its headers (no pixel data) sorted along the slice normal."""
+    """One CT series as read: its headers (no pixel data) sorted along the slice normal, and how
+    every other file of its folder or zip was accounted for."""
 
     source: Path
     uid: str
     description: str
     headers: list[Dataset]
-    excluded_images: int
     slice_step_mm: float
     # The LPS affine of the scan's grid (the source images' own, or the resampled one).
     lps_affine: np.ndarray
     gantry_tilt_deg: float = 0.0
     # Gantry tilt resampled: the in-plane shift (column, row pixels) of slice k is k times this.
     tilt_shift_px: tuple[float, float] | None = None
+    # The series' RescaleType as its files have it (None when absent: HU by the standard).
+    rescale_type: str | None = "HU"
+    files_in_input: int = 0
+    # Files of the input left out of the series, counted by reason (`LEFT_OUT`).
+    left_out: dict[str, int] = field(default_factory=dict)
+    # Files that looked like DICOM but could not be read, and why: left out when allowed.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
     _files: list[_File] = field(repr=False, default_factory=list)
 
     @property
@@ -114,8 +254,9 @@ class DicomSeries:
 
     @property
     def stem(self) -> str:
-        """The folder's name, or the zip's without `.zip`: the outputs' names."""
-        name = self.source.name
+        """The folder's name, or the zip's without `.zip`, as an absolute path names it (so `.`
+        and `..` name the folder they stand for): the outputs' names."""
+        name = Path(os.path.abspath(self.source)).name
         return name[: -len(ZIP_SUFFIX)] if name.lower().endswith(ZIP_SUFFIX) else name
 
     def read_hu(self) -> np.ndarray:
@@ -123,23 +264,25 @@ class DicomSeries:
         first = self.headers[0]
         shape = (int(first.Columns), int(first.Rows))
         hu = np.empty((*shape, len(self._files)), dtype=np.float32)
-        for k, f in enumerate(self._files):
-            try:
-                dataset = f.read(False)
-                pixels = dataset.pixel_array
-            except Exception as err:  # pydicom's decoders raise many types: one line for any
-                raise IchsegError(
-                    f"scan {f.label}: cannot decode the pixel data ({first_line(err)})"
-                ) from None
-            if pixels.shape != (shape[1], shape[0]):
-                raise IchsegError(
-                    f"scan {f.label}: expected one {shape[1]}×{shape[0]} grey image, found pixel "
-                    f"data of shape {pixels.shape}"
-                )
-            hu[:, :, k] = apply_modality_lut(pixels, dataset).T
-            if self.tilt_shift_px is not None and k:
-                shift = (k * self.tilt_shift_px[0], k * self.tilt_shift_px[1])
-                hu[:, :, k] = ndimage.shift(hu[:, :, k], shift, order=1, cval=AIR_HU)
+        with _opened(self.source) as files:
+            for k, f in enumerate(self._files):
+                try:
+                    with files.open(f) as fp:
+                        dataset = _with_transfer_syntax(pydicom.dcmread(fp, force=True))
+                    pixels = dataset.pixel_array
+                except Exception as err:  # pydicom's decoders raise many types: one line for any
+                    raise IchsegError(
+                        f"scan {f.label}: cannot decode the pixel data ({first_line(err)})"
+                    ) from None
+                if pixels.shape != (shape[1], shape[0]):
+                    raise IchsegError(
+                        f"scan {f.label}: expected one {shape[1]}×{shape[0]} grey image, found "
+                        f"pixel data of shape {pixels.shape}"
+                    )
+                hu[:, :, k] = apply_modality_lut(pixels, dataset).T
+                if self.tilt_shift_px is not None and k:
+                    shift = (k * self.tilt_shift_px[0], k * self.tilt_shift_px[1])
+                    hu[:, :, k] = ndimage.shift(hu[:, :, k], shift, order=1, cval=AIR_HU)
         return hu
 
     def instances(self, slices: Sequence[int]) -> list[dict]:
@@ -154,57 +297,211 @@ class DicomSeries:
         ]
 
     def describe(self) -> dict:
-        """The series' identity for a JSON summary."""
+        """The series' identity, and every file of the input accounted for, for a JSON summary:
+        `n_files` slices, plus the `left_out` counts, plus the `unreadable_files_left_out`, make
+        `files_in_input`."""
         first = self.headers[0]
         return {
             "study_instance_uid": str(first.get("StudyInstanceUID", "")),
             "series_instance_uid": self.uid,
             "series_description": self.description,
             "n_files": len(self.headers),
-            "excluded_localizer_or_non_axial": self.excluded_images,
+            "files_in_input": self.files_in_input,
+            "left_out": {key: self.left_out.get(key, 0) for key in LEFT_OUT},
+            "unreadable_files_left_out": [{"file": f, "why": why} for f, why in self.unreadable],
+            "excluded_localizer_or_non_axial": sum(
+                self.left_out.get(key, 0) for key in ("localizer", "non_axial")
+            ),
+            "rescale_type_as_written": self.rescale_type,
+            "rescale_taken_as_hu": self.rescale_type == UNSPECIFIED_RESCALE,
             "slice_step_mm": round(self.slice_step_mm, 6),
             "gantry_tilt_deg": round(self.gantry_tilt_deg, 3),
             "resampled_for_tilt": self.tilt_shift_px is not None,
         }
 
 
-def _files_in(source: Path) -> list[_File]:
-    """Every regular file of a folder (recursively, hidden names left out) or a zip."""
-    if source.is_dir():
-
-        def reader(path: Path) -> Callable[[bool], Dataset]:
-            return lambda headers_only: pydicom.dcmread(path, stop_before_pixels=headers_only)
-
-        paths = sorted(
-            p
-            for p in source.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+def _with_transfer_syntax(dataset: Dataset) -> Dataset:
+    """`dataset` with a TransferSyntaxUID in its file meta: a file written without one (no
+    preamble, no meta) gets the encoding pydicom read it in."""
+    meta = getattr(dataset, "file_meta", None)
+    if meta is None:
+        dataset.file_meta = meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = dataset.original_encoding
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit is not False
+            else ExplicitVRLittleEndian
+            if little is not False
+            else ExplicitVRBigEndian
         )
-        return [_File(str(p), reader(p)) for p in paths]
-    if not source.is_file():
-        raise IchsegError(f"scan {source}: expected a DICOM folder or zip, found nothing")
+    return dataset
+
+
+def _starts_like_dataset(head: bytes) -> bool:
+    """True when `head` (a file's first bytes) starts with a little-endian data element of group
+    0002 or 0008: a DICOM data set written without the preamble and `DICM` prefix."""
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    if group not in FIRST_GROUPS or element > 0xFF:
+        return False
+    explicit = head[4:6].isalpha() and head[4:6].decode("ascii") in VR.__members__
+    return explicit or struct.unpack("<I", head[4:8])[0] < 1024  # implicit VR: a short value
+
+
+def _dicom_named_without_data(f: _File, head: bytes) -> str | None:
+    """Why a file without DICOM data still looks like a DICOM file (named as one, or a preamble
+    cut short); None for a file that is not DICOM."""
+    name = PurePosixPath(f.key).name
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return f"named {suffix} but holds no DICOM data (no DICM prefix at byte {PREAMBLE})"
+    # Shorter than preamble and prefix: zeros (the usual preamble), then the start of `DICM`.
+    cut_short = len(head) < PREAMBLE + len(PREFIX) and not any(head[:PREAMBLE])
+    if cut_short and PREFIX.startswith(head[PREAMBLE:]) and (not suffix or suffix[1:].isdigit()):
+        return f"{f.size} bytes: a DICOM file cut short in its preamble?"
+    return None
+
+
+def _cut_in_meta(header: Dataset, start: int, size: int) -> bool:
+    """True when the file ends before the end of its file meta (starting at byte `start`) that
+    the meta's group length gives."""
+    length = getattr(header, "file_meta", Dataset()).get("FileMetaInformationGroupLength")
+    # The group length element itself: tag, VR, length (12 bytes), then the rest of the meta.
+    return isinstance(length, int) and start + 12 + length > size
+
+
+def _sop_class(header: Dataset) -> str:
+    """The file's SOP Class UID, from its file meta (complete, `_cut_in_meta`) or else its data
+    set; '' when neither has one."""
+    meta = getattr(header, "file_meta", None) or Dataset()
+    return str(meta.get("MediaStorageSOPClassUID") or header.get("SOPClassUID") or "")
+
+
+def _frames(header: Dataset) -> int:
+    """NumberOfFrames (1 when absent); ValueError or TypeError when it is not a number."""
+    return int(header.get("NumberOfFrames", 1) or 1)
+
+
+def _pixel_bytes(header: Dataset) -> int:
+    """How many bytes of uncompressed pixel data the image's header says it has."""
+    samples = int(header.SamplesPerPixel)
+    bits = int(header.Rows) * int(header.Columns) * samples * _frames(header)
+    return (bits * int(header.BitsAllocated) + 7) // 8
+
+
+def _short_pixel_data(fp: BinaryIO, header: Dataset, size: int) -> str | None:
+    """Why the image cannot hold its pixels, read at `fp` where pydicom stopped before the pixel
+    data element: no such element, or fewer bytes than `_pixel_bytes` in the element or the
+    file. None when they are there, or when their size is known only by decoding them."""
+    syntax = UID(str(header.file_meta.TransferSyntaxUID))
+    if syntax.is_deflated:
+        return None  # the whole data set is deflated: checked when decoded
+    start = fp.tell()
+    element = fp.read(12)
+    if len(element) < 8:
+        return "no pixel data after its header (cut short?)"
+    implicit, little = header.original_encoding
+    order = ">" if little is False else "<"
+    if struct.unpack(f"{order}HH", element[:4]) != PIXEL_DATA_TAG:
+        return None  # float pixel data: its size is checked when decoded
+    if implicit is not False:
+        length, offset = struct.unpack(f"{order}I", element[4:8])[0], 8
+    elif element[4:6].decode("ascii", "replace") in EXPLICIT_VR_LENGTH_32:
+        if len(element) < 12:
+            return "cut short in its pixel data element"
+        length, offset = struct.unpack(f"{order}I", element[8:12])[0], 12
+    else:
+        length, offset = struct.unpack(f"{order}H", element[6:8])[0], 8
+    if length == UNDEFINED_LENGTH:
+        return None  # compressed (encapsulated): its size is known when decoded
+    expected = _pixel_bytes(header)
+    held = min(length, size - start - offset)
+    if held < expected:
+        return (
+            f"{held} bytes of pixel data where Rows × Columns × samples × frames × "
+            f"BitsAllocated / 8 = {expected} (cut short?)"
+        )
+    return None
+
+
+def _read_header(files: _Files, f: _File) -> tuple[Dataset | None, str | None]:
+    """The file's header (no pixel data) and None; or None and why, for a file that looks like
+    DICOM but cannot be read; or None, None for a file that is not DICOM. An image's header is
+    read only when it is complete and its pixel data all there (`_short_pixel_data`)."""
+    with files.open(f) as fp:
+        head = fp.read(PREAMBLE + len(PREFIX))
+        prefixed = head[PREAMBLE:] == PREFIX
+        if not prefixed and not _starts_like_dataset(head):
+            return None, _dicom_named_without_data(f, head)
+        fp.seek(0)
+        try:
+            header = pydicom.dcmread(fp, stop_before_pixels=True, force=not prefixed)
+            meta = getattr(header, "file_meta", None) or Dataset()
+            for _ in (*meta.iterall(), *header.iterall()):  # every value decoded while a
+                pass  # failure can still name its file
+        except Exception as err:  # damaged data raises anything from struct to Unicode errors
+            return None, f"header unreadable ({first_line(err)})"
+        # The header outlives the stream (a zip member's holds a lock): copies must not hold it.
+        header.buffer = None
+        if _cut_in_meta(header, PREAMBLE + len(PREFIX) if prefixed else 0, f.size):
+            return None, "cut short in its file meta"
+        sop = _sop_class(header)
+        if not sop:
+            return None, "no SOP Class UID in its header (cut short or damaged?)"
+        if "Rows" not in header and "Image Storage" not in UID(sop).name:
+            return header, None  # a DICOMDIR, a report, a presentation state: not an image
+        missing = [k for k in IMAGE_PIXEL_KEYWORDS if k not in header]
+        if missing:
+            return None, f"an image without {', '.join(missing)} (cut short or damaged?)"
+        try:
+            _frames(header)  # a number, or the file is unreadable
+            why = _short_pixel_data(fp, _with_transfer_syntax(header), f.size)
+        except (ValueError, TypeError, struct.error) as err:
+            return None, f"image attributes unreadable ({first_line(err)})"
+    return (None, why) if why else (header, None)
+
+
+def _is_image(header: Dataset) -> bool:
+    """True for a header `_read_header` read as an image."""
+    return "Rows" in header
+
+
+def _orientation(header: Dataset) -> np.ndarray | None:
+    """ImageOrientationPatient as 6 finite numbers, or None when absent or malformed."""
     try:
-        with zipfile.ZipFile(source) as archive:
-            names = [i.filename for i in archive.infolist() if not i.is_dir()]
-    except (zipfile.BadZipFile, OSError) as err:
-        raise IchsegError(f"scan {source}: cannot read as a zip ({first_line(err)})") from None
-
-    def member(name: str) -> Callable[[bool], Dataset]:
-        def read(headers_only: bool) -> Dataset:
-            with zipfile.ZipFile(source) as archive:
-                blob = archive.read(name)
-            return pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=headers_only)
-
-        return read
-
-    names = [n for n in names if not any(p.startswith(".") for p in Path(n).parts)]
-    return [_File(f"{source}:{n}", member(n)) for n in sorted(names)]
+        return _vector(header, "ImageOrientationPatient", 6, "")
+    except IchsegError:
+        return None
 
 
-def _excluded(header: Dataset) -> bool:
-    """True for a localizer or a non-axial image (`ImageType` value 3), left out of series."""
+def _multi_frame(header: Dataset) -> bool:
+    """True for CT written as one multi-frame object (enhanced CT, or several frames)."""
+    return _sop_class(header) in ENHANCED_CT or _frames(header) > 1
+
+
+def _has_geometry(header: Dataset) -> bool:
+    """True for an image with a place in the patient: ImageOrientationPatient, or multi-frame
+    (whose orientation is in its functional groups)."""
+    return _orientation(header) is not None or _multi_frame(header)
+
+
+def _left_out_reason(header: Dataset) -> str | None:
+    """Why an image is left out of series choice (a `LEFT_OUT` key): a localizer, or an image
+    whose slice normal is not axial; None to keep it (no orientation: decided for its series)."""
     image_type = [str(v).upper() for v in header.get("ImageType", [])]
-    return "LOCALIZER" in image_type or (len(image_type) >= 3 and image_type[2] != "AXIAL")
+    if "LOCALIZER" in image_type:
+        return "localizer"
+    orientation = _orientation(header)
+    if orientation is None or _multi_frame(header):
+        return None
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    if length == 0:
+        return None  # refused with its series, naming the tag
+    angle = math.degrees(math.acos(min(1.0, abs(float(normal[2])) / length)))
+    return "non_axial" if angle > MAX_AXIAL_DEG else None
 
 
 def _series_line(uid: str, group: list[tuple[_File, Dataset]]) -> str:
@@ -214,33 +511,63 @@ def _series_line(uid: str, group: list[tuple[_File, Dataset]]) -> str:
     return f"{uid} {modality} {description!r} ({len(group)} images)"
 
 
+def _counted(left_out: Counter, unreadable: int) -> str:
+    """The files left out, as a message says them: `5000 not DICOM, 1 localizer(s)`."""
+    parts = [f"{left_out[key]} {text}" for key, text in LEFT_OUT.items() if left_out[key]]
+    return ", ".join(parts + ([f"{unreadable} unreadable"] if unreadable else []))
+
+
 def open_dicom(
-    path: str | os.PathLike, series: Sequence[str] = (), resample_tilt: bool = False
+    path: str | os.PathLike,
+    series: Sequence[str] = (),
+    resample_tilt: bool = False,
+    allow_unreadable: bool = False,
 ) -> Scan:
     """Read the CT series of a DICOM folder or zip into a `Scan`: the one of `series` it holds,
     else its only CT series. Resampled onto an orthogonal grid if tilted and `resample_tilt`;
+    files that look like DICOM but cannot be read left out only with `allow_unreadable`;
     IchsegError naming the file or tag for anything unsafe."""
     source = Path(path)
-    files = _files_in(source)
-    groups: dict[str, list[tuple[_File, Dataset]]] = {}
-    not_dicom = excluded = 0
-    for f in files:
-        try:
-            header = f.read(True)
-        except _READ_ERRORS:
-            not_dicom += 1
-            continue
-        if "Rows" not in header or "SOPClassUID" not in header:
-            continue  # DICOMDIR, structured reports, presentation states: not images
-        if _excluded(header):
-            excluded += 1
-            continue
-        groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((f, header))
-    if not groups:
-        left_out = f", {excluded} localizer or non-axial image(s) left out" if excluded else ""
+    if source.is_file() and not source.name.lower().endswith(ZIP_SUFFIX):
+        what = "a DICOMDIR" if source.name.upper() == DICOMDIR else "a single DICOM file"
         raise IchsegError(
-            f"scan {source}: expected a DICOM series, found no DICOM image among {len(files)} "
-            f"file(s) ({not_dicom} not DICOM{left_out})"
+            f"scan {source}: {what}; ichseg reads a whole series: give the folder that holds "
+            f"it: {source.resolve().parent}"
+        )
+    groups: dict[str, list[tuple[_File, Dataset]]] = {}
+    left_out: Counter = Counter()
+    unreadable: list[tuple[str, str]] = []
+    with _opened(source) as files:
+        listing = files.listing()
+        for f in listing:
+            header, why = _read_header(files, f)
+            if why is not None:
+                unreadable.append((f.label, why))
+            elif header is None:
+                left_out["not_dicom"] += 1
+            elif not _is_image(header):
+                left_out["non_image_objects"] += 1
+            elif reason := _left_out_reason(header):
+                left_out[reason] += 1
+            else:
+                groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((f, header))
+    if unreadable and not allow_unreadable:
+        shown = "; ".join(f"{label} ({why})" for label, why in unreadable[:SHOWN_UNREADABLE])
+        more = len(unreadable) - SHOWN_UNREADABLE
+        raise IchsegError(
+            f"scan {source}: {len(unreadable)} of {len(listing)} file(s) look like DICOM but "
+            f"cannot be read: {shown}{f'; and {more} more' if more > 0 else ''}; the series "
+            "would be read without them: repair or export it again, or pass --allow-unreadable "
+            "to leave them out (the JSON lists them)"
+        )
+    for uid in [u for u, g in groups.items() if not any(_has_geometry(h) for _, h in g)]:
+        left_out["without_orientation"] += len(groups.pop(uid))
+    if not groups:
+        axial = "axial " if left_out.keys() - {"not_dicom", "non_image_objects"} else ""
+        counted = _counted(left_out, len(unreadable))
+        raise IchsegError(
+            f"scan {source}: expected a DICOM series, found no {axial}DICOM image among "
+            f"{len(listing)} file(s){f' ({counted})' if counted else ''}"
         )
     ct = {uid: g for uid, g in groups.items() if str(g[0][1].get("Modality", "")) == "CT"}
     chosen = [uid for uid in groups if uid in series]
@@ -263,13 +590,19 @@ def open_dicom(
         )
     else:
         uid = next(iter(ct))
-    group = groups[uid]
+    group = groups.pop(uid)
     for f, header in group:
         if str(header.get("Modality", "")) != "CT":
             raise IchsegError(
                 f"scan {f.label}: expected Modality CT, found {header.get('Modality', 'none')}"
             )
-    return _scan(source, uid, group, excluded, resample_tilt)
+    left_out["other_series"] = sum(len(g) for g in groups.values())
+    accounting = {
+        "files_in_input": len(listing),
+        "left_out": {key: left_out[key] for key in LEFT_OUT},
+        "unreadable": unreadable,
+    }
+    return _scan(source, uid, group, resample_tilt, accounting)
 
 
 def _vector(header: Dataset, keyword: str, size: int, label: str) -> np.ndarray:
@@ -302,22 +635,24 @@ def _scan(
     source: Path,
     uid: str,
     group: list[tuple[_File, Dataset]],
-    excluded: int,
     resample_tilt: bool,
+    accounting: dict,
 ) -> Scan:
-    """Check the series' geometry, sort its slices, read HU and build the `Scan`."""
+    """Check the series' geometry, sort its slices and build the `Scan` (its `DicomSeries`
+    gets the `accounting` of the input's other files)."""
+    for f, header in group:
+        if _multi_frame(header):
+            sop = _sop_class(header)
+            kind = UID(sop).name if sop in ENHANCED_CT else "multi-frame image"
+            raise IchsegError(
+                f"scan {f.label}: a multi-frame image ({kind}, {_frames(header)} frame(s)); "
+                "expected single-slice CT images (export the series as classic single-frame CT)"
+            )
     if len(group) < 2:
         raise IchsegError(
             f"scan {group[0][0].label}: series {uid} has a single slice; expected at least 2 "
             "(the slice spacing comes from their positions)"
         )
-    for f, header in group:
-        frames = int(header.get("NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise IchsegError(
-                f"scan {f.label}: a multi-frame image ({frames} frames); expected single-slice "
-                "CT images (export the series as classic single-frame CT)"
-            )
     _same(group, "image sizes (Rows×Columns)", lambda f, h: f"{int(h.Rows)}×{int(h.Columns)}")
     rows, cols = int(group[0][1].Rows), int(group[0][1].Columns)
     orientations = [_vector(h, "ImageOrientationPatient", 6, f.label) for f, h in group]
@@ -407,6 +742,7 @@ def _scan(
     for f, header in group:
         _check_rescale(f.label, header)
         _check_decodable(f.label, header)
+    rescale_type = _same(group, "RescaleType", lambda f, h: _rescale_type(h))
     shape = (cols, rows, len(group))
     # A header-only image: the mask is written with its geometry, the voxels come from `read_hu`.
     image = nib.Nifti1Image(np.broadcast_to(np.int16(0), shape), affine)
@@ -417,32 +753,49 @@ def _scan(
         uid=uid,
         description=str(group[0][1].get("SeriesDescription", "")).strip(),
         headers=[h for _, h in group],
-        excluded_images=excluded,
         slice_step_mm=mean_step,
         lps_affine=lps,
         gantry_tilt_deg=tilt,
         tilt_shift_px=shift,
+        rescale_type=rescale_type,
         _files=[f for f, _ in group],
+        **accounting,
     )
     return Scan(source, image, shape, zooms, turn, dicom=dicom)  # type: ignore[arg-type]
 
 
+def _rescale_type(header: Dataset) -> str | None:
+    """The file's RescaleType as written (upper case), None when absent or empty."""
+    return str(header.get("RescaleType", "")).strip().upper() or None
+
+
 def _check_rescale(label: str, header: Dataset) -> None:
-    """Raise unless the file's stored values convert to HU."""
-    rescale = str(header.get("RescaleType", "HU")).strip().upper() or "HU"
-    if rescale != "HU":
-        raise IchsegError(f"scan {label}: expected RescaleType HU, found {rescale}")
+    """Raise unless the file's stored values convert to HU: a RescaleType of HU, absent (HU by
+    the standard for CT) or US (what GDCM and ITK write for CT, taken as HU)."""
+    rescale = _rescale_type(header)
+    if rescale not in (None, "HU", UNSPECIFIED_RESCALE):
+        raise IchsegError(
+            f"scan {label}: expected RescaleType HU (or {UNSPECIFIED_RESCALE}, taken as HU for "
+            f"CT), found {rescale}"
+        )
     if "RescaleIntercept" not in header or "RescaleSlope" not in header:
         raise IchsegError(
             f"scan {label}: no RescaleSlope (0028,1053) / RescaleIntercept (0028,1052); "
             "cannot convert the stored values to HU"
         )
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        value = header.get(keyword)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):
+            raise IchsegError(f"scan {label}: expected {keyword} to be a number, found {value!r}")
 
 
 def _check_decodable(label: str, header: Dataset) -> None:
     """Raise when the file's transfer syntax is compressed and no installed handler decodes it."""
-    meta = getattr(header, "file_meta", None) or Dataset()
-    syntax = UID(str(meta.get("TransferSyntaxUID", IMPLICIT_VR)))
+    syntax = UID(str(_with_transfer_syntax(header).file_meta.TransferSyntaxUID))
     if not syntax.is_compressed:
         return
     try:

@@ -128,6 +128,7 @@ def predict_scans(
     precision: str = "auto",
     series: Sequence[str] = (),
     resample_tilt: bool = False,
+    allow_unreadable: bool = False,
     png: bool = False,
     seg: bool = True,
     allow_non_hu: bool = False,
@@ -135,7 +136,8 @@ def predict_scans(
     progress: bool = True,
 ) -> list[dict]:
     """Predict every scan (a NIfTI file, or a DICOM folder or zip: the one of `series` it holds,
-    else its only CT series; a tilted one resampled if `resample_tilt`) with
+    else its only CT series; a tilted one resampled if `resample_tilt`; its unreadable files
+    left out if `allow_unreadable`) with
     the averaged checkpoints; write masks and summaries (with `png`, a one-page PNG too; for a
     DICOM series a SEG unless not `seg`) to `outdir`.
 
@@ -146,7 +148,10 @@ def predict_scans(
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
     warn_collapsed(model.ensemble.checkpoints, "predict")
     opened = [
-        open_dicom(p, series, resample_tilt) if is_dicom_input(p) else open_scan(p) for p in scans
+        open_dicom(p, series, resample_tilt, allow_unreadable)
+        if is_dicom_input(p)
+        else open_scan(p)
+        for p in scans
     ]
     read = {s.dicom.uid: s.path for s in opened if s.dicom is not None}
     unused = [uid for uid in series if uid not in read]
