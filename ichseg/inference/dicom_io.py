@@ -153,16 +153,18 @@ def is_dicom_input(path: str | os.PathLike) -> bool:
 
 
 def _single_dicom_file(path: Path) -> bool:
-    """True for a file that is not NIfTI and is a DICOMDIR, named as DICOM or prefixed `DICM`."""
+    """True for a file that is not NIfTI and is a DICOMDIR, is named as DICOM, or holds DICOM
+    data (prefixed `DICM`, or a data set written without preamble)."""
     if not path.is_file() or path.name.lower().endswith(NIFTI_SUFFIXES):
         return False
     if path.name.upper() == DICOMDIR or path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
         with path.open("rb") as fp:
-            return fp.read(PREAMBLE + len(PREFIX))[PREAMBLE:] == PREFIX
+            head = fp.read(PREAMBLE + len(PREFIX))
     except OSError:
         return False  # left to the NIfTI reader, which names the error
+    return head[PREAMBLE:] == PREFIX or _starts_like_dataset(head)
 
 
 @dataclass(frozen=True)

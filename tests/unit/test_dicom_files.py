@@ -393,7 +393,8 @@ def test_files_without_preamble_are_read(strip, ckpts, tmp_path, capsys, record_
 
 @pytest.mark.reliability(
     case="a single DICOM file or DICOMDIR as SCAN",
-    did="one slice file of a series, the same named .dcm, and a DICOMDIR given as SCAN",
+    did="one slice file of a series, the same named .dcm or without preamble, and a DICOMDIR "
+    "given as SCAN",
     entry="ichseg predict",
 )
 def test_single_file_or_dicomdir_points_to_its_folder(ckpts, tmp_path, capsys, record_behaviour):
@@ -404,9 +405,12 @@ def test_single_file_or_dicomdir_points_to_its_folder(ckpts, tmp_path, capsys, r
     fileset.write(tmp_path / "media")
     named = tmp_path / "slice.dcm"
     named.write_bytes(paths[0].read_bytes())
+    (tmp_path / "bare").mkdir()
+    without_preamble = tmp_path / "bare" / "IM1"
+    without_preamble.write_bytes(paths[0].read_bytes()[132:])
     out = tmp_path / "out"
     lines = []
-    for scan in (paths[0], named, tmp_path / "media" / "DICOMDIR"):
+    for scan in (paths[0], named, without_preamble, tmp_path / "media" / "DICOMDIR"):
         argv = ["predict", ckpts["pass"], scan, "-o", out, *FP32]
         folder = f"give the folder that holds it: {scan.parent.resolve()}"
         lines.append(_refused(argv, capsys, out, f"scan {scan}", folder))
