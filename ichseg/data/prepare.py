@@ -31,6 +31,7 @@ from ichseg.data.sources import PhysioNet, Source
 from ichseg.data.splits import MODES, make_splits
 from ichseg.data.transforms import prepared_slices, resize_masks, to_slices
 from ichseg.errors import IchsegError
+from ichseg.paths import absolute
 from ichseg.seeds import check_seed
 
 # Bump whenever the arrays or files written for the same inputs change.
@@ -139,7 +140,8 @@ def prepare(
     source = as_source(source)
     release = source.open_release(allow_non_hu)
     key = cache_key(release, cfg)
-    out_root = Path(out_root)
+    # Absolute: the path is recorded in every job's job.json and read from anywhere later.
+    out_root = Path(absolute(out_root))
     cache = out_root / key
     if (cache / "meta.json").is_file():
         return cache

@@ -31,6 +31,7 @@ from ichseg.data.release import (
     read_json_object,
 )
 from ichseg.errors import IchsegError
+from ichseg.paths import absolute
 
 # What a folder written by `ichseg phantom` holds besides its layout (ichseg.data.phantom).
 PHANTOM_MARKER = "phantom.json"
@@ -45,6 +46,11 @@ class Source(ABC):
     title: ClassVar[str]
     citation: ClassVar[str]
     licence: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        # The root is recorded (the cache's meta.json, evaluate's summary.json) and read later,
+        # from other folders: a relative one is made absolute against the working folder now.
+        object.__setattr__(self, "root", absolute(self.root))
 
     def release(self) -> Path:
         """The folder this source reads (made first if the source makes it)."""

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ichseg.atomic import atomic_write_text, file_lock
 from ichseg.errors import IchsegError
+from ichseg.paths import absolute
 from ichseg.records import MULTIRUN_FILE, read_job
 
 
@@ -134,7 +135,7 @@ def failure_report(results: Sequence[JobReturn], sweep_dir: str) -> str:
     others = len(results) - len(failed)
     finish = (
         (f"the other {others} finished; " if others else "")
-        + f"fix the cause, then run the same command with hydra.sweep.dir={sweep_dir} "
+        + f"fix the cause, then run the same command with hydra.sweep.dir={absolute(sweep_dir)} "
         "to finish the sweep (finished jobs are skipped)"
     )
     head = f"{len(failed)} of {len(results)} jobs failed:"
@@ -142,8 +143,9 @@ def failure_report(results: Sequence[JobReturn], sweep_dir: str) -> str:
 
 
 class SweepEnd(HydraCallback):
-    """At the end of a multirun, say where the sweep is and how to report it."""
+    """At the end of a multirun, say where the sweep is and how to report it: its absolute
+    path, since `make report` runs in the project folder."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep = config.hydra.sweep.dir
+        sweep = absolute(config.hydra.sweep.dir)
         logging.getLogger("ichseg").info("sweep in %s; report: make report SWEEP=%s", sweep, sweep)

@@ -1,7 +1,9 @@
 """Read a sweep folder: each job's config, job state, checkpoint records and history.
 
 A sweep is a Hydra multirun folder (it has `multirun.yaml`) with one `<model>-fold<k>/` folder per
-job; a single run's folder (`python train.py`, no -m) is read as a sweep of its one job.
+job; a single run's folder (`python train.py`, no -m) is read as a sweep of its one job. Paths a
+job recorded relative (an earlier ichseg did) are read against the folder it ran in, so the sweep
+reads the same from anywhere.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from ichseg.errors import IchsegError
+from ichseg.paths import absolute, absolute_config_paths, is_relative, relative_config_paths
 from ichseg.records import (
     HISTORY_FILE,
     JOB_FILE,
@@ -71,11 +74,51 @@ def _is_job_dir(path: Path) -> bool:
     return any((path / f).exists() for f in (JOB_FILE, RECORDS_FILE, CONFIG_FILE))
 
 
+def recorded_cwd(job_dir: Path) -> Path | None:
+    """The folder a job ran in, as Hydra recorded it (`hydra.runtime.cwd` of the job's
+    `.hydra/hydra.yaml`, else of its sweep's multirun.yaml); None when neither says."""
+    for path in (job_dir / ".hydra" / "hydra.yaml", job_dir.parent / MULTIRUN_FILE):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        runtime = (data or {}).get("hydra", {}).get("runtime", {}) if isinstance(data, dict) else {}
+        cwd = runtime.get("cwd") if isinstance(runtime, dict) else None
+        if isinstance(cwd, str) and Path(cwd).is_absolute():
+            return Path(cwd)
+    return None
+
+
+def read_job_state(job_dir: Path) -> dict:
+    """The job's job.json ({} before it started), its `cache_dir` absolute."""
+    state = read_job(job_dir) or {}
+    cache_dir = state.get("cache_dir")
+    if is_relative(cache_dir):
+        cwd = recorded_cwd(job_dir)
+        if cwd is not None:
+            state["cache_dir"] = absolute(cache_dir, cwd)
+    return state
+
+
+def read_job_config(job_dir: Path) -> dict:
+    """The job's config.yaml ({} when it has none), its folders (`ichseg.paths.CONFIG_PATHS`)
+    absolute."""
+    path = job_dir / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    config = load_yaml(path)
+    if relative_config_paths(config):
+        cwd = recorded_cwd(job_dir)
+        if cwd is not None:
+            absolute_config_paths(config, cwd)
+    return config
+
+
 def read_job_dir(job_dir: Path) -> Job:
     """Read one job folder: job.json, config.yaml, records.jsonl and history.csv."""
-    state = read_job(job_dir) or {}
+    state = read_job_state(job_dir)
     config_path = job_dir / CONFIG_FILE
-    config = load_yaml(config_path) if config_path.is_file() else {}
+    config = read_job_config(job_dir)
     match = JOB_DIR_PATTERN.match(job_dir.name)
     model = state.get("model") or config.get("model", {}).get("name")
     fold = state.get("fold", config.get("fold"))
@@ -115,7 +158,8 @@ def read_job_dir(job_dir: Path) -> Job:
 
 def collect_sweep(sweep_dir: str | Path) -> Sweep:
     """Read every job folder of the sweep at `sweep_dir` and work out what is missing."""
-    root = Path(sweep_dir)
+    # Absolute: the report records the sweep's and its checkpoints' paths.
+    root = Path(absolute(sweep_dir))
     if not root.is_dir():
         raise IchsegError(f"{root}: sweep folder not found")
     if not is_sweep(root) and (root / JOB_FILE).is_file():

@@ -19,6 +19,7 @@ from ichseg.errors import IchsegError
 from ichseg.job_config import config_clash, config_hash, resume_checkpoint
 from ichseg.launch.placement import trainer_overrides
 from ichseg.metrics import COLLAPSED, collapsed
+from ichseg.paths import absolute_config_paths
 from ichseg.records import read_job, read_records
 from ichseg.runtime import apply_torch_settings, training_precision
 from ichseg.training.console import quiet_libraries
@@ -60,6 +61,8 @@ def train(cfg: DictConfig, job_dir: Path, started: float, resume: Path | None) -
     """Fit the configured model on the configured fold in `job_dir`, resuming from `resume`."""
     apply_torch_settings(cfg)
     quiet_libraries()
+    # The config is read later from anywhere (the report): its folders are recorded absolute.
+    absolute_config_paths(cfg)
     atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
