@@ -52,7 +52,7 @@ def _prepare(args: argparse.Namespace) -> None:
     )
     out = _output_dir(args.out, "OUT")
     start = time.perf_counter()
-    source = source_named(args.source, args.release)
+    source = source_named(args.source, args.release, args.binary_labels)
     cache = prepare(source, out, cfg, allow_non_hu=args.allow_non_hu)
     built = time.perf_counter() - start
     start = time.perf_counter()
@@ -118,6 +118,7 @@ def _report(args: argparse.Namespace) -> int:
     from ichseg.data.sources import source_named
     from ichseg.report.build import build_report, report_dir
     from ichseg.report.compute import compute, score_heldout
+    from ichseg.report.volume_scores import check_external_sources
     from ichseg.sweeps import WITH_CHECKPOINTS, read_sweep
     from ichseg.sweeps.local import latest_sweep
 
@@ -146,11 +147,16 @@ def _report(args: argparse.Namespace) -> int:
         raise
     for warning in sweep.warnings:
         print(f"ichseg report: warning: {warning}", file=sys.stderr)
-    external = [source_named(name, root) for name, root in external_specs]
+    if args.binary_labels and not external_specs:
+        raise IchsegError("--binary-labels goes with --external (the external sets' masks)")
+    external = [source_named(name, root, args.binary_labels) for name, root in external_specs]
     if external and args.source not in WITH_CHECKPOINTS:
         raise IchsegError(
             f"--external needs the sweep's checkpoints: --source local, not {args.source}"
         )
+    # Before anything is scored: no external set may hold the volumes the sweep trained on.
+    named = [f"--external {name}={root}" for name, root in external_specs]
+    check_external_sources(sweep, list(zip(named, external, strict=True)))
     results = compute(sweep, args.protocol)
     out = report_dir(sweep, out)
     with tempfile.TemporaryDirectory(prefix="ichseg-heldout-") as work:
@@ -248,7 +254,11 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise IchsegError("--source and --root go together")
     if args.release is not None and args.splits is None:
         raise IchsegError("--release goes with --splits (the cache's release folder)")
-    source = None if args.source is None else source_named(args.source, args.root)
+    if args.binary_labels and args.source is None:
+        raise IchsegError("--binary-labels goes with --source (an external set's masks)")
+    source = (
+        None if args.source is None else source_named(args.source, args.root, args.binary_labels)
+    )
     s = evaluate(
         args.checkpoints,
         args.out,
@@ -382,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-folds", type=int, default=10, help="cross-validation folds")
     p.add_argument("--test-fraction", type=float, default=0.1, help="held out per class")
     _allow_non_hu_option(p)
+    _binary_labels_option(p, "the release's")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser(
@@ -451,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nnunet_raw, phantom, or a source class's import path)",
     )
     p.add_argument("--root", help="external validation: the folder of --source")
+    _binary_labels_option(p, "--root's")
     p.add_argument(
         "--nsd-tolerance-mm", type=float, default=NSD_TOLERANCE_MM, help="NSD tolerance (mm)"
     )
@@ -486,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score the selected checkpoints on every volume of another data source "
         "(e.g. bhsd=/data/bhsd; repeatable): an external validation section each",
     )
+    _binary_labels_option(p, "the --external sets'")
     p.add_argument("--project", help="W&B entity/project (with --source wandb)")
     p.add_argument("--group", help="W&B run group, <experiment_name>/<sweep folder>")
     p.add_argument(
@@ -573,6 +586,15 @@ def _allow_non_hu_option(p: argparse.ArgumentParser) -> None:
         "--allow-non-hu",
         action="store_true",
         help="go on with volumes that do not look like head CT in Hounsfield units (recorded)",
+    )
+
+
+def _binary_labels_option(p: argparse.ArgumentParser, whose: str) -> None:
+    p.add_argument(
+        "--binary-labels",
+        action="store_true",
+        help=f"{whose} masks are a binary (0/1) export of a layout whose label map names "
+        "subtypes (bhsd, nnunet_raw): read every bleed without subtypes",
     )
 
 

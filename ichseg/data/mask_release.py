@@ -5,6 +5,12 @@ hemorrhage when its mask has any voxel > 0, and with a subtype when the mask hol
 label map names as one (`SUBTYPE_NAMES`), exactly as PhysioNet's CSV flags them. Slices are those
 of the training orientation (`ichseg.data.orientation`), so any stored axis order works. Mask
 values must be integers the label map lists; anything else is refused with one line.
+
+A label map that names several subtypes is a claim the masks must be able to carry: a release
+whose masks, all of them together, hold no value above 1 is a binary export, in which every
+bleed would read as the subtype of value 1. It is refused unless it is read with binary labels
+(`binary=True`: label map {1: hemorrhage}, no subtypes); a release with values above 1 in some
+masks is a subtype release, whose masks of only 0 and 1 show bleeds of the subtype of value 1.
 """
 
 from __future__ import annotations
@@ -46,13 +52,35 @@ def _file_sha256(path: Path) -> str:
         raise IchsegError(f"{path}: cannot read the file ({err.strerror})") from None
 
 
+# The label map of masks read with binary labels.
+BINARY_LABEL_MAP = {1: "hemorrhage"}
+# How a user reads a binary export of a subtype layout, in messages.
+BINARY_SETTING = (
+    "data.source.binary_labels=true (train.py) or --binary-labels "
+    "(ichseg prepare, evaluate, report)"
+)
+
+
 class MaskRelease(VolumeRelease):
     """Cases with masks whose values are the label map's: labels read from the masks on demand."""
 
     def __init__(
-        self, root: Path, source: str, cases: list[Case], label_map: dict[int, str]
+        self,
+        root: Path,
+        source: str,
+        cases: list[Case],
+        label_map: dict[int, str],
+        *,
+        binary: bool = False,
+        synthetic: bool = False,
     ) -> None:
-        """Number `cases` 1..n in name order; hash the masks and the label map (labels_sha256)."""
+        """Number `cases` 1..n in name order; hash the masks and the label map (labels_sha256).
+        `binary` reads the masks as 0/1 without subtypes, whatever `label_map` says;
+        `synthetic` marks a release ichseg's phantom wrote, whose values are its subtypes."""
+        self.binary = binary
+        self.synthetic = synthetic
+        if binary:
+            label_map = dict(BINARY_LABEL_MAP)
         if not cases:
             raise IchsegError(f"{root}: expected at least one scan with a mask, found none")
         ordered = sorted(cases, key=lambda case: case.name)
@@ -76,18 +104,40 @@ class MaskRelease(VolumeRelease):
 
     @property
     def labels(self) -> list[SliceLabel]:
-        """Every slice's label from its mask (each mask is read once, when first asked)."""
+        """Every slice's label from its mask (each mask is read once, when first asked); a
+        binary export of a subtype label map is refused here, once every mask was read."""
         if self._labels is None:
-            labels = []
+            labels, present = [], set()
             for patient in self.patients:
                 name = self._relative(self.mask_path(patient))
                 values, affine, _ = _load_nifti(self.mask_path(patient), name)
-                labels += self._slice_labels(patient, values, reorientation(affine, name), name)
+                found, held = self._slice_labels(patient, values, reorientation(affine, name), name)
+                labels += found
+                present |= held
+            self._check_carries_subtypes(present)
             self._labels = labels
         return self._labels
 
-    def _checked_values(self, values: np.ndarray, mask_name: str) -> np.ndarray:
-        """The mask as integers, or an IchsegError when it holds a value the label map lacks."""
+    def _check_carries_subtypes(self, present: set[int]) -> None:
+        """Refuse a release whose masks hold only 0 and 1 where the label map names several
+        subtypes: read so, every bleed would be the subtype of value 1."""
+        if self.synthetic or 1 not in self.subtype_of or len(self.subtype_of) < 2:
+            return
+        if present - {0} != {1}:
+            return
+        masks = self.mask_path(self.patients[0]).parent
+        claimed = ", ".join(f"{v} {self.label_map[v]}" for v in sorted(self.subtype_of))
+        raise IchsegError(
+            f"{masks}: all {len(self.patients)} masks (e.g. "
+            f"{self.mask_path(self.patients[0]).name}) hold only the labels 0 and 1, but the "
+            f"{self.source} label map names subtypes ({claimed}): read so, every bleed would "
+            f"be {self.label_map[1]}; if the masks are a binary export, read them without "
+            f"subtypes with {BINARY_SETTING}"
+        )
+
+    def _checked_values(self, values: np.ndarray, mask_name: str) -> tuple[np.ndarray, set[int]]:
+        """The mask as integers and the values it holds, or an IchsegError when it holds a value
+        the label map lacks."""
         rounded = np.rint(values)
         if not np.array_equal(rounded, values):
             odd = values[rounded != values].flat[0]
@@ -97,23 +147,31 @@ class MaskRelease(VolumeRelease):
             )
         present = np.unique(rounded.astype(np.int64))
         unknown = [int(v) for v in present if v != 0 and int(v) not in self.label_map]
+        if unknown and self.binary:
+            raise IchsegError(
+                f"{mask_name}: value(s) {unknown[:5]} in a release read with binary labels "
+                "(0 and 1 only): its masks carry classes; read it without the binary-labels "
+                "setting"
+            )
         if unknown:
             raise IchsegError(
                 f"{mask_name}: value(s) {unknown[:5]} are not in the label map "
                 f"{ {k: v for k, v in sorted(self.label_map.items())} }"
             )
-        return rounded.astype(np.int64)
+        return rounded.astype(np.int64), {int(v) for v in present}
 
     def _slice_labels(
         self, patient: int, values: np.ndarray, turn: Reorientation, mask_name: str
-    ) -> list[SliceLabel]:
-        """One label per slice of the training orientation: hemorrhage and subtypes present."""
-        labels_volume = turn.apply(self._checked_values(values, mask_name))
+    ) -> tuple[list[SliceLabel], set[int]]:
+        """One label per slice of the training orientation (hemorrhage and subtypes present),
+        and the label values the mask holds."""
+        checked, present = self._checked_values(values, mask_name)
+        labels_volume = turn.apply(checked)
         any_ich = np.any(labels_volume > 0, axis=(0, 1))
         flags = np.zeros((labels_volume.shape[2], len(SUBTYPES)), dtype=np.uint8)
         for value, index in self.subtype_of.items():
             flags[:, index] |= np.any(labels_volume == value, axis=(0, 1))
-        return [
+        labels = [
             SliceLabel(
                 patient=patient,
                 slice_number=k + 1,
@@ -123,12 +181,13 @@ class MaskRelease(VolumeRelease):
             )
             for k in range(labels_volume.shape[2])
         ]
+        return labels, present
 
     def _check_volume(
         self, patient: int, values: np.ndarray, turn: Reorientation, scan_name: str, mask_name: str
     ) -> None:
         """The mask's values are the label map's, and its slices still carry the labels."""
-        found = self._slice_labels(patient, values, turn, mask_name)
+        found, _ = self._slice_labels(patient, values, turn, mask_name)
         if found != self.labels_for(patient):
             raise IchsegError(
                 f"{mask_name}: its slices no longer match the labels read from it when the "

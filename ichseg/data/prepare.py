@@ -4,7 +4,10 @@ The cache lives in `out_root/<key>`, where the key hashes everything the arrays 
 data source's name, what its labels come from, its volume files, every setting), so a change of
 source, release, size, window, seed or split mode lands in a new folder instead of silently
 reusing a stale one. The source is any `ichseg.data.sources.Source`; its name and facts are
-recorded in meta.json (`source`, `source_facts`) for the datamodule, provenance and reports.
+recorded in meta.json (`source`, `source_facts`) for the datamodule, provenance and reports, with
+what recognises the release elsewhere: its absolute folder (`release_root`), the hash of what its
+labels come from (`labels_sha256`) and every volume's content hashes (`volume_sha256`,
+`PatientVolume.fingerprint`), so that no external validation scores the training volumes.
 Every job of a sweep calls `prepare`; one builds under a lock, the others
 wait and reuse the folder.
 """
@@ -188,10 +191,12 @@ def _build(source: Source, release: VolumeRelease, cfg: PrepareConfig, dest: Pat
     images = np.empty((n, size, size), dtype=np.uint8)
     masks = np.empty((n, size, size), dtype=bool)
     rows = {sid: row for row, sid in enumerate(ids)}
+    fingerprints = {}
     for patient in release.patients:
         # Every patient is loaded, not only those with chosen slices: loading validates the
         # volume against the CSV, and a broken release should fail here, not at prediction.
         volume = release.load_patient(patient)
+        fingerprints[release.case_name(patient)] = volume.fingerprint()
         picked = [lab for lab in chosen if lab.patient == patient]
         if not picked:
             continue
@@ -215,6 +220,7 @@ def _build(source: Source, release: VolumeRelease, cfg: PrepareConfig, dest: Pat
         "source": release.source,
         "source_facts": source.describe(release),
         "cases": {str(p): release.case_name(p) for p in release.patients},
+        "volume_sha256": fingerprints,
         "allow_non_hu": release.allow_non_hu,
         "counts": _counts(chosen, release),
         "build_seconds": round(time.perf_counter() - start, 3),

@@ -89,6 +89,24 @@ class PatientVolume:
     zooms: tuple[float, float, float]
     affine: np.ndarray
 
+    def fingerprint(self) -> dict:
+        """Content hashes that recognise this volume in any folder, file format, layout or axis
+        order: `shape` (training orientation), `scan` (sha256 of the voxels rounded to whole HU)
+        and `mask` (sha256 of the bleed voxels; None for an empty mask, which tells no volume
+        from another of its shape)."""
+        shape = json.dumps(list(self.hu.shape)).encode()
+        scan = hashlib.sha256(shape)
+        scan.update(np.ascontiguousarray(np.rint(self.hu), dtype="<i4"))
+        mask = None
+        if self.mask.any():
+            mask = hashlib.sha256(shape)
+            mask.update(np.packbits(self.mask, axis=None))
+        return {
+            "shape": list(self.hu.shape),
+            "scan": scan.hexdigest(),
+            "mask": None if mask is None else mask.hexdigest(),
+        }
+
 
 def _children_by_lower_name(folder: Path) -> dict[str, Path]:
     """Map lower-cased entry names of `folder` to their paths (case-insensitive lookup)."""
@@ -373,23 +391,28 @@ class VolumeRelease:
         """Check a patient's mask values (as stored) against the release's labels."""
         raise NotImplementedError
 
+    def header_geometry(self, patient: int) -> tuple[tuple[int, int, int], tuple[float, ...]]:
+        """The scan's shape and voxel sizes in the training orientation, from its header alone."""
+        path = self.scan_path(patient)
+        name = self._relative(path)
+        try:
+            image = nib.load(path)
+            zooms = voxel_sizes(image, path, name)
+        except NIFTI_READ_ERRORS as err:
+            raise IchsegError(f"{name}: cannot read as NIfTI ({first_line(err)})") from None
+        turn = reorientation(image.affine, name)
+        shape = turn.zooms(tuple(float(n) for n in image.shape[:3]))
+        return (int(shape[0]), int(shape[1]), int(shape[2])), turn.zooms(zooms)
+
     def facts(self) -> dict:
         """What the report's provenance says of this release, from the volumes' headers: volumes,
         slices (along the axial axis), voxel spacing and in-plane size ranges, label map."""
         spacings, sizes, slices = [], [], 0
         for patient in self.patients:
-            path = self.scan_path(patient)
-            name = self._relative(path)
-            try:
-                image = nib.load(path)
-                zooms = voxel_sizes(image, path, name)
-            except NIFTI_READ_ERRORS as err:
-                raise IchsegError(f"{name}: cannot read as NIfTI ({first_line(err)})") from None
-            turn = reorientation(image.affine, name)
-            shape = turn.zooms(tuple(float(n) for n in image.shape[:3]))
-            spacings.append(turn.zooms(zooms))
+            shape, zooms = self.header_geometry(patient)
+            spacings.append(zooms)
             sizes.append(shape[:2])
-            slices += int(shape[2])
+            slices += shape[2]
         spacing = np.asarray(spacings, dtype=float)
         size = np.asarray(sizes, dtype=int)
         return {

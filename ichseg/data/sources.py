@@ -162,10 +162,22 @@ def _first_folder(root: Path, candidates: tuple[tuple[str, ...], ...]) -> tuple[
 
 @dataclass(frozen=True)
 class MaskSource(Source):
-    """A layout whose labels are its masks alone; per-slice labels come from the masks."""
+    """A layout whose labels are its masks alone; per-slice labels come from the masks.
 
+    `binary_labels` reads masks of only 0 and 1 (a binary export of a layout whose label map
+    names subtypes) as hemorrhage without subtypes; without it such a release is refused
+    (`ichseg.data.mask_release`)."""
+
+    binary_labels: bool = False
     # Binary masks unless the layout says otherwise.
     LABEL_MAP: ClassVar[dict[int, str]] = {1: "hemorrhage"}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.binary_labels, bool):
+            raise IchsegError(
+                f"data.source.binary_labels: expected true or false, found {self.binary_labels!r}"
+            )
 
     @abstractmethod
     def find_cases(self, root: Path) -> list[Case]:
@@ -180,7 +192,14 @@ class MaskSource(Source):
         """The folder's cases, labelled from their masks (`ichseg.data.mask_release`)."""
         root = self.release()
         _entries(root)
-        return MaskRelease(root, self.name, self.find_cases(root), self.label_map(root))
+        return MaskRelease(
+            root,
+            self.name,
+            self.find_cases(root),
+            self.label_map(root),
+            binary=self.binary_labels,
+            synthetic=(root / PHANTOM_MARKER).is_file(),
+        )
 
 
 @dataclass(frozen=True)
@@ -355,7 +374,11 @@ class Phantom(Source):
         if issubclass(layout, MaskSource):
             found = layout(str(release))
             return MaskRelease(
-                release, self.name, found.find_cases(release), found.label_map(release)
+                release,
+                self.name,
+                found.find_cases(release),
+                found.label_map(release),
+                synthetic=True,
             )
         return Release.open(release, self.name)
 
@@ -397,10 +420,27 @@ def source_from_record(record: dict, where: str, root: str | None = None) -> Sou
         raise IchsegError(f"{where}: cannot make {record['target']} ({err})") from None
 
 
-def source_named(name: str, root: str | Path) -> Source:
+def source_named(
+    name: str, root: str | Path, binary_labels: bool = False, where: str | None = None
+) -> Source:
     """The source `conf/data/<name>.yaml` configures (or the class at a dotted import path), at
-    `root`; this is how `ichseg prepare --source` and `ichseg evaluate --source` find one."""
-    where = f"--source {name}"
+    `root`, reading binary masks without subtypes when `binary_labels`; this is how
+    `ichseg prepare --source` and `ichseg evaluate --source` find one (`where` names the option
+    in errors: `--source NAME` unless given)."""
+    where = where or f"--source {name}"
+    source = _named(name, root, where)
+    if not binary_labels:
+        return source
+    if not isinstance(source, MaskSource):
+        raise IchsegError(
+            f"--binary-labels: {where} takes no such setting (it applies to sources labelled "
+            "by multi-class masks, e.g. bhsd and nnunet_raw)"
+        )
+    return dataclasses.replace(source, binary_labels=True)
+
+
+def _named(name: str, root: str | Path, where: str) -> Source:
+    """The source `name` names (a conf/data file or an import path) at `root`."""
     if "." in name:
         return source_from_record({"target": name}, where, str(root))
     from omegaconf import OmegaConf

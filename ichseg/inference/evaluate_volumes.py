@@ -35,6 +35,7 @@ from ichseg.data.sources import Source, source_from_record
 from ichseg.errors import IchsegError
 from ichseg.inference.network_name import network_name
 from ichseg.inference.run import prepare_outdir, progress_bar, warn_collapsed
+from ichseg.inference.training_overlap import check_not_trained_on
 from ichseg.inference.volume_metrics import (
     DEFINITIONS,
     NSD_TOLERANCE_MM,
@@ -260,6 +261,7 @@ def evaluate(
         mode = {"mode": "held-out patients", "splits": str(splits_path)}
     else:
         release = source.open_release(allow_non_hu)
+        check_not_trained_on(ensemble.checkpoints, release)
         patients = list(release.patients)
         mode = {"mode": "external"}
     # A run that fails before writing anything leaves no folder it made.

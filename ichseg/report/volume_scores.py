@@ -4,7 +4,8 @@ Only a `data.split=patient` sweep has held-out patients whose every slice is uns
 architecture's fold models at the selected epoch are ensembled by `ichseg evaluate`
 (`ichseg.inference.evaluate_volumes.evaluate`) over the test patients' full volumes (3-D Dice,
 volume error in mL, patient-level detection). Given external data sources, the same ensembles
-score every volume of each (`evaluate_external`): the report's external validation sections.
+score every volume of each (`evaluate_external`): the report's external validation sections,
+after `check_external_sources` made sure no external set holds the volumes the sweep trained on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from ichseg.data.release import SUBTYPES
 from ichseg.data.sources import Source
 from ichseg.inference.evaluate_volumes import evaluate
+from ichseg.inference.training_overlap import check_not_training_data
 from ichseg.report.heldout_slices import checkpoints_at
 from ichseg.report.selection import Selection
 from ichseg.sweeps.local import read_cache_meta
@@ -89,6 +91,16 @@ def evaluate_volumes(sweep: Sweep, selection: Selection, out_dir: Path) -> list[
     )
 
 
+def check_external_sources(sweep: Sweep, sources: list[tuple[str, Source]]) -> None:
+    """Refuse, before anything is scored, an external source (named as given) that is, or holds
+    volumes of, the release of a prepared cache the sweep's jobs trained on."""
+    caches = list(
+        dict.fromkeys(Path(j.state["cache_dir"]) for j in sweep.jobs if j.state.get("cache_dir"))
+    )
+    for where, source in sources:
+        check_not_training_data(caches, source.open_release(), where, "report")
+
+
 def evaluate_external(
     sweep: Sweep, selection: Selection, sources: list[Source], out_dir: Path
 ) -> list[ExternalResult]:
@@ -151,11 +163,15 @@ def source_facts_text(facts: dict) -> str:
     synthetic = "; **synthetic phantom in this layout (not patient data)**" * bool(
         facts.get("synthetic")
     )
+    binary = (facts.get("record") or {}).get("binary_labels")
+    subtypes = facts["subtypes_from"] or (
+        "nowhere: binary masks (binary_labels)" if binary else "nowhere: none in this source"
+    )
     return (
         f"{facts['title']} (`{facts['name']}`; {facts['citation']}; licence: "
         f"{facts['licence']}){synthetic}: {facts['volumes']} volumes, {facts['slices']} axial "
         f"slices, voxel spacing {spacing} mm, label map {labels} (any label > 0 is the ICH "
-        f"target; subtypes from {facts['subtypes_from'] or 'nowhere: none in this source'})"
+        f"target; subtypes from {subtypes})"
     )
 
 

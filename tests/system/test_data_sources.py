@@ -1,5 +1,5 @@
 """train.py on every layout and on a source class written outside the package; a checkpoint
-trained on one layout evaluated on another."""
+trained on one layout evaluated on another, never on its own training volumes."""
 
 from __future__ import annotations
 
@@ -68,11 +68,22 @@ def _job(sweep: Path) -> tuple[dict, Path]:
 
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic releases; the nnU-Net one of other heads (seed 1), external to the others."""
     root = tmp_path_factory.mktemp("layouts")
     return {
-        name: write_phantom(root / name, patients=16, size=64, layout=name)
-        for name in ("instance22", "bhsd", "nnunet_raw")
+        name: write_phantom(root / name, patients=16, size=64, seed=seed, layout=name)
+        for name, seed in (("instance22", 0), ("bhsd", 0), ("nnunet_raw", 1))
     }
+
+
+@pytest.fixture(scope="module")
+def bhsd_sweep(layouts, tmp_path_factory) -> Path:
+    """A tiny sweep trained on the BHSD-layout release."""
+    root = tmp_path_factory.mktemp("bhsd_sweep")
+    sweep = root / "sweep"
+    done = _train(root, sweep, "data=bhsd", f"data.source.root={layouts['bhsd']}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return sweep
 
 
 @pytest.mark.parametrize("layout", ["instance22", "bhsd", "nnunet_raw"])
@@ -105,13 +116,12 @@ def test_a_source_class_outside_the_package_trains_with_one_yaml(layouts, tmp_pa
     assert done.returncode == 0, done.stderr[-2000:]
     meta, _ = _job(sweep)
     assert meta["source"] == "flat"
-    assert meta["source_facts"]["record"] == {"target": "flat_source.Flat", "root": str(data)}
+    record = {"target": "flat_source.Flat", "root": str(data), "binary_labels": False}
+    assert meta["source_facts"]["record"] == record
 
 
-def test_a_checkpoint_of_one_layout_evaluated_on_another(layouts, tmp_path):
-    sweep = tmp_path / "sweep"
-    done = _train(tmp_path, sweep, "data=bhsd", f"data.source.root={layouts['bhsd']}")
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_a_checkpoint_of_one_layout_evaluated_on_another(layouts, bhsd_sweep, tmp_path):
+    sweep = bhsd_sweep
     _, ckpt = _job(sweep)
     out = tmp_path / "eval"
     argv = ["evaluate", str(ckpt), "--source", "nnunet_raw", "--root", str(layouts["nnunet_raw"])]
@@ -154,3 +164,51 @@ def test_a_checkpoint_of_one_layout_evaluated_on_another(layouts, tmp_path):
     assert "16 volumes" in section and "synthetic phantom in this layout" in section
     assert "External validation data: nnU-Net v2 raw dataset" in text  # provenance
     assert "Training data: BHSD" in text
+
+
+def _ichseg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ichseg.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.reliability(
+    case="external validation on the training release, after train.py",
+    did="a sweep trained on a BHSD release; ichseg evaluate on that folder, ichseg report "
+    "--external on a copy of it and on its heads in the nnU-Net layout",
+    entry="ichseg evaluate --source --root, ichseg report --external",
+)
+def test_the_training_release_is_never_scored_as_external(
+    layouts, bhsd_sweep, tmp_path, record_behaviour
+):
+    meta, ckpt = _job(bhsd_sweep)
+    release = layouts["bhsd"]
+    out = tmp_path / "eval"
+    run = _ichseg("evaluate", str(ckpt), "--source", "bhsd", "--root", str(release), "-o", str(out))
+    err = run.stderr.strip()
+    assert run.returncode == 2 and len(err.splitlines()) == 1, err
+    cache = json.loads((bhsd_sweep / "dunet-fold1" / "job.json").read_text())["cache_dir"]
+    assert err.startswith(
+        f"ichseg evaluate: error: {release}: is the release the checkpoints were trained on "
+        f"(prepared cache {cache}, made from {meta['release_root']}): all its 16 volumes"
+    ), err
+    assert not out.exists()
+
+    copy = shutil.copytree(release, tmp_path / "copy")
+    same_heads = write_phantom(tmp_path / "nn", patients=16, size=64, layout="nnunet_raw")
+    report = tmp_path / "report"
+    for spec, found in (
+        (f"bhsd={copy}", "a copy, all its 16 volumes"),
+        (f"nnunet_raw={same_heads}", "16 of its 16 volumes (ICH_001, ICH_002,"),
+    ):
+        run = _ichseg("report", str(bhsd_sweep), "--out", str(report), "--external", spec)
+        err = run.stderr.strip()
+        assert run.returncode == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"ichseg report: error: --external {spec}: "), err
+        assert found in err and f"prepared cache {cache}" in err, err
+        assert not report.exists()
+    record_behaviour(f"exit 2, nothing written, e.g.: {err}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -106,3 +108,34 @@ def test_evaluate_refuses_unclear_modes_and_wrong_layouts(external, tmp_path, ca
         code, _, err = _run(["evaluate", ckpt, *extra, "-o", out], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+def test_a_binary_export_is_scored_without_subtypes_only_when_said(external, tmp_path, capsys):
+    """Masks of 0/1 in the BHSD layout: refused as they would make every bleed epidural; with
+    --binary-labels scored as hemorrhage, with no subtype anywhere."""
+    ckpt, layouts = external
+    root = shutil.copytree(layouts["bhsd"], tmp_path / "binary")
+    (root / "phantom.json").unlink()
+    for path in (root / "label_192" / "ground truths").iterdir():
+        image = nib.load(path)
+        binary = (np.asarray(image.dataobj) > 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(binary, image.affine, image.header), path)
+    out = tmp_path / "e"
+    argv = ["evaluate", ckpt, "--source", "bhsd", "--root", root, "-o", out, "--precision", "fp32"]
+    code, _, err = _run(argv, capsys)
+    assert (
+        code == 2 and len(err.strip().splitlines()) == 1 and "hold only the labels 0 and 1" in err
+    )
+    assert not out.exists()
+    code, _, err = _run([*argv, "--binary-labels"], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["per_subtype"] is None and summary["source"]["subtypes_from"] is None
+    with open(out / "patients.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and all(r["subtypes"] == "" for r in rows)
+    expected = [
+        int((np.asarray(nib.load(p).dataobj) > 0).sum())
+        for p in sorted((root / "label_192" / "ground truths").iterdir())
+    ]
+    assert [int(r["true_voxels"]) for r in rows] == expected

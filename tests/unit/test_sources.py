@@ -209,3 +209,94 @@ def test_cli_phantom_writes_a_layout(tmp_path, capsys):
         == 0
     )
     assert "nothing written" in capsys.readouterr().out
+
+
+def _binary_export(release: Path, folder: Path) -> Path:
+    """`release` copied to `folder` with every mask saved as 0/1, as a binary export writes
+    them; without phantom.json it is a release of the user's, not ichseg's phantom."""
+    root = shutil.copytree(release, folder)
+    (root / "phantom.json").unlink()
+    for path in root.rglob("*.nii.gz"):
+        if path.parent.name in ("ground truths", "labelsTr"):
+            image = nib.load(path)
+            binary = (np.asarray(image.dataobj) > 0).astype(np.uint8)
+            nib.save(nib.Nifti1Image(binary, image.affine, image.header), path)
+    return root
+
+
+@pytest.mark.reliability(
+    case="binary masks in a subtype layout",
+    did="a BHSD (and an nnU-Net raw) release whose masks were exported as 0/1, prepared "
+    "without and then with --binary-labels",
+    entry="ichseg prepare --source bhsd",
+)
+@pytest.mark.parametrize(
+    "layout, masks", [("bhsd", "label_192/ground truths"), ("nnunet_raw", "labelsTr")]
+)
+def test_a_binary_export_of_a_subtype_layout_is_refused_unless_said(
+    phantoms, tmp_path, capsys, layout, masks, record_behaviour
+):
+    root = _binary_export(phantoms[layout], tmp_path / "binary")
+    argv = ["prepare", str(root), str(tmp_path / "c"), "--source", layout, "--size", "32"]
+    argv += ["--n-folds", "2", "--test-fraction", "0.2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"ichseg prepare: error: {root / masks}: all 12 masks (e.g. "), err
+    assert "hold only the labels 0 and 1, but the" in err and "names subtypes (1 " in err, err
+    assert "data.source.binary_labels=true (train.py) or --binary-labels" in err, err
+    assert not (tmp_path / "c").exists()
+    record_behaviour(f"exit 2, nothing written: {err}")
+
+    assert main([*argv, "--binary-labels"]) == 0, capsys.readouterr().err
+    data = load_prepared(next((tmp_path / "c").glob("[!.]*")))
+    facts = data.meta["source_facts"]
+    assert facts["label_map"] == {"1": "hemorrhage"} and facts["subtypes_from"] is None
+    assert not data.subtypes.any()
+    release = LAYOUTS[layout](str(root), binary_labels=True).open()
+    assert [lab.has_ich for lab in release.labels] == [
+        has_ich for has_ich, _ in _independent_labels(release, {})
+    ]
+
+
+def test_binary_labels_on_masks_with_classes_is_refused(phantoms, tmp_path, capsys):
+    argv = ["prepare", str(phantoms["bhsd"]), str(tmp_path / "c"), "--source", "bhsd"]
+    assert main([*argv, "--binary-labels"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "in a release read with binary labels (0 and 1 only): its masks carry classes" in err
+    assert (
+        main(["prepare", str(phantoms["physionet"]), str(tmp_path / "c"), "--binary-labels"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "ichseg prepare: error: --binary-labels: --source physionet takes no such setting (it "
+        "applies to sources labelled by multi-class masks, e.g. bhsd and nnunet_raw)"
+    ), err
+
+
+def test_masks_of_only_0_and_1_in_a_subtype_release_are_volumes_of_value_1(phantoms, tmp_path):
+    """The decision is the whole release's: one mask of 0/1 among masks with classes is a volume
+    whose bleeds are all of value 1 (epidural in BHSD), as the label map says."""
+    root = _binary_export(phantoms["bhsd"], tmp_path / "binary")
+    classes = phantoms["bhsd"] / "label_192" / "ground truths"
+    masks = sorted((root / "label_192" / "ground truths").iterdir())
+    for path in masks[1:]:
+        shutil.copy(classes / path.name, path)
+    release = BHSD(str(root)).open()
+    assert release.subtypes_from == "label map"
+    assert [(lab.has_ich, lab.subtypes) for lab in release.labels] == _independent_labels(
+        release, {1: 3, 2: 1, 3: 0, 4: 2, 5: 4}
+    )
+
+
+def test_a_small_phantom_of_one_subtype_keeps_its_subtype(tmp_path):
+    """ichseg's phantom writes the values of its subtypes: one with only epidural bleeds (few
+    patients) is no binary export."""
+    root = write_phantom(tmp_path / "small", patients=2, size=32, layout="bhsd")
+    release = BHSD(str(root)).open()
+    values = set()
+    for patient in release.patients:
+        values |= set(np.unique(np.asarray(nib.load(release.mask_path(patient)).dataobj)).tolist())
+    assert values == {0, 1}
+    assert any(lab.subtypes[SUBTYPES.index("Epidural")] for lab in release.labels)
