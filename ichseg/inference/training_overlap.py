@@ -44,8 +44,11 @@ def _warn_once(command: str, text: str) -> None:
 
 def _cache_of(checkpoint: Checkpoint) -> Path | None:
     """The prepared cache `checkpoint` was trained on, if it can be found."""
-    job_dir = checkpoint.path.parent.parent
-    if checkpoint.path.parent.name == "checkpoints":
+    # Training saves `<job>/checkpoints/<file>`; a checkpoint elsewhere has no job folder.
+    job_dir = (
+        checkpoint.path.parent.parent if checkpoint.path.parent.name == "checkpoints" else None
+    )
+    if job_dir is not None:
         cache_dir = read_job_state(job_dir).get("cache_dir")
         if cache_dir and (Path(cache_dir) / "meta.json").is_file():
             return Path(cache_dir)
@@ -53,7 +56,7 @@ def _cache_of(checkpoint: Checkpoint) -> Path | None:
     if not key:
         return None
     roots = [project_root() / "data" / "cache"]
-    if checkpoint.path.parent.name == "checkpoints":
+    if job_dir is not None:
         cache_root = (read_job_config(job_dir).get("data") or {}).get("cache_root")
         if cache_root:
             roots.insert(0, Path(cache_root))
