@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from pathlib import Path
+from types import ModuleType
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ichseg.errors import IchsegError
+from ichseg.errors import IchsegError, first_line
 
 
 def scale_filters(base: list[int], width: float) -> list[int]:
@@ -52,6 +54,41 @@ def register_resolvers() -> None:
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def locate_target(target: str, where: str) -> object:
+    """The object a `_target_` names (`package.module.Name`), imported; otherwise one line naming
+    what is missing: the module, the name in its module, or a module the import itself needs."""
+    parts = target.split(".")
+    head = f"{where}: cannot import {target}"
+    if not all(part.isidentifier() for part in parts):
+        raise IchsegError(f"{head}: expected a dotted import path such as package.module.Name")
+    found: object = None
+    for depth, part in enumerate(parts, 1):
+        name = ".".join(parts[:depth])
+        if found is not None and hasattr(found, part):
+            found = getattr(found, part)
+            continue
+        if found is not None and not isinstance(found, ModuleType):
+            raise IchsegError(f"{head}: {'.'.join(parts[: depth - 1])} has no {part}")
+        try:
+            found = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and exc.name != name and not name.startswith(f"{exc.name}."):
+                raise IchsegError(
+                    f"{head}: importing {name} needs the module {exc.name}, which is not installed"
+                ) from None
+            if depth == 1:
+                raise IchsegError(
+                    f"{head}: no module named {name} (not installed, or its folder is not on "
+                    "PYTHONPATH)"
+                ) from None
+            raise IchsegError(f"{head}: {'.'.join(parts[: depth - 1])} has no {part}") from None
+        except Exception as exc:  # the module's own code failed: name the module and the cause
+            raise IchsegError(
+                f"{head}: importing {name} failed ({type(exc).__name__}: {first_line(exc)})"
+            ) from None
+    return found
 
 
 def instantiate_checked(node: DictConfig, **kwargs):

@@ -7,6 +7,7 @@ left to the code that reads them.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ichseg.data.phantom import LAYOUTS
 from ichseg.data.phantom import MAX_SIZE as PHANTOM_MAX_SIZE
 from ichseg.data.phantom import MIN_SIZE as PHANTOM_MIN_SIZE
-from ichseg.errors import IchsegError
+from ichseg.errors import IchsegError, first_line
 from ichseg.seeds import MAX_SEED
 
 # Inside fp32 matmuls and cuDNN convolutions: "high" and "medium" allow TF32, "highest" does not.
@@ -49,7 +50,8 @@ def _bound(value: float) -> str:
 @dataclass(frozen=True)
 class Rule:
     """What one key may hold: a type, bounds (`gt`/`ge`/`lt`/`le`), a set of choices, or null;
-    `also` names values outside the bounds that mean something else (-1: no limit)."""
+    `also` names values outside the bounds that mean something else (-1: no limit); a string's
+    `pattern` (a full match) is described by `shape`."""
 
     kind: type
     gt: float | None = None
@@ -59,6 +61,8 @@ class Rule:
     choices: tuple | None = None
     nullable: bool = False
     also: tuple[tuple[object, str], ...] = ()
+    pattern: str | None = None
+    shape: str = ""
 
     def allowed(self) -> str:
         """The rule as a phrase: 'an integer >= 1', 'one of auto, 32-true', ..."""
@@ -76,6 +80,8 @@ class Rule:
             ]
             if bounds:
                 text += " " + " and ".join(bounds)
+            if self.shape:
+                text += f" {self.shape}"
         text += "".join(f" or {value} ({meaning})" for value, meaning in self.also)
         return text + (" (or null)" if self.nullable else "")
 
@@ -94,6 +100,8 @@ class Rule:
                 return False
         elif not isinstance(value, self.kind):
             return False
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            return False
         checks = (
             (self.gt, lambda b: value > b),
             (self.ge, lambda b: value >= b),
@@ -109,8 +117,17 @@ NON_NEGATIVE = Rule(float, ge=0)
 BOOL = Rule(bool)
 # What Lightning's seed_everything and numpy both take.
 SEED = Rule(int, ge=0, le=MAX_SEED)
+# Names that become one folder name (<model>-fold<k>, experiments/<experiment_name>/) and a W&B
+# run name: a '/' would nest the job's folder, a leading '.' hide it.
+FOLDER_NAME = Rule(
+    str,
+    pattern=r"[A-Za-z0-9][A-Za-z0-9_+-]*(\.[A-Za-z0-9_+-]+)*",
+    shape="of letters, digits, '_', '-', '+' and inner '.' (one folder name)",
+)
 
 SCHEMA: dict[str, Rule] = {
+    "experiment_name": FOLDER_NAME,
+    "model.name": FOLDER_NAME,
     "fold": Rule(int, ge=0),
     "seed": SEED,
     "checkpoint_every": POSITIVE_INT,
@@ -177,8 +194,64 @@ def _lookup(cfg: DictConfig, key: str) -> tuple[bool, object]:
     try:
         return True, node[leaf]
     except OmegaConfBaseException as exc:
-        detail = str(exc).splitlines()[0]
-        raise IchsegError(f"{key}: cannot be resolved ({detail})") from None
+        raise _unresolvable(key, exc) from None
+
+
+# How OmegaConf words a resolver's own exception; the message after it is the resolver's.
+_RESOLVER_RAISED = re.compile(r"^\w+ raised while resolving interpolation: ")
+
+
+def _unresolvable(key: str, exc: OmegaConfBaseException) -> IchsegError:
+    """One line naming the key whose value cannot be computed and why (a resolver's own words,
+    such as `scale_filters`' width rule, without OmegaConf's wrapping)."""
+    return IchsegError(f"{key}: cannot be resolved ({_RESOLVER_RAISED.sub('', first_line(exc))})")
+
+
+def _hydra_runtime_as_text(value: object) -> object:
+    """`value` with every `${hydra:...}` escaped to plain text: only Hydra's runtime knows those
+    (the job's folder), and no value a user sets can break them."""
+    if isinstance(value, dict):
+        return {key: _hydra_runtime_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hydra_runtime_as_text(item) for item in value]
+    if isinstance(value, str):
+        return re.sub(r"(?<!\\)\$\{hydra:", r"\\${hydra:", value)
+    return value
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    """The config (without Hydra's own node) with every interpolation and resolver computed: a
+    model's width rule, a derived learning-rate decay, any resolver a config file uses; one line
+    naming the first key that cannot be computed."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("hydra", None)
+    try:
+        return OmegaConf.to_container(OmegaConf.create(_hydra_runtime_as_text(tree)), resolve=True)
+    except OmegaConfBaseException as exc:
+        raise _unresolvable(getattr(exc, "full_key", None) or "the config", exc) from None
+
+
+def _select(tree: dict, key: str) -> object:
+    """The value at a dotted `key` of a plain nested dict, None where it is absent."""
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _targets(tree: object, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, `_target_`) of every node of `tree` that builds an object."""
+    found = []
+    if isinstance(tree, dict):
+        if isinstance(tree.get("_target_"), str):
+            found.append((prefix.rstrip("."), tree["_target_"]))
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return found
+    for key, item in items:
+        found += _targets(item, f"{prefix}{key}.")
+    return found
 
 
 def check_value(key: str, value: object, rule: Rule) -> None:
@@ -188,7 +261,9 @@ def check_value(key: str, value: object, rule: Rule) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check every declared key of the composed config, then the rules that tie keys together."""
+    """Check every declared key of the composed config, the rules that tie keys together, every
+    interpolation, the network (built on the meta device, one probe pass at `data.size`) and
+    every other `_target_` (imported)."""
     for key, rule in SCHEMA.items():
         present, value = _lookup(cfg, key)
         if present:
@@ -199,11 +274,18 @@ def validate(cfg: DictConfig) -> None:
             f"fold={cfg.fold} is out of range: expected an integer 0..{n_folds - 1} "
             f"(data.n_folds={n_folds})"
         )
+    tree = _resolved(cfg)
     # torch loads only for a config whose values passed: a refusal answers without it.
-    from ichseg.nets import NET_KEY, build_on_meta, check_input_size
+    from ichseg.config import locate_target
+    from ichseg.nets import NET_KEY, build_on_meta, check_forward, check_input_size
 
-    present, size = _lookup(cfg, "data.size")
-    net_present, net = _lookup(cfg, NET_KEY)
-    if present and net_present:
-        # Built on the meta device: its input-size rule is asked of it, at no cost.
-        check_input_size(build_on_meta(net), size)
+    size, net = _select(tree, "data.size"), _select(tree, NET_KEY)
+    if size is not None and net is not None:
+        # On the meta device the network's size rule and a forward pass cost nothing.
+        meta_net = build_on_meta(net)
+        check_input_size(meta_net, size, target=net["_target_"])
+        check_forward(meta_net, size, target=net["_target_"])
+    # Innermost nodes first: a data source imports in a moment, Lightning's classes in seconds.
+    for key, target in sorted(_targets(tree), key=lambda found: -found[0].count(".")):
+        if key != NET_KEY:
+            locate_target(target, key)

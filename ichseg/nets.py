@@ -4,8 +4,8 @@
 `hydra.utils.instantiate`. Any `torch.nn.Module` that maps (N, 1, H, W) images to (N, 1, H, W)
 logits fits, from this package or any other found on the import path. A network may say more
 about itself through two optional attributes:
-- `size_divisor` (int): H and W must be multiples of it; without it one probe forward pass on
-  the meta device (shapes only, no arithmetic) finds the smallest power of two that fits;
+- `size_divisor` (int): H and W must be multiples of it; without it probe forward passes on
+  the meta device (shapes only, no arithmetic) find the smallest power of two that fits;
 - `architecture` (dict): Table 1's architecture columns, any of `filters` (per level), `kernel`,
   `pool`, `dropout`, `batch_norm` (text or numbers); the config's `model.architecture` fills in
   what the network does not say, and the report prints "NA" for the rest.
@@ -15,7 +15,7 @@ Parameter counts and FLOPs are counted on the instantiated module.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from hydra.errors import HydraException
@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ichseg.config import instantiate_checked
+from ichseg.config import instantiate_checked, locate_target
 from ichseg.errors import IchsegError, first_line
 
 NET_KEY = "model.module.net"
@@ -54,11 +54,12 @@ def net_config(node: Mapping | DictConfig, where: str = NET_KEY) -> dict:
 def build_net(node: Mapping | DictConfig, where: str = NET_KEY) -> nn.Module:
     """The network `node` describes; one-line IchsegError naming `where` when it cannot be built."""
     config = net_config(node, where)
+    locate_target(config["_target_"], where)
     try:
         net = instantiate_checked(OmegaConf.create(config), _convert_="all")
     except IchsegError:
         raise
-    except Exception as exc:  # a missing class or the constructor's own error, whatever the class
+    except Exception as exc:  # the constructor's own error, whatever its class
         cause = exc.__cause__ if isinstance(exc, HydraException) and exc.__cause__ else exc
         raise IchsegError(
             f"{where}: cannot build {config['_target_']} ({first_line(cause)})"
@@ -85,47 +86,106 @@ def _probe(net: nn.Module, size: int) -> torch.Tensor:
     return torch.zeros(1, 1, size, size, device=tensor.device, dtype=tensor.dtype)
 
 
-def _fits(net: nn.Module, size: int) -> bool:
-    """Whether (1, 1, size, size) goes through `net` (in eval mode, so no batch statistics
-    change) to logits of the same shape."""
+class Probe(NamedTuple):
+    """One probe pass: whether the output fits, and what came back (or was raised), in words."""
+
+    fits: bool
+    raised: bool
+    outcome: str
+
+
+def _described(out: object) -> str:
+    """A network's output in words: a tensor's dtype and shape, a container's parts."""
+    if isinstance(out, torch.Tensor):
+        dtype = str(out.dtype).removeprefix("torch.")
+        article = "an" if dtype[0] in "aeiou" else "a"
+        return f"{article} {dtype} tensor of shape {tuple(out.shape)}"
+    if isinstance(out, tuple | list):
+        parts = ", ".join(_described(item) for item in out[:3]) + (", ..." if len(out) > 3 else "")
+        return f"a {type(out).__name__} of {len(out)} ({parts})"
+    if isinstance(out, Mapping):
+        keys = ", ".join(map(repr, list(out)[:5])) + (", ..." if len(out) > 5 else "")
+        return f"a {type(out).__name__} with keys {keys}"
+    return f"a {type(out).__name__}"
+
+
+def _probe_pass(net: nn.Module, size: int) -> Probe:
+    """Put a (1, 1, size, size) image through `net` (in eval mode, so no batch statistics
+    change): it fits when floating-point logits of the same shape come back."""
     training = net.training
     net.eval()
     try:
         with torch.no_grad():
             out = net(_probe(net, size))
-    except Exception:  # any failure of the forward pass means: not this size
-        return False
+    except Exception as exc:  # any failure of the forward pass is reported as what came back
+        return Probe(False, True, f"raised {type(exc).__name__}: {first_line(exc)}")
     finally:
         net.train(training)
-    return isinstance(out, torch.Tensor) and tuple(out.shape) == (1, 1, size, size)
+    fits = (
+        isinstance(out, torch.Tensor)
+        and out.is_floating_point()
+        and tuple(out.shape) == (1, 1, size, size)
+    )
+    return Probe(fits, False, f"returned {_described(out)}")
 
 
-def size_divisor(net: nn.Module, where: str = NET_KEY) -> int:
+def _name(net: nn.Module, target: str | None) -> str:
+    """The network as the config names it: its `_target_`, else its class's import path."""
+    return target or f"{type(net).__module__}.{type(net).__qualname__}"
+
+
+def size_divisor(net: nn.Module, where: str = NET_KEY, target: str | None = None) -> int:
     """The factor H and W must be multiples of: the network's `size_divisor`, or the smallest
     power of two whose odd multiple it maps to logits of the same shape."""
     declared = getattr(net, "size_divisor", None)
     if declared is not None:
         return int(declared)
+    first_returned = last = None
     factor = 1
     while factor <= MAX_PROBE_FACTOR:
-        if _fits(net, PROBE_MULTIPLE * factor):
+        size = PROBE_MULTIPLE * factor
+        probe = _probe_pass(net, size)
+        if probe.fits:
             return factor
+        last = (size, probe.outcome)
+        if not probe.raised and first_returned is None:
+            first_returned = last
         factor *= 2
+    # What came back says more than an exception at the largest size.
+    size, outcome = first_returned or last
     raise IchsegError(
-        f"{where}: {type(net).__name__} does not map (1, 1, H, W) images to (1, 1, H, W) logits "
-        f"for any H = W = {PROBE_MULTIPLE} x 2**k up to {PROBE_MULTIPLE * MAX_PROBE_FACTOR}"
+        f"{where}: {_name(net, target)} does not map (1, 1, H, W) images to (1, 1, H, W) "
+        f"floating-point logits for any H = W = {PROBE_MULTIPLE} x 2**k up to "
+        f"{PROBE_MULTIPLE * MAX_PROBE_FACTOR}: for (1, 1, {size}, {size}) it {outcome}"
     )
 
 
-def check_input_size(net: nn.Module, size: int, where: str = NET_KEY) -> None:
+def check_input_size(
+    net: nn.Module, size: int, where: str = NET_KEY, target: str | None = None
+) -> None:
     """Raise one line naming `data.size` and the factor unless `size`² slices fit `net`: a
     multiple of its declared `size_divisor`, or of the probed one and through a probe pass."""
-    divisor = size_divisor(net, where)
-    probed = getattr(net, "size_divisor", None) is None
-    if size % divisor or (probed and not _fits(net, size)):
+    divisor = size_divisor(net, where, target)
+    if size % divisor:
         raise IchsegError(
-            f"data.size={size} is not allowed: {where} ({type(net).__name__}) needs a multiple "
+            f"data.size={size} is not allowed: {where} ({_name(net, target)}) needs a multiple "
             f"of {divisor} (e.g. {max(divisor, size // divisor * divisor)})"
+        )
+    if getattr(net, "size_divisor", None) is None:
+        check_forward(net, size, where, target)
+
+
+def check_forward(
+    net: nn.Module, size: int, where: str = NET_KEY, target: str | None = None
+) -> None:
+    """Raise one line naming the network, the input and what came back unless a (1, 1, size,
+    size) image gives floating-point logits of its shape (one pass: instant on the meta
+    device, where the schema builds networks)."""
+    probe = _probe_pass(net, size)
+    if not probe.fits:
+        raise IchsegError(
+            f"{where}: {_name(net, target)} {probe.outcome} for a (1, 1, {size}, {size}) image; "
+            f"expected (1, 1, {size}, {size}) floating-point logits (data.size={size})"
         )
 
 

@@ -1,9 +1,10 @@
 """`hydra/sweeper=ichseg` (train.py's default): Hydra's basic sweeper for every launcher
 (basic, local, gpus, slurm), plus `ichseg.launch.sweep`'s checks.
 
-The sweep folder is checked before `multirun.yaml` is written (and a folder holding another
-command's is refused), so a refused re-run changes nothing; every job runs even when some fail,
-and the failed ones end the sweep with one line each (exit status 1; a refused sweep folder: 2).
+Every job's config is validated (`ichseg.config_schema`) and the sweep folder checked before
+`multirun.yaml` is written (and a folder holding another command's is refused), so a refused
+sweep or re-run changes nothing; every job runs even when some fail, and the failed ones end
+the sweep with one line each (exit status 1; a refused config or sweep folder: 2).
 (No `from __future__ import annotations`: see gpus.py.)
 """
 
@@ -15,8 +16,11 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import filter_overrides
+from omegaconf import DictConfig
 
 from ichseg.atomic import writable_dir
+from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.launch.sweep import check_sweep_dir, failure_report, record_sweep
 
@@ -29,6 +33,14 @@ class IchsegSweeperConf(BasicSweeperConf):
 ConfigStore.instance().store(
     group="hydra/sweeper", name="ichseg", node=IchsegSweeperConf, provider="ichseg"
 )
+
+
+def check_job_config(overrides: list[str], config: DictConfig) -> None:
+    """`validate` of one job's config, its refusal naming the job's overrides."""
+    try:
+        validate(config)
+    except IchsegError as exc:
+        raise IchsegError(f"{' '.join(filter_overrides(overrides))}: {exc}") from None
 
 
 class IchsegSweeper(BasicSweeper):
@@ -49,10 +61,11 @@ class IchsegSweeper(BasicSweeper):
         try:
             if sweep_dir.exists() and not sweep_dir.is_dir():
                 raise IchsegError(f"hydra.sweep.dir {sweep_dir}: exists and is not a folder")
-            check_sweep_dir(
-                [loader.load_sweep_config(self.config, list(job)) for b in batches for job in b],
-                str(sweep_dir),
-            )
+            jobs = [list(job) for batch in batches for job in batch]
+            configs = [loader.load_sweep_config(self.config, job) for job in jobs]
+            for job, config in zip(jobs, configs, strict=True):
+                check_job_config(job, config)
+            check_sweep_dir(configs, str(sweep_dir))
             writable_dir(sweep_dir, "hydra.sweep.dir")
             record_sweep(self.config, sweep_dir)
         except IchsegError as exc:  # refused before anything is written: train.py's one line

@@ -3,7 +3,9 @@
 One process trains a job: it holds an exclusive `flock` on the folder's `job.lock` for the
 job's lifetime (the operating system drops it when the process dies, however it dies) and
 decides under that lock, with `ichseg.job_config`, whether the folder's job is skipped,
-resumed or refused. Nothing here loads Lightning, so a refused run answers at once.
+resumed or refused. A single run's config is checked before Hydra creates its folder
+(`CheckBeforeRunFolder`); what the job refuses later is discarded with the folder. Nothing here
+loads Lightning, so a refused run answers at once.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
 from ichseg.atomic import try_lock
+from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.records import RECORDS_FILE
 
@@ -66,3 +73,15 @@ def discard_refused_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         run_dir.parent.rmdir()  # experiments/runs/ itself, when this run created it
+
+
+class CheckBeforeRunFolder(Callback):
+    """`hydra.callbacks`: a single run whose config `validate` refuses stops with train.py's one
+    line before Hydra creates the run folder (`hydra.run.dir`), so it leaves nothing behind."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            validate(config)
+        except IchsegError as exc:
+            print(f"train.py: error: {exc}", file=sys.stderr)
+            sys.exit(2)

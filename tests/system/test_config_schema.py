@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -135,3 +137,184 @@ def test_phantom_size_and_step_limit_are_checked(override, message):
     key = override.split("=")[0]
     fine = {"phantom.patients": "phantom.patients=3", "trainer.max_steps": f"{key}=-1"}
     validate(compose_train([fine[key]]))
+
+
+MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
+# model.width -> what the one line must say: the schema's range, the width rule every model's
+# filters follow (a resolver in its YAML), or the network that cannot be built that wide.
+WIDTHS = {
+    "0": r"^model\.width=0 is not allowed: expected a number > 0$",
+    "-1": r"^model\.width=-1 is not allowed: expected a number > 0$",
+    "abc": r"^model\.width='abc' is not allowed: expected a number > 0$",
+    "0.3": r": cannot be resolved \(model\.width=0\.3 gives filters \[.*double per level",
+    "1e9": r"^model\.module\.net: cannot build \S+ \(",
+}
+
+
+def refused_with_nothing_left(proc, root) -> str:
+    """The one line of a refused train.py run whose ICHSEG_ROOT (and cwd) is `root`, after
+    checking the exit status and that nothing at all was created there."""
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), proc.stderr[-3000:]
+    assert list(root.rglob("*")) == [], "a refused run left files or folders behind"
+    return lines[0].removeprefix("train.py: error: ")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_models_width_rule_is_one_line(model, width):
+    with pytest.raises(IchsegError, match=WIDTHS[width]) as info:
+        validate(compose_train(["experiment=tiny", f"model={model}", f"model.width={width}"]))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.reliability(entry="python train.py experiment=tiny")
+@pytest.mark.parametrize("run_dir", [None, "mine/run"], ids=["default run folder", "hydra.run.dir"])
+@pytest.mark.parametrize("model", MODELS)
+def test_a_width_no_network_takes_leaves_nothing(model, run_dir, tmp_path, record_behaviour):
+    root = tmp_path / "root"
+    root.mkdir()
+    args = ["experiment=tiny", f"model={model}", "model.width=0.3"]
+    if run_dir:
+        args.append(f"hydra.run.dir={root / run_dir}")
+    line = refused_with_nothing_left(train(args, root, timeout=120), root)
+    assert re.search(WIDTHS["0.3"], line) and line.startswith("model."), line
+    record_behaviour(
+        f"exit 2, no run folder: {line}",
+        case="model.width no network's filters can take",
+        did=f"model={model} model.width=0.3" + (" hydra.run.dir=<tmp>/mine/run" if run_dir else ""),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.reliability(
+    case="model.width no network's filters can take", entry="python train.py -m"
+)
+def test_a_sweep_with_a_refused_job_is_refused_before_its_folder(tmp_path, record_behaviour):
+    root = tmp_path / "root"
+    root.mkdir()
+    sweep = root / "experiments" / "s"
+    args = ["-m", "experiment=tiny", "model=unet,segresnet", "fold=0,1", "model.width=0.3"]
+    line = refused_with_nothing_left(train([*args, f"hydra.sweep.dir={sweep}"], root), root)
+    assert line.startswith("experiment=tiny model=unet fold=0 model.width=0.3: model."), line
+    assert "model.width=0.3 gives filters" in line
+    record_behaviour(
+        f"exit 2, no sweep folder, no job started: {line}",
+        did="-m model=unet,segresnet fold=0,1 model.width=0.3 hydra.sweep.dir=<tmp>/s",
+    )
+
+
+# A lab's own modules: lab_nets does not import (a dependency is missing), the networks of
+# lab_shapes return the wrong thing; each takes the U-Net's config arguments.
+LAB_NETS = """
+import no_such_dependency_of_the_lab
+
+
+class Net:
+    pass
+"""
+LAB_SHAPES = '''
+from torch import nn
+
+
+class _Net(nn.Module):
+    def __init__(self, **unused):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def logits(self, x):
+        return self.conv(x)[:, :1]
+
+
+class Pair(_Net):
+    def forward(self, x):
+        return self.logits(x), self.logits(x)
+
+
+class Named(_Net):
+    def forward(self, x):
+        return {"out": self.logits(x)}
+
+
+class Smaller(_Net):
+    def forward(self, x):
+        return self.logits(x)[..., 1:, 1:]
+
+
+class TwoChannels(_Net):
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Labels(_Net):
+    def forward(self, x):
+        return (self.logits(x) > 0).long()
+
+
+class DeclaredPair(Pair):
+    """Declares its size rule, so only a pass at data.size shows what it returns."""
+
+    size_divisor = 16
+'''
+# override -> the fragments of the one line (the key, the cause, what came back)
+TARGETS = {
+    "model.module.net._target_=no_such_lab_pkg.Net": [
+        "model.module.net: cannot import no_such_lab_pkg.Net: no module named no_such_lab_pkg",
+    ],
+    "model.module.net._target_=monai.networks.nets.NoSuchNet": [
+        "model.module.net: cannot import monai.networks.nets.NoSuchNet: "
+        "monai.networks.nets has no NoSuchNet",
+    ],
+    "model.module.net._target_=lab_nets.Net": [
+        "model.module.net: cannot import lab_nets.Net: importing lab_nets needs the module "
+        "no_such_dependency_of_the_lab, which is not installed",
+    ],
+    "data.source._target_=no_such_lab_pkg.Source": [
+        "data.source: cannot import no_such_lab_pkg.Source: no module named no_such_lab_pkg",
+    ],
+    "model.module.net._target_=lab_shapes.Pair": [
+        "lab_shapes.Pair does not map",
+        "for (1, 1, 9, 9) it returned a tuple of 2 (a float32 tensor of shape (1, 1, 9, 9), "
+        "a float32 tensor of shape (1, 1, 9, 9))",
+    ],
+    "model.module.net._target_=lab_shapes.Named": [
+        "for (1, 1, 9, 9) it returned a dict with keys 'out'",
+    ],
+    "model.module.net._target_=lab_shapes.Smaller": [
+        "for (1, 1, 9, 9) it returned a float32 tensor of shape (1, 1, 8, 8)",
+    ],
+    "model.module.net._target_=lab_shapes.TwoChannels": [
+        "for (1, 1, 9, 9) it returned a float32 tensor of shape (1, 2, 9, 9)",
+    ],
+    "model.module.net._target_=lab_shapes.Labels": [
+        "for (1, 1, 9, 9) it returned an int64 tensor of shape (1, 1, 9, 9)",
+    ],
+    "model.module.net._target_=lab_shapes.DeclaredPair": [
+        "model.module.net: lab_shapes.DeclaredPair returned a tuple of 2",
+        "for a (1, 1, 32, 32) image; expected (1, 1, 32, 32) floating-point logits",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.reliability(entry="python train.py experiment=tiny model=unet")
+@pytest.mark.parametrize("override", TARGETS)
+def test_a_target_that_cannot_be_used_names_its_cause(override, tmp_path, record_behaviour):
+    lab, root = tmp_path / "lab", tmp_path / "root"
+    lab.mkdir()
+    root.mkdir()
+    (lab / "lab_nets.py").write_text(LAB_NETS)
+    (lab / "lab_shapes.py").write_text(LAB_SHAPES)
+    args = ["experiment=tiny", "model=unet", override]
+    proc = train(args, root, timeout=120, env={"PYTHONPATH": str(lab)})
+    line = refused_with_nothing_left(proc, root)
+    for fragment in TARGETS[override]:
+        assert fragment in line, line
+    imports = "cannot import" in line
+    record_behaviour(
+        f"exit 2, no run folder: {line}",
+        case="_target_ that cannot be imported" if imports else "network output of another shape",
+        did=override,
+    )

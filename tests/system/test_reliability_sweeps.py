@@ -29,8 +29,10 @@ def error_lines(stderr: str) -> list[str]:
 )
 def test_a_failed_job_does_not_stop_the_sweep(tmp_path, record_behaviour, launcher):
     sweep = tmp_path / "experiments" / "s"
-    args = ["-m", *TINY, "model=dunet", "fold=0", "trainer.max_epochs=0,1"]
-    args += [f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=epochs${trainer.max_epochs}"]
+    # The first job diverges in training: a config error would refuse the whole sweep first.
+    args = ["-m", *TINY, "model=dunet", "fold=0", "trainer.max_epochs=2"]
+    args += ["model.module.lr=1e30,1e-3"]
+    args += [f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=lr${model.module.lr}"]
     if launcher != "basic":
         args.append(f"hydra/launcher={launcher}")
         args.append(
@@ -38,17 +40,17 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path, record_behaviour, launch
         )
     result = train(args, tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
-    assert read_job(sweep / "epochs1")["status"] == "done"  # the job after the failed one ran
+    assert read_job(sweep / "lr0.001")["status"] == "done"  # the job after the failed one ran
     lines = result.stderr.strip().splitlines()
     head = lines.index("1 of 2 jobs failed:")
     failed, command = lines[head + 1], lines[head + 2]
-    assert "trainer.max_epochs=0" in failed and "expected an integer >= 1" in failed
+    assert "model.module.lr=1e+30" in failed and "NaN or infinite" in failed
     assert f"hydra.sweep.dir={sweep}" in command and "the other 1 finished" in command
     record_behaviour(
         "exit 1 after the other job finished (done); the sweep's last lines: "
         + " / ".join(lines[head : head + 3]),
         case=f"a job fails with a one-line error ({launcher} launcher)",
-        did=f"-m trainer.max_epochs=0,1 with hydra/launcher={launcher}: the first job is refused",
+        did=f"-m model.module.lr=1e30,1e-3 with hydra/launcher={launcher}: the first diverges",
     )
 
 
