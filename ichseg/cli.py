@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ichseg.errors import IchsegError, first_line
 
 if TYPE_CHECKING:
+    from ichseg.data.sources import Source
     from ichseg.sweeps.model import Sweep
 
 
@@ -115,7 +116,6 @@ _wandb_may_hang_at_exit = False
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ichseg.data.sources import source_named
     from ichseg.report.build import build_report, report_dir
     from ichseg.report.compute import compute, score_heldout
     from ichseg.report.volume_scores import check_external_sources
@@ -123,7 +123,7 @@ def _report(args: argparse.Namespace) -> int:
     from ichseg.sweeps.local import latest_sweep
 
     out = _output_dir(args.out, "--out") if args.out else None
-    external_specs = _external_specs(args.external)
+    externals = _external_sources(args.external, args.binary_labels)
     if args.source != "wandb" and (args.project or args.group):
         raise IchsegError(f"--project and --group go with --source wandb, not {args.source}")
     if args.source == "wandb":
@@ -147,16 +147,15 @@ def _report(args: argparse.Namespace) -> int:
         raise
     for warning in sweep.warnings:
         print(f"ichseg report: warning: {warning}", file=sys.stderr)
-    if args.binary_labels and not external_specs:
+    if args.binary_labels and not externals:
         raise IchsegError("--binary-labels goes with --external (the external sets' masks)")
-    external = [source_named(name, root, args.binary_labels) for name, root in external_specs]
+    external = [source for _, source in externals]
     if external and args.source not in WITH_CHECKPOINTS:
         raise IchsegError(
             f"--external needs the sweep's checkpoints: --source local, not {args.source}"
         )
     # Before anything is scored: no external set may hold the volumes the sweep trained on.
-    named = [f"--external {name}={root}" for name, root in external_specs]
-    check_external_sources(sweep, list(zip(named, external, strict=True)))
+    check_external_sources(sweep, externals)
     results = compute(sweep, args.protocol)
     out = report_dir(sweep, out)
     with tempfile.TemporaryDirectory(prefix="ichseg-heldout-") as work:
@@ -168,10 +167,13 @@ def _report(args: argparse.Namespace) -> int:
     return _incomplete(sweep)
 
 
-def _external_specs(specs: list[str]) -> list[tuple[str, str]]:
-    """Each `SOURCE=DIR` of `ichseg report --external` as (source, folder); a folder named twice
-    (under any source name or spelling) would be scored, and shown, twice."""
-    parsed: list[tuple[str, str]] = []
+def _external_sources(specs: list[str], binary_labels: bool) -> list[tuple[str, Source]]:
+    """Each `SOURCE=DIR` of `ichseg report --external` as ("--external SOURCE=DIR", its data
+    source), before the sweep is read: an unknown SOURCE is named with the valid ones, and a
+    folder named twice (under any source name or spelling) would be scored, and shown, twice."""
+    from ichseg.data.sources import source_named
+
+    parsed: list[tuple[str, Source]] = []
     seen: dict[Path, str] = {}
     for spec in specs:
         name, sep, root = spec.partition("=")
@@ -184,7 +186,8 @@ def _external_specs(specs: list[str]) -> list[tuple[str, str]]:
                 "give each external data set once"
             )
         seen[folder] = spec
-        parsed.append((name, root))
+        where = f"--external {name}={root}"
+        parsed.append((where, source_named(name, root, binary_labels, where=where)))
     return parsed
 
 

@@ -678,8 +678,33 @@ def write_phantom(
     return out
 
 
+def _settings(params: dict) -> dict:
+    """A phantom's parameters with its layout spelled out (phantom.json leaves out physionet)."""
+    return {"layout": "physionet", **params}
+
+
+def _other_phantom(root: Path, found: dict, asked: dict) -> str:
+    """Why `root`'s phantom is not the one asked for, and what to do instead of removing it."""
+    found, asked = _settings(found), _settings(asked)
+    keys = [key for key in asked if found.get(key) != asked[key]]
+    holds = ", ".join(f"{key}={found.get(key)}" for key in keys)
+    wanted = ", ".join(f"{key}={asked[key]}" for key in keys)
+    layout = found.get("layout")
+    read = (
+        f"read that one as a release: --source {layout} (train.py: data={layout} "
+        f"data.source.root={root})"
+        if layout in LAYOUTS
+        else "read that one with the ichseg that wrote it"
+    )
+    return (
+        f"{root}: holds a phantom with {holds} where {wanted} was expected; it is left as it "
+        f"is: give the phantom asked for another folder, or {read}"
+    )
+
+
 def is_phantom(root: Path, params: dict) -> bool:
-    """True if `root` already holds this phantom; raise if it holds something else."""
+    """True if `root` already holds this phantom; raise if it holds something else (a user's
+    folder, a real release, another phantom), which is never changed or removed."""
     if not root.exists():
         return False
     if root.is_dir() and not any(root.iterdir()):
@@ -687,18 +712,18 @@ def is_phantom(root: Path, params: dict) -> bool:
     marker = root / PARAMS_NAME
     if not marker.is_file():
         raise IchsegError(
-            f"{root} exists and is not a phantom release (no {PARAMS_NAME}); "
-            "choose another folder or remove it"
+            f"{root}: exists and is not a phantom release (no {PARAMS_NAME}); a phantom is "
+            "written only into a new or empty folder: choose another one (a real release is "
+            "read with its own data source, e.g. --source physionet)"
         )
     try:
         found = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise IchsegError(f"{marker}: cannot read the phantom's parameters ({exc})") from None
+    if not isinstance(found, dict):
+        raise IchsegError(f"{marker}: expected the phantom's parameters, found {found!r}")
     if found != params:
-        raise IchsegError(
-            f"{marker}: holds a phantom with {found}, expected {params}; "
-            "remove the folder or choose another one"
-        )
+        raise IchsegError(_other_phantom(root, found, params))
     return True
 
 

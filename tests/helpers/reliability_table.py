@@ -53,6 +53,9 @@ RELIABILITY_CASES = {
         "folder of another layout",
         "mask-labelled volume whose axial axis is stored first",
         "external validation on another layout",
+        "phantom folder of other parameters",
+        "phantom into a user's folder",
+        "unknown data source name",
     ),
     "DICOM input": (
         "DICOM series and its NIfTI",
@@ -80,7 +83,12 @@ RELIABILITY_CASES = {
         "a single DICOM file or DICOMDIR as SCAN",
         "DICOM folder given as . or .. or with a trailing slash",
     ),
-    "Networks": ("data.size the network cannot take",),
+    "Networks": (
+        "data.size the network cannot take",
+        "model.width no network's filters can take",
+        "_target_ that cannot be imported",
+        "network output of another shape",
+    ),
     "Reproducibility": (
         "same seed: identical splits",
         "same seed and config: identical records",

@@ -39,6 +39,9 @@ BAD_VALUES = {
     "data.augment.zoom=1.5": ["data.augment.zoom=1.5", "< 1"],
     "data.augment.hflip=true": ["data.augment.hflip=True", "a number >= 0 and <= 1"],
     "deterministic=maybe": ["deterministic='maybe'", "true or false"],
+    # Names that become a folder: a '/' would nest the job's folder, a leading '.' hide it.
+    "model.name=a/b": ["model.name='a/b'", "(one folder name)"],
+    "experiment_name=.hidden": ["experiment_name='.hidden'", "(one folder name)"],
 }
 
 
