@@ -40,6 +40,8 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     fresh = not multirun and holds_only_hydra_files(run_dir)
     try:
+        # Checked before Hydra made any folder too (by the sweeper, or a run's callback); again
+        # here, at about 0.1 s, for a job another process launched (a SLURM array task).
         validate(cfg)
         # Lightning takes seconds to load: a refused config answers without it.
         from ichseg.training.task import run_job
