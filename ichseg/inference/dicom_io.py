@@ -293,7 +293,7 @@ class DicomSeries:
             {
                 "slice": int(n),
                 "instance_number": self.headers[n - 1].get("InstanceNumber"),
-                "sop_instance_uid": str(self.headers[n - 1].SOPInstanceUID),
+                "sop_instance_uid": str(self.headers[n - 1].get("SOPInstanceUID", "")),
             }
             for n in slices
         ]

@@ -297,6 +297,11 @@ def _predict_one(
         "precision": ensemble.precision,
         "allow_non_hu": allow_non_hu,
     }
+    if scan.dicom is not None and turn.axial_axis == 2:
+        # The slices counted are the source images: what a DICOM viewer numbers them (the page
+        # and the console show both).
+        hits = scan.dicom.instances(summary["slices_with_hemorrhage"])
+        summary["dicom"]["instances_with_hemorrhage"] = hits
     extra = {}
     if outputs.png:
         summary["png"] = str(_png_path(out, scan))
@@ -307,9 +312,6 @@ def _predict_one(
         extra[_png_path(out, scan)] = png_bytes(page)
     mask = turn.undo(mask)
     if scan.dicom is not None:
-        if turn.axial_axis == 2:  # the slices counted are the source images
-            hits = scan.dicom.instances(summary["slices_with_hemorrhage"])
-            summary["dicom"]["instances_with_hemorrhage"] = hits
         summary["checkpoint_ids"] = list(outputs.checkpoint_ids)
         parameters = {
             "checkpoints": "; ".join(outputs.checkpoint_ids),

@@ -36,7 +36,7 @@ EMPTY_ALLOWED = (
     "ReferringPhysicianName",
 )
 # Type 1 in the SEG: without them no valid SEG exists.
-REQUIRED = ("FrameOfReferenceUID", "SeriesInstanceUID", "StudyInstanceUID")
+REQUIRED = ("FrameOfReferenceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID")
 
 
 def run_cli(argv: list, capsys) -> tuple[int, str, str]:

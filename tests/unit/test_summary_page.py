@@ -148,9 +148,17 @@ def test_predict_says_instance_numbers_where_a_viewer_shows_others(
     numbers = _numbered(write_series(tmp_path / "series", hu), numbering)
     out = tmp_path / "out"
     argv = ["predict", ckpts["pass"], tmp_path / "series", "-o", out, "--precision", "fp32"]
-    assert main([str(a) for a in argv]) == 0
+    assert main([str(a) for a in [*argv, "--png"]]) == 0
     line = capsys.readouterr().out.splitlines()[0]
     assert f", 1 bleed(s) on {expected} -> " in line, line
+    # The page the command wrote names the bleeding slices' instance numbers too.
+    from PIL import Image
+
+    title = Image.open(out / "series_summary.png").text["Title"]
+    shown = {
+        k: f"slice {k}" + (f" (instance {numbers[k]})" if numbers[k] != k else "") for k in (3, 4)
+    }
+    assert title.startswith(f"{shown[3]}: ") and f"| {shown[4]}: " in title, title
     summary = json.loads((out / "series.json").read_text())
     hits = summary["dicom"]["instances_with_hemorrhage"]
     assert {h["slice"]: h["instance_number"] for h in hits} == {3: numbers[3], 4: numbers[4]}
