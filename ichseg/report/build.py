@@ -24,7 +24,12 @@ from ichseg.report.compare import PairedComparison, comparison_markdown
 from ichseg.report.compute import HeldoutResults, SweepResults
 from ichseg.report.heldout_slices import SliceResult, slices_markdown
 from ichseg.report.render import detection_markdown, table1_csv, table1_latex, table1_markdown
-from ichseg.report.selection import Selection, selection_markdown
+from ichseg.report.selection import (
+    NOT_LEARNING_RULE,
+    Selection,
+    selection_markdown,
+    warning_lines,
+)
 from ichseg.report.table import (
     DETECTION_DESCRIPTION,
     PROTOCOLS,
@@ -156,9 +161,12 @@ def _latex(
         "underlined: best overall.\n"
     ]
     for name, p in PROTOCOLS.items():
-        caption = (
-            f"Performance per architecture and checkpoint epoch, {p.description} "
-            f"{TRAIN_MEANING} {STD_MEANING}"
+        caption = " ".join(
+            [
+                f"Performance per architecture and checkpoint epoch, {p.description} "
+                f"{TRAIN_MEANING} {STD_MEANING}",
+                *(f"Warning: {w}" for w in selections[name].warnings()),
+            ]
         )
         parts.append(
             table1_latex(
@@ -198,9 +206,14 @@ def _summary(
     return {
         "sweep": str(sweep.root),
         "protocol": main_protocol,
+        "non_learner_rule": NOT_LEARNING_RULE,
         "selection": {
             name: {
                 "best": sel.best,
+                "no_usable_epoch": {
+                    m: f"a fold's network had collapsed at every epoch {list(epochs)}"
+                    for m, epochs in sel.all_collapsed.items()
+                },
                 "models": {
                     m: {
                         "epoch": c.epoch,
@@ -209,6 +222,8 @@ def _summary(
                         "val_dice_mean": _finite(c.row.val_dice.mean),
                         "val_dice_std": _finite(c.row.val_dice.std),
                         "n_folds": c.row.n_folds,
+                        "non_learner": not c.learning,
+                        "non_learner_reason": c.not_learning or None,
                         "checkpoints": _checkpoints(sweep, m, c.epoch),
                     }
                     for m, c in sel.choices.items()
@@ -456,6 +471,7 @@ def _markdown(
         f"says); Params and GFLOPs (forward pass per {FLOPS_SIZE}² slice) are counted on the "
         "network built from the job's config.",
         "",
+        *warning_lines(selections[main.name]),
         table1_markdown(
             rows[main.name], archs, selections[main.name].epochs(), selections[main.name].best_key()
         ),
@@ -464,7 +480,7 @@ def _markdown(
         selection_markdown(selections[main.name]),
         "## Paired comparison",
         "",
-        comparison_markdown(comparisons[main.name]),
+        comparison_markdown(comparisons[main.name], selections[main.name]),
         "## Test set",
         "",
     ]
@@ -481,15 +497,26 @@ def _markdown(
             "where every empty slice predicted near-empty scores about 1: read them beside "
             "the lesion and pooled columns to see where the paper's test 0.86 / 0.89 come from.",
             "",
+            *warning_lines(selections[main.name], {r.model for r in results}),
             slices_markdown(results),
         ]
     else:
         lines += ["Not scored: no test evaluation was run for this report.", ""]
     if patients:
-        lines += ["## Held-out patients, whole volumes", "", volumes_markdown(patients)]
+        lines += [
+            "## Held-out patients, whole volumes",
+            "",
+            *warning_lines(selections[main.name], {r.model for r in patients}),
+            volumes_markdown(patients),
+        ]
     for result in external:
         title = dataset_label(result.facts)
-        lines += [f"## External validation: {title}", "", external_markdown(result)]
+        lines += [
+            f"## External validation: {title}",
+            "",
+            *warning_lines(selections[main.name], {r.model for r in result.volumes}),
+            external_markdown(result),
+        ]
     for name, p in PROTOCOLS.items():
         if name == main.name:
             continue
@@ -499,6 +526,7 @@ def _markdown(
             "",
             f"Protocol — {p.description} {STD_MEANING}",
             "",
+            *warning_lines(sel),
             table1_markdown(rows[name], archs, sel.epochs(), sel.best_key()),
             selection_markdown(sel),
             *(f"- {c.metric_label}: {c.verdict}" for c in comparisons[name]),

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from ichseg.report.render import fmt
-from ichseg.report.selection import Selection
+from ichseg.report.selection import Selection, warning_lines
 from ichseg.report.table import PROTOCOLS, fold_values, protocol
 from ichseg.sweeps.model import Sweep
 
@@ -176,8 +176,11 @@ def compare(
 
 
 def compare_all(sweep: Sweep, selection: Selection) -> list[PairedComparison]:
-    """Every pair of selected architectures (later in sweep order minus earlier), IoU and Dice."""
-    models = [m for m in sweep.models if m in selection.choices]
+    """Every pair of selected architectures whose selected epoch is learning (later in sweep
+    order minus earlier), IoU and Dice: a run that did not learn says nothing of its
+    architecture, and beating it proves nothing."""
+    learners = selection.learners()
+    models = [m for m in sweep.models if m in learners]
     return [
         compare(sweep, selection, a, b, metric)
         for i, a in enumerate(models)
@@ -186,11 +189,14 @@ def compare_all(sweep: Sweep, selection: Selection) -> list[PairedComparison]:
     ]
 
 
-def comparison_markdown(comparisons: list[PairedComparison]) -> str:
-    """Per-fold pairs, statistics and the verdict for each comparison, as Markdown."""
+def comparison_markdown(comparisons: list[PairedComparison], selection: Selection) -> str:
+    """Per-fold pairs, statistics and the verdict for each comparison, as Markdown, after one
+    warning line per architecture of `selection` left out for want of a usable epoch."""
+    warnings = warning_lines(selection)
     if not comparisons:
-        return "Not enough architectures with a selected checkpoint to compare.\n"
-    lines = [METHOD_TEXT, ""]
+        none = "Not enough architectures with a usable selected checkpoint to compare."
+        return "\n".join([*warnings, none]) + "\n"
+    lines = [*warnings, METHOD_TEXT, ""]
     for c in comparisons:
         a, b = c.name_a, c.name_b
         lines += [

@@ -2,8 +2,8 @@
 
 - loss curves: training and validation Dice loss per epoch, mean +/- std over folds, one panel
   per architecture (the paper's Fig. 3);
-- validation Dice per checkpoint epoch, both architectures with std bands, one panel per
-  protocol;
+- validation Dice per checkpoint epoch, every architecture with std bands, one panel per
+  protocol: epochs with a collapsed fold as crosses, the selected epoch ringed;
 - test overlays: CT above CT with truth (green), prediction (red) and their overlap (yellow),
   for a few test slices with and without hemorrhage (the paper's Fig. 4).
 Each names its networks (and protocol) and is written by `ichseg.visualize.save_png`: titles
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
@@ -72,41 +73,76 @@ def loss_curves(sweep: Sweep, path: Path) -> bool:
     return True
 
 
+# How val_dice_by_epoch marks an epoch: an ordinary one, one with a collapsed fold (never
+# selected), and the selected one (a ring around its point).
+EPOCH_MARKER, COLLAPSED_MARKER, SELECTED_MARKER = "o", "x", "o"
+SELECTED_SIZE = 14
+
+
 def val_dice_by_epoch(
     rows: dict[str, list[TableRow]], selections: dict[str, Selection], path: Path
 ) -> bool:
-    """Draw mean val Dice +/- std per checkpoint epoch, one panel per protocol in `rows`."""
+    """Draw mean val Dice +/- std per checkpoint epoch, one panel per protocol in `rows`: epochs
+    with a collapsed fold as crosses, the selected epoch ringed, an architecture whose selected
+    epoch is not learning named so in the legend."""
     protocols = [p for p, r in rows.items() if r]
     if not protocols:
         return False
     fig = Figure(figsize=(5.5 * len(protocols), 4), dpi=DPI, layout="tight")
     axes = fig.subplots(1, len(protocols), squeeze=False)[0]
     for ax, name in zip(axes, protocols, strict=True):
+        selection = selections.get(name)
+        handles = []
         for model in dict.fromkeys(r.model for r in rows[name]):
             own = [r for r in rows[name] if r.model == model]
             epochs = np.array([r.epoch for r in own])
             mean = np.array([r.val_dice.mean for r in own])
             std = np.nan_to_num(np.array([r.val_dice.std for r in own]))
-            (line,) = ax.plot(epochs, mean, marker="o", label=own[0].name)
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
-            choice = selections[name].choices.get(model) if name in selections else None
+            choice = selection.choices.get(model) if selection is not None else None
+            label = own[0].name + (" (not learning)" if choice and not choice.learning else "")
+            (line,) = ax.plot(epochs, mean, label=label)
+            colour = line.get_color()
+            handles.append(line)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=colour)
+            collapsed = np.array([bool(r.collapsed) for r in own])
+            for marker, keep in ((EPOCH_MARKER, ~collapsed), (COLLAPSED_MARKER, collapsed)):
+                if keep.any():
+                    ax.plot(epochs[keep], mean[keep], ls="none", marker=marker, color=colour)
             if choice is not None:
-                ax.scatter(
+                ax.plot(
                     [choice.epoch],
                     [choice.row.val_dice.mean],
-                    s=160,
-                    facecolors="none",
-                    edgecolors=line.get_color(),
-                    linewidths=2,
+                    ls="none",
+                    marker=SELECTED_MARKER,
+                    markersize=SELECTED_SIZE,
+                    color=colour,
+                    markerfacecolor="none",
+                    markeredgewidth=2,
                 )
+        handles.append(
+            _key_entry(
+                "selected epoch",
+                SELECTED_MARKER,
+                markersize=SELECTED_SIZE,
+                markerfacecolor="none",
+                markeredgewidth=2,
+            )
+        )
+        if any(r.collapsed for r in rows[name]):
+            handles.append(_key_entry("a fold collapsed (never selected)", COLLAPSED_MARKER))
         ax.set_title(f"validation Dice, {PROTOCOLS[name].name} protocol")
         ax.set_xlabel("checkpoint epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("Dice (mean ± std over folds)")
         ax.grid(alpha=0.3)
-        ax.legend(title="circled: selected")
+        ax.legend(handles=handles, fontsize=8)
     save_png(fig, path)
     return True
+
+
+def _key_entry(label: str, marker: str, **style) -> Line2D:
+    """A legend entry for a marker alone, in black: what the marker means on every line."""
+    return Line2D([], [], ls="none", marker=marker, color="black", label=label, **style)
 
 
 def test_overlays(result: SliceResult, path: Path) -> bool:

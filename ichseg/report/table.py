@@ -229,6 +229,8 @@ class TableRow:
     train_dice: Stat
     val_iou: Stat
     val_dice: Stat
+    # Validation lesion-protocol Dice whatever the row's protocol: whether the network learned.
+    val_lesion_dice: Stat
     folds: tuple[int, ...]  # folds with a record at this epoch
     collapsed: tuple[int, ...] = ()  # folds whose network had collapsed (ichseg.metrics)
 
@@ -266,6 +268,7 @@ def table_rows(sweep: Sweep, protocol_name: str) -> list[TableRow]:
                     train_dice=stat("train", p.train_dice),
                     val_iou=stat("val", p.iou),
                     val_dice=stat("val", p.dice),
+                    val_lesion_dice=stat("val", PROTOCOLS["lesion"].dice),
                     folds=folds,
                     collapsed=collapsed_folds(sweep, model, epoch),
                 )

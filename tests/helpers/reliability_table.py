@@ -127,6 +127,7 @@ RELIABILITY_CASES = {
         "scan (1, 48, 2)",
         "scan (15, 64, 3)",
         "network collapsed by a far too high learning rate",
+        "selected epoch of a network that did not learn",
         "W&B offline report of a killed job's truncated run file",
         "second export of another cache, same --dataset-id",
         "folds of two nnU-Net trainers into one sweep",

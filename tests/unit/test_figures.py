@@ -21,7 +21,7 @@ from ichseg.report.heldout_slices import SliceExample, SliceResult, _examples
 from ichseg.visualize import png_bytes, save_png
 from tests.helpers.checkpoints import PRE, passthrough_module, save_checkpoint
 from tests.helpers.figure_text import inside, overlapping, shown_tick_labels, text_problems, titles
-from tests.unit.test_report import MODEL_CONFIGS, make_sweep, report
+from tests.unit.test_report import MODEL_CONFIGS, make_sweep, report, segresnet_case
 
 GREEN, RED, YELLOW = (0.0, 1.0, 0.0), (1.0, 0.0, 0.0), (1.0, 1.0, 0.0)
 
@@ -178,3 +178,48 @@ def test_report_figures_show_every_title_whole(tmp_path, drawn, monkeypatch):
     assert any(long_name in " ".join(n.split()) for n in names)
     suptitle = " ".join(titles(drawn["overlays_1.png"])[0].get_text().split())
     assert suptitle == f"{long_name} epoch 300: ensemble of 10 fold models"
+
+
+def _marked_epochs(ax, colour: str, marker: str, ringed: bool = False) -> list[int]:
+    """The epochs drawn as lone `marker`s in `colour` on `ax` (ringed: hollow)."""
+    return sorted(
+        int(x)
+        for line in ax.get_lines()
+        if line.get_color() == colour
+        and line.get_linestyle() == "None"
+        and line.get_marker() == marker
+        and (line.get_markerfacecolor() == "none") == ringed
+        for x in line.get_xdata()
+    )
+
+
+def test_val_dice_figure_marks_collapsed_and_selected_epochs(tmp_path, drawn, monkeypatch):
+    monkeypatch.setitem(MODEL_CONFIGS["segresnet"], "display_name", "SegResNet")
+    sweep = make_sweep(
+        tmp_path / "sweep",
+        metrics=segresnet_case,
+        models=("unet", "segresnet"),
+        folds=[0, 1],
+        fold_override="0,1",
+        max_epochs=15,
+        every=5,
+    )
+    report(sweep)
+    figure = drawn["val_dice_by_epoch.png"]
+    assert text_problems(figure) == []
+    for ax in figure.axes:  # the paper protocol's panel, then the lesion protocol's
+        colours = {line.get_label(): line.get_color() for line in ax.get_lines()}
+        unet, segresnet = colours["U-Net"], colours["SegResNet (not learning)"]
+        assert _marked_epochs(ax, unet, "x") == []
+        assert _marked_epochs(ax, unet, "o") == [5, 10, 15]
+        assert _marked_epochs(ax, segresnet, "x") == [10, 15]
+        assert _marked_epochs(ax, segresnet, "o") == [5]
+        assert _marked_epochs(ax, unet, "o", ringed=True) == [15]
+        assert _marked_epochs(ax, segresnet, "o", ringed=True) == [5]
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend == [
+            "U-Net",
+            "SegResNet (not learning)",
+            "selected epoch",
+            "a fold collapsed (never selected)",
+        ]

@@ -665,3 +665,193 @@ def test_records_of_an_older_metric_version_are_refused(tmp_path):
     with pytest.raises(IchsegError, match="metrics_version 7, this ichseg reads 2"):
         report(sweep)
     assert not (sweep / "report").exists()
+
+
+# --- A selected epoch that is not learning is never presented silently -----------------------
+
+
+def segresnet_case(model, fold, epoch, split):
+    """Records of a 2-fold U-Net and SegResNet sweep, epochs 5, 10, 15: the U-Net learns; a
+    SegResNet fold collapsed at epochs 10 and 15, which leaves its epoch 5, where it marks
+    nearly every pixel (paper Dice 0.027, lesion Dice 0.01 and 0.03)."""
+    if model == "unet":
+        v = {5: 0.55, 10: 0.65, 15: 0.7}[epoch] + 0.02 * fold
+        return {**{k: v for k in (*KEYS, *DETECTION)}, "loss": 1 - v}
+    v = {5: 0.027, 10: 0.62, 15: 0.66}[epoch] + 0.002 * fold
+    out = {**{k: v for k in (*KEYS, *DETECTION)}, "loss": 1 - v}
+    out["dice_lesion"] = out["iou_lesion"] = {5: 0.01 + 0.02 * fold, 10: 0.4, 15: 0.45}[epoch]
+    if split == "val" and fold == 1 and epoch > 5:
+        out["dice_lesion"] = out["iou_lesion"] = 0.0
+    return out
+
+
+def _segresnet_sweep(root: Path, monkeypatch, metrics=segresnet_case, **kwargs) -> Path:
+    """A sweep of `metrics` with 2 folds, epochs 5, 10, 15, SegResNet named as MONAI names it."""
+    monkeypatch.setitem(MODEL_CONFIGS["segresnet"], "display_name", "SegResNet")
+    args = {"models": ("unet", "segresnet"), "folds": [0, 1], "fold_override": "0,1"}
+    return make_sweep(root, metrics=metrics, max_epochs=15, every=5, **{**args, **kwargs})
+
+
+def _warnings(section: str) -> list[str]:
+    return [line for line in section.splitlines() if line.startswith("**Warning**: ")]
+
+
+@pytest.mark.reliability(
+    case="selected epoch of a network that did not learn",
+    did="2-fold U-Net and SegResNet sweep (hand-made records): a SegResNet fold collapsed at "
+    "epochs 10 and 15, its epoch 5 scores paper Dice 0.027; ichseg report with the test split, "
+    "held-out patients and an external set scored",
+    entry="ichseg report",
+)
+def test_a_selected_non_learner_is_marked_in_every_section(tmp_path, monkeypatch, record_behaviour):
+    from ichseg.data.datamodule import ICHDataModule
+    from ichseg.data.phantom import write_phantom
+    from ichseg.data.sources import BHSD, Phantom
+    from tests.helpers.checkpoints import PRE, passthrough_module, save_checkpoint, split_of
+
+    phantom = {"root": str(tmp_path / "phantom"), "patients": 12, "size": 32, "seed": 0}
+    setup = {"size": 32, "batch_size": 8, "split": "patient", "n_folds": 2, "test_fraction": 0.25}
+    cache_root = str(tmp_path / "cache")
+    dm = ICHDataModule(fold=0, source=Phantom(**phantom), cache_root=cache_root, **setup)
+    dm.setup("test")
+    source = {"_target_": "ichseg.data.sources.Phantom", **phantom}
+    data = {"_target_": "ichseg.data.datamodule.ICHDataModule", "source": source, **setup}
+    sweep = _segresnet_sweep(
+        tmp_path / "sweep",
+        monkeypatch,
+        data={**data, "cache_root": cache_root},
+        cache_dir=dm.cache_dir,
+    )
+    for job in sweep.glob("*-fold*"):
+        fold = int(job.name[-1])
+        for epoch in (5, 10, 15):
+            path = job / "checkpoints" / f"epoch={epoch:04d}.ckpt"
+            save_checkpoint(passthrough_module(), path, PRE, split=split_of(dm.cache_dir, fold))
+    external = write_phantom(tmp_path / "bhsd", patients=4, size=32, seed=2, layout="bhsd")
+    results = compute(collect_sweep(sweep))
+    heldout = score_heldout(results, tmp_path / "work", [BHSD(str(external))])
+    out = build_report(results, tmp_path / "report", heldout)
+
+    lesion = [np.mean([segresnet_case("segresnet", f, 5, "val")["dice_lesion"] for f in (0, 1)])]
+    reason = (
+        f"mean validation lesion Dice {lesion[0]:.3f} over 2 folds, below the floor 0.05; "
+        f"score {0.028:.4f}, below 1/4 of the {0.661:.4f} at epoch 15, where fold 1 collapsed"
+    )
+    expected = f"**Warning**: SegResNet epoch 5 is not learning ({reason}): its numbers are shown"
+    text = (out / "report.md").read_text()
+    sections = [
+        "Table 1 (paper protocol)",
+        "Paired comparison",
+        "Test set",
+        "Held-out patients, whole volumes",
+        "External validation",
+    ]
+    for title in sections:
+        (line,) = _warnings(report_section(text, title))
+        assert line.startswith(expected), (title, line)
+    # Still shown and scored, under its own name.
+    assert "| SegResNet | 5 | ensemble of 2 folds" in report_section(text, "Test set")
+    assert (out / "patients_segresnet" / "summary.json").is_file()
+    assert (out / "external0_bhsd_segresnet" / "summary.json").is_file()
+    selection = report_section(text, "Selection")
+    assert f"**Not learning**: {reason}." in selection
+    assert "- **Best overall**: U-Net at epoch 15" in selection
+    assert "Not enough architectures with a usable selected checkpoint" in text
+    summary = json.loads((out / "summary.json").read_text())
+    paper = summary["selection"]["paper"]
+    assert paper["best"] == "unet"
+    assert paper["models"]["segresnet"]["non_learner"] is True
+    assert paper["models"]["segresnet"]["non_learner_reason"] == reason
+    assert paper["models"]["unet"]["non_learner"] is False
+    assert paper["models"]["unet"]["non_learner_reason"] is None
+    assert summary["comparisons"]["paper"] == []  # no pair left to compare
+    assert "lesion Dice" in summary["non_learner_rule"]
+    assert "Warning: SegResNet epoch 5 is not learning" in (out / "table1.tex").read_text()
+    record_behaviour(f"exit 0; one line in each of {', '.join(sections)}: {line}")
+
+
+@pytest.mark.parametrize(
+    "paper, lesion, reasons",
+    [
+        # Lesion Dice below the floor, the score not far below the architecture's best.
+        ({5: 0.6, 10: 0.7, 15: 0.7}, 0.04, ["mean validation lesion Dice 0.040 over 2 folds"]),
+        # A fair lesion Dice, the score under a quarter of that at a collapsed epoch.
+        ({5: 0.1, 10: 0.5, 15: 0.6}, 0.3, ["score 0.1000, below 1/4 of the 0.6000 at epoch 15"]),
+        # Neither: at the floor, and just above a quarter.
+        ({5: 0.2, 10: 0.6, 15: 0.7}, 0.05, []),
+    ],
+)
+def test_not_learning_rule_on_each_side_of_its_bounds(tmp_path, paper, lesion, reasons):
+    def metrics(model, fold, epoch, split):
+        out = {**{k: 0.5 for k in (*KEYS, *DETECTION)}, "loss": 0.5}
+        out["dice_paper"] = out["iou_paper"] = paper[epoch]
+        out["dice_lesion"] = out["iou_lesion"] = lesion if epoch == 5 else 0.3
+        if split == "val" and fold == 1 and epoch > 5:
+            out["dice_lesion"] = out["iou_lesion"] = 0.0
+        return out
+
+    sweep = make_sweep(
+        tmp_path / "sweep", metrics, ("dunet",), [0, 1], max_epochs=15, every=5, fold_override="0,1"
+    )
+    selection = select(table_rows(collect_sweep(sweep), "paper"), "paper")
+    choice = selection.choices["dunet"]
+    assert choice.epoch == 5
+    found = choice.not_learning.split("; ") if choice.not_learning else []
+    assert len(found) == len(reasons)
+    assert all(f.startswith(r) for f, r in zip(found, reasons, strict=True))
+    assert selection.best == (None if reasons else "dunet")
+    assert selection.learners() == ([] if reasons else ["dunet"])
+    text = (report(sweep) / "report.md").read_text()
+    assert ("none, no usable epoch" in text) == bool(reasons)
+    assert ("**Warning**" in text) == bool(reasons)
+
+
+def test_a_learning_selection_gets_no_warning(tmp_path, monkeypatch):
+    def metrics(model, fold, epoch, split):
+        out = segresnet_case(model, fold, epoch, split)
+        if model == "segresnet" and epoch == 5:  # learned: lesion 0.35, score 0.6
+            out = {**out, **{k: 0.6 for k in KEYS}, "dice_lesion": 0.35, "iou_lesion": 0.35}
+        return out
+
+    sweep = _segresnet_sweep(tmp_path / "sweep", monkeypatch, metrics)
+    out = report(sweep)
+    text = (out / "report.md").read_text()
+    assert "Warning" not in text and "Not learning**" not in text
+    summary = json.loads((out / "summary.json").read_text())
+    flags = {
+        (name, m): entry["non_learner"]
+        for name, sel in summary["selection"].items()
+        for m, entry in sel["models"].items()
+    }
+    assert set(flags.values()) == {False} and len(flags) == 2 * len(TABLE_PROTOCOLS)
+    assert summary["selection"]["paper"]["models"]["segresnet"]["epoch"] == 5
+    assert len(summary["comparisons"]["paper"]) == 2  # SegResNet against U-Net, IoU and Dice
+
+
+def test_an_architecture_collapsed_at_every_epoch_has_no_usable_epoch(tmp_path, monkeypatch):
+    def metrics(model, fold, epoch, split):
+        out = segresnet_case(model, fold, epoch, split)
+        if model == "segresnet" and split == "val" and fold == 1:
+            out["dice_lesion"] = out["iou_lesion"] = 0.0
+        return out
+
+    sweep = _segresnet_sweep(tmp_path / "sweep", monkeypatch, metrics)
+    out = report(sweep)
+    text = (out / "report.md").read_text()
+    expected = (
+        "**Warning**: SegResNet has no usable epoch: a fold's network had collapsed at every "
+        "one (epochs 5, 10, 15); nothing of it is selected, compared or scored."
+    )
+    for title in ("Table 1 (paper protocol)", "Paired comparison"):
+        assert _warnings(report_section(text, title)) == [expected]
+    summary = json.loads((out / "summary.json").read_text())
+    paper = summary["selection"]["paper"]
+    assert paper["best"] == "unet" and list(paper["models"]) == ["unet"]
+    assert paper["no_usable_epoch"] == {
+        "segresnet": "a fold's network had collapsed at every epoch [5, 10, 15]"
+    }
+    # Alone, the outcome is no usable epoch at all.
+    alone = _segresnet_sweep(tmp_path / "alone", monkeypatch, metrics, models=("segresnet",))
+    out = report(alone)
+    assert "No usable epoch" in report_section((out / "report.md").read_text(), "Selection")
+    assert json.loads((out / "summary.json").read_text())["selection"]["paper"]["best"] is None
