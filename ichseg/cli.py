@@ -39,7 +39,7 @@ def _phantom(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
+    from ichseg.data.prepare import PrepareConfig, load_prepared, lost_to_resize_warning, prepare
     from ichseg.data.sources import source_named
 
     cfg = PrepareConfig(
@@ -65,6 +65,9 @@ def _prepare(args: argparse.Namespace) -> None:
         f"{len(data.splits['test'])} test, {len(data.splits['folds'])} folds; "
         f"prepared in {built:.1f} s, loads in {loaded:.3f} s"
     )
+    lost = lost_to_resize_warning(data.meta)
+    if lost:
+        print(f"ichseg prepare: warning: {cache}: {lost}", file=sys.stderr)
 
 
 def _nnunet_export(args: argparse.Namespace) -> None:

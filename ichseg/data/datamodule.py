@@ -11,6 +11,7 @@ batches only.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections.abc import Iterator, Sequence
@@ -23,10 +24,19 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ichseg.data.augment import BatchAugment
-from ichseg.data.prepare import PrepareConfig, PreparedData, load_prepared, prepare
+from ichseg.data.prepare import (
+    PrepareConfig,
+    PreparedData,
+    load_prepared,
+    lost_to_resize_warning,
+    prepare,
+)
+from ichseg.data.release import read_json_object
 from ichseg.data.sources import Source
 from ichseg.data.transforms import INTENSITIES, encode_intensity
 from ichseg.errors import IchsegError
+
+log = logging.getLogger("ichseg")
 
 
 def _stream_seed(*parts: int) -> int:
@@ -183,8 +193,12 @@ class ICHDataModule(pl.LightningDataModule):
         return prepare(self.source, self.cache_root, self.prepare_config, self.allow_non_hu)
 
     def prepare_data(self) -> None:
-        """Build the phantom and the prepared cache once (Lightning runs this on one process)."""
-        self._ensure_cache()
+        """Build the phantom and the prepared cache once (Lightning runs this on one process),
+        and log the slices labelled hemorrhage the resize left without a bleed pixel."""
+        cache = self._ensure_cache()
+        lost = lost_to_resize_warning(read_json_object(cache / "meta.json"))
+        if lost:
+            log.warning("%s: %s", cache, lost)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the cache as tensors and resolve this fold's rows (once; later stages reuse it)."""

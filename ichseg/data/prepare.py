@@ -10,6 +10,11 @@ labels come from (`labels_sha256`) and every volume's content hashes (`volume_sh
 `PatientVolume.fingerprint`), so that no external validation scores the training volumes.
 Every job of a sweep calls `prepare`; one builds under a lock, the others
 wait and reuse the folder.
+
+A slice is a positive when its resized mask holds a bleed pixel: the resized mask is the truth a
+network is trained and scored on. A slice labelled hemorrhage whose bleed the resize empties
+(a bleed of a pixel or two at the release's size) is left out of the balanced set, with as many
+of the drawn clean slices, and counted in meta.json (`lost_to_resize`, `LOST_TO_RESIZE_RULE`).
 """
 
 from __future__ import annotations
@@ -37,10 +42,19 @@ from ichseg.errors import IchsegError
 from ichseg.paths import absolute
 from ichseg.seeds import check_seed
 
-# Bump whenever the arrays or files written for the same inputs change.
-CACHE_VERSION = 2
+# Bump whenever the arrays or files written for the same inputs change. 3: slices labelled
+# hemorrhage whose resized mask is empty are left out of the balanced set.
+CACHE_VERSION = 3
 CACHE_FILES = ("images.npy", "masks.npy", "index.csv", "splits.json", "meta.json")
 INDEX_COLUMNS = ("row", "slice_id", "patient", "slice", "has_ich", *SUBTYPES, "fracture")
+# What happens to a slice labelled hemorrhage with no bleed pixel left at the cache's size, and why.
+LOST_TO_RESIZE_RULE = (
+    "left out of the balanced set, with as many drawn clean slices: labelled hemorrhage, but "
+    "its resized mask holds no bleed pixel, so it is neither a positive (its target would be "
+    "empty) nor a clean slice (its CT shows blood)"
+)
+# How many of their slice ids the prepare warning names.
+WARN_IDS = 5
 
 
 @dataclass(frozen=True)
@@ -156,9 +170,10 @@ def prepare(
     return cache
 
 
-def _balanced_labels(release: VolumeRelease, seed: int) -> list[SliceLabel]:
-    """Every hemorrhage slice plus as many clean slices drawn with `seed`, sorted by slice."""
-    labels = sorted(release.labels, key=lambda lab: (lab.patient, lab.slice_number))
+def _candidates(release: VolumeRelease, seed: int) -> tuple[list[SliceLabel], list[SliceLabel]]:
+    """Every slice labelled hemorrhage (sorted by slice) and as many clean slices drawn with
+    `seed`, in the order drawn: any prefix of them is a random draw of its own length."""
+    labels = sorted(release.labels, key=_by_slice)
     ich = [lab for lab in labels if lab.has_ich]
     clean = [lab for lab in labels if not lab.has_ich]
     where = f"{release.root} ({release.source})"
@@ -171,26 +186,78 @@ def _balanced_labels(release: VolumeRelease, seed: int) -> list[SliceLabel]:
         )
     rng = np.random.default_rng(seed)
     drawn = rng.choice(len(clean), size=len(ich), replace=False)
-    chosen = ich + [clean[i] for i in drawn]
-    return sorted(chosen, key=lambda lab: (lab.patient, lab.slice_number))
+    return ich, [clean[i] for i in drawn]
+
+
+def _by_slice(label: SliceLabel) -> tuple[int, int]:
+    return label.patient, label.slice_number
+
+
+def _splits(chosen: list[SliceLabel], cfg: PrepareConfig) -> dict:
+    return make_splits(
+        [lab.slice_id for lab in chosen],
+        np.array([lab.has_ich for lab in chosen], dtype=bool),
+        np.array([lab.patient for lab in chosen], dtype=np.int64),
+        cfg.split,
+        cfg.seed,
+        cfg.n_folds,
+        cfg.test_fraction,
+    )
 
 
 def _build(source: Source, release: VolumeRelease, cfg: PrepareConfig, dest: Path) -> None:
     """Write the five cache files into `dest`, `meta.json` last."""
     start = time.perf_counter()
-    chosen = _balanced_labels(release, cfg.seed)
-    ids = [lab.slice_id for lab in chosen]
-    has_ich = np.array([lab.has_ich for lab in chosen], dtype=bool)
-    patients = np.array([lab.patient for lab in chosen], dtype=np.int64)
-    # Splits first: a config the data cannot satisfy fails before minutes of volume reading.
-    splits = make_splits(
-        ids, has_ich, patients, cfg.split, cfg.seed, cfg.n_folds, cfg.test_fraction
-    )
+    ich, clean = _candidates(release, cfg.seed)
+    candidates = sorted(ich + clean, key=_by_slice)
+    # Splits first: a config the labels cannot satisfy fails before minutes of volume reading.
+    splits = _splits(candidates, cfg)
+    images, masks, fingerprints = _read_slices(release, candidates, cfg)
+    chosen, lost = candidates, _lost_to_resize(candidates, masks)
+    if lost:
+        chosen = _without_lost(release, ich, clean, lost, cfg.size)
+        row = {lab.slice_id: r for r, lab in enumerate(candidates)}
+        keep = [row[lab.slice_id] for lab in chosen]
+        images, masks = images[keep], masks[keep]
+        try:
+            splits = _splits(chosen, cfg)
+        except IchsegError as err:
+            raise IchsegError(
+                f"{err}, once the {len(lost)} slices labelled hemorrhage with no bleed pixel "
+                f"left at {cfg.size} px are left out"
+            ) from None
 
+    np.save(dest / "images.npy", images)
+    np.save(dest / "masks.npy", masks)
+    _write_index(dest / "index.csv", chosen)
+    (dest / "splits.json").write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
+    meta = {
+        "cfg": dataclasses.asdict(cfg),
+        "cache_version": CACHE_VERSION,
+        "labels_sha256": release.labels_sha256,
+        "release_root": str(Path(release.root).resolve()),
+        "source": release.source,
+        "source_facts": source.describe(release),
+        "cases": {str(p): release.case_name(p) for p in release.patients},
+        "volume_sha256": fingerprints,
+        "allow_non_hu": release.allow_non_hu,
+        "counts": _counts(chosen, release, lost),
+        "lost_to_resize": _lost_summary(lost, cfg.size),
+        "build_seconds": round(time.perf_counter() - start, 3),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (dest / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+
+def _read_slices(
+    release: VolumeRelease, chosen: list[SliceLabel], cfg: PrepareConfig
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The chosen slices' images and resized masks in their order, and every volume's
+    fingerprint."""
     n, size = len(chosen), cfg.size
     images = np.empty((n, size, size), dtype=np.uint8)
     masks = np.empty((n, size, size), dtype=bool)
-    rows = {sid: row for row, sid in enumerate(ids)}
+    rows = {lab.slice_id: row for row, lab in enumerate(chosen)}
     fingerprints = {}
     for patient in release.patients:
         # Every patient is loaded, not only those with chosen slices: loading validates the
@@ -207,26 +274,71 @@ def _build(source: Source, release: VolumeRelease, cfg: PrepareConfig, dest: Pat
         masks[target] = resize_masks(
             torch.from_numpy(to_slices(volume.mask[:, :, index])), size
         ).numpy()
+    return images, masks, fingerprints
 
-    np.save(dest / "images.npy", images)
-    np.save(dest / "masks.npy", masks)
-    _write_index(dest / "index.csv", chosen)
-    (dest / "splits.json").write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
-    meta = {
-        "cfg": dataclasses.asdict(cfg),
-        "cache_version": CACHE_VERSION,
-        "labels_sha256": release.labels_sha256,
-        "release_root": str(Path(release.root).resolve()),
-        "source": release.source,
-        "source_facts": source.describe(release),
-        "cases": {str(p): release.case_name(p) for p in release.patients},
-        "volume_sha256": fingerprints,
-        "allow_non_hu": release.allow_non_hu,
-        "counts": _counts(chosen, release),
-        "build_seconds": round(time.perf_counter() - start, 3),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+
+def _lost_to_resize(chosen: list[SliceLabel], masks: np.ndarray) -> list[SliceLabel]:
+    """The slices labelled hemorrhage whose resized mask holds no bleed pixel."""
+    visible = masks.any(axis=(1, 2))
+    return [lab for lab, seen in zip(chosen, visible, strict=True) if lab.has_ich and not seen]
+
+
+def _without_lost(
+    release: VolumeRelease,
+    ich: list[SliceLabel],
+    clean: list[SliceLabel],
+    lost: list[SliceLabel],
+    size: int,
+) -> list[SliceLabel]:
+    """The balanced set of the hemorrhage slices a bleed pixel is left in and as many of the
+    clean slices, the first of those drawn, sorted by slice (`LOST_TO_RESIZE_RULE`)."""
+    gone = {lab.slice_id for lab in lost}
+    kept = [lab for lab in ich if lab.slice_id not in gone]
+    if not kept:
+        raise IchsegError(
+            f"{release.root} ({release.source}): expected hemorrhage slices to balance, found "
+            f"none with a bleed pixel left at {size} px (the resize emptied the masks of all "
+            f"{len(lost)}); prepare at a larger size"
+        )
+    return sorted(kept + clean[: len(kept)], key=_by_slice)
+
+
+def _lost_summary(lost: list[SliceLabel], size: int) -> dict:
+    """meta.json's `lost_to_resize`: the rule, the size, and the slices overall and per subtype."""
+
+    def slices(ids: list[str]) -> dict:
+        return {"n_slices": len(ids), "slice_ids": ids}
+
+    return {
+        "rule": LOST_TO_RESIZE_RULE,
+        "size": size,
+        **slices([lab.slice_id for lab in lost]),
+        "subtypes": {
+            name: slices([lab.slice_id for lab in lost if lab.subtypes[i]])
+            for i, name in enumerate(SUBTYPES)
+        },
     }
-    (dest / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+
+def lost_to_resize_warning(meta: dict) -> str | None:
+    """One line naming the slices labelled hemorrhage the resize left without a bleed pixel (how
+    many, per subtype, the first few ids), from a cache's meta.json; None when there are none."""
+    lost = meta.get("lost_to_resize") or {}
+    n = lost.get("n_slices", 0)
+    if not n:
+        return None
+    per_subtype = ", ".join(
+        f"{name} {found['n_slices']}"
+        for name, found in lost["subtypes"].items()
+        if found["n_slices"]
+    )
+    ids = ", ".join(lost["slice_ids"][:WARN_IDS])
+    more = f" and {n - WARN_IDS} more" if n > WARN_IDS else ""
+    return (
+        f"{n} slices labelled hemorrhage ({per_subtype or 'no subtype'}) have no bleed pixel "
+        f"left at {lost['size']} px and are left out of the balanced set: {ids}{more} "
+        "(meta.json lost_to_resize)"
+    )
 
 
 def _write_index(path: Path, chosen: list[SliceLabel]) -> None:
@@ -247,7 +359,7 @@ def _write_index(path: Path, chosen: list[SliceLabel]) -> None:
             )
 
 
-def _counts(chosen: list[SliceLabel], release: VolumeRelease) -> dict:
+def _counts(chosen: list[SliceLabel], release: VolumeRelease, lost: list[SliceLabel]) -> dict:
     n_ich = sum(lab.has_ich for lab in chosen)
     return {
         "n_slices": len(chosen),
@@ -260,6 +372,7 @@ def _counts(chosen: list[SliceLabel], release: VolumeRelease) -> dict:
         "fracture": sum(lab.fracture for lab in chosen),
         "release_slices": len(release.labels),
         "release_patients": len(release.patients),
+        "lost_to_resize": len(lost),
     }
 
 
@@ -282,6 +395,7 @@ def load_prepared(cache_dir: str | Path) -> PreparedData:
             f"found {masks.shape}"
         )
     ids, patients, has_ich, subtypes = _read_index(cache_dir / "index.csv", len(images))
+    _check_labels_match_masks(cache_dir, ids, has_ich, masks)
     splits = read_json_object(cache_dir / "splits.json")
     meta = read_json_object(cache_dir / "meta.json")
     known = set(ids)
@@ -294,6 +408,22 @@ def load_prepared(cache_dir: str | Path) -> PreparedData:
             "found missing keys or unknown ids"
         )
     return PreparedData(images, masks, ids, patients, has_ich, subtypes, splits, meta)
+
+
+def _check_labels_match_masks(
+    cache_dir: Path, ids: list[str], has_ich: np.ndarray, masks: np.ndarray
+) -> None:
+    """Every row is a positive exactly when its mask holds a bleed pixel (the module's rule)."""
+    differ = np.flatnonzero(masks.any(axis=(1, 2)) != has_ich)
+    if len(differ):
+        row = int(differ[0])
+        found = "an empty mask" if has_ich[row] else "a bleed in its mask"
+        raise IchsegError(
+            f"{cache_dir / 'index.csv'}: expected has_ich=1 exactly where masks.npy holds a "
+            f"bleed pixel, found row {row} ({ids[row]}) with has_ich={int(has_ich[row])} and "
+            f"{found} ({len(differ)} such rows; caches before version 3 kept slices whose bleed "
+            f"the resize emptied); delete {cache_dir} and run prepare again"
+        )
 
 
 def _load_array(path: Path, dtype: type) -> np.ndarray:

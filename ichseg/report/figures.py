@@ -162,7 +162,7 @@ def test_overlays(result: SliceResult, path: Path) -> bool:
         for ax in axes[:, col]:
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[0][col].set_title(f"{ex.slice_id}\n{', '.join(ex.subtypes) or 'no ICH'}", fontsize=8)
+        axes[0][col].set_title(f"{ex.slice_id}\n{ex.caption}", fontsize=8)
     axes[0][0].set_ylabel("CT")
     axes[1][0].set_ylabel("truth / prediction")
     colours = (("ground truth", "#00ff00"), ("prediction", "#ff0000"), ("overlap", "#ffff00"))

@@ -53,6 +53,14 @@ class SliceExample:
     prediction: np.ndarray  # (S, S) bool
     subtypes: tuple[str, ...]  # hemorrhage subtypes of the slice; () for no hemorrhage
 
+    @property
+    def caption(self) -> str:
+        """What the slice shows by its truth mask, the one the cache trains and scores on: its
+        subtypes, "ICH, no subtype" for a bleed labelled without one, or "no ICH"."""
+        if not self.mask.any():
+            return "no ICH"
+        return ", ".join(self.subtypes) or "ICH, no subtype"
+
 
 @dataclass
 class SliceResult:
@@ -175,8 +183,9 @@ def _best_fold(jobs: list[Job], epoch: int, protocol_name: str) -> Job:
 
 
 def _examples(subtypes: np.ndarray, n: int) -> list[int]:
-    """Up to `n` test rows: hemorrhage slices, one subtype after another, and a third (at least
-    one) clean slices, where only a false positive would paint anything."""
+    """Up to `n` test rows: hemorrhage slices, one column of `subtypes` (a subtype, or bleeds
+    labelled without one) after another, and a third (at least one) clean slices, rows with no
+    flag, where only a false positive would paint anything."""
     clean = list(np.flatnonzero(~subtypes.any(axis=1)))[: max(1, n // 3)] if n else []
     picked: list[int] = []
     queues = [list(np.flatnonzero(subtypes[:, i])) for i in range(subtypes.shape[1])]
@@ -269,9 +278,13 @@ def _evaluate_model(
         f"ensemble of {len(scored)} folds ({folds})": mean,
         f"best fold ({best.fold})": single,
     }
+    # A slice shows hemorrhage when its mask holds a bleed pixel (prepare's rule), with or
+    # without a subtype label (INSTANCE 2022 has none).
+    bleeding = target.flatten(1).any(dim=1).numpy()
     subsets = {name: subtypes[:, i].astype(bool) for i, name in enumerate(SUBTYPES)}
-    subsets[NO_HEMORRHAGE] = ~subtypes.any(axis=1)
-    chosen = _examples(subtypes, n_examples)
+    subsets[NO_HEMORRHAGE] = ~bleeding
+    no_subtype = bleeding & ~subtypes.any(axis=1)
+    chosen = _examples(np.column_stack([subtypes.astype(bool), no_subtype]), n_examples)
     results = []
     for scoring, prob in predictions.items():
         pred = prob > threshold

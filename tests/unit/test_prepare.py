@@ -30,10 +30,19 @@ ICH_SLICES = range(3, 7)  # 1-based slice numbers with a bleed
 CFG = PrepareConfig(size=32, seed=0, n_folds=3, test_fraction=0.2)
 
 
-def write_tiny_release(root: Path, size: int = 64, stored_ras: bool = False) -> Path:
+def write_tiny_release(
+    root: Path,
+    size: int = 64,
+    stored_ras: bool = False,
+    ich_patients: tuple[int, ...] = ICH_PATIENTS,
+    specks: dict[tuple[int, int], tuple[int, ...]] | None = None,
+) -> Path:
     """Write a release in the real layout: int16 scans, uint8 masks, the diagnosis CSV; in the
     training orientation (axis 0 towards the left), or with `stored_ras` the same heads stored
-    with axis 0 towards the right."""
+    with axis 0 towards the right. `ich_patients` have a block of bleed on `ICH_SLICES`;
+    `specks` maps (patient, slice) of other slices to the subtypes (indices) of a bleed of two
+    pixels there."""
+    specks = specks or {}
     rng = np.random.default_rng(0)
     (root / "ct_scans").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -44,12 +53,16 @@ def write_tiny_release(root: Path, size: int = 64, stored_ras: bool = False) -> 
         hu = np.where(head, 30.0, -1000.0)[..., None] + rng.normal(0, 25, (size, size, N_SLICES))
         mask = np.zeros((size, size, N_SLICES), dtype=np.uint8)
         for s in range(1, N_SLICES + 1):
-            bleed = p in ICH_PATIENTS and s in ICH_SLICES
-            if bleed:
+            block = p in ich_patients and s in ICH_SLICES
+            if block:
                 # Off-centre, asymmetric block so a wrong rotation cannot line up by chance.
                 r0 = size // 6 + s
                 mask[r0 : r0 + size // 4, size // 2 : size // 2 + size // 8 + p % 3, s - 1] = 1
-            subtypes = [int(bleed and i == p % 5) for i in range(5)]
+            subtypes = [int(block and i == p % 5) for i in range(5)]
+            if (p, s) in specks:
+                mask[size // 2, size // 3 : size // 3 + 2, s - 1] = 1
+                subtypes = [int(i in specks[p, s]) for i in range(5)]
+            bleed = block or (p, s) in specks
             rows.append([p, s, *subtypes, int(not bleed), int(s == 2)])
         hu[mask > 0] = 75.0
         affine = np.diag([-0.45, 0.45, 5.0, 1.0])
