@@ -250,6 +250,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from ichseg.data.sources import source_named
     from ichseg.inference.evaluate_volumes import dataset_label, evaluate
+    from ichseg.inference.volume_metrics import VOLUME_ESTIMATES, mean_text, volume_protocol
 
     if (args.splits is None) == (args.source is None):
         raise IchsegError(
@@ -271,21 +272,40 @@ def _evaluate(args: argparse.Namespace) -> None:
         splits=args.splits,
         source=source,
         release_root=args.release,
+        metrics=args.metrics,
         nsd_tolerance_mm=args.nsd_tolerance_mm,
         **_inference_kwargs(args),
     )
 
-    def fmt(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
+    def fmt(value: float | None, digits: int = 3) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
 
+    def sign(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.2f}"
+
+    protocol = volume_protocol(args.metrics)
+    at = f" at {s['nsd_tolerance_mm']:g} mm"
+    scores = ", ".join(
+        f"{label}{at * (key == 'nsd')} {mean_text(s, key)}" for key, label in protocol.scores
+    )
     what = "test patients" if source is None else f"volumes of {dataset_label(s['source'])}"
     print(
-        f"{s['n_patients']} {what}: 3-D Dice {fmt(s['dice_3d_mean'])} "
-        f"(over {s['dice_3d_defined_for']}), HD95 {fmt(s['hd95_mm_mean'])} mm, NSD "
-        f"{fmt(s['nsd_mean'])} at {s['nsd_tolerance_mm']:g} mm, mean |volume error| "
-        f"{fmt(s['volume_abs_error_ml_mean'])} mL, patient sensitivity "
+        f"{s['n_patients']} {what} ({protocol.name} metrics, {s['precision']}; (n): the volumes "
+        f"a mean is over): {scores}, "
+        f"mean |volume error| {fmt(s['volume_abs_error_ml_mean'])} mL, patient sensitivity "
         f"{fmt(s['patient_sensitivity'])}, specificity {fmt(s['patient_specificity'])} "
         f"-> {args.out}"
+    )
+    agreement = s["volume_agreement"]
+    estimates = "; ".join(
+        f"{label} {fmt(a.get('mae_ml'), 2)} mL, {sign(a.get('bias_ml'))} "
+        f"[{sign(a.get('loa_low_ml'))}, {sign(a.get('loa_high_ml'))}], "
+        f"{fmt(a.get('ccc'))}"
+        for a, label in ((agreement[name], label) for name, _, label, _ in VOLUME_ESTIMATES)
+    )
+    print(
+        f"volume agreement with the true mL over {agreement['ichseg']['n']} volumes with a "
+        f"bleed (MAE, bias [95% limits of agreement], Lin's CCC): {estimates}"
     )
 
 
@@ -363,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     from ichseg.data.phantom import LAYOUTS
-    from ichseg.inference.volume_metrics import NSD_TOLERANCE_MM
+    from ichseg.inference.volume_metrics import VOLUME_PROTOCOLS
 
     p = sub.add_parser(
         "phantom",
@@ -444,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write no DICOM SEG for DICOM inputs (their mask and JSON only)",
     )
-    _inference_options(p)
+    _inference_options(p, precision="auto")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser(
@@ -470,12 +490,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="external validation: the folder of --source")
     _binary_labels_option(p, "--root's")
     p.add_argument(
-        "--nsd-tolerance-mm", type=float, default=NSD_TOLERANCE_MM, help="NSD tolerance (mm)"
+        "--metrics",
+        choices=tuple(VOLUME_PROTOCOLS),
+        default="ichseg",
+        help="whole-volume scores: ichseg (MONAI boundary voxels, HD95, signed RVD) or "
+        "instance22 (the INSTANCE 2022 challenge's official evaluation: area-weighted surface "
+        "elements, HD100, |RVD|, smoothed Dice)",
     )
     p.add_argument(
-        "-o", "--out", required=True, help="folder for patients.csv, summary.json and the figure"
+        "--nsd-tolerance-mm",
+        type=float,
+        help="NSD tolerance in mm (default: the protocol's, "
+        + ", ".join(f"{n} {v.nsd_tolerance_mm:g}" for n, v in VOLUME_PROTOCOLS.items())
+        + ")",
     )
-    _inference_options(p)
+    p.add_argument(
+        "-o", "--out", required=True, help="folder for patients.csv, summary.json and the figures"
+    )
+    _inference_options(p, precision="fp32")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -604,8 +636,8 @@ def _binary_labels_option(p: argparse.ArgumentParser, whose: str) -> None:
     )
 
 
-def _inference_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by predict and evaluate."""
+def _inference_options(p: argparse.ArgumentParser, precision: str) -> None:
+    """Options shared by predict and evaluate; `precision` is the command's default."""
     _allow_non_hu_option(p)
     p.add_argument("--flip", action="store_true", help="average with left-right mirrored input")
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
@@ -613,8 +645,9 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="auto: bf16 where the GPU or CPU (AMX, AVX512-BF16) computes it natively, else fp32",
+        default=precision,
+        help="auto: bf16 where the GPU or CPU (AMX, AVX512-BF16) computes it natively, else fp32 "
+        "(fp32: the same result on every machine)",
     )
 
 

@@ -6,11 +6,14 @@
   split the test patients' other slices sit in the training folds.
 - External validation (`source`): every volume of another data source's folder (patient =
   volume), e.g. a model trained on PhysioNet scored on INSTANCE 2022 or BHSD.
-Each volume is predicted whole by a `VolumeEnsemble` (every slice, in the training orientation)
-and scored by `ichseg.inference.volume_metrics` (3-D Dice, HD95 and NSD in mm, RVD, volume error
-in mL, patient-level detection), overall and per subtype where the source has subtypes; the
-rows go to patients.csv, the means to summary.json, and per-volume Dice against true bleed
-volume to dice_vs_volume.png, in a folder that is missing, empty or holds an earlier evaluation.
+Each volume is predicted whole by a `VolumeEnsemble` (every slice, in the training orientation,
+in fp32 unless asked otherwise) and scored under one protocol of
+`ichseg.inference.volume_metrics` (Dice, Hausdorff distance and NSD in mm, RVD, volume error in
+mL, ABC/2 from both masks, patient-level detection), overall and per subtype where the source
+has subtypes, with the agreement of ichseg's and ABC/2's volumes with the true ones; the rows go
+to patients.csv, the means to summary.json, per-volume Dice against true bleed volume to
+dice_vs_volume.png and the Bland-Altman plots to bland_altman.png, in a folder that is missing,
+empty or holds an earlier evaluation.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ichseg.atomic import (
     atomic_write_text,
@@ -37,9 +42,12 @@ from ichseg.inference.network_name import network_name
 from ichseg.inference.run import prepare_outdir, progress_bar, warn_collapsed
 from ichseg.inference.training_overlap import check_not_trained_on
 from ichseg.inference.volume_metrics import (
-    DEFINITIONS,
-    NSD_TOLERANCE_MM,
+    DEFAULT_VOLUME_PROTOCOL,
+    VOLUME_ESTIMATES,
+    VOLUME_PROTOCOLS,
+    VolumeProtocol,
     summarize_rows,
+    volume_protocol,
     volume_scores,
 )
 from ichseg.inference.volumes import VolumeEnsemble
@@ -49,24 +57,8 @@ from ichseg.visualize import plain_log_ticks, save_png
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-CSV_COLUMNS = (
-    "patient",
-    "case",
-    "n_slices",
-    "true_voxels",
-    "predicted_voxels",
-    "true_ml",
-    "predicted_ml",
-    "volume_error_ml",
-    "rvd",
-    "dice_3d",
-    "hd95_mm",
-    "nsd",
-    "true_positive_patient",
-    "predicted_positive_patient",
-    "subtypes",
-)
 FIGURE_NAME = "dice_vs_volume.png"
+BLAND_ALTMAN_NAME = "bland_altman.png"
 # What an evaluation writes: a folder holding all three is one an evaluation may write again.
 EVALUATION_FILES = ("patients.csv", FIGURE_NAME, "summary.json")
 
@@ -165,22 +157,51 @@ def _volume_subtypes(release: VolumeRelease, patient: int) -> list[str]:
     return [name for name, flag in zip(SUBTYPES, flags, strict=True) if flag]
 
 
-def per_subtype(rows: Sequence[dict]) -> dict:
+def per_subtype(rows: Sequence[dict], protocol: VolumeProtocol) -> dict:
     """`summarize_rows` over the volumes showing each subtype (those that show any)."""
     out = {}
     for name in SUBTYPES:
         members = [r for r in rows if name in r["subtypes"]]
         if members:
-            out[name] = summarize_rows(members)
+            out[name] = summarize_rows(members, protocol)
     return out
 
 
-def _csv_text(rows: Sequence[dict]) -> str:
+def _csv_columns(protocol: VolumeProtocol) -> tuple[str, ...]:
+    """patients.csv's columns under `protocol`: its scores, and the protocol and NSD tolerance
+    on every row."""
+    return (
+        "patient",
+        "case",
+        "n_slices",
+        "true_voxels",
+        "predicted_voxels",
+        "true_ml",
+        "predicted_ml",
+        "volume_error_ml",
+        *(key for key, _ in protocol.scores),
+        "abc2_true_ml",
+        "abc2_predicted_ml",
+        "true_positive_patient",
+        "predicted_positive_patient",
+        "subtypes",
+        "protocol",
+        "nsd_tolerance_mm",
+    )
+
+
+def _csv_text(rows: Sequence[dict], protocol: VolumeProtocol, tolerance_mm: float) -> str:
+    """One row per volume; NaN reads `nan` and an infinite distance `inf`."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=_csv_columns(protocol), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        cells = {**row, "subtypes": ";".join(row["subtypes"])}
+        cells = {
+            **row,
+            "subtypes": ";".join(row["subtypes"]),
+            "protocol": protocol.name,
+            "nsd_tolerance_mm": tolerance_mm,
+        }
         writer.writerow(
             {
                 k: (f"{v:.6g}" if isinstance(v, float) else int(v) if isinstance(v, bool) else v)
@@ -196,29 +217,80 @@ def dataset_label(facts: dict) -> str:
     return f"{title}, synthetic phantom in its layout" if facts.get("synthetic") else title
 
 
-def dice_volume_figure(rows: Sequence[dict], summary: dict) -> Figure:
-    """Per-volume 3-D Dice against true bleed volume (mL, log scale) of the volumes with a bleed,
-    titled with the network, the checkpoints, the data and the mode of `summary`."""
+def _figure_title(summary: dict, n_bleeding: int) -> str:
+    """The network, the checkpoints, the data and the mode of `summary`, and what is shown."""
+    n = len(summary["checkpoints"])
+    return (
+        f"{summary['network']} ({n} checkpoint{'s' * (n != 1)}) on "
+        f"{dataset_label(summary['source'])} ({summary['mode']}): "
+        f"{n_bleeding} volumes with a bleed"
+    )
+
+
+def dice_volume_figure(
+    rows: Sequence[dict],
+    summary: dict,
+    protocol: VolumeProtocol = VOLUME_PROTOCOLS[DEFAULT_VOLUME_PROTOCOL],
+) -> Figure:
+    """Per-volume Dice (of `protocol`) against true bleed volume (mL, log scale) of the volumes
+    with a bleed, titled with the network, the checkpoints, the data and the mode of `summary`."""
     from matplotlib.figure import Figure
 
     bleeding = [r for r in rows if r["true_voxels"] > 0]
     fig = Figure(figsize=(5.5, 4.0), dpi=120, layout="tight")
     ax = fig.add_subplot()
     volumes = [r["true_ml"] for r in bleeding]
-    ax.scatter(volumes, [r["dice_3d"] for r in bleeding], s=18)
+    ax.scatter(volumes, [r[protocol.dice_key] for r in bleeding], s=18)
     ax.set_xlabel("true bleed volume (mL)")
-    ax.set_ylabel("3-D Dice")
+    ax.set_ylabel(dict(protocol.scores)[protocol.dice_key])
     ax.set_ylim(-0.02, 1.02)
     if bleeding and min(volumes) > 0:
         plain_log_ticks(ax.xaxis, min(volumes), max(volumes))
-    n = len(summary["checkpoints"])
-    ax.set_title(
-        f"{summary['network']} ({n} checkpoint{'s' * (n != 1)}) on "
-        f"{dataset_label(summary['source'])} ({summary['mode']}): "
-        f"{len(bleeding)} volumes with a bleed",
-        fontsize=9,
+    ax.set_title(_figure_title(summary, len(bleeding)), fontsize=9)
+    return fig
+
+
+def bland_altman_figure(rows: Sequence[dict], summary: dict) -> Figure:
+    """One Bland-Altman panel per volume estimate (ichseg, ABC/2 on the predicted mask, ABC/2 on
+    the true mask) over the volumes with a bleed: each volume's estimate minus its true volume
+    against their mean (mL), with the bias and the 95% limits of agreement of `summary`."""
+    from matplotlib.figure import Figure
+
+    bleeding = [r for r in rows if r["true_voxels"] > 0]
+    agreement = summary["volume_agreement"]
+    fig = Figure(figsize=(11.0, 4.0), dpi=120, layout="constrained")
+    # Each panel on its own scale: ABC/2 of the true mask may err by 1 mL where ichseg errs by 50.
+    axes = fig.subplots(1, len(VOLUME_ESTIMATES))
+    for ax, (name, key, label, _) in zip(axes, VOLUME_ESTIMATES, strict=True):
+        truth = np.array([r["true_ml"] for r in bleeding], dtype=float)
+        estimate = np.array([r[key] for r in bleeding], dtype=float)
+        ax.scatter((truth + estimate) / 2, estimate - truth, s=14)
+        ax.axhline(0.0, color="0.6", linewidth=0.8)
+        stats = agreement[name]
+        for stat, style in (("bias_ml", "-"), ("loa_low_ml", "--"), ("loa_high_ml", "--")):
+            if stats.get(stat) is not None:
+                ax.axhline(stats[stat], color="C3", linestyle=style, linewidth=1.0)
+        ax.set_title(f"{label}: {_agreement_caption(stats)}", fontsize=9)
+        ax.set_xlabel("mean of estimate and true volume (mL)")
+    axes[0].set_ylabel("estimate − true volume (mL)")
+    fig.suptitle(
+        f"Bland-Altman, {_figure_title(summary, len(bleeding))} (red: bias, dashed: 95% limits "
+        "of agreement)",
+        fontsize=10,
     )
     return fig
+
+
+def _agreement_caption(stats: dict) -> str:
+    """The bias and limits of agreement of one estimate, as the panel's title says them."""
+    if stats.get("bias_ml") is None:
+        return "no volume with a bleed"
+    if stats.get("loa_low_ml") is None:
+        return f"bias {stats['bias_ml']:+.2f} mL (one volume: no limits)"
+    return (
+        f"bias {stats['bias_ml']:+.2f} mL, 95% limits {stats['loa_low_ml']:+.2f} to "
+        f"{stats['loa_high_ml']:+.2f} mL"
+    )
 
 
 def evaluate(
@@ -228,24 +300,27 @@ def evaluate(
     splits: str | os.PathLike | None = None,
     source: Source | None = None,
     release_root: str | os.PathLike | None = None,
-    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
+    metrics: str = DEFAULT_VOLUME_PROTOCOL,
+    nsd_tolerance_mm: float | None = None,
     flip: bool = False,
     batch_size: int = 16,
     device: str | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     allow_non_hu: bool = False,
     on_patient: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Score the held-out patients of `splits`, or every volume of `source` (one of the two);
-    write `patients.csv`, `dice_vs_volume.png` and `summary.json` into `outdir`.
-    `allow_non_hu` reads scans that do not look like CT in HU (`ichseg.data.hounsfield`)."""
+    """Score the held-out patients of `splits`, or every volume of `source` (one of the two),
+    under the volume protocol `metrics` with NSD at `nsd_tolerance_mm` (default: the
+    protocol's); write `patients.csv`, `dice_vs_volume.png`, `bland_altman.png` and
+    `summary.json` into `outdir`. `allow_non_hu` reads scans that do not look like CT in HU
+    (`ichseg.data.hounsfield`)."""
     if (splits is None) == (source is None):
         raise IchsegError("evaluate: give either a patient-split cache or an external source")
-    if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm > 0):
-        raise IchsegError(
-            f"--nsd-tolerance-mm: expected a positive number, found {nsd_tolerance_mm}"
-        )
+    protocol = volume_protocol(metrics)
+    tolerance = protocol.nsd_tolerance_mm if nsd_tolerance_mm is None else nsd_tolerance_mm
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise IchsegError(f"--nsd-tolerance-mm: expected a positive number, found {tolerance}")
     # As `ichseg report --out`: a folder of the user's (their own summary.json or patients.csv)
     # is refused before any volume is scored, never written into.
     check_replaceable(Path(outdir), EVALUATION_FILES)
@@ -272,7 +347,7 @@ def evaluate(
             for patient in patients:
                 volume = release.load_patient(patient)
                 pred = model.predict(volume.hu)
-                scores = volume_scores(pred, volume.mask, volume.zooms, nsd_tolerance_mm)
+                scores = volume_scores(pred, volume.mask, volume.zooms, protocol, tolerance)
                 row = {"patient": patient, "case": release.case_name(patient), **scores}
                 row["subtypes"] = _volume_subtypes(release, patient)
                 rows.append(row)
@@ -281,10 +356,10 @@ def evaluate(
                     on_patient(row)
         facts = source.describe(release)
         summary = {
-            **summarize_rows(rows),
-            "per_subtype": per_subtype(rows) if release.subtypes_from else None,
-            "nsd_tolerance_mm": nsd_tolerance_mm,
-            "definitions": DEFINITIONS,
+            **summarize_rows(rows, protocol),
+            "per_subtype": per_subtype(rows, protocol) if release.subtypes_from else None,
+            "volume_protocol": protocol.describe(tolerance),
+            "nsd_tolerance_mm": tolerance,
             **mode,
             "source": facts,
             "release": str(release.root),
@@ -298,8 +373,11 @@ def evaluate(
             "precision": ensemble.precision,
             "allow_non_hu": allow_non_hu,
         }
-        # The CSV and figure first: summary.json is the marker of a finished evaluation.
-        atomic_write_text(out / "patients.csv", _csv_text(rows))
-        save_png(dice_volume_figure(rows, summary), out / FIGURE_NAME)
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+        # The CSV and figures first: summary.json is the marker of a finished evaluation.
+        atomic_write_text(out / "patients.csv", _csv_text(rows, protocol, tolerance))
+        save_png(dice_volume_figure(rows, summary, protocol), out / FIGURE_NAME)
+        save_png(bland_altman_figure(rows, summary), out / BLAND_ALTMAN_NAME)
+        # Every undefined value is null by now: JSON has no NaN or Infinity.
+        text = json.dumps(summary, indent=1, allow_nan=False)
+        atomic_write_text(out / "summary.json", text + "\n")
     return summary
