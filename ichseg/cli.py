@@ -157,6 +157,15 @@ def _report(args: argparse.Namespace) -> int:
         raise IchsegError(
             f"--external needs the sweep's checkpoints: --source local, not {args.source}"
         )
+    if args.volume_metrics and args.source not in WITH_CHECKPOINTS:
+        raise IchsegError(
+            f"--volume-metrics needs the sweep's checkpoints: --source local, not {args.source}"
+        )
+    if args.volume_metrics and args.no_test and not external:
+        raise IchsegError(
+            "--volume-metrics scores whole volumes: it goes with the held-out test or "
+            "--external, not with --no-test alone"
+        )
     # Before anything is scored: no external set may hold the volumes the sweep trained on.
     check_external_sources(sweep, externals)
     results = compute(sweep, args.protocol)
@@ -164,7 +173,11 @@ def _report(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ichseg-heldout-") as work:
         scored = args.source in WITH_CHECKPOINTS and (external or not args.no_test)
         test = not args.no_test
-        heldout = score_heldout(results, Path(work), external, test) if scored else None
+        heldout = (
+            score_heldout(results, Path(work), external, test, args.volume_metrics)
+            if scored
+            else None
+        )
         out = build_report(results, out, heldout)
     print(f"report written to {out}")
     return _incomplete(sweep)
@@ -537,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. bhsd=/data/bhsd; repeatable): an external validation section each",
     )
     _binary_labels_option(p, "the --external sets'")
+    p.add_argument(
+        "--volume-metrics",
+        choices=tuple(VOLUME_PROTOCOLS),
+        help="whole-volume scores of the held-out patients and --external sets (default: "
+        "ichseg; an --external set whose challenge published its own, instance22, is scored "
+        "with those)",
+    )
     p.add_argument("--project", help="W&B entity/project (with --source wandb)")
     p.add_argument("--group", help="W&B run group, <experiment_name>/<sweep folder>")
     p.add_argument(

@@ -72,14 +72,19 @@ def compute(sweep: Sweep, protocol_name: str = "paper") -> SweepResults:
 
 
 def score_heldout(
-    results: SweepResults, work_dir: Path, external: list[Source] | None = None, test: bool = True
+    results: SweepResults,
+    work_dir: Path,
+    external: list[Source] | None = None,
+    test: bool = True,
+    volume_metrics: str | None = None,
 ) -> HeldoutResults:
     """Score the selected checkpoints on the test slices and, on a patient split, on whole
     volumes (unless not `test`), and on every volume of each `external` source; their files
-    are written under `work_dir` for the report to take in."""
+    are written under `work_dir` for the report to take in. `volume_metrics` names the volume
+    protocol (default: ichseg's, and an external source's own challenge's where it has one)."""
     sweep, selection = results.sweep, results.selection
     return HeldoutResults(
         slices=list(evaluate_slices(sweep, selection)) if test else [],
-        volumes=evaluate_volumes(sweep, selection, work_dir) if test else [],
-        external=evaluate_external(sweep, selection, external or [], work_dir),
+        volumes=evaluate_volumes(sweep, selection, work_dir, volume_metrics) if test else [],
+        external=evaluate_external(sweep, selection, external or [], work_dir, volume_metrics),
     )

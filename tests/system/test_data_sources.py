@@ -150,8 +150,13 @@ def test_a_checkpoint_of_one_layout_evaluated_on_another(layouts, bhsd_sweep, tm
             tol = json.loads((out / "summary.json").read_text())["nsd_tolerance_mm"]
             assert np.isclose(float(row["nsd"]), reference_nsd(pred, truth, volume.zooms, tol))
     report = tmp_path / "report"
+    # INSTANCE 2022 volumes of other heads (seed 2): scored with its challenge's definitions.
+    instance22 = write_phantom(
+        tmp_path / "instance22", patients=6, size=64, seed=2, layout="instance22"
+    )
     args = ["report", str(sweep), "--no-test", "--out", str(report)]
     args += ["--external", f"nnunet_raw={layouts['nnunet_raw']}"]
+    args += ["--external", f"instance22={instance22}"]
     run = subprocess.run(
         [sys.executable, "-m", "ichseg.cli", *args], capture_output=True, text=True, timeout=600
     )
@@ -162,6 +167,17 @@ def test_a_checkpoint_of_one_layout_evaluated_on_another(layouts, bhsd_sweep, tm
     assert summary["mode"] == "external" and summary["n_patients"] == 16
     assert f"| {summary['dice_3d_mean']:.3f} ({summary['dice_3d_defined_for']}) |" in section
     assert "16 volumes" in section and "synthetic phantom in this layout" in section
+    assert "Scored with the `ichseg` volume metrics" in section and "NSD at 2.5 mm" in section
+    section = text.split("## External validation: INSTANCE 2022")[1].split("\n## ")[0]
+    assert "Scored with INSTANCE 2022's official definitions" in section
+    assert "NSD at 0.42 mm" in section and "| HD (mm) (n) |" in section
+    summary = json.loads((report / "external1_instance22_dunet" / "summary.json").read_text())
+    assert summary["volume_protocol"]["name"] == "instance22"
+    mean, infinite = summary["hd_mm_mean"], summary["hd_mm_infinite"]
+    hd = "NA" if mean is None else f"{mean:.1f}"
+    counts = f"{summary['hd_mm_defined_for']}{f'; {infinite} inf' if infinite else ''}"
+    assert f"| {hd} ({counts}) |" in section  # infinite distances left out, counted
+    assert "external1_instance22_dunet/bland_altman.png)" in section
     assert "External validation data: nnU-Net v2 raw dataset" in text  # provenance
     assert "Training data: BHSD" in text
 
