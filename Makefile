@@ -16,6 +16,7 @@ SWEEP ?=
 SOURCE ?= local
 WANDB_PROJECT ?=
 GROUP ?=
+DRY_RUN ?=
 PROTOCOL ?= paper
 DEMO_ARGS ?=
 BENCH_ARGS ?=
@@ -24,7 +25,7 @@ CURVES_ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install nnunet test test-fast lint format demo curves report bench clean
+.PHONY: help install nnunet test test-fast lint format demo curves report dashboard bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +74,10 @@ curves: $(STAMP) ## learning curves at the paper's widths and lr on a CPU-sized 
 report: $(STAMP) ## report of SWEEP=dir (default: latest); SOURCE=wandb WANDB_PROJECT=entity/project GROUP=g
 	$(VENV)/bin/ichseg report $(SWEEP) --experiments experiments --protocol $(PROTOCOL) \
 		--source $(SOURCE) $(if $(filter wandb,$(SOURCE)),--project "$(WANDB_PROJECT)" --group "$(GROUP)")
+
+dashboard: $(STAMP) ## save the W&B view of SWEEP=dir (default: latest); WANDB_PROJECT=entity/project GROUP=g DRY_RUN=view.json
+	$(VENV)/bin/ichseg dashboard $(SWEEP) --experiments experiments $(if $(WANDB_PROJECT),--project "$(WANDB_PROJECT)") \
+		$(if $(GROUP),--group "$(GROUP)") $(if $(DRY_RUN),--dry-run "$(DRY_RUN)")
 
 bench: $(STAMP) ## time training (real vs bare vs MONAI loader), epochs, prepare, predict; JSON in experiments/bench
 	$(VENV)/bin/ichseg bench $(BENCH_ARGS)

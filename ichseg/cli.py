@@ -1,4 +1,4 @@
-"""The `ichseg` command: phantom, prepare, predict, evaluate, report, nnunet, bench.
+"""The `ichseg` command: phantom, prepare, predict, evaluate, report, dashboard, nnunet, bench.
 
 Every subcommand turns a user error into one line on stderr and exit status 2.
 """
@@ -122,6 +122,7 @@ def _report(args: argparse.Namespace) -> int:
     from ichseg.report.build import build_report, report_dir
     from ichseg.report.compute import compute, score_heldout
     from ichseg.report.volume_scores import check_external_sources
+    from ichseg.report.wandb_run import log_report_run
     from ichseg.sweeps import WITH_CHECKPOINTS, read_sweep
     from ichseg.sweeps.local import latest_sweep
 
@@ -180,7 +181,47 @@ def _report(args: argparse.Namespace) -> int:
         )
         out = build_report(results, out, heldout)
     print(f"report written to {out}")
+    if not args.no_wandb:
+        # After the report is in place: W&B failing cannot lose it. --project and --group are
+        # set only with --source wandb, whose jobs are runs of that project and group.
+        log_report_run(results, heldout, out, args.project, args.group)
     return _incomplete(sweep)
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from ichseg.dashboard.publish import save_view, split_project, write_spec
+    from ichseg.dashboard.runs import read_group
+    from ichseg.dashboard.view import build_view, panel_keys
+    from ichseg.sweeps.local import latest_sweep
+
+    sweep_dir = Path(args.sweep) if args.sweep else latest_sweep(Path(args.experiments))
+    runs = read_group(sweep_dir, args.group)
+    entity, project = split_project(args.project) if args.project else (runs.entity, runs.project)
+    for skipped in runs.skipped:
+        print(f"ichseg dashboard: warning: {skipped}", file=sys.stderr)
+    view, notes = build_view(runs, entity, project)
+    for note in notes:
+        print(f"ichseg dashboard: {note}")
+    panels = [panel for section in view.sections for panel in section.panels]
+    keys = {key for panel in panels for key in panel_keys(panel)}
+    where = f"{entity or '<your default entity>'}/{project}"
+    what = (
+        f"view {view.name!r} of {where}: {len(view.sections)} sections, {len(panels)} panels "
+        f"naming {len(keys)} keys, each logged by the group's runs ({len(runs.jobs)} jobs"
+        f"{', a report run' if runs.report is not None else ''})"
+    )
+    if args.dry_run:
+        about = {"sweep": str(sweep_dir.absolute()), "group": runs.group}
+        write_spec(view, Path(args.dry_run), about)
+        print(f"wrote the spec of {what} to {args.dry_run}; nothing was sent to W&B")
+        return
+    try:
+        url = save_view(view)
+    except IchsegError:
+        global _wandb_may_hang_at_exit
+        _wandb_may_hang_at_exit = True
+        raise
+    print(f"saved {what}: {url}")
 
 
 def _external_sources(specs: list[str], binary_labels: bool) -> list[tuple[str, Source]]:
@@ -557,6 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ichseg; an --external set whose challenge published its own, instance22, is scored "
         "with those)",
     )
+    p.add_argument(
+        "--no-wandb",
+        action="store_true",
+        help="log no report run to W&B (by default, when the sweep's jobs logged to W&B, the "
+        "report is logged as a run of job type report in their group, offline unless "
+        "WANDB_MODE=online)",
+    )
     p.add_argument("--project", help="W&B entity/project (with --source wandb)")
     p.add_argument("--group", help="W&B run group, <experiment_name>/<sweep folder>")
     p.add_argument(
@@ -565,6 +613,37 @@ def build_parser() -> argparse.ArgumentParser:
         "EXPERIMENTS/GROUP/report-wandb)",
     )
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="save the W&B workspace view of a sweep's group: checkpoints per protocol, curves, "
+        "overlays, Table 1",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument(
+        "sweep",
+        nargs="?",
+        help="sweep folder whose jobs logged to W&B (default: the latest under experiments/)",
+    )
+    p.add_argument("--experiments", default="experiments", help="where to look for the latest")
+    p.add_argument(
+        "--project",
+        metavar="ENTITY/PROJECT",
+        help="where to save the view (default: the project the jobs logged to, and your W&B "
+        "default entity when they named none)",
+    )
+    p.add_argument(
+        "--group",
+        help="the W&B group to show (default: the group most of the sweep's jobs logged to, "
+        "<experiment_name>/<sweep folder>)",
+    )
+    p.add_argument(
+        "--dry-run",
+        metavar="OUT.json",
+        help="write the view's spec (wandb_workspaces' view model, as JSON) to OUT.json "
+        "instead of saving it: no network, no credentials",
+    )
+    p.set_defaults(func=_dashboard)
 
     p = sub.add_parser(
         "nnunet",

@@ -26,6 +26,8 @@ CHECKPOINT_PREFIX = "checkpoint/"
 VERSION_KEY = "checkpoint/metrics_version"
 COLLAPSED_KEY = "checkpoint/collapsed"
 SPLITS = ("train", "val")
+# The job type of the run `ichseg report` logs into the sweep's group: not a job of the sweep.
+REPORT_JOB_TYPE = "report"
 # Seconds per HTTP request: without a network the API must fail in seconds, not retry for minutes.
 API_TIMEOUT_S = 10
 
@@ -161,6 +163,7 @@ def collect_wandb(project: str, group: str, api: Any = None, timeout: int | None
         client = api if api is not None else wandb.Api(timeout=timeout)
         # The first contact is where a silent server hangs; bound it as a whole.
         runs = within(3 * timeout, lambda: list(client.runs(project, filters={"group": group})))
+        runs = [run for run in runs if getattr(run, "job_type", None) != REPORT_JOB_TYPE]
         found = [(str(getattr(run, "created_at", "")), job_from_run(run)) for run in runs]
     except (wandb.errors.Error, OSError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

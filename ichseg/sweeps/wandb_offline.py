@@ -20,13 +20,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ichseg.errors import IchsegError
+from ichseg.errors import IchsegError, first_line
 from ichseg.records import MULTIRUN_FILE
 from ichseg.sweeps.local import load_yaml
 from ichseg.sweeps.model import Sweep, assemble_sweep
-from ichseg.sweeps.wandb_api import job_from_run, merge_jobs
+from ichseg.sweeps.wandb_api import REPORT_JOB_TYPE, job_from_run, merge_jobs
 
 RUN_FILES = "*/wandb/offline-run-*/run-*.wandb"
+# Every W&B run a sweep folder holds a transaction log of, offline or online (`run-*` folders of
+# online runs hold one too): its jobs' runs and, in `<sweep>/wandb/`, its report runs.
+SWEEP_RUN_FILES = ("*/wandb/*run-*/run-*.wandb", "wandb/*run-*/run-*.wandb")
 HEADER = struct.Struct("<4sHB")
 HEADER_FIELDS = (b":W&B", 0xBEE1, 0)
 CHUNK = struct.Struct("<IHB")
@@ -97,20 +100,51 @@ def _set(config: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _remove(config: dict, path: list[str]) -> None:
+    """Remove a (possibly nested) key, as W&B applies a config or summary removal."""
+    *head, last = path
+    node = config
+    for part in head:
+        node = node.get(part) or {}
+    node.pop(last, None)
+
+
 @dataclass
 class OfflineRun:
-    """One offline run with the attributes `job_from_run` reads from an API run."""
+    """One offline run with the attributes `job_from_run` reads from an API run.
+
+    History rows and the summary hold a logged dict (a table's or an image's reference, such as
+    `{"_type": "table-file", "path": ...}`) as a dict, as the API gives them.
+    """
 
     path: tuple[str, ...]
     config: dict = field(default_factory=dict)
     state: str = "running"
     created_at: str = ""
     group: str = ""
+    project: str = ""
+    entity: str = ""
+    job_type: str = ""
     rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
 
     def scan_history(self) -> Iterator[dict[str, Any]]:
         """The logged rows in order, like `wandb.apis.public.Run.scan_history`."""
         return iter(self.rows)
+
+    def table(self, key: str) -> tuple[list[str], list[list[Any]]]:
+        """The columns and rows of the last `wandb.Table` logged under `key`, read from the
+        run's `files/` folder, where W&B saved it."""
+        where = f"{self.path[0]}: table {key!r}"
+        logged = [row[key] for row in self.rows if isinstance(row.get(key), dict)]
+        if not logged or logged[-1].get("_type") != "table-file":
+            raise IchsegError(f"{where}: not logged in this run")
+        path = Path(self.path[0]).parent / "files" / logged[-1]["path"]
+        try:
+            table = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise IchsegError(f"{where}: {path} unreadable ({first_line(exc)})") from None
+        return table["columns"], table["data"]
 
 
 def read_offline_run(path: str | Path) -> OfflineRun:
@@ -129,6 +163,8 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.group = record.run.run_group
+            run.project, run.entity = record.run.project, record.run.entity
+            run.job_type = record.run.job_type
             started = record.run.start_time.ToDatetime(timezone.utc)
             if started > datetime.fromtimestamp(0, timezone.utc):
                 run.created_at = started.isoformat()
@@ -136,9 +172,16 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         elif kind == "config":
             updates, removes = record.config.update, record.config.remove
         elif kind == "history":
-            run.rows.append(
-                {".".join(_key(i)): json.loads(i.value_json) for i in record.history.item}
-            )
+            row: dict[str, Any] = {}
+            for item in record.history.item:
+                _set(row, _key(item), json.loads(item.value_json))
+            run.rows.append(row)
+            continue
+        elif kind == "summary":
+            for item in record.summary.update:
+                _set(run.summary, _key(item), json.loads(item.value_json))
+            for item in record.summary.remove:
+                _remove(run.summary, _key(item))
             continue
         elif kind == "exit":
             run.state = "finished" if record.exit.exit_code == 0 else "failed"
@@ -148,14 +191,11 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         for item in updates:
             _set(run.config, _key(item), json.loads(item.value_json))
         for item in removes:
-            *head, last = _key(item)
-            node = run.config
-            for part in head:
-                node = node.get(part) or {}
-            node.pop(last, None)
+            _remove(run.config, _key(item))
     # The API leaves W&B's own bookkeeping out of a run's config.
     run.config = {k: v for k, v in run.config.items() if not k.startswith("_wandb")}
-    if run.state == "running" and not {"model", "fold"} <= run.config.keys():
+    job = run.job_type != REPORT_JOB_TYPE
+    if run.state == "running" and job and not {"model", "fold"} <= run.config.keys():
         raise TruncatedRunFile(
             f"{path}: ends before the job's config, without an exit record (its job was killed "
             "as W&B started it)"
@@ -177,6 +217,7 @@ def collect_wandb_offline(sweep_dir: str | Path) -> Sweep:
             runs.append(read_offline_run(path))
         except TruncatedRunFile as exc:
             skipped.append(f"{exc}; its job is left out")
+    runs = [run for run in runs if run.job_type != REPORT_JOB_TYPE]
     jobs = merge_jobs([(run.created_at, job_from_run(run)) for run in runs])
     # The sweep's own record of its command: which folds it expects.
     multirun = root / MULTIRUN_FILE
@@ -188,3 +229,16 @@ def collect_wandb_offline(sweep_dir: str | Path) -> Sweep:
     sweep.notes += skipped
     sweep.warnings += skipped
     return sweep
+
+
+def sweep_runs(sweep_dir: str | Path) -> tuple[list[OfflineRun], list[str]]:
+    """Every W&B run whose transaction log the sweep folder holds (`SWEEP_RUN_FILES`), oldest
+    first, and a line for each torn one left out."""
+    root = Path(sweep_dir)
+    runs, skipped = [], []
+    for path in sorted({p for pattern in SWEEP_RUN_FILES for p in root.glob(pattern)}):
+        try:
+            runs.append(read_offline_run(path))
+        except TruncatedRunFile as exc:
+            skipped.append(f"{exc}; left out")
+    return sorted(runs, key=lambda run: run.created_at), skipped
