@@ -260,13 +260,3 @@ def check_keys(view: ws.Workspace, runs: GroupRuns) -> None:
             f"section {section!r}, panel {title!r}: no run of group {runs.group!r} logged the "
             f"{kind} key {key!r} ({len(runs.jobs)} job runs read){hint}"
         )
-
-
-def panels_markdown(view: ws.Workspace) -> str:
-    """The view's sections and panels as a Markdown table: what each shows and which keys."""
-    lines = ["| Section | Panel | Keys |", "|---|---|---|"]
-    for section in view.sections:
-        for panel in section.panels:
-            keys = ", ".join(f"`{key}`" for _, key in panel_keys(panel)) or "—"
-            lines.append(f"| {section.name} | {panel_title(panel)} | {keys} |")
-    return "\n".join(lines) + "\n"

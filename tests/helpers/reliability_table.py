@@ -139,6 +139,13 @@ RELIABILITY_CASES = {
         "--folds '0,,1'",
         "--folds '-1'",
     ),
+    "W&B": (
+        "report of a sweep logged without W&B",
+        "W&B fails while the report run is logged",
+        "dashboard panel naming a key no run logged",
+        "dashboard without W&B credentials or server",
+        "--dry-run onto a file ichseg did not write",
+    ),
 }
 _ROWS = pytest.StashKey[list]()
 _OUTCOME = pytest.StashKey[str]()

@@ -4,6 +4,7 @@ runs logged, is refused by name when the view is built, or its panel left out an
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,9 @@ from ichseg.dashboard.view import build_view
 from ichseg.errors import IchsegError
 from ichseg.metrics import PROTOCOLS
 from ichseg.sweeps.wandb_offline import OfflineRun
-from tests.helpers.view_spec import spec_keys
+from tests.helpers.view_spec import panels_table, spec_keys
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "sweeps.md"
 
 REPORT_TABLES = ("table1", "selection", "paired_tests", "test_slices")
 REPORT_FIGURES = ("figures/loss_curves", "figures/val_dice_by_epoch")
@@ -98,3 +101,8 @@ def test_a_protocol_every_job_recorded_undefined_is_left_out_and_said_so():
     # Neither logged nor recorded: not a protocol the runs know, so the view is refused.
     with pytest.raises(IchsegError, match="checkpoint/val_dice_onebatch"):
         named(group_runs(keys))
+
+
+def test_docs_list_the_panels_the_view_holds():
+    view, _ = build_view(group_runs(everything_logged()), "me", "ichseg")
+    assert panels_table(spec(view, {})) in DOCS.read_text()
