@@ -89,6 +89,14 @@ def test_external_scores_match_an_independent_computation(
     assert math.isclose(summary["dice_3d_mean"], np.nanmean(dices), rel_tol=1e-9)
     subtypes = {name for r in rows for name in r["subtypes"].split(";") if name}
     assert set(summary["per_subtype"]) == subtypes
+    # Each subtype's volume agreement is over its own volumes with a bleed.
+    for name in subtypes:
+        members = [r for r in rows if name in r["subtypes"].split(";")]
+        truth_ml = [float(r["true_ml"]) for r in members if int(r["true_voxels"])]
+        estimate = [float(r["abc2_true_ml"]) for r in members if int(r["true_voxels"])]
+        found = summary["per_subtype"][name]["volume_agreement"]["abc2_true"]
+        assert found["n"] == len(truth_ml)
+        assert math.isclose(found["mae_ml"], agreement(truth_ml, estimate)["mae_ml"], rel_tol=1e-4)
     assert (out / "dice_vs_volume.png").stat().st_size > 1000
     assert "6 volumes of BHSD" in stdout
     record_behaviour(f"exit 0; {stdout.strip()}")
