@@ -3,7 +3,6 @@ back here from its offline run file with the project's own reader."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import shutil
@@ -14,6 +13,7 @@ import pytest
 from ichseg.report.render import fmt
 from ichseg.sweeps.wandb_offline import SWEEP_RUN_FILES, sweep_runs
 from tests.helpers.runs import copy_or_link
+from tests.helpers.wandb_tables import assert_table_is_csv
 from tests.system.test_report_sources import ichseg_cli, offline_env
 
 
@@ -39,26 +39,6 @@ def job_run_files(sweep: Path) -> dict[Path, str]:
 
 def report_runs(sweep: Path) -> list:
     return [run for run in sweep_runs(sweep)[0] if run.job_type == "report"]
-
-
-def same_cell(logged, text: str) -> bool:
-    """A logged table cell against its CSV text: empty is None, numbers are the CSV's numbers
-    exactly, text is the text."""
-    if text == "":
-        return logged is None
-    if isinstance(logged, str):
-        return logged == text
-    return not isinstance(logged, bool) and float(text) == logged
-
-
-def assert_table_is_csv(run, key: str, path: Path) -> None:
-    columns, rows = run.table(key)
-    with open(path, newline="") as fh:
-        header, *lines = list(csv.reader(fh))
-    assert columns == header
-    assert len(rows) == len(lines) > 0
-    for row, line in zip(rows, lines, strict=True):
-        assert all(same_cell(v, t) for v, t in zip(row, line, strict=True)), (row, line)
 
 
 @pytest.mark.slow
