@@ -189,11 +189,15 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> None:
-    from ichseg.dashboard.publish import save_view, split_project, write_spec
+    from ichseg.dashboard.publish import check_spec_path, save_view, split_project, write_spec
     from ichseg.dashboard.runs import read_group
     from ichseg.dashboard.view import build_view, panel_keys
     from ichseg.sweeps.local import latest_sweep
 
+    # Before the runs are read: a path that cannot take the spec is one line.
+    if args.dry_run is not None:
+        _output_dir(str(Path(args.dry_run).parent), "--dry-run")
+        check_spec_path(Path(args.dry_run))
     sweep_dir = Path(args.sweep) if args.sweep else latest_sweep(Path(args.experiments))
     runs = read_group(sweep_dir, args.group)
     entity, project = split_project(args.project) if args.project else (runs.entity, runs.project)
@@ -210,7 +214,7 @@ def _dashboard(args: argparse.Namespace) -> None:
         f"naming {len(keys)} keys, each logged by the group's runs ({len(runs.jobs)} jobs"
         f"{', a report run' if runs.report is not None else ''})"
     )
-    if args.dry_run:
+    if args.dry_run is not None:
         about = {"sweep": str(sweep_dir.absolute()), "group": runs.group}
         write_spec(view, Path(args.dry_run), about)
         print(f"wrote the spec of {what} to {args.dry_run}; nothing was sent to W&B")

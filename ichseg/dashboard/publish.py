@@ -46,9 +46,8 @@ def _written_here(path: Path) -> bool:
     return isinstance(data, dict) and (data.get(MARK) or {}).get("written_by") == SPEC_WRITER
 
 
-def write_spec(view: ws.Workspace, path: Path, about: dict[str, Any]) -> None:
-    """Write the view's spec to `path` atomically; a file there is replaced only when it is a
-    spec written here."""
+def check_spec_path(path: Path) -> None:
+    """Refuse `path` as the spec's file when it is a folder, or a file not written here."""
     if path.is_dir():
         raise IchsegError(f"--dry-run {path}: is a folder; give a file name such as view.json")
     if path.exists() and not _written_here(path):
@@ -56,6 +55,12 @@ def write_spec(view: ws.Workspace, path: Path, about: dict[str, Any]) -> None:
             f"--dry-run {path}: exists and is not a view spec {SPEC_WRITER} wrote; choose "
             "another file or remove it"
         )
+
+
+def write_spec(view: ws.Workspace, path: Path, about: dict[str, Any]) -> None:
+    """Write the view's spec to `path` atomically; a file there is replaced only when it is a
+    spec written here."""
+    check_spec_path(path)
     atomic_write_text(path, json.dumps(spec(view, about), indent=1) + "\n")
 
 

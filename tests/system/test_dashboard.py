@@ -163,6 +163,8 @@ def test_dry_run_never_replaces_a_file_it_did_not_write(sweep, tmp_path, capsys,
         ("group", "--group 'tiny/other': no job run of"),
         ("no_wandb", "no W&B run file of a job"),
         ("project", "expected ENTITY/PROJECT"),
+        ("under_file", "a-file: exists and is not a folder"),
+        ("long_name", "File name too long"),
     ],
 )
 def test_what_the_view_cannot_be_built_from_is_one_line(sweep, tmp_path, capsys, change, message):
@@ -171,6 +173,10 @@ def test_what_the_view_cannot_be_built_from_is_one_line(sweep, tmp_path, capsys,
         args += ["--group", "tiny/other"]
     elif change == "project":
         args += ["--project", "ichseg"]
+    elif change in ("under_file", "long_name"):
+        (tmp_path / "a-file").write_text("keep me\n")
+        name = "a-file/v.json" if change == "under_file" else "x" * 300 + ".json"
+        args[3] = str(tmp_path / name)
     else:
         bare = tmp_path / "bare"
         shutil.copytree(sweep, bare, symlinks=True, copy_function=copy_or_link)
