@@ -56,6 +56,7 @@ def _grouped(title: str, x: str, y: list[str], **extra: Any) -> wr.LinePlot:
 
 
 def _val(protocol: Protocol) -> list[str]:
+    """The checkpoint keys of the protocol's two validation metrics."""
     return [f"checkpoint/val_{key}" for key in protocol.keys]
 
 
