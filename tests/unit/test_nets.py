@@ -55,7 +55,10 @@ def test_a_node_builds_its_class_with_its_arguments():
     "node, match",
     [
         ({"filters": [2, 4]}, r"expected a network config \{_target_: module.Class"),
-        ({"_target_": "no_such_lab.Net"}, r"cannot import no_such_lab\.Net: no module named no_such_lab"),
+        (
+            {"_target_": "no_such_lab.Net"},
+            r"cannot import no_such_lab\.Net: no module named no_such_lab",
+        ),
         ({"_target_": "ichseg.models.unet.UNet", "filters": []}, "model.module.net.filters"),
         ({"_target_": "collections.OrderedDict"}, "built a OrderedDict, expected a torch.nn"),
     ],
