@@ -261,8 +261,8 @@ def bland_altman_figure(rows: Sequence[dict], summary: dict) -> Figure:
     fig = Figure(figsize=(11.0, 4.0), dpi=120, layout="constrained")
     # Each panel on its own scale: ABC/2 of the true mask may err by 1 mL where ichseg errs by 50.
     axes = fig.subplots(1, len(VOLUME_ESTIMATES))
+    truth = np.array([r["true_ml"] for r in bleeding], dtype=float)
     for ax, (name, key, label, _) in zip(axes, VOLUME_ESTIMATES, strict=True):
-        truth = np.array([r["true_ml"] for r in bleeding], dtype=float)
         estimate = np.array([r[key] for r in bleeding], dtype=float)
         ax.scatter((truth + estimate) / 2, estimate - truth, s=14)
         ax.axhline(0.0, color="0.6", linewidth=0.8)

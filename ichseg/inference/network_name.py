@@ -14,17 +14,13 @@ from pathlib import Path
 
 from ichseg.errors import IchsegError
 from ichseg.nets import ARCHITECTURE_KEYS
-from ichseg.sweeps.local import load_yaml
-from ichseg.sweeps.model import CONFIG_FILE
+from ichseg.sweeps.local import read_job_config
 
 
 def _job_model_name(checkpoint: Path) -> str | None:
     """`model.display_name` (else `model.name`) of the job folder holding `checkpoint`."""
-    config = checkpoint.parent.parent / CONFIG_FILE
-    if not config.is_file():
-        return None
     try:
-        model = load_yaml(config).get("model")
+        model = read_job_config(checkpoint.parent.parent).get("model")
     except (IchsegError, OSError, UnicodeDecodeError):
         return None
     if not isinstance(model, dict):
