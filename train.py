@@ -26,8 +26,8 @@ from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 from ichseg.config import register_resolvers  # noqa: E402
 from ichseg.config_schema import validate  # noqa: E402
 from ichseg.errors import IchsegError  # noqa: E402
-from ichseg.sweep_args import check_overrides, expand_ranges  # noqa: E402
-from ichseg.training.job_folder import JobBusy, discard_refused_run, holds_only_hydra_files  # noqa: E402
+from ichseg.jobs.folder import JobBusy, discard_refused_run, holds_only_hydra_files  # noqa: E402
+from ichseg.launch.overrides import check_overrides, expand_ranges  # noqa: E402
 
 register_resolvers()
 

@@ -4,9 +4,9 @@ A checkpoint is the dict Lightning saves (`torch.save`) for a `SegmentationModul
 - `ichseg_checkpoint_version` (`VERSION_KEY`): 2 (`CHECKPOINT_VERSION`); checkpoints without it
   are version 1, and a newer version is refused;
 - `hyper_parameters`: the module's constructor arguments; `net` (the network's resolved config
-  node, `{_target_: ..., ...}`, see `ichseg.nets`) is required, `threshold` (default 0.5) and
-  `min_detection_area` (default 0) are read. Version 1 had a U-Net's `filters`, `batch_norm` and
-  `dropout` instead of `net`, and is read as that U-Net;
+  node, `{_target_: ..., ...}`, see `ichseg.models.network`) is required, `threshold` (default
+  0.5) and `min_detection_area` (default 0) are read. Version 1 had a U-Net's `filters`,
+  `batch_norm` and `dropout` instead of `net`, and is read as that U-Net;
 - `state_dict`: the module's weights, the network's under `net.`;
 - `ichseg_preprocess` (`PREPROCESS_KEY`): the prepared cache's `Preprocess` settings, so a whole
   scan is read as the training slices were; older checkpoints lack it, and their job's
@@ -35,8 +35,8 @@ import torch
 
 from ichseg.data.transforms import INTENSITIES
 from ichseg.errors import IchsegError, first_line, require_file
+from ichseg.models.network import build_net
 from ichseg.models.unet import unet_config
-from ichseg.nets import build_net
 
 VERSION_KEY = "ichseg_checkpoint_version"
 CHECKPOINT_VERSION = 2
@@ -153,7 +153,7 @@ class Checkpoint:
 
     path: Path
     net: torch.nn.Module
-    # The network's config node, as `ichseg.nets.build_net` takes it.
+    # The network's config node, as `ichseg.models.network.build_net` takes it.
     net_config: dict
     threshold: float
     min_detection_area: int

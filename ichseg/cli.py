@@ -121,7 +121,7 @@ _wandb_may_hang_at_exit = False
 def _report(args: argparse.Namespace) -> int:
     from ichseg.report.build import build_report, report_dir
     from ichseg.report.compute import compute, score_heldout
-    from ichseg.report.volume_scores import check_external_sources
+    from ichseg.report.heldout_volumes import check_external_sources
     from ichseg.report.wandb_run import log_report_run
     from ichseg.sweeps import WITH_CHECKPOINTS, read_sweep
     from ichseg.sweeps.local import latest_sweep
@@ -307,7 +307,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from ichseg.data.sources import source_named
-    from ichseg.inference.evaluate_volumes import dataset_label, evaluate
+    from ichseg.inference.evaluate import dataset_label, evaluate
     from ichseg.inference.volume_metrics import VOLUME_ESTIMATES, mean_text, volume_protocol
 
     if (args.splits is None) == (args.source is None):

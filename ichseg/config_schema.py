@@ -277,7 +277,7 @@ def validate(cfg: DictConfig) -> None:
     tree = _resolved(cfg)
     # torch loads only for a config whose values passed: a refusal answers without it.
     from ichseg.config import locate_target
-    from ichseg.nets import NET_KEY, build_on_meta, check_forward, check_input_size
+    from ichseg.models.network import NET_KEY, build_on_meta, check_forward, check_input_size
 
     size, net = _select(tree, "data.size"), _select(tree, NET_KEY)
     if size is not None and net is not None:

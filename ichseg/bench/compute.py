@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from ichseg.bench.measure import summarize, time_repeats
-from ichseg.nets import build_on_meta
+from ichseg.models.network import build_on_meta
 
 
 def training_flops_per_image(net_config: Mapping | DictConfig, size: int) -> int:

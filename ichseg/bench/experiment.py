@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 
 from ichseg.config import project_root, register_resolvers
 from ichseg.errors import IchsegError
+from ichseg.launch.overrides import check_overrides
 from ichseg.runtime import pick_device, training_precision
-from ichseg.sweep_args import check_overrides
 from ichseg.training.console import quiet_libraries
 
 

@@ -24,7 +24,7 @@ from ichseg.bench.experiment import bench_device, compose_job, job_precision, qu
 from ichseg.bench.inference import time_predict, time_prepare
 from ichseg.bench.settings import SCHEMA, BenchSettings
 from ichseg.config import project_root
-from ichseg.nets import build_on_meta, parameter_count
+from ichseg.models.network import build_on_meta, parameter_count
 from ichseg.training.provenance import code_version, hardware, package_versions
 
 

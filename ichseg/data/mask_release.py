@@ -3,7 +3,7 @@
 Sources without a per-slice table (INSTANCE 2022, BHSD, nnU-Net raw datasets) label a slice as
 hemorrhage when its mask has any voxel > 0, and with a subtype when the mask holds a value the
 label map names as one (`SUBTYPE_NAMES`), exactly as PhysioNet's CSV flags them. Slices are those
-of the training orientation (`ichseg.data.orientation`), so any stored axis order works. Mask
+of the training orientation (`ichseg.scans.orientation`), so any stored axis order works. Mask
 values must be integers the label map lists; anything else is refused with one line.
 
 A label map that names several subtypes is a claim the masks must be able to carry: a release
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.data.release import SUBTYPES, Case, SliceLabel, VolumeRelease, _load_nifti
 from ichseg.errors import IchsegError
+from ichseg.scans.orientation import Reorientation, reorientation
 
 # Names (lower case, letters only) a label map may give each of `SUBTYPES`, in its order.
 SUBTYPE_NAMES = (

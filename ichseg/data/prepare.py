@@ -153,7 +153,7 @@ def prepare(
     allow_non_hu: bool = False,
 ) -> Path:
     """Return `out_root/<key>`, building the cache there first unless a complete one exists;
-    `allow_non_hu` reads scans that do not look like CT in HU (`ichseg.data.hounsfield`)."""
+    `allow_non_hu` reads scans that do not look like CT in HU (`ichseg.scans.hounsfield`)."""
     source = as_source(source)
     release = source.open_release(allow_non_hu)
     key = cache_key(release, cfg)

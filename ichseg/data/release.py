@@ -3,8 +3,8 @@
 `VolumeRelease` is a validated folder of any source (`ichseg.data.sources`): its cases (patient
 number -> scan and mask file), per-slice labels, label map and facts, and `load_patient`, the one
 path every scan and mask is read by (nibabel's scaling, shape and affine agreement, finite
-voxels, the training orientation of `ichseg.data.orientation`, a scan's size and Hounsfield units
-of `ichseg.data.hounsfield`).
+voxels, the training orientation of `ichseg.scans.orientation`, a scan's size and Hounsfield units
+of `ichseg.scans.hounsfield`).
 
 `Release` is PhysioNet CT-ICH 1.3.1's layout (real or the synthetic phantom): `ct_scans/NNN.nii`
 and `masks/NNN.nii` (or `.nii.gz`), `hemorrhage_diagnosis_raw_ct.csv` and
@@ -19,16 +19,16 @@ import csv
 import hashlib
 import io
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from ichseg.data.hounsfield import check_ct_size, check_hounsfield, check_stored_type
-from ichseg.data.orientation import Reorientation, reorientation
 from ichseg.errors import IchsegError, first_line
+from ichseg.scans.hounsfield import check_ct_size, check_hounsfield, check_stored_type
+from ichseg.scans.nifti import NIFTI_READ_ERRORS, NIFTI_SUFFIXES, nifti_stem, voxel_sizes
+from ichseg.scans.orientation import Reorientation, reorientation
 
 SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
 CSV_NAME = "hemorrhage_diagnosis_raw_ct.csv"
@@ -36,20 +36,10 @@ CSV_COLUMNS = ("PatientNumber", "SliceNumber", *SUBTYPES, "No_Hemorrhage", "Frac
 DEMOGRAPHICS_NAME = "patient_demographics.csv"
 SCAN_DIR = "ct_scans"
 MASK_DIR = "masks"
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 # Masks and scans written by different tools differ by float rounding in the affine only.
 _AFFINE_ATOL = 1e-3
 _AFFINE_RTOL = 1e-4
-# What nibabel, gzip and numpy raise on a damaged or foreign NIfTI file.
-NIFTI_READ_ERRORS = (
-    nib.filebasedimages.ImageFileError,
-    nib.spatialimages.HeaderDataError,
-    OSError,
-    EOFError,
-    ValueError,
-    zlib.error,
-)
 
 
 def slice_id(patient: int, slice_number: int) -> str:
@@ -81,7 +71,7 @@ class SliceLabel:
 @dataclass(frozen=True)
 class PatientVolume:
     """A validated scan in Hounsfield units and its binary mask, both (H, W, N) in the training
-    orientation (`ichseg.data.orientation`), with the voxel sizes and affine of that array."""
+    orientation (`ichseg.scans.orientation`), with the voxel sizes and affine of that array."""
 
     patient: int
     hu: np.ndarray
@@ -212,34 +202,6 @@ def _find_volume(folder: Path | None, patient: int) -> Path | None:
     return found[0] if found else None
 
 
-# How far the header's voxel sizes may differ from the affine's before the geometry is unusable.
-_ZOOM_RTOL = 1e-2
-
-
-def voxel_sizes(image: nib.Nifti1Image, path: Path, label: str) -> tuple[float, float, float]:
-    """The voxel sizes (mm) a volume in mL may be computed from, or an IchsegError naming `label`.
-
-    They are the header's own pixdim (read unfixed: nibabel silently turns 0 into 1), which must
-    be positive and finite and agree with the lengths of the affine's axes.
-    """
-    with nib.openers.ImageOpener(path) as fh:
-        raw = type(image.header).from_fileobj(fh, check=False)
-    zooms = tuple(float(z) for z in raw["pixdim"][1:4])
-    if not all(np.isfinite(z) and z > 0 for z in zooms):
-        raise IchsegError(
-            f"{label}: voxel sizes {zooms} in the header are not positive finite mm; "
-            "a volume in mL cannot be computed from them"
-        )
-    axes = tuple(float(n) for n in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
-    if not np.allclose(axes, zooms, rtol=_ZOOM_RTOL):
-        rounded = tuple(round(a, 4) for a in axes)
-        raise IchsegError(
-            f"{label}: voxel sizes {zooms} in the header disagree with the affine's {rounded} mm; "
-            "a volume in mL cannot be computed from them"
-        )
-    return zooms  # type: ignore[return-value]
-
-
 def _load_nifti(
     path: Path, label: str
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -354,7 +316,7 @@ class VolumeRelease:
     def load_patient(self, patient: int) -> PatientVolume:
         """Read scan and mask of one patient, check them against each other (and the labels),
         bring both to the training orientation and check the scan is CT in HU of a plausible
-        size (`ichseg.data.hounsfield`); the one loading path of every source."""
+        size (`ichseg.scans.hounsfield`); the one loading path of every source."""
         scan_name = self._relative(self.scan_path(patient))
         mask_name = self._relative(self.mask_path(patient))
         hu, affine, zooms = _load_nifti(self.scan_path(patient), scan_name)
@@ -435,7 +397,7 @@ def _check_no_unlisted_volumes(
     if folder is None or not folder.is_dir():
         return
     for name, path in sorted(_children_by_lower_name(folder).items()):
-        stem = next((name[: -len(s)] for s in NIFTI_SUFFIXES if name.endswith(s)), "")
+        stem = nifti_stem(name) or ""
         if stem.isdigit() and int(stem) not in listed:
             raise IchsegError(
                 f"{csv_path.name} has no rows for patient {int(stem)}, but {path} exists; "

@@ -24,7 +24,6 @@ from typing import ClassVar
 
 from ichseg.data.mask_release import MaskRelease
 from ichseg.data.release import (
-    NIFTI_SUFFIXES,
     Case,
     Release,
     VolumeRelease,
@@ -32,6 +31,7 @@ from ichseg.data.release import (
 )
 from ichseg.errors import IchsegError
 from ichseg.paths import absolute
+from ichseg.scans.nifti import NIFTI_SUFFIXES, nifti_stem
 
 # What a folder written by `ichseg phantom` holds besides its layout (ichseg.data.phantom).
 PHANTOM_MARKER = "phantom.json"
@@ -62,7 +62,7 @@ class Source(ABC):
 
     def open_release(self, allow_non_hu: bool = False) -> VolumeRelease:
         """`open()`, whose volumes are then loaded even if they do not look like CT in HU when
-        `allow_non_hu` (`ichseg.data.hounsfield`); what prepare and evaluate read through."""
+        `allow_non_hu` (`ichseg.scans.hounsfield`); what prepare and evaluate read through."""
         release = self.open()
         release.allow_non_hu = allow_non_hu
         return release
@@ -122,10 +122,8 @@ def nifti_stems(folder: Path, suffix: str = "") -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
-        lower = path.name.lower()
-        ending = next((s for s in sorted(NIFTI_SUFFIXES, key=len)[::-1] if lower.endswith(s)), "")
-        stem = path.name[: -len(ending)] if ending else ""
-        if not ending or not path.is_file() or not stem.endswith(suffix):
+        stem = nifti_stem(path.name)
+        if stem is None or not path.is_file() or not stem.endswith(suffix):
             raise IchsegError(
                 f"{path}: expected only NIfTI files (<case>{suffix}.nii or .nii.gz) in "
                 f"{folder.name}/, found {path.name}"

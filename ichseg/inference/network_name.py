@@ -3,8 +3,8 @@
 A checkpoint trained by `train.py` sits in its job's folder (`<job>/checkpoints/x.ckpt`) beside
 the job's `config.yaml`, whose `model.display_name` (else `model.name`) is how the report names
 it (U-Net, D-Unet). A checkpoint moved elsewhere is named by its network's class and the
-architecture values its network config gives (`ichseg.nets.ARCHITECTURE_KEYS`), so a U-Net and
-a D-Unet still read differently.
+architecture values its network config gives (`ichseg.models.network.ARCHITECTURE_KEYS`), so a
+U-Net and a D-Unet still read differently.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ichseg.errors import IchsegError
-from ichseg.nets import ARCHITECTURE_KEYS
+from ichseg.models.network import ARCHITECTURE_KEYS
 from ichseg.sweeps.local import read_job_config
 
 

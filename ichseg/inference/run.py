@@ -23,9 +23,14 @@ import numpy as np
 from ichseg.atomic import created_folders_removed_on_failure, writable_dir
 from ichseg.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
 from ichseg.errors import IchsegError
-from ichseg.inference.dicom_io import is_dicom_input, open_dicom
-from ichseg.inference.dicom_seg import SegPlan, checkpoint_ids, seg_bytes, seg_path, seg_plan
-from ichseg.inference.nifti_io import (
+from ichseg.inference.summary_page import PNG_SUFFIX, png_bytes, summary_figure
+from ichseg.inference.volumes import VolumeEnsemble, summarize
+from ichseg.jobs.records import read_records
+from ichseg.metrics import COLLAPSED, collapsed
+from ichseg.runtime import pick_device
+from ichseg.scans.dicom import is_dicom_input, open_dicom
+from ichseg.scans.dicom_seg import SegPlan, checkpoint_ids, seg_bytes, seg_path, seg_plan
+from ichseg.scans.nifti import (
     MASK_SUFFIX,
     Scan,
     check_outputs_free,
@@ -34,11 +39,6 @@ from ichseg.inference.nifti_io import (
     output_paths,
     write_outputs,
 )
-from ichseg.inference.summary_page import PNG_SUFFIX, png_bytes, summary_figure
-from ichseg.inference.volumes import VolumeEnsemble, summarize
-from ichseg.metrics import COLLAPSED, collapsed
-from ichseg.records import read_records
-from ichseg.runtime import pick_device
 
 
 def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:

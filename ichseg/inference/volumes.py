@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from ichseg.data.transforms import encode_intensity, from_slices, prepared_slices
 from ichseg.inference.ensemble import Ensemble, require_shared
-from ichseg.nets import check_input_size
+from ichseg.models.network import check_input_size
 
 CONNECTIVITY = 26
 STRUCTURE = ndimage.generate_binary_structure(3, 3)  # 26-connectivity

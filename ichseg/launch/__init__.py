@@ -1,4 +1,5 @@
-"""Running a sweep on more than one device: GPU slots on one machine, placement, SLURM."""
+"""Launching a sweep: its overrides checked, its folder recorded, GPU slots on one machine,
+placement, SLURM."""
 
 from hydra.errors import CompactHydraException
 

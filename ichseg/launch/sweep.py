@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ichseg.atomic import atomic_write_text, file_lock
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import MULTIRUN_FILE, read_job
 from ichseg.paths import absolute
-from ichseg.records import MULTIRUN_FILE, read_job
 
 
 def job_dir(job_cfg: DictConfig) -> Path:
@@ -29,7 +29,7 @@ def check_sweep_dir(job_cfgs: Sequence[DictConfig], sweep_dir: str) -> None:
     """Raise, before anything is written, when a job folder of the sweep holds results of
     another configuration, or a checkpoint to resume from that another model saved: the whole
     sweep is refused."""
-    from ichseg.job_config import config_clash, resume_checkpoint
+    from ichseg.jobs.config import config_clash, resume_checkpoint
 
     _check_one_job_per_folder(job_cfgs)
     clashes = []

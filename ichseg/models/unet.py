@@ -97,7 +97,7 @@ class UNet(nn.Module):
         self.batch_norm = batch_norm
         self.dropout = float(dropout)
         self.in_channels = in_channels
-        # H and W must be multiples of it (`ichseg.nets.size_divisor` reads it).
+        # H and W must be multiples of it (`ichseg.models.network.size_divisor` reads it).
         self.size_divisor = 2 ** (len(filters) - 1)
 
         self.down = nn.ModuleList()
@@ -121,7 +121,7 @@ class UNet(nn.Module):
 
     @property
     def architecture(self) -> dict:
-        """Table 1's architecture columns (`ichseg.nets.architecture`)."""
+        """Table 1's architecture columns (`ichseg.models.network.architecture`)."""
         return {
             "filters": list(self.filters),
             "kernel": "3x3",

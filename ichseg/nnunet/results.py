@@ -26,10 +26,10 @@ from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.data.prepare import PreparedData, load_prepared
 from ichseg.data.release import read_json_object
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import upsert_record, write_job
 from ichseg.metrics import METRICS_VERSION, ProtocolAccumulator
 from ichseg.nnunet.export import cache_of, provenance
 from ichseg.nnunet.layout import PROVENANCE_KEY
-from ichseg.records import upsert_record, write_job
 from ichseg.sweeps.local import collect_sweep
 from ichseg.sweeps.model import CONFIG_FILE, IMPORTED_TEST_FILE, Job, Sweep
 

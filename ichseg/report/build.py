@@ -16,13 +16,20 @@ from typing import Any
 
 from ichseg.atomic import atomic_path, check_replaceable
 from ichseg.errors import IchsegError
-from ichseg.inference.evaluate_volumes import dataset_label
+from ichseg.inference.evaluate import dataset_label
 from ichseg.metrics import COLLAPSED
-from ichseg.nets import FLOPS_SIZE
+from ichseg.models.network import FLOPS_SIZE
 from ichseg.report import figures
 from ichseg.report.compare import PairedComparison, comparison_markdown
 from ichseg.report.compute import HeldoutResults, SweepResults
 from ichseg.report.heldout_slices import SliceResult, slices_markdown
+from ichseg.report.heldout_volumes import (
+    ExternalResult,
+    VolumeResult,
+    external_markdown,
+    source_facts_text,
+    volumes_markdown,
+)
 from ichseg.report.render import detection_markdown, table1_csv, table1_latex, table1_markdown
 from ichseg.report.selection import (
     NOT_LEARNING_RULE,
@@ -39,13 +46,6 @@ from ichseg.report.table import (
     TableRow,
     detection_rows,
     undefined_values,
-)
-from ichseg.report.volume_scores import (
-    ExternalResult,
-    VolumeResult,
-    external_markdown,
-    source_facts_text,
-    volumes_markdown,
 )
 from ichseg.sweeps.local import read_cache_meta
 from ichseg.sweeps.model import Job, Sweep

@@ -14,14 +14,14 @@ from ichseg.data.sources import Source
 from ichseg.errors import IchsegError
 from ichseg.report.compare import PairedComparison, compare_all
 from ichseg.report.heldout_slices import SliceResult, evaluate_slices
-from ichseg.report.selection import Selection, select
-from ichseg.report.table import PROTOCOLS, ArchInfo, TableRow, arch_info, protocol, table_rows
-from ichseg.report.volume_scores import (
+from ichseg.report.heldout_volumes import (
     ExternalResult,
     VolumeResult,
     evaluate_external,
-    evaluate_volumes,
+    score_heldout_volumes,
 )
+from ichseg.report.selection import Selection, select
+from ichseg.report.table import PROTOCOLS, ArchInfo, TableRow, arch_info, protocol, table_rows
 from ichseg.sweeps.model import Sweep
 
 
@@ -85,6 +85,6 @@ def score_heldout(
     sweep, selection = results.sweep, results.selection
     return HeldoutResults(
         slices=list(evaluate_slices(sweep, selection)) if test else [],
-        volumes=evaluate_volumes(sweep, selection, work_dir, volume_metrics) if test else [],
+        volumes=score_heldout_volumes(sweep, selection, work_dir, volume_metrics) if test else [],
         external=evaluate_external(sweep, selection, external or [], work_dir, volume_metrics),
     )

@@ -11,7 +11,7 @@ import io
 import math
 from collections.abc import Iterator
 
-from ichseg.nets import FLOPS_SIZE
+from ichseg.models.network import FLOPS_SIZE
 from ichseg.report.table import ArchInfo, DetectionRow, Stat, TableRow
 
 CSV_COLUMNS = (

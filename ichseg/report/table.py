@@ -18,7 +18,13 @@ from ichseg.checkpoint import module_net_config
 from ichseg.errors import IchsegError, first_line
 from ichseg.metrics import PROTOCOLS as METRIC_PROTOCOLS
 from ichseg.metrics import collapsed
-from ichseg.nets import NET_KEY, architecture, build_on_meta, flops_per_slice, parameter_count
+from ichseg.models.network import (
+    NET_KEY,
+    architecture,
+    build_on_meta,
+    flops_per_slice,
+    parameter_count,
+)
 from ichseg.sweeps.model import ICHSEG, Sweep
 
 
@@ -112,7 +118,7 @@ CONSISTENCY_KEYS = (
 @dataclass(frozen=True)
 class ArchInfo:
     """Table 1's architecture columns of one model: what its network says of itself
-    (`ichseg.nets.architecture`), what its config's `model.architecture` adds, and the
+    (`ichseg.models.network.architecture`), what its config's `model.architecture` adds, and the
     parameters and FLOPs counted on the network built from its config."""
 
     model: str

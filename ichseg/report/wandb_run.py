@@ -28,7 +28,7 @@ from ichseg.sweeps.wandb_offline import sweep_runs
 
 if TYPE_CHECKING:  # the report's modules import the training stack; the dashboard needs none
     from ichseg.report.compute import HeldoutResults, SweepResults
-    from ichseg.report.volume_scores import VolumeResult
+    from ichseg.report.heldout_volumes import VolumeResult
 
 # Keys of the report run's tables; its figures are logged under FIGURES_PREFIX.
 TABLE1_KEY = "table1"
@@ -110,7 +110,7 @@ def _log(
     """Log the run; the line that says where it went."""
     import wandb
 
-    from ichseg.inference.evaluate_volumes import dataset_label
+    from ichseg.inference.evaluate import dataset_label
 
     sweep = results.sweep
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))

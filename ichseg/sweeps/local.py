@@ -15,8 +15,7 @@ from pathlib import Path
 import yaml
 
 from ichseg.errors import IchsegError
-from ichseg.paths import absolute, absolute_config_paths, is_relative, relative_config_paths
-from ichseg.records import (
+from ichseg.jobs.records import (
     HISTORY_FILE,
     JOB_FILE,
     MULTIRUN_FILE,
@@ -25,6 +24,7 @@ from ichseg.records import (
     read_job,
     read_records,
 )
+from ichseg.paths import absolute, absolute_config_paths, is_relative, relative_config_paths
 from ichseg.sweeps.model import (
     CONFIG_FILE,
     NOT_STARTED,

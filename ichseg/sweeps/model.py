@@ -16,8 +16,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import MULTIRUN_FILE
 from ichseg.metrics import METRICS_VERSION
-from ichseg.records import MULTIRUN_FILE
 
 CONFIG_FILE = "config.yaml"
 # A job that has not written job.json yet (or never will) has no status of its own.

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.errors import IchsegError, first_line
-from ichseg.records import MULTIRUN_FILE
+from ichseg.jobs.records import MULTIRUN_FILE
 from ichseg.sweeps.local import load_yaml
 from ichseg.sweeps.model import Sweep, assemble_sweep
 from ichseg.sweeps.wandb_api import REPORT_JOB_TYPE, job_from_run, merge_jobs

@@ -16,8 +16,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from ichseg.atomic import atomic_path
 from ichseg.checkpoint import LAST_CHECKPOINT, SPLIT_KEY, VALIDATION_KEY, split_provenance
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import read_records, upsert_history, upsert_record
 from ichseg.metrics import METRICS_VERSION, collapsed
-from ichseg.records import read_records, upsert_history, upsert_record
 from ichseg.visualize import overlay_rgb
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ichseg.checkpoint import CHECKPOINT_VERSION, PREPROCESS_KEY, RNG_KEY, VERSION_KEY, Preprocess
 from ichseg.metrics import PROTOCOLS, ProtocolAccumulator
-from ichseg.nets import build_net, net_config
+from ichseg.models.network import build_net, net_config
 from ichseg.training.losses import soft_dice_loss
 from ichseg.training.optim import build_optimizer, inverse_time_decay
 
@@ -23,8 +23,8 @@ PROGRESS_BAR = tuple(f"val/{PROTOCOLS[name].keys[0]}" for name in ("paper", "les
 class SegmentationModule(pl.LightningModule):
     """Binary hemorrhage segmentation with soft Dice loss, Adam, and every metric protocol.
 
-    The network is built from its config node `net` (`ichseg.nets`), saved resolved among the
-    hyperparameters, so a checkpoint alone restores the model.
+    The network is built from its config node `net` (`ichseg.models.network`), saved resolved
+    among the hyperparameters, so a checkpoint alone restores the model.
     Train metrics are the running values over the epoch's augmented, train-mode batches, as
     Keras reported them in the paper; validation metrics come from the unaugmented fold in eval
     mode. Both are computed once per epoch, at the end of validation, and kept in

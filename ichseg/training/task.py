@@ -16,15 +16,15 @@ from omegaconf import DictConfig, OmegaConf
 from ichseg.atomic import atomic_write_text
 from ichseg.config import instantiate_checked, project_root
 from ichseg.errors import IchsegError
-from ichseg.job_config import config_clash, config_hash, resume_checkpoint
+from ichseg.jobs.config import config_clash, config_hash, resume_checkpoint
+from ichseg.jobs.folder import job_lock
+from ichseg.jobs.records import read_job, read_records
+from ichseg.jobs.state import RecordedRun
 from ichseg.launch.placement import trainer_overrides
 from ichseg.metrics import COLLAPSED, collapsed
 from ichseg.paths import absolute_config_paths
-from ichseg.records import read_job, read_records
 from ichseg.runtime import apply_torch_settings, training_precision
 from ichseg.training.console import quiet_libraries
-from ichseg.training.job_folder import job_lock
-from ichseg.training.job_state import RecordedRun
 from ichseg.training.provenance import code_version, hardware, package_versions
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import read_job
 from ichseg.launch import placement
 from ichseg.launch.placement import SlotTask, pool_size, slot_gpu, trainer_overrides
 from ichseg.launch.slots import acquire_slot
-from ichseg.records import read_job
 from tests.helpers.runs import ROOT
 
 

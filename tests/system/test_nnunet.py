@@ -21,9 +21,9 @@ from PIL import Image
 from ichseg.cli import main
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import read_job, read_records
 from ichseg.nnunet.export import export_dataset
 from ichseg.nnunet.results import import_results
-from ichseg.records import read_job, read_records
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute, score_heldout
 from ichseg.report.heldout_slices import evaluate_slices

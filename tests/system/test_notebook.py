@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from ichseg.records import read_records
+from ichseg.jobs.records import read_records
 from tests.helpers.runs import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "walkthrough.ipynb"

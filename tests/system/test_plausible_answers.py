@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ichseg.records import read_job, read_records
+from ichseg.jobs.records import read_job, read_records
 from ichseg.sweeps.wandb_offline import RUN_FILES, read_offline_run
 from tests.helpers.runs import TINY, finish, launch, train
 
@@ -200,7 +200,7 @@ def test_key_errors_are_one_line_with_exit_2(tmp_path, override, record_behaviou
 
 
 def test_keys_that_exist_or_that_the_target_takes_pass():
-    from ichseg.sweep_args import check_overrides
+    from ichseg.launch.overrides import check_overrides
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     check_overrides(

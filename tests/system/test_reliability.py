@@ -38,8 +38,8 @@ from ichseg.data import prepare as prepare_mod
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
 from ichseg.data.release import CSV_NAME, SUBTYPES
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import read_job, read_records, upsert_record, write_job
 from ichseg.models.unet import unet_config
-from ichseg.records import read_job, read_records, upsert_record, write_job
 from tests.helpers.runs import LAST, ROOT, finish, launch
 
 # Torch and Lightning are imported inside the tests that need them: the twenty `prepare`
@@ -494,7 +494,7 @@ def test_report_never_reads_a_half_written_record(tmp_path, record_behaviour):
 def test_unreadable_checkpoint_at_resume_is_one_line(tmp_path, record_behaviour):
     from omegaconf import OmegaConf
 
-    from ichseg.job_config import check_resume_checkpoint
+    from ichseg.jobs.config import check_resume_checkpoint
 
     last = tmp_path / LAST
     last.parent.mkdir()

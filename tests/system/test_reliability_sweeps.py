@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ichseg.records import read_job, read_records
+from ichseg.jobs.records import read_job, read_records
 from tests.helpers.runs import LAST, finish, launch, train
 
 pytestmark = pytest.mark.slow

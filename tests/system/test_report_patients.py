@@ -11,7 +11,7 @@ import pytest
 
 from ichseg.cli import main as ichseg_main
 from ichseg.inference.volume_agreement import agreement
-from ichseg.records import read_job
+from ichseg.jobs.records import read_job
 from tests.helpers.runs import train
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import read_history, read_records
 from ichseg.metrics import PROTOCOLS
-from ichseg.records import read_history, read_records
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute
 from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS

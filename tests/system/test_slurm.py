@@ -20,8 +20,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import read_job, read_records
 from ichseg.launch.slurm import check_time_limit, wait_for_jobs
-from ichseg.records import read_job, read_records
 from tests.helpers.runs import ROOT
 from tests.helpers.slurm_cluster import ClusterError, SlurmCluster, missing_binaries, wait_for
 

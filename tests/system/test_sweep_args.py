@@ -8,7 +8,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ichseg.errors import IchsegError
-from ichseg.sweep_args import check_overrides, expand_ranges
+from ichseg.launch.overrides import check_overrides, expand_ranges
 from tests.helpers.runs import ROOT
 
 CONF = ROOT / "conf"

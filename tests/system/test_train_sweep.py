@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ichseg.data.prepare import load_prepared
+from ichseg.jobs.records import read_history, read_job, read_records
 from ichseg.metrics import METRICS_VERSION, stage_keys
-from ichseg.records import read_history, read_job, read_records
 from ichseg.training.module import SegmentationModule
 from tests.helpers.runs import ROOT, train
 

@@ -10,7 +10,7 @@ from ichseg.config import register_resolvers, scale_filters
 from ichseg.data.augment import BatchAugment
 from ichseg.data.sources import Phantom
 from ichseg.errors import IchsegError
-from ichseg.job_config import config_hash
+from ichseg.jobs.config import config_hash
 from ichseg.models.unet import UNet
 from ichseg.runtime import apply_torch_settings, set_float32_precision, training_precision
 from ichseg.training.callbacks import CheckpointRecorder, FiniteLossGuard, SplitProvenance

@@ -19,7 +19,7 @@ from pydicom.fileset import FileSet
 from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ichseg.errors import IchsegError
-from ichseg.inference.dicom_io import open_dicom
+from ichseg.scans.dicom import open_dicom
 from tests.helpers.dicom_series import ZOOMS, synthetic_uid, write_series, zip_folder
 from tests.helpers.scans import with_air
 from tests.unit.test_dicom_input import FP32, _refused, bleeds_volume, run_cli

@@ -17,7 +17,7 @@ from pydicom.uid import JPEGLosslessSV1, RLELossless, generate_uid
 
 import ichseg
 from ichseg.cli import main
-from ichseg.inference.dicom_io import lps_to_ras, open_dicom
+from ichseg.scans.dicom import lps_to_ras, open_dicom
 from tests.helpers.dicom_series import read_positions, synthetic_uid, write_series, zip_folder
 from tests.helpers.scans import save_scan, with_air
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ichseg.cli import main
 from ichseg.data.phantom import write_phantom
-from ichseg.inference import evaluate_volumes
+from ichseg.inference import evaluate
 from ichseg.report import figures
 from ichseg.report.figures import test_overlays as draw_overlays
 from ichseg.report.heldout_slices import SliceExample, SliceResult, _examples
@@ -78,7 +78,7 @@ def drawn(monkeypatch) -> dict[str, Figure]:
         save_png(figure, path)
         found[Path(path).name] = figure
 
-    for module in (figures, evaluate_volumes):
+    for module in (figures, evaluate):
         monkeypatch.setattr(module, "save_png", keep)
     return found
 
@@ -147,7 +147,7 @@ def test_dice_vs_volume_log_axis_labels_are_plain_and_apart(low, high):
         "mode": "held-out patients",
         "source": {"title": "PhysioNet CT-ICH 1.3.1"},
     }
-    figure = evaluate_volumes.dice_volume_figure(rows, summary)
+    figure = evaluate.dice_volume_figure(rows, summary)
     png_bytes(figure)
     (axes,) = figure.axes
     labels = shown_tick_labels(axes.xaxis)

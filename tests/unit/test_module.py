@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from ichseg.checkpoint import Preprocess, load_checkpoint, write_checkpoint
 from ichseg.errors import IchsegError
-from ichseg.job_config import check_resume_checkpoint
+from ichseg.jobs.config import check_resume_checkpoint
 from ichseg.models.unet import unet_config
 from ichseg.training.module import SegmentationModule
 

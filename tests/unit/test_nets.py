@@ -9,8 +9,7 @@ from torch import nn
 
 from ichseg.checkpoint import HPARAMS_KEY, VERSION_KEY, load_checkpoint, read_checkpoint
 from ichseg.errors import IchsegError
-from ichseg.models.unet import UNet, unet_config
-from ichseg.nets import (
+from ichseg.models.network import (
     architecture,
     build_net,
     build_on_meta,
@@ -18,6 +17,7 @@ from ichseg.nets import (
     parameter_count,
     size_divisor,
 )
+from ichseg.models.unet import UNet, unet_config
 from tests.helpers.checkpoints import FILTERS, random_module, save_checkpoint
 
 

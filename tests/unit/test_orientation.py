@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ichseg.data.orientation import reorientation
 from ichseg.errors import IchsegError
+from ichseg.scans.orientation import reorientation
 
 # The training orientation: array axis 0 towards the left, 1 anterior, 2 superior.
 TRAINING = np.array([[-0.5, 0, 0, 10.0], [0, 0.4, 0, -20.0], [0, 0, 5.0, 30.0], [0, 0, 0, 1]])

@@ -27,11 +27,11 @@ from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.data.release import Release
 from ichseg.data.transforms import window
 from ichseg.inference.ensemble import Ensemble
-from ichseg.inference.nifti_io import Scan, open_scan
 from ichseg.inference.run import predict_scans
 from ichseg.inference.volume_metrics import dice_3d
 from ichseg.inference.volumes import VolumeEnsemble
 from ichseg.models.unet import unet_config
+from ichseg.scans.nifti import Scan, open_scan
 from ichseg.training.module import SegmentationModule
 from tests.helpers.checkpoints import (
     FILTERS,

@@ -14,9 +14,9 @@ import pytest
 from ichseg.data.release import CSV_COLUMNS, CSV_NAME, Release, SliceLabel, slice_id
 from ichseg.errors import IchsegError
 
-# At least the 16x16 in-plane a scan needs (ichseg.data.hounsfield).
+# At least the 16x16 in-plane a scan needs (ichseg.scans.hounsfield).
 SHAPE = (20, 18)
-# The training orientation (ichseg.data.orientation): axis 0 towards the left, 1 anterior.
+# The training orientation (ichseg.scans.orientation): axis 0 towards the left, 1 anterior.
 AFFINE = np.diag([-0.4, 0.45, 5.0, 1.0])
 # Patient -> per-slice hemorrhage flags (volume index order).
 ICH = {7: (0, 1, 1, 0), 51: (0, 0, 0)}

@@ -16,9 +16,9 @@ from matplotlib.image import imread
 from scipy import stats
 
 from ichseg.errors import IchsegError
+from ichseg.jobs.records import read_records, upsert_history, upsert_record, write_job
 from ichseg.metrics import METRICS_VERSION, PROTOCOLS
 from ichseg.models.unet import unet_config
-from ichseg.records import read_records, upsert_history, upsert_record, write_job
 from ichseg.report import compute as compute_module
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute, score_heldout
@@ -617,7 +617,7 @@ def test_heldout_slices_score_ensemble_and_best_fold(tmp_path):
 def test_wandb_source_gives_the_same_table(tmp_path):
     from types import SimpleNamespace
 
-    from ichseg.records import read_history
+    from ichseg.jobs.records import read_history
     from ichseg.sweeps.wandb_api import collect_wandb
 
     sweep = make_sweep(tmp_path / "sweep", skip_records={("unet", 1, 200)})

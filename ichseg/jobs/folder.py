@@ -2,7 +2,7 @@
 
 One process trains a job: it holds an exclusive `flock` on the folder's `job.lock` for the
 job's lifetime (the operating system drops it when the process dies, however it dies) and
-decides under that lock, with `ichseg.job_config`, whether the folder's job is skipped,
+decides under that lock, with `ichseg.jobs.config`, whether the folder's job is skipped,
 resumed or refused. A single run's config is checked before Hydra creates its folder
 (`CheckBeforeRunFolder`); what the job refuses later is discarded with the folder. Nothing here
 loads Lightning, so a refused run answers at once.
@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from ichseg.atomic import try_lock
 from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
-from ichseg.records import RECORDS_FILE
+from ichseg.jobs.records import RECORDS_FILE
 
 JOB_LOCK = "job.lock"
 

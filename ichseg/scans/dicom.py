@@ -40,7 +40,7 @@ orientations or pixel spacings, a single slice, two slices at one position, unev
 (`MAX_TILT_DEG`) unless `resample_tilt`, a rescale to other units than HU, and compressed pixel
 data that the installed pydicom handlers cannot decode. `RescaleType` US (unspecified), which
 GDCM and ITK write for CT, is taken as HU for a CT series and recorded as such; the HU check of
-the voxels (`ichseg.data.hounsfield`) still applies.
+the voxels (`ichseg.scans.hounsfield`) still applies.
 
 Each pass over the files (headers, then pixels) opens a zip once, and a file that is not DICOM
 is read no further than the 132 bytes that tell.
@@ -80,9 +80,9 @@ from pydicom.uid import (
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from scipy import ndimage
 
-from ichseg.data.orientation import MAX_OBLIQUE_DEG, reorientation
 from ichseg.errors import IchsegError, first_line
-from ichseg.inference.nifti_io import NIFTI_SUFFIXES, Scan
+from ichseg.scans.nifti import NIFTI_SUFFIXES, Scan
+from ichseg.scans.orientation import MAX_OBLIQUE_DEG, reorientation
 
 ZIP_SUFFIX = ".zip"
 # A DICOM file's 128-byte preamble and the prefix after it (DICOM PS3.10 7.1).

@@ -43,7 +43,7 @@ from pydicom.uid import generate_uid
 
 from ichseg import __version__
 from ichseg.errors import IchsegError, first_line
-from ichseg.inference.nifti_io import Scan
+from ichseg.scans.nifti import Scan
 
 SEG_SUFFIX = "_seg.dcm"
 CATEGORY = Code("49755003", "SCT", "Morphologically Altered Structure")

@@ -314,7 +314,7 @@ def evaluate(
     under the volume protocol `metrics` with NSD at `nsd_tolerance_mm` (default: the
     protocol's); write `patients.csv`, `dice_vs_volume.png`, `bland_altman.png` and
     `summary.json` into `outdir`. `allow_non_hu` reads scans that do not look like CT in HU
-    (`ichseg.data.hounsfield`)."""
+    (`ichseg.scans.hounsfield`)."""
     if (splits is None) == (source is None):
         raise IchsegError("evaluate: give either a patient-split cache or an external source")
     protocol = volume_protocol(metrics)

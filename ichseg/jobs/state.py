@@ -1,4 +1,4 @@
-"""One job's `job.json` status while it trains (its folder's lock: `training.job_folder`)."""
+"""One job's `job.json` status while it trains (its folder's lock: `ichseg.jobs.folder`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from ichseg.checkpoint import LAST_CHECKPOINT
-from ichseg.records import write_job
-from ichseg.training.callbacks import CheckpointRecorder
+from ichseg.jobs.records import write_job
 
 
 class RecordedRun:
@@ -20,7 +19,8 @@ class RecordedRun:
     the process exits like one killed by that signal (143, 130), so a scheduler requeues the job
     and nothing reads it as a finished sweep.
 
-    Set `trainer` once it is built: its step and its `CheckpointRecorder` tell how it stopped.
+    Set `trainer` once it is built: its step, and the `stopped_by` of its callback that records
+    signals (`ichseg.training.callbacks.CheckpointRecorder`), tell how it stopped.
     """
 
     def __init__(self, job_dir: Path, state: dict) -> None:
@@ -51,8 +51,7 @@ class RecordedRun:
 
     def _stopped_by(self) -> str | None:
         callbacks = self.trainer.callbacks if self.trainer is not None else []
-        recorders = [c for c in callbacks if isinstance(c, CheckpointRecorder)]
-        return recorders[0].stopped_by if recorders else None
+        return next((c.stopped_by for c in callbacks if hasattr(c, "stopped_by")), None)
 
     def _stopped(self, signame: str) -> SystemExit:
         """Record a job stopped by `signame`; the exit status to leave with."""

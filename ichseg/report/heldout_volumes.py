@@ -2,7 +2,7 @@
 
 Only a `data.split=patient` sweep has held-out patients whose every slice is unseen; there each
 architecture's fold models at the selected epoch are ensembled by `ichseg evaluate`
-(`ichseg.inference.evaluate_volumes.evaluate`, in fp32) over the test patients' full volumes
+(`ichseg.inference.evaluate.evaluate`, in fp32) over the test patients' full volumes
 (the scores of a volume protocol, volume error in mL, patient-level detection, the agreement of
 ichseg's and ABC/2's volumes with the true ones). Given external data sources, the same
 ensembles score every volume of each (`evaluate_external`): the report's external validation
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ichseg.data.release import SUBTYPES
 from ichseg.data.sources import Source
-from ichseg.inference.evaluate_volumes import BLAND_ALTMAN_NAME, FIGURE_NAME, evaluate
+from ichseg.inference.evaluate import BLAND_ALTMAN_NAME, FIGURE_NAME, evaluate
 from ichseg.inference.training_overlap import check_not_training_data
 from ichseg.inference.volume_metrics import (
     COMMON_DEFINITIONS,
@@ -92,7 +92,7 @@ def _each_selected(
     return results
 
 
-def evaluate_volumes(
+def score_heldout_volumes(
     sweep: Sweep, selection: Selection, out_dir: Path, metrics: str | None = None
 ) -> list[VolumeResult]:
     """Score each selected architecture on whole held-out patients under the volume protocol

@@ -47,7 +47,7 @@ ALLOW_HINT = "pass --allow-non-hu (train.py: data.allow_non_hu=true) if it reall
 
 def check_ct_size(shape: tuple[int, ...], label: str) -> None:
     """Raise unless both in-plane axes of `shape` (H, W, slices in the training orientation,
-    `ichseg.data.orientation`) hold `MIN_IN_PLANE` pixels."""
+    `ichseg.scans.orientation`) hold `MIN_IN_PLANE` pixels."""
     if min(shape[:2]) < MIN_IN_PLANE:
         raise IchsegError(
             f"{label}: in-plane size {shape[0]}x{shape[1]} is too small to be a CT scan "

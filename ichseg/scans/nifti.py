@@ -2,7 +2,7 @@
 
 A scan must hold one 3-D volume (a trailing singleton axis is allowed) of real numbers, at least
 `MIN_IN_PLANE` pixels in-plane, with positive voxel sizes; its voxels are read as Hounsfield
-units through nibabel's scaling and must look like head CT (`ichseg.data.hounsfield`). The mask
+units through nibabel's scaling and must look like head CT (`ichseg.scans.hounsfield`). The mask
 is written as uint8 0/1 with the scan's exact shape and header geometry, next to a JSON summary;
 both are written atomically. The summary records its input (`input_identity`: the resolved path,
 and a DICOM series' UID), and a file of the same name is replaced only when it is an earlier
@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,24 +25,66 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.atomic import atomic_path
-from ichseg.checkpoint import CHECKPOINT_SUFFIXES
-from ichseg.data.hounsfield import check_ct_size, check_hounsfield, check_stored_type
-from ichseg.data.orientation import Reorientation, reorientation
-from ichseg.data.release import NIFTI_READ_ERRORS, voxel_sizes
 from ichseg.errors import IchsegError, first_line, require_file
+from ichseg.scans.hounsfield import check_ct_size, check_hounsfield, check_stored_type
+from ichseg.scans.orientation import Reorientation, reorientation
 
 if TYPE_CHECKING:
-    from ichseg.inference.dicom_io import DicomSeries
+    from ichseg.scans.dicom import DicomSeries
 
+# Longest first, so that a name's suffix is found by the first that matches.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MASK_SUFFIX = "_mask.nii.gz"
+
+# What nibabel, gzip and numpy raise on a damaged or foreign NIfTI file.
+NIFTI_READ_ERRORS = (
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+)
+
+# How far the header's voxel sizes may differ from the affine's before the geometry is unusable.
+_ZOOM_RTOL = 1e-2
+
+
+def voxel_sizes(image: nib.Nifti1Image, path: Path, label: str) -> tuple[float, float, float]:
+    """The voxel sizes (mm) a volume in mL may be computed from, or an IchsegError naming `label`.
+
+    They are the header's own pixdim (read unfixed: nibabel silently turns 0 into 1), which must
+    be positive and finite and agree with the lengths of the affine's axes.
+    """
+    with nib.openers.ImageOpener(path) as fh:
+        raw = type(image.header).from_fileobj(fh, check=False)
+    zooms = tuple(float(z) for z in raw["pixdim"][1:4])
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise IchsegError(
+            f"{label}: voxel sizes {zooms} in the header are not positive finite mm; "
+            "a volume in mL cannot be computed from them"
+        )
+    axes = tuple(float(n) for n in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
+    if not np.allclose(axes, zooms, rtol=_ZOOM_RTOL):
+        rounded = tuple(round(a, 4) for a in axes)
+        raise IchsegError(
+            f"{label}: voxel sizes {zooms} in the header disagree with the affine's {rounded} mm; "
+            "a volume in mL cannot be computed from them"
+        )
+    return zooms  # type: ignore[return-value]
+
+
+def nifti_stem(name: str) -> str | None:
+    """`name` without `.nii` / `.nii.gz` (in any case); None when it is not a NIfTI file name."""
+    ending = next((s for s in NIFTI_SUFFIXES if name.lower().endswith(s)), None)
+    return name[: -len(ending)] if ending else None
 
 
 @dataclass
 class Scan:
     """A CT scan, checked to hold one 3-D volume; `hu` is read on demand. `orientation`
     brings its array to the training orientation and a predicted mask back (its affine's).
-    A NIfTI file's `image` is the file; a DICOM series' (`dicom`, `ichseg.inference.dicom_io`)
+    A NIfTI file's `image` is the file; a DICOM series' (`dicom`, `ichseg.scans.dicom`)
     is a header-only image of its shape and affine, and its voxels are read from the series."""
 
     path: Path
@@ -62,8 +105,7 @@ class Scan:
         """The file name without `.nii` / `.nii.gz` (a DICOM series': its folder's or zip's)."""
         if self.dicom is not None:
             return self.dicom.stem
-        name = self.path.name
-        return name[: -len(next(s for s in NIFTI_SUFFIXES if name.lower().endswith(s)))]
+        return nifti_stem(self.path.name)
 
     def read_hu(self, allow_non_hu: bool = False) -> np.ndarray:
         """Hounsfield units (H, W, N) float32 through nibabel's scaling (a DICOM series': its
@@ -91,8 +133,8 @@ def open_scan(path: str | os.PathLike) -> Scan:
     require_file(path, "scan", "a NIfTI file")
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise IchsegError(
-            f"scan {path}: expected a NIfTI file ending in .nii or .nii.gz "
-            f"(checkpoints end in {', '.join(CHECKPOINT_SUFFIXES)})"
+            f"scan {path}: expected a NIfTI file ending in .nii or .nii.gz, a DICOM folder or "
+            "a .zip of one"
         )
     try:
         image = nib.load(path)
