@@ -26,7 +26,7 @@ def time_prepare(cfg: DictConfig, repeats: int) -> dict:
     one untimed build (which also brings the release's files into the page cache)."""
     datamodule = instantiate_checked(cfg.data)
     start = time.perf_counter()
-    release = datamodule.release()
+    release = datamodule.release_dir()
     release_s = time.perf_counter() - start
     scratch = datamodule.cache_root.parent
     scratch.mkdir(parents=True, exist_ok=True)

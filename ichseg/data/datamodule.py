@@ -184,9 +184,9 @@ class ICHDataModule(pl.LightningDataModule):
         self._aug_generator: torch.Generator | None = None
         self._aug_epoch = -1
 
-    def release(self) -> Path:
+    def release_dir(self) -> Path:
         """The source's release folder, made first if the source makes it (the phantom)."""
-        return self.source.release()
+        return self.source.release_dir()
 
     def _ensure_cache(self) -> Path:
         """Make the release (if the source does) and the prepared cache; both reuse what exists."""

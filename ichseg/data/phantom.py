@@ -28,7 +28,14 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.atomic import atomic_path, file_lock
-from ichseg.data.release import CSV_COLUMNS, CSV_NAME, MASK_DIR, SCAN_DIR, SUBTYPES, SliceLabel
+from ichseg.data.release import (
+    CSV_NAME,
+    LABEL_CSV_COLUMNS,
+    MASK_DIR,
+    SCAN_DIR,
+    SUBTYPES,
+    SliceLabel,
+)
 from ichseg.data.sources import BHSD, PHANTOM_MARKER, Instance22, NnunetRaw, PhysioNet, Source
 from ichseg.errors import IchsegError
 from ichseg.seeds import check_seed
@@ -516,7 +523,7 @@ def _labels_csv(labels: list[SliceLabel]) -> str:
     """The diagnosis CSV text in the real release's column order."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(LABEL_CSV_COLUMNS)
     for label in labels:
         row = (label.patient, label.slice_number, *label.subtypes, label.no_hemorrhage)
         writer.writerow((*row, label.fracture))

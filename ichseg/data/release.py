@@ -6,8 +6,8 @@ path every scan and mask is read by (nibabel's scaling, shape and affine agreeme
 voxels, the training orientation of `ichseg.scans.orientation`, a scan's size and Hounsfield units
 of `ichseg.scans.hounsfield`).
 
-`Release` is PhysioNet CT-ICH 1.3.1's layout (real or the synthetic phantom): `ct_scans/NNN.nii`
-and `masks/NNN.nii` (or `.nii.gz`), `hemorrhage_diagnosis_raw_ct.csv` and
+`PhysioNetRelease` is PhysioNet CT-ICH 1.3.1's layout (real or the synthetic phantom):
+`ct_scans/NNN.nii` and `masks/NNN.nii` (or `.nii.gz`), `hemorrhage_diagnosis_raw_ct.csv` and
 `Patient_demographics.csv`; folder and file names are matched case-insensitively because copies
 of the release differ in capitalisation. Every inconsistency is an `IchsegError` with a one-line
 message naming the file, patient and slice.
@@ -32,7 +32,7 @@ from ichseg.scans.orientation import Reorientation, reorientation
 
 SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
 CSV_NAME = "hemorrhage_diagnosis_raw_ct.csv"
-CSV_COLUMNS = ("PatientNumber", "SliceNumber", *SUBTYPES, "No_Hemorrhage", "Fracture_Yes_No")
+LABEL_CSV_COLUMNS = ("PatientNumber", "SliceNumber", *SUBTYPES, "No_Hemorrhage", "Fracture_Yes_No")
 DEMOGRAPHICS_NAME = "patient_demographics.csv"
 SCAN_DIR = "ct_scans"
 MASK_DIR = "masks"
@@ -123,8 +123,8 @@ def _parse_cell(text: str, where: str, column: str, binary: bool) -> int:
 def _parse_row(row: dict[str, str], where: str) -> SliceLabel:
     """Turn one CSV record into a `SliceLabel`, checking every cell and No_Hemorrhage."""
     cells = {
-        col: _parse_cell(row[col] or "", where, col, col not in CSV_COLUMNS[:2])
-        for col in CSV_COLUMNS
+        col: _parse_cell(row[col] or "", where, col, col not in LABEL_CSV_COLUMNS[:2])
+        for col in LABEL_CSV_COLUMNS
     }
     subtypes = tuple(cells[name] for name in SUBTYPES)
     # A subtype on a slice marked clean contradicts itself; which fact is wrong is unknowable.
@@ -146,9 +146,9 @@ def parse_labels(text: str, name: str = CSV_NAME) -> list[SliceLabel]:
     reader = csv.DictReader(io.StringIO(text))
     header = [column.strip() for column in (reader.fieldnames or [])]
     if not header:
-        raise IchsegError(f"{name}: file is empty, expected header {','.join(CSV_COLUMNS)}")
+        raise IchsegError(f"{name}: file is empty, expected header {','.join(LABEL_CSV_COLUMNS)}")
     reader.fieldnames = header
-    missing = [column for column in CSV_COLUMNS if column not in header]
+    missing = [column for column in LABEL_CSV_COLUMNS if column not in header]
     if missing:
         raise IchsegError(
             f"{name}: missing column(s) {', '.join(missing)}; found {', '.join(header)}"
@@ -405,7 +405,7 @@ def _check_no_unlisted_volumes(
             )
 
 
-class Release(VolumeRelease):
+class PhysioNetRelease(VolumeRelease):
     """A PhysioNet CT-ICH 1.3.1 release folder: the CSV labels and each patient's scan and mask.
 
     Patients keep the CSV's numbers; the slice labels are the CSV's rows, which number the slices
@@ -421,7 +421,7 @@ class Release(VolumeRelease):
         cases: dict[int, Case],
         source: str = "physionet",
     ) -> None:
-        """Use `Release.open(root)`; this stores already validated parts."""
+        """Use `PhysioNetRelease.open(root)`; this stores already validated parts."""
         label_map = {1: "hemorrhage"}
         super().__init__(root, source, cases, csv_sha256, label_map, CSV_NAME)
         self._labels = labels
@@ -433,7 +433,7 @@ class Release(VolumeRelease):
         return self._labels
 
     @classmethod
-    def open(cls, root: str | Path, source: str = "physionet") -> Release:
+    def open(cls, root: str | Path, source: str = "physionet") -> PhysioNetRelease:
         """Validate the folder and CSV and locate every CSV patient's scan and mask."""
         root = Path(root).expanduser()
         if not root.exists():

@@ -25,7 +25,7 @@ from typing import ClassVar
 from ichseg.data.mask_release import MaskRelease
 from ichseg.data.release import (
     Case,
-    Release,
+    PhysioNetRelease,
     VolumeRelease,
     read_json_object,
 )
@@ -52,7 +52,7 @@ class Source(ABC):
         # from other folders: a relative one is made absolute against the working folder now.
         object.__setattr__(self, "root", absolute(self.root))
 
-    def release(self) -> Path:
+    def release_dir(self) -> Path:
         """The folder this source reads (made first if the source makes it)."""
         return Path(self.root).expanduser()
 
@@ -92,7 +92,7 @@ class PhysioNet(Source):
 
     def open(self) -> VolumeRelease:
         """`ct_scans/`, `masks/` and the diagnosis CSV, validated (`ichseg.data.release`)."""
-        return Release.open(self.release(), self.name)
+        return PhysioNetRelease.open(self.release_dir(), self.name)
 
 
 def _entries(root: Path) -> list[str]:
@@ -188,7 +188,7 @@ class MaskSource(Source):
 
     def open(self) -> VolumeRelease:
         """The folder's cases, labelled from their masks (`ichseg.data.mask_release`)."""
-        root = self.release()
+        root = self.release_dir()
         _entries(root)
         return MaskRelease(
             root,
@@ -356,7 +356,7 @@ class Phantom(Source):
     citation: ClassVar[str] = "ichseg.data.phantom"
     licence: ClassVar[str] = "synthetic, no restrictions"
 
-    def release(self) -> Path:
+    def release_dir(self) -> Path:
         """`root`, holding this phantom (written now if it does not exist yet)."""
         # Imported here: the phantom writes the layouts of the classes above.
         from ichseg.data.phantom import ensure_phantom
@@ -368,7 +368,7 @@ class Phantom(Source):
         from ichseg.data.phantom import layout_source
 
         layout = layout_source(self.layout)
-        release = self.release()
+        release = self.release_dir()
         if issubclass(layout, MaskSource):
             found = layout(str(release))
             return MaskRelease(
@@ -378,7 +378,7 @@ class Phantom(Source):
                 found.label_map(release),
                 synthetic=True,
             )
-        return Release.open(release, self.name)
+        return PhysioNetRelease.open(release, self.name)
 
     def describe(self, release: VolumeRelease) -> dict:
         """The source's facts and the layout it was written in."""

@@ -39,8 +39,8 @@ from ichseg.report.selection import (
 )
 from ichseg.report.table import (
     DETECTION_DESCRIPTION,
-    PROTOCOLS,
     STD_MEANING,
+    TABLE1_COLUMNS,
     TRAIN_MEANING,
     ArchInfo,
     TableRow,
@@ -120,7 +120,7 @@ def build_report(
     sweep, rows, selections = results.sweep, results.rows, results.selections
     out = report_dir(sweep, out_dir)
     with atomic_path(out, is_dir=True, owned_by=REPORT_FILES) as tmp:
-        all_rows = [r for name in PROTOCOLS for r in rows[name]]
+        all_rows = [r for name in TABLE1_COLUMNS for r in rows[name]]
         (tmp / "table1.csv").write_text(table1_csv(all_rows), encoding="utf-8")
         (tmp / "table1.tex").write_text(_latex(rows, results.archs, selections), encoding="utf-8")
         pictures = {}
@@ -160,7 +160,7 @@ def _latex(
         "% Needs \\usepackage{booktabs}. Bold: selected checkpoint per architecture; "
         "underlined: best overall.\n"
     ]
-    for name, p in PROTOCOLS.items():
+    for name, p in TABLE1_COLUMNS.items():
         caption = " ".join(
             [
                 f"Performance per architecture and checkpoint epoch, {p.description} "
@@ -450,7 +450,7 @@ def _markdown(
     """report.md."""
     sweep, rows, archs = computed.sweep, computed.rows, computed.archs
     selections, comparisons = computed.selections, computed.comparisons
-    main = PROTOCOLS[computed.protocol]
+    main = TABLE1_COLUMNS[computed.protocol]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# ichseg report: `{sweep.root.name}`",
@@ -517,7 +517,7 @@ def _markdown(
             *warning_lines(selections[main.name], {r.model for r in result.volumes}),
             external_markdown(result),
         ]
-    for name, p in PROTOCOLS.items():
+    for name, p in TABLE1_COLUMNS.items():
         if name == main.name:
             continue
         sel = selections[name]
@@ -539,7 +539,7 @@ def _markdown(
         "",
         detection_markdown(detection_rows(sweep)),
     ]
-    undefined = [u for name in PROTOCOLS for u in undefined_values(sweep, name)]
+    undefined = [u for name in TABLE1_COLUMNS for u in undefined_values(sweep, name)]
     if undefined:
         lines += [
             "Undefined metric values (null in the records, left out of the means): "

@@ -16,7 +16,7 @@ from scipy import stats
 
 from ichseg.report.render import fmt
 from ichseg.report.selection import Selection, warning_lines
-from ichseg.report.table import PROTOCOLS, fold_values, protocol
+from ichseg.report.table import TABLE1_COLUMNS, fold_values, table1_columns
 from ichseg.sweeps.model import Sweep
 
 ALPHA = 0.05
@@ -29,9 +29,10 @@ METHOD_TEXT = (
     "when there are and n <= 13, normal approximation otherwise). Mean difference with a 95% "
     "t-interval on the paired differences and a 95% percentile bootstrap interval "
     f"({BOOTSTRAP_RESAMPLES} resamples of folds, seed {BOOTSTRAP_SEED}). A difference is called "
-    f"significant only when p < {ALPHA}, test by test: IoU and Dice under {len(PROTOCOLS)} "
-    f"protocols make {2 * len(PROTOCOLS)} tests, with no correction for multiple comparisons, so "
-    "the selected protocol's result is the headline and the others are context."
+    f"significant only when p < {ALPHA}, test by test: IoU and Dice under "
+    f"{len(TABLE1_COLUMNS)} protocols make {2 * len(TABLE1_COLUMNS)} tests, with no correction "
+    "for multiple comparisons, so the selected protocol's result is the headline and the others "
+    "are context."
 )
 
 
@@ -137,7 +138,7 @@ def compare(
     sweep: Sweep, selection: Selection, model_a: str, model_b: str, metric: str
 ) -> PairedComparison:
     """Compare model_b with model_a on validation `metric` ("iou"/"dice") at their selections."""
-    p = protocol(selection.protocol)
+    p = table1_columns(selection.protocol)
     key = p.iou if metric == "iou" else p.dice
     epoch_a = selection.choices[model_a].epoch
     epoch_b = selection.choices[model_b].epoch

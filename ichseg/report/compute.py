@@ -21,7 +21,14 @@ from ichseg.report.heldout_volumes import (
     score_heldout_volumes,
 )
 from ichseg.report.selection import Selection, select
-from ichseg.report.table import PROTOCOLS, ArchInfo, TableRow, arch_info, protocol, table_rows
+from ichseg.report.table import (
+    TABLE1_COLUMNS,
+    ArchInfo,
+    TableRow,
+    arch_info,
+    table1_columns,
+    table_rows,
+)
 from ichseg.sweeps.model import Sweep
 
 
@@ -53,20 +60,20 @@ class HeldoutResults:
 
 def compute(sweep: Sweep, protocol_name: str = "paper") -> SweepResults:
     """Table 1 rows, selections and comparisons of `sweep`, with `protocol_name` the main one."""
-    main = protocol(protocol_name).name
+    main = table1_columns(protocol_name).name
     if not any(j.records for j in sweep.jobs):
         raise IchsegError(
             f"{sweep.root}: no job has written a checkpoint record yet "
             f"({len(sweep.jobs)} job folders found); nothing to report"
         )
-    rows = {name: table_rows(sweep, name) for name in PROTOCOLS}
-    selections = {name: select(rows[name], name) for name in PROTOCOLS}
+    rows = {name: table_rows(sweep, name) for name in TABLE1_COLUMNS}
+    selections = {name: select(rows[name], name) for name in TABLE1_COLUMNS}
     return SweepResults(
         sweep=sweep,
         protocol=main,
         rows=rows,
         selections=selections,
-        comparisons={name: compare_all(sweep, selections[name]) for name in PROTOCOLS},
+        comparisons={name: compare_all(sweep, selections[name]) for name in TABLE1_COLUMNS},
         archs={m: arch_info(sweep, m) for m in sweep.models},
     )
 

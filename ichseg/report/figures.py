@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ichseg.report.heldout_slices import SliceResult
 from ichseg.report.selection import Selection
-from ichseg.report.table import PROTOCOLS, TableRow
+from ichseg.report.table import TABLE1_COLUMNS, TableRow
 from ichseg.sweeps.model import Sweep
 from ichseg.visualize import overlay_rgb, save_png
 
@@ -130,7 +130,7 @@ def val_dice_by_epoch(
         )
         if any(r.collapsed for r in rows[name]):
             handles.append(_key_entry("a fold collapsed (never selected)", COLLAPSED_MARKER))
-        ax.set_title(f"validation Dice, {PROTOCOLS[name].name} protocol")
+        ax.set_title(f"validation Dice, {TABLE1_COLUMNS[name].name} protocol")
         ax.set_xlabel("checkpoint epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("Dice (mean ± std over folds)")

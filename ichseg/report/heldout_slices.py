@@ -34,7 +34,7 @@ from ichseg.inference.ensemble import Ensemble
 from ichseg.metrics import ProtocolAccumulator, stage_keys
 from ichseg.report.render import fmt
 from ichseg.report.selection import Choice, Selection
-from ichseg.report.table import protocol
+from ichseg.report.table import table1_columns
 from ichseg.runtime import pick_device
 from ichseg.sweeps.model import Job, Sweep
 
@@ -172,7 +172,7 @@ def _scores(
 
 def _best_fold(jobs: list[Job], epoch: int, protocol_name: str) -> Job:
     """The job whose validation (IoU + Dice) / 2 at `epoch` is highest; lower fold on ties."""
-    p = protocol(protocol_name)
+    p = table1_columns(protocol_name)
 
     def score(job: Job) -> float:
         val = job.record(epoch)["val"]

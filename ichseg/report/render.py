@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from ichseg.models.network import FLOPS_SIZE
 from ichseg.report.table import ArchInfo, DetectionRow, Stat, TableRow
 
-CSV_COLUMNS = (
+TABLE1_CSV_COLUMNS = (
     "architecture",
     "epoch",
     "protocol",
@@ -54,7 +54,7 @@ def table1_csv(rows: list[TableRow]) -> str:
     """table1.csv: one line per architecture x epoch x protocol; empty cells where undefined."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(TABLE1_CSV_COLUMNS)
 
     def cell(v: float) -> str:
         return repr(v) if math.isfinite(v) else ""

@@ -29,8 +29,9 @@ from ichseg.sweeps.model import ICHSEG, Sweep
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """A Table 1 protocol: which record keys hold its IoU and Dice, and what they average."""
+class Table1Columns:
+    """How Table 1 reads a metric protocol: which record keys hold its IoU and Dice, and what
+    they average."""
 
     name: str
     iou: str
@@ -42,7 +43,7 @@ class Protocol:
     train_dice: str
 
 
-def _table_protocol(name: str, note: str = "") -> Protocol:
+def _table1_columns(name: str, note: str = "") -> Table1Columns:
     """The Table 1 view of `ichseg.metrics.PROTOCOLS[name]`."""
     metric = METRIC_PROTOCOLS[name]
     dice, iou = metric.keys
@@ -50,16 +51,16 @@ def _table_protocol(name: str, note: str = "") -> Protocol:
     if train is not metric:
         note = f"{note} Train columns: the {train.name} protocol.".strip()
     description = f"{name}: {metric.description} {note}".strip()
-    return Protocol(name, iou, dice, description, train.keys[1], train.keys[0])
+    return Table1Columns(name, iou, dice, description, train.keys[1], train.keys[0])
 
 
-PROTOCOLS: dict[str, Protocol] = {
+TABLE1_COLUMNS: dict[str, Table1Columns] = {
     p.name: p
     for p in (
-        _table_protocol("paper"),
-        _table_protocol("onebatch"),
-        _table_protocol("lesion", "Comparable with the dataset paper's Dice."),
-        _table_protocol("pooled"),
+        _table1_columns("paper"),
+        _table1_columns("onebatch"),
+        _table1_columns("lesion", "Comparable with the dataset paper's Dice."),
+        _table1_columns("pooled"),
     )
 }
 DETECTION_KEYS = METRIC_PROTOCOLS["detection"].keys
@@ -72,11 +73,11 @@ TRAIN_MEANING = (
 STD_MEANING = "Std = sample standard deviation (ddof=1) over the folds present (n_folds)."
 
 
-def protocol(name: str) -> Protocol:
-    """The protocol called `name`; IchsegError listing the known ones otherwise."""
-    if name not in PROTOCOLS:
-        raise IchsegError(f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
+def table1_columns(name: str) -> Table1Columns:
+    """The Table 1 columns of the protocol called `name`; IchsegError listing the known ones."""
+    if name not in TABLE1_COLUMNS:
+        raise IchsegError(f"unknown protocol {name!r}; expected one of {', '.join(TABLE1_COLUMNS)}")
+    return TABLE1_COLUMNS[name]
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class TableRow:
 
 def table_rows(sweep: Sweep, protocol_name: str) -> list[TableRow]:
     """Table 1 rows under one protocol, architectures in sweep order, epochs ascending."""
-    p = protocol(protocol_name)
+    p = table1_columns(protocol_name)
     rows = []
     for model in sweep.models:
         for epoch in sweep.epochs(model):
@@ -274,7 +275,7 @@ def table_rows(sweep: Sweep, protocol_name: str) -> list[TableRow]:
                     train_dice=stat("train", p.train_dice),
                     val_iou=stat("val", p.iou),
                     val_dice=stat("val", p.dice),
-                    val_lesion_dice=stat("val", PROTOCOLS["lesion"].dice),
+                    val_lesion_dice=stat("val", TABLE1_COLUMNS["lesion"].dice),
                     folds=folds,
                     collapsed=collapsed_folds(sweep, model, epoch),
                 )
@@ -318,7 +319,7 @@ def detection_rows(sweep: Sweep) -> list[DetectionRow]:
 
 def undefined_values(sweep: Sweep, protocol_name: str) -> list[str]:
     """Records whose metric under this protocol is null (e.g. lesion Dice on a fold w/o lesions)."""
-    p = protocol(protocol_name)
+    p = table1_columns(protocol_name)
     out = []
     for job in sweep.jobs:
         for r in job.records:

@@ -20,7 +20,7 @@ from ichseg.jobs.records import read_history, read_records
 from ichseg.metrics import PROTOCOLS
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute
-from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
+from ichseg.report.table import TABLE1_COLUMNS
 from ichseg.sweeps.local import collect_sweep
 from ichseg.sweeps.wandb_offline import (
     BLOCK,
@@ -31,7 +31,7 @@ from ichseg.sweeps.wandb_offline import (
 )
 
 # The Dice key of each Table 1 protocol, from the metric registry.
-DICE_KEYS = {name: PROTOCOLS[name].keys[0] for name in TABLE_PROTOCOLS}
+DICE_KEYS = {name: PROTOCOLS[name].keys[0] for name in TABLE1_COLUMNS}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

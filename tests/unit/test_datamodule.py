@@ -78,13 +78,13 @@ def test_data_source_must_be_a_release_source(source: object) -> None:
 
 def test_sources_give_their_release_folder(tmp_path: Path) -> None:
     phantom = Phantom(root=str(tmp_path / "p"), patients=6, size=64, seed=0)
-    assert ICHDataModule(fold=0, source=phantom).release() == tmp_path / "p"
+    assert ICHDataModule(fold=0, source=phantom).release_dir() == tmp_path / "p"
     assert json.loads((tmp_path / "p" / "phantom.json").read_text()) == {
         "patients": 6,
         "size": 64,
         "seed": 0,
     }
-    assert PhysioNet(root=str(tmp_path / "p")).release() == tmp_path / "p"
+    assert PhysioNet(root=str(tmp_path / "p")).release_dir() == tmp_path / "p"
 
 
 def test_bad_augment_and_batch_size(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from ichseg.cli import main
 from ichseg.data.phantom import LAYOUTS, write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
-from ichseg.data.release import Release
+from ichseg.data.release import PhysioNetRelease
 from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint, split_of
 from tests.helpers.scans import ZOOMS, save_scan
 
@@ -142,14 +142,14 @@ def test_real_ct_layouts_pass(case, ckpts, tmp_path, capsys):
 
 
 def test_the_phantom_passes(tmp_path):
-    release = Release.open(write_phantom(tmp_path / "p", patients=4, size=64, seed=3))
+    release = PhysioNetRelease.open(write_phantom(tmp_path / "p", patients=4, size=64, seed=3))
     for patient in release.patients:
         release.load_patient(patient)  # raises on a volume that is not CT in HU
 
 
 def _break_scan(release: Path, patient: int) -> Path:
     """Rewrite one scan of `release` as HU+1024 stored without its intercept."""
-    path = Release.open(release).scan_path(patient)
+    path = PhysioNetRelease.open(release).scan_path(patient)
     image = nib.load(path)
     hu = image.get_fdata()
     broken = nib.Nifti1Image(np.clip(hu + 1024, 0, None).astype(np.uint16), image.affine)
@@ -161,7 +161,7 @@ def _break_scan(release: Path, patient: int) -> Path:
 def test_prepare_refuses_a_release_scan_not_in_hu(release, tmp_path, capsys, record_behaviour):
     root = tmp_path / "release"
     shutil.copytree(release, root)
-    patient = Release.open(root).patients[2]
+    patient = PhysioNetRelease.open(root).patients[2]
     name = _break_scan(root, patient).relative_to(root)
     code, _, err = run(["prepare", root, tmp_path / "cache", "--size", "32"], capsys)
     lines = err.strip().splitlines()

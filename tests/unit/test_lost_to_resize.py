@@ -18,7 +18,7 @@ from ichseg.checkpoint import write_checkpoint
 from ichseg.cli import main
 from ichseg.data.datamodule import ICHDataModule
 from ichseg.data.prepare import LOST_TO_RESIZE_RULE, load_prepared
-from ichseg.data.release import SUBTYPES, Release
+from ichseg.data.release import SUBTYPES, PhysioNetRelease
 from ichseg.data.sources import PhysioNet
 from ichseg.errors import IchsegError
 from ichseg.models.unet import unet_config
@@ -88,7 +88,7 @@ def test_prepare_counts_names_and_leaves_out_slices_whose_bleed_is_gone(
     }
     # The balanced set: the 12 slices a bleed is left in, and the first 12 clean ones of the
     # seed's draw of 15 (as many as the release labels hemorrhage).
-    labels = Release.open(release).labels
+    labels = PhysioNetRelease.open(release).labels
     clean = [lab.slice_id for lab in labels if not lab.has_ich]
     drawn = np.random.default_rng(0).choice(len(clean), size=15, replace=False)
     assert data.ids == sorted(BLOCK_IDS + [clean[i] for i in drawn[:12]])

@@ -19,13 +19,13 @@ from ichseg.data.phantom import (
     to_stored,
     write_phantom,
 )
-from ichseg.data.release import Release
+from ichseg.data.release import PhysioNetRelease
 from ichseg.errors import IchsegError
 
 
 def test_small_phantom_passes_full_validation(tmp_path: Path) -> None:
     root = write_phantom(tmp_path / "ph", patients=4, size=48, seed=0)
-    release = Release.open(root)
+    release = PhysioNetRelease.open(root)
     assert release.patients == [49, 50, 51, 52]
     assert release.labels == phantom_labels(plan_phantom(4, 0))
     assert any(label.has_ich for label in release.labels)
@@ -127,7 +127,7 @@ def test_ensure_phantom_is_written_once_by_concurrent_callers(tmp_path: Path) ->
     for worker in workers:
         worker.join(timeout=120)
     assert [worker.exitcode for worker in workers] == [0, 0]
-    release = Release.open(root)
+    release = PhysioNetRelease.open(root)
     for patient in release.patients:
         release.load_patient(patient)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".phantom.lock", "phantom"]

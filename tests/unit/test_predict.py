@@ -24,7 +24,7 @@ from ichseg.checkpoint import (
 from ichseg.cli import main
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
-from ichseg.data.release import Release
+from ichseg.data.release import PhysioNetRelease
 from ichseg.data.transforms import window
 from ichseg.inference.ensemble import Ensemble
 from ichseg.inference.run import predict_scans
@@ -413,7 +413,7 @@ def test_evaluate_matches_an_independent_computation(patient_release, tmp_path, 
     assert code == 0, err
     splits = json.loads((cache / "splits.json").read_text())
     patients = sorted({int(sid[:3]) for sid in splits["test"]})
-    release = Release.open(release_root)
+    release = PhysioNetRelease.open(release_root)
     with open(out / "patients.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["patient"]) for r in rows] == patients

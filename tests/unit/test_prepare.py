@@ -20,7 +20,7 @@ from ichseg.cli import main
 from ichseg.data import prepare as prepare_mod
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
-from ichseg.data.release import CSV_COLUMNS, SUBTYPES, Release
+from ichseg.data.release import LABEL_CSV_COLUMNS, SUBTYPES, PhysioNetRelease
 from ichseg.errors import IchsegError
 
 PATIENTS = (49, 50, 51, 52, 53, 54)
@@ -75,7 +75,7 @@ def write_tiny_release(
         )
         nib.save(nib.Nifti1Image(mask, affine), root / f"masks/{p:03d}.nii")
     with open(root / "hemorrhage_diagnosis_raw_ct.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([CSV_COLUMNS, *rows])
+        csv.writer(fh).writerows([LABEL_CSV_COLUMNS, *rows])
     (root / "Read_me.txt").write_text("Synthetic test release, no patient data.\n")
     return root
 
@@ -117,7 +117,7 @@ def test_balanced_set_and_index(release, cache):
     assert [int(r["fracture"]) for r in rows] == [int(i[-2:] == "02") for i in data.ids]
     meta = data.meta
     assert meta["source"] == "physionet" and meta["cfg"]["size"] == 32
-    assert meta["labels_sha256"] == Release.open(release).labels_sha256
+    assert meta["labels_sha256"] == PhysioNetRelease.open(release).labels_sha256
     assert meta["counts"]["n_ich"] == meta["counts"]["n_clean"] == 12
     split_ids = set(data.splits["test"]) | set(data.splits["folds"][0]["train"])
     assert split_ids | set(data.splits["folds"][0]["val"]) == set(data.ids)
@@ -145,7 +145,7 @@ def test_second_call_reuses_and_new_size_new_dir(release, cache, monkeypatch):
     def no_reading(self, patient):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(Release, "load_patient", no_reading)
+    monkeypatch.setattr(PhysioNetRelease, "load_patient", no_reading)
     assert prepare(release, cache.parent, CFG) == cache
     assert (cache / "meta.json").stat().st_mtime_ns == stamp
     monkeypatch.undo()
@@ -253,7 +253,7 @@ def test_phantom_patient_split_counts_match_its_csv(tmp_path):
     root = write_phantom(tmp_path / "phantom", patients=20, size=32)
     cfg = PrepareConfig(size=32, split="patient", n_folds=3, test_fraction=0.2)
     data = load_prepared(prepare(root, tmp_path / "cache", cfg))
-    labels = Release.open(root).labels
+    labels = PhysioNetRelease.open(root).labels
     ich = [lab for lab in labels if lab.has_ich]
     assert sorted(lab.slice_id for lab in ich) == [
         i for i, h in zip(data.ids, data.has_ich, strict=True) if h

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ichseg.data.release import CSV_COLUMNS, CSV_NAME, Release, SliceLabel, slice_id
+from ichseg.data.release import CSV_NAME, LABEL_CSV_COLUMNS, PhysioNetRelease, SliceLabel, slice_id
 from ichseg.errors import IchsegError
 
 # At least the 16x16 in-plane a scan needs (ichseg.scans.hounsfield).
@@ -52,7 +52,9 @@ def csv_rows(ich: dict[int, tuple[int, ...]]) -> list[list[object]]:
     return rows
 
 
-def write_csv(path: Path, rows: list[list[object]], header: tuple[str, ...] = CSV_COLUMNS) -> None:
+def write_csv(
+    path: Path, rows: list[list[object]], header: tuple[str, ...] = LABEL_CSV_COLUMNS
+) -> None:
     """Write CSV rows below `header`."""
     lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
     path.write_text("\n".join(lines) + "\n")
@@ -82,7 +84,7 @@ def release(tmp_path: Path) -> Path:
 
 
 def test_reads_labels_volumes_and_slice_numbers(release: Path) -> None:
-    data = Release.open(release)
+    data = PhysioNetRelease.open(release)
     assert data.patients == [7, 51]
     assert len(data.labels) == 7
     assert sum(label.has_ich for label in data.labels) == 2
@@ -106,7 +108,7 @@ def test_hu_goes_through_nifti_scaling(release: Path) -> None:
     image = nib.Nifti1Image(raw, AFFINE)
     image.header.set_slope_inter(2.0, -1024.0)
     nib.save(image, release / "ct_scans" / "007.nii")
-    hu = Release.open(release).load_patient(7).hu
+    hu = PhysioNetRelease.open(release).load_patient(7).hu
     np.testing.assert_array_equal(hu, raw.astype(np.float32) * 2 - 1024)
 
 
@@ -119,7 +121,7 @@ def test_accepts_gz_255_masks_and_any_name_case(tmp_path: Path) -> None:
         suffix=".nii.gz",
         mask_value=255,
     )
-    data = Release.open(root)
+    data = PhysioNetRelease.open(root)
     volume = data.load_patient(7)
     np.testing.assert_array_equal(volume.mask, mask_of(ICH[7]) > 0)
     assert data.mask_path(7).name == "007.nii.gz"
@@ -137,9 +139,9 @@ Mean age,18,,,,,,,,
 
 
 def test_demographics_merged_header_and_footer(release: Path) -> None:
-    assert Release.open(release).read_demographics() == []
+    assert PhysioNetRelease.open(release).read_demographics() == []
     (release / "Patient_demographics.csv").write_text(DEMOGRAPHICS)
-    rows = Release.open(release).read_demographics()
+    rows = PhysioNetRelease.open(release).read_demographics()
     assert [row["Patient Number"] for row in rows] == ["49", "50"]
     assert rows[1] == {
         "Patient Number": "50",
@@ -163,7 +165,7 @@ def rewrite_csv(root: Path, change) -> None:
 
 
 def _drop_column(root: Path) -> None:
-    header = tuple(c for c in CSV_COLUMNS if c != "Epidural")
+    header = tuple(c for c in LABEL_CSV_COLUMNS if c != "Epidural")
     rows = [row[:5] + row[6:] for row in csv_rows(ICH)]
     write_csv(root / CSV_NAME, rows, header)
 
@@ -211,7 +213,7 @@ def test_open_rejects_bad_release(release: Path, case: str) -> None:
     damage, fragments = OPEN_ERRORS[case]
     damage(release)
     with pytest.raises(IchsegError) as info:
-        Release.open(release)
+        PhysioNetRelease.open(release)
     message = str(info.value)
     assert "\n" not in message
     for fragment in fragments:
@@ -221,7 +223,7 @@ def test_open_rejects_bad_release(release: Path, case: str) -> None:
 def test_hemorrhage_without_subtype_is_kept(release: Path) -> None:
     # The mask follows No_Hemorrhage; an unnamed subtype loses no segmentation label.
     rewrite_csv(release, lambda rows: rows[1].__setitem__(5, 0))
-    label = Release.open(release).labels_for(7)[1]
+    label = PhysioNetRelease.open(release).labels_for(7)[1]
     assert label.has_ich and not any(label.subtypes)
 
 
@@ -278,7 +280,7 @@ LOAD_ERRORS = {
 def test_load_patient_rejects_bad_volumes(release: Path, case: str) -> None:
     damage, fragments = LOAD_ERRORS[case]
     damage(release / "ct_scans" / "007.nii", release / "masks" / "007.nii")
-    data = Release.open(release)
+    data = PhysioNetRelease.open(release)
     data.load_patient(51)  # the other patient is untouched
     with pytest.raises(IchsegError) as info:
         data.load_patient(7)
@@ -292,28 +294,28 @@ def test_truncated_gz_is_reported(tmp_path: Path) -> None:
     root = build(tmp_path / "r", suffix=".nii.gz")
     _truncate(root / "masks" / "051.nii.gz")
     with pytest.raises(IchsegError, match=r"masks/051\.nii\.gz: cannot read"):
-        Release.open(root).load_patient(51)
+        PhysioNetRelease.open(root).load_patient(51)
 
 
 def test_trailing_singleton_axis_is_one_volume(release: Path) -> None:
     save(scan_of(7, 4)[..., None], release / "ct_scans" / "007.nii")
-    assert Release.open(release).load_patient(7).hu.shape == (*SHAPE, 4)
+    assert PhysioNetRelease.open(release).load_patient(7).hu.shape == (*SHAPE, 4)
 
 
 def test_root_must_be_a_non_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(IchsegError, match="does not exist"):
-        Release.open(tmp_path / "nowhere")
+        PhysioNetRelease.open(tmp_path / "nowhere")
     (tmp_path / "file").write_text("x")
     with pytest.raises(IchsegError, match="not a folder"):
-        Release.open(tmp_path / "file")
+        PhysioNetRelease.open(tmp_path / "file")
     (tmp_path / "empty").mkdir()
     with pytest.raises(IchsegError, match="empty"):
-        Release.open(tmp_path / "empty")
+        PhysioNetRelease.open(tmp_path / "empty")
 
 
 def test_unknown_patient(release: Path) -> None:
     with pytest.raises(IchsegError, match="patient 8 is not in"):
-        Release.open(release).load_patient(8)
+        PhysioNetRelease.open(release).load_patient(8)
 
 
 def test_load_is_fast(tmp_path: Path) -> None:
@@ -324,7 +326,7 @@ def test_load_is_fast(tmp_path: Path) -> None:
     save(scan, tmp_path / "r" / "ct_scans" / "049.nii")
     save(np.zeros((512, 512, 40), np.uint8), tmp_path / "r" / "masks" / "049.nii")
     write_csv(tmp_path / "r" / CSV_NAME, csv_rows({49: (0,) * 40}))
-    data = Release.open(tmp_path / "r")
+    data = PhysioNetRelease.open(tmp_path / "r")
     start = time.perf_counter()
     data.load_patient(49)
     assert time.perf_counter() - start < 1.0
@@ -340,7 +342,7 @@ def test_volumes_are_reoriented_from_the_affine_keeping_slice_numbers(tmp_path: 
     save(scan, root / "ct_scans" / "007.nii", stored)
     save(mask, root / "masks" / "007.nii", stored)
     write_csv(root / CSV_NAME, csv_rows({7: flags}))
-    volume = Release.open(root).load_patient(7)
+    volume = PhysioNetRelease.open(root).load_patient(7)
     np.testing.assert_array_equal(volume.hu, scan[::-1, ::-1, :].astype(np.float32))
     np.testing.assert_array_equal(volume.mask, mask[::-1, ::-1, :] > 0)
     # Voxel (i, j, k) of the result sits where the stored voxel (X-1-i, Y-1-j, k) did.

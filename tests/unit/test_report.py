@@ -23,14 +23,13 @@ from ichseg.report import compute as compute_module
 from ichseg.report.build import build_report
 from ichseg.report.compute import compute, score_heldout
 from ichseg.report.heldout_slices import SliceExample, SliceResult
-from ichseg.report.render import CSV_COLUMNS
+from ichseg.report.render import TABLE1_CSV_COLUMNS
 from ichseg.report.selection import select
-from ichseg.report.table import PROTOCOLS as TABLE_PROTOCOLS
-from ichseg.report.table import table_rows
+from ichseg.report.table import TABLE1_COLUMNS, table_rows
 from ichseg.sweeps.local import collect_sweep, latest_sweep
 
 # (IoU key, Dice key) of each Table 1 protocol, from the metric registry.
-PROTOCOL_KEYS = {name: PROTOCOLS[name].keys[::-1] for name in TABLE_PROTOCOLS}
+PROTOCOL_KEYS = {name: PROTOCOLS[name].keys[::-1] for name in TABLE1_COLUMNS}
 KEYS = tuple(key for keys in PROTOCOL_KEYS.values() for key in keys)
 DETECTION = PROTOCOLS["detection"].keys
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -204,7 +203,7 @@ def test_table1_csv_matches_an_independent_computation(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
     out = report(sweep)
     with open(out / "table1.csv", newline="") as fh:
-        assert tuple(next(csv.reader(fh))) == CSV_COLUMNS
+        assert tuple(next(csv.reader(fh))) == TABLE1_CSV_COLUMNS
     rows = read_csv(out / "table1.csv")
     assert len(rows) == 2 * 3 * 4  # models x epochs x protocols
     for row in rows:
@@ -823,7 +822,7 @@ def test_a_learning_selection_gets_no_warning(tmp_path, monkeypatch):
         for name, sel in summary["selection"].items()
         for m, entry in sel["models"].items()
     }
-    assert set(flags.values()) == {False} and len(flags) == 2 * len(TABLE_PROTOCOLS)
+    assert set(flags.values()) == {False} and len(flags) == 2 * len(TABLE1_COLUMNS)
     assert summary["selection"]["paper"]["models"]["segresnet"]["epoch"] == 5
     assert len(summary["comparisons"]["paper"]) == 2  # SegResNet against U-Net, IoU and Dice
 
