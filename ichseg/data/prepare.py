@@ -237,7 +237,7 @@ def _build(source: Source, release: VolumeRelease, cfg: PrepareConfig, dest: Pat
         "labels_sha256": release.labels_sha256,
         "release_root": str(Path(release.root).resolve()),
         "source": release.source,
-        "source_facts": source.describe(release),
+        "source_facts": source.facts(release),
         "cases": {str(p): release.case_name(p) for p in release.patients},
         "volume_sha256": fingerprints,
         "allow_non_hu": release.allow_non_hu,

@@ -366,7 +366,7 @@ class VolumeRelease:
         shape = turn.zooms(tuple(float(n) for n in image.shape[:3]))
         return (int(shape[0]), int(shape[1]), int(shape[2])), turn.zooms(zooms)
 
-    def facts(self) -> dict:
+    def contents(self) -> dict:
         """What the report's provenance says of this release, from the volumes' headers: volumes,
         slices (along the axial axis), voxel spacing and in-plane size ranges, label map."""
         spacings, sizes, slices = [], [], 0

@@ -2,15 +2,17 @@
 
 A source is a frozen dataclass with a `root` (and whatever else it needs), a `name` that ichseg
 records in the prepared cache, its key, the provenance and every evaluation, a `title`,
-`citation` and `licence` the report quotes, and two methods:
-- `release()`: the folder, written first if the source writes it (the phantom);
+`citation` and `licence` the report quotes, and these methods:
+- `release_dir()`: the folder, written first if the source writes it (the phantom);
 - `open()`: that folder read and validated as a `VolumeRelease` (cases, per-slice labels,
-  label map; volumes are loaded through `VolumeRelease.load_patient`, the shared path).
+  label map; volumes are loaded through `VolumeRelease.load_patient`, the shared path);
+- `facts(release)`: what the cache and every evaluation record of it (`source_facts`), with
+  `record()`, how to make the source again (`source_from_record`).
 A layout whose only labels are voxel masks subclasses `MaskSource` and gives `find_cases(root)`
 (the scans and masks, in one line refusing a folder of another layout) and, when the masks hold
 more than one label, `label_map(root)`. A new source is one such class (here or in any importable
 module) plus one `conf/data/<name>.yaml` whose `source._target_` names it; nothing else in ichseg
-lists the sources.
+lists the sources but `LAYOUT_SOURCES`, the readers of the layouts the phantom writes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ichseg.data.mask_release import MaskRelease
+from ichseg.data.phantom import LAYOUTS, PHANTOM_MARKER, check_layout, ensure_phantom
 from ichseg.data.release import (
     Case,
     PhysioNetRelease,
@@ -32,9 +35,6 @@ from ichseg.data.release import (
 from ichseg.errors import IchsegError
 from ichseg.paths import absolute
 from ichseg.scans.nifti import NIFTI_SUFFIXES, nifti_stem
-
-# What a folder written by `ichseg phantom` holds besides its layout (ichseg.data.phantom).
-PHANTOM_MARKER = "phantom.json"
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ class Source(ABC):
         release.allow_non_hu = allow_non_hu
         return release
 
-    def describe(self, release: VolumeRelease) -> dict:
-        """The source's facts for provenance: who it is, how to reopen it, what the folder holds."""
+    def facts(self, release: VolumeRelease) -> dict:
+        """What the cache, evaluations and reports record of the source (`source_facts`): who it
+        is, how to make it again, what its folder holds."""
         root = release.root
         return {
             "name": self.name,
@@ -76,9 +77,15 @@ class Source(ABC):
             "citation": self.citation,
             "licence": self.licence,
             "synthetic": (root / PHANTOM_MARKER).is_file(),
-            "record": source_record(self),
-            **release.facts(),
+            "record": self.record(),
+            **release.contents(),
         }
+
+    def record(self) -> dict:
+        """How to make this source again (`source_from_record`): its class's import path and its
+        fields."""
+        cls = type(self)
+        return {"target": f"{cls.__module__}.{cls.__qualname__}", **dataclasses.asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -358,15 +365,10 @@ class Phantom(Source):
 
     def release_dir(self) -> Path:
         """`root`, holding this phantom (written now if it does not exist yet)."""
-        # Imported here: the phantom writes the layouts of the classes above.
-        from ichseg.data.phantom import ensure_phantom
-
         return ensure_phantom(Path(self.root), self.patients, self.size, self.seed, self.layout)
 
     def open(self) -> VolumeRelease:
         """The phantom read by the source class of its layout, recorded as the phantom."""
-        from ichseg.data.phantom import layout_source
-
         layout = layout_source(self.layout)
         release = self.release_dir()
         if issubclass(layout, MaskSource):
@@ -380,15 +382,21 @@ class Phantom(Source):
             )
         return PhysioNetRelease.open(release, self.name)
 
-    def describe(self, release: VolumeRelease) -> dict:
+    def facts(self, release: VolumeRelease) -> dict:
         """The source's facts and the layout it was written in."""
-        return {**super().describe(release), "layout": self.layout}
+        return {**super().facts(release), "layout": self.layout}
 
 
-def source_record(source: Source) -> dict:
-    """How to make `source` again: its class's import path and its fields."""
-    cls = type(source)
-    return {"target": f"{cls.__module__}.{cls.__qualname__}", **dataclasses.asdict(source)}
+# The source class that reads each layout the phantom writes (`ichseg.data.phantom.LAYOUTS`).
+LAYOUT_SOURCES: dict[str, type[Source]] = {
+    cls.name: cls for cls in (PhysioNet, Instance22, BHSD, NnunetRaw) if cls.name in LAYOUTS
+}
+
+
+def layout_source(layout: str) -> type[Source]:
+    """The source class that reads a phantom written in `layout`."""
+    check_layout(layout)
+    return LAYOUT_SOURCES[layout]
 
 
 def _source_class(target: str, where: str) -> type[Source]:
@@ -405,7 +413,7 @@ def _source_class(target: str, where: str) -> type[Source]:
 
 
 def source_from_record(record: dict, where: str, root: str | None = None) -> Source:
-    """The source a `source_record` describes (at `root` instead of its own, when given)."""
+    """The source a `Source.record()` describes (at `root` instead of its own, when given)."""
     if not isinstance(record, dict) or "target" not in record:
         raise IchsegError(f"{where}: expected a data source record with a target, found {record!r}")
     params = {k: v for k, v in record.items() if k != "target"}

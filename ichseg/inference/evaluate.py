@@ -354,7 +354,7 @@ def evaluate(
                 advance()
                 if on_patient is not None:
                     on_patient(row)
-        facts = source.describe(release)
+        facts = source.facts(release)
         summary = {
             **summarize_rows(rows, protocol),
             "per_subtype": per_subtype(rows, protocol) if release.subtypes_from else None,

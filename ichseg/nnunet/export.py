@@ -25,7 +25,7 @@ from ichseg.nnunet.layout import (
     EXPORT_FILE,
     FILE_ENDING,
     LABELS,
-    PROVENANCE_KEY,
+    ORIGIN_KEY,
     SPLITS_FILE,
     dataset_folder_name,
     dataset_id_taken,
@@ -79,7 +79,7 @@ def splits_final(data: PreparedData) -> list[dict[str, list[str]]]:
     return [{"train": list(f["train"]), "val": list(f["val"])} for f in data.splits["folds"]]
 
 
-def provenance(cache: Path, data: PreparedData) -> dict:
+def export_origin(cache: Path, data: PreparedData) -> dict:
     """What ties an nnU-Net dataset (and its results folders) to one prepared cache and split."""
     splits = json.dumps(splits_final(data), sort_keys=True).encode()
     return {
@@ -113,7 +113,7 @@ def export_dataset(
     test = list(data.splits["test"])
     train = sorted({sid for f in folds for sid in f["train"] + f["val"]})
     meta = data.meta.get("cfg", {})
-    info = provenance(cache, data)
+    info = export_origin(cache, data)
     dataset_json = {
         "channel_names": {"0": "windowed_CT"},
         "labels": LABELS,
@@ -127,7 +127,7 @@ def export_dataset(
         ),
         "reference": REFERENCE,
         "licence": _licence(data.meta),
-        PROVENANCE_KEY: info,
+        ORIGIN_KEY: info,
     }
     row = {sid: i for i, sid in enumerate(data.ids)}
     dest = raw_root / name
@@ -170,7 +170,7 @@ def _describe(dest: Path) -> str:
     """What an existing dataset folder holds, for the refusal: its export's cache and size."""
     try:
         found = json.loads((dest / "dataset.json").read_text(encoding="utf-8"))
-        cache_key = found[PROVENANCE_KEY]["cache_key"]
+        cache_key = found[ORIGIN_KEY]["cache_key"]
         return f"another ichseg export (cache {cache_key}, {found['numTraining']} training slices)"
     except (OSError, ValueError, KeyError, TypeError):
         return "a dataset ichseg did not write"

@@ -24,7 +24,7 @@ CHANNEL = "_0000"
 LABELS = {"background": 0, "hemorrhage": 1}
 # The key of dataset.json where the export records which prepared cache and folds it holds;
 # nnU-Net copies dataset.json into every results folder, so the import can check both.
-PROVENANCE_KEY = "ichseg"
+ORIGIN_KEY = "ichseg"
 # The export's own marker: a folder holding it (and dataset.json) is one ichseg wrote.
 EXPORT_FILE = "ichseg_export.json"
 SPLITS_FILE = "splits_final.json"

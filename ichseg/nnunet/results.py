@@ -1,7 +1,7 @@
 """Read nnU-Net v2 results of an exported dataset and score them as a third architecture.
 
 `import_results` checks that the results belong to the sweep's prepared cache and folds (the
-provenance the export put in dataset.json travels into every nnU-Net results folder), reads each
+origin the export put in dataset.json travels into every nnU-Net results folder), reads each
 fold's validation probabilities (`nnUNetv2_train ... --npz`) and, where present, its test-split
 probabilities, scores the validation slices under every ichseg protocol exactly as a trained
 ichseg job is scored (same slices, order and evaluation batches), and writes one job folder per
@@ -28,8 +28,8 @@ from ichseg.data.release import read_json_object
 from ichseg.errors import IchsegError
 from ichseg.jobs.records import upsert_record, write_job
 from ichseg.metrics import METRICS_VERSION, ProtocolAccumulator
-from ichseg.nnunet.export import cache_of, provenance
-from ichseg.nnunet.layout import PROVENANCE_KEY
+from ichseg.nnunet.export import cache_of, export_origin
+from ichseg.nnunet.layout import ORIGIN_KEY
 from ichseg.sweeps.local import collect_sweep
 from ichseg.sweeps.model import CONFIG_FILE, IMPORTED_TEST_FILE, Job, Sweep
 
@@ -85,13 +85,13 @@ def _json(path: Path) -> dict:
     return read_json_object(path)
 
 
-def check_provenance(folder: Path, expected: dict) -> None:
+def check_export_origin(folder: Path, expected: dict) -> None:
     """Refuse results of another dataset, another prepared cache or another split."""
     dataset_json = folder / "dataset.json"
-    found = _json(dataset_json).get(PROVENANCE_KEY)
+    found = _json(dataset_json).get(ORIGIN_KEY)
     if not isinstance(found, dict):
         raise IchsegError(
-            f"{dataset_json}: no '{PROVENANCE_KEY}' entry; these results are of a dataset "
+            f"{dataset_json}: no '{ORIGIN_KEY}' entry; these results are of a dataset "
             "`ichseg nnunet export` did not write"
         )
     if found.get("cache_key") != expected["cache_key"]:
@@ -312,7 +312,7 @@ def import_results(
     sweep = collect_sweep(sweep_dir)
     cache = cache_of(sweep.root)
     data = load_prepared(cache)
-    check_provenance(folder, provenance(cache, data))
+    check_export_origin(folder, export_origin(cache, data))
     configuration, plans = _configuration(folder)
     wanted = sorted(set(folds if folds is not None else sweep.expected_folds))
     n_folds = len(data.splits["folds"])

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from ichseg.cli import main
-from ichseg.data.phantom import LAYOUTS, write_phantom
+from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.data.release import PhysioNetRelease
+from ichseg.data.sources import LAYOUT_SOURCES
 from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint, split_of
 from tests.helpers.scans import ZOOMS, save_scan
 
@@ -261,7 +262,7 @@ def test_failure_before_any_output_leaves_no_folder_it_made(
 @pytest.mark.parametrize("layout", ["instance22", "bhsd", "nnunet_raw"])
 def test_every_source_refuses_a_scan_not_in_hu(layout, tmp_path, capsys, record_behaviour):
     root = write_phantom(tmp_path / layout, patients=12, size=32, layout=layout)
-    release = LAYOUTS[layout](str(root)).open()
+    release = LAYOUT_SOURCES[layout](str(root)).open()
     path = release.scan_path(release.patients[3])
     image = nib.load(path)
     shifted = np.clip(image.get_fdata() + 1024, 0, None).astype(np.uint16)

@@ -15,10 +15,22 @@ from ichseg.data.mask_release import subtype_index
 from ichseg.data.phantom import LAYOUTS, write_phantom
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
 from ichseg.data.release import SUBTYPES
-from ichseg.data.sources import BHSD, Instance22, NnunetRaw, Phantom, source_named
+from ichseg.data.sources import (
+    BHSD,
+    LAYOUT_SOURCES,
+    Instance22,
+    NnunetRaw,
+    Phantom,
+    source_named,
+)
 from ichseg.errors import IchsegError
 
 NEW_LAYOUTS = ("instance22", "bhsd", "nnunet_raw")
+
+
+def test_every_layout_the_phantom_writes_is_read_by_the_source_of_its_name():
+    assert tuple(LAYOUT_SOURCES) == LAYOUTS
+    assert all(LAYOUT_SOURCES[layout].name == layout for layout in LAYOUTS)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +64,8 @@ def _independent_labels(release, value_to_subtype: dict[int, int]) -> list[tuple
     ],
 )
 def test_each_layout_reads_labels_and_subtypes_from_its_masks(phantoms, layout, value_to_subtype):
-    release = LAYOUTS[layout](str(phantoms[layout])).open()
-    physionet = LAYOUTS["physionet"](str(phantoms["physionet"])).open()
+    release = LAYOUT_SOURCES[layout](str(phantoms[layout])).open()
+    physionet = LAYOUT_SOURCES["physionet"](str(phantoms["physionet"])).open()
     assert len(release.patients) == 12 and release.source == layout
     labels = [(lab.has_ich, lab.subtypes) for lab in release.labels]
     assert labels == _independent_labels(release, value_to_subtype)
@@ -71,7 +83,7 @@ def test_each_layout_reads_labels_and_subtypes_from_its_masks(phantoms, layout, 
 @pytest.mark.parametrize("layout", NEW_LAYOUTS)
 @pytest.mark.parametrize("split", ["slice", "patient"])
 def test_each_layout_prepares_in_both_split_modes(phantoms, tmp_path, layout, split):
-    source = LAYOUTS[layout](str(phantoms[layout]))
+    source = LAYOUT_SOURCES[layout](str(phantoms[layout]))
     cfg = PrepareConfig(size=32, split=split, n_folds=2, test_fraction=0.2)
     data = load_prepared(prepare(source, tmp_path, cfg))
     release = source.open()
@@ -191,7 +203,7 @@ def test_phantom_source_in_every_layout(tmp_path):
         source = Phantom(str(tmp_path / layout), patients=2, size=16, layout=layout)
         release = source.open()
         assert release.source == "phantom" and len(release.patients) == 2
-        assert source.describe(release)["layout"] == layout
+        assert source.facts(release)["layout"] == layout
 
 
 def test_cli_phantom_writes_a_layout(tmp_path, capsys):
@@ -253,7 +265,7 @@ def test_a_binary_export_of_a_subtype_layout_is_refused_unless_said(
     facts = data.meta["source_facts"]
     assert facts["label_map"] == {"1": "hemorrhage"} and facts["subtypes_from"] is None
     assert not data.subtypes.any()
-    release = LAYOUTS[layout](str(root), binary_labels=True).open()
+    release = LAYOUT_SOURCES[layout](str(root), binary_labels=True).open()
     assert [lab.has_ich for lab in release.labels] == [
         has_ich for has_ich, _ in _independent_labels(release, {})
     ]
