@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from ichseg.checkpoint import load_checkpoint
-from ichseg.cli import EXIT_INCOMPLETE, main
+from ichseg.cli import main
 from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, prepare
 from ichseg.jobs.records import read_job, read_records, write_job
+from ichseg.report.commands import EXIT_INCOMPLETE
 from tests.helpers.checkpoints import PRE64, passthrough_module, save_checkpoint, split_of
 from tests.helpers.runs import copy_or_link
 from tests.helpers.scans import save_scan, with_air
