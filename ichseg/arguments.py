@@ -1,5 +1,6 @@
-"""What every `ichseg` command's arguments share: the help formatter, output folders, the CSV list
-type, the options of the inference commands, and how the console script leaves after W&B failed.
+"""What every `ichseg` command's arguments share: the help formatter, the output folder check
+(also of train.py's hydra.sweep.dir), the CSV list type, the options of the inference commands,
+and how the console script leaves after W&B failed.
 
 Stage packages import this module to declare their commands (`<stage>/commands.py`); it imports
 no stage.

@@ -133,24 +133,6 @@ def _renamed_into_place(path: Path, is_dir: bool) -> Iterator[Path]:
         raise
 
 
-def writable_dir(path: str | os.PathLike, label: str) -> Path:
-    """Create the folder `path` if needed and check a file can be written there; an IchsegError
-    naming `label` and the reason (a file in the way, a read-only file system) otherwise."""
-    path = Path(path)
-    probe = path / ".ichseg-write-test"
-    try:
-        with created_folders_removed_on_failure(path):
-            path.mkdir(parents=True, exist_ok=True)
-            with atomic_path(probe) as tmp:
-                tmp.write_bytes(b"")
-            probe.unlink()
-    except OSError as err:
-        reason = err.strerror or str(err)
-        where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
-        raise IchsegError(f"{label} {path}: cannot write there: {reason}{where}") from None
-    return path
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically (flushed to disk before the rename)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:

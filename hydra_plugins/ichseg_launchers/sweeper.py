@@ -19,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import filter_overrides
 from omegaconf import DictConfig
 
-from ichseg.atomic import writable_dir
+from ichseg.arguments import output_dir
 from ichseg.config_schema import validate
 from ichseg.errors import IchsegError
 from ichseg.launch.sweep import check_sweep_dir, failure_report, record_sweep
@@ -59,14 +59,13 @@ class IchsegSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         loader = self.hydra_context.config_loader
         try:
-            if sweep_dir.exists() and not sweep_dir.is_dir():
-                raise IchsegError(f"hydra.sweep.dir {sweep_dir}: exists and is not a folder")
+            output_dir(sweep_dir, "hydra.sweep.dir")
             jobs = [list(job) for batch in batches for job in batch]
             configs = [loader.load_sweep_config(self.config, job) for job in jobs]
             for job, config in zip(jobs, configs, strict=True):
                 check_job_config(job, config)
             check_sweep_dir(configs, str(sweep_dir))
-            writable_dir(sweep_dir, "hydra.sweep.dir")
+            output_dir(sweep_dir, "hydra.sweep.dir", create=True)
             record_sweep(self.config, sweep_dir)
         except IchsegError as exc:  # refused before anything is written: train.py's one line
             print(f"train.py: error: {exc}", file=sys.stderr)

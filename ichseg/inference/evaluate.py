@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ichseg.arguments import output_dir
 from ichseg.atomic import (
     atomic_write_text,
     check_replaceable,
@@ -39,7 +40,7 @@ from ichseg.data.release import SUBTYPES, VolumeRelease, read_json_object
 from ichseg.data.sources import Source, source_from_record
 from ichseg.errors import IchsegError
 from ichseg.inference.network_name import network_name
-from ichseg.inference.run import prepare_outdir, progress_bar, warn_collapsed
+from ichseg.inference.run import progress_bar, warn_collapsed
 from ichseg.inference.training_overlap import check_not_trained_on
 from ichseg.inference.volume_metrics import (
     DEFAULT_VOLUME_PROTOCOL,
@@ -341,7 +342,7 @@ def evaluate(
         mode = {"mode": "external"}
     # A run that fails before writing anything leaves no folder it made.
     with created_folders_removed_on_failure(outdir):
-        out = prepare_outdir(outdir)
+        out = output_dir(outdir, "output folder", create=True)
         rows = []
         with progress_bar(len(patients), "volumes", progress) as advance:
             for patient in patients:

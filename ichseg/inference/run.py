@@ -1,5 +1,5 @@
 """`ichseg predict`: CT volumes (NIfTI files, DICOM series) -> NIfTI hemorrhage masks + JSON
-summaries; and what every inference command shares: the output folder checked up front, a
+summaries; and what every inference command shares: the warning on collapsed checkpoints, a
 progress bar.
 
 Every input is checked (checkpoints loaded, scan headers read, output folder writable, what each
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.atomic import created_folders_removed_on_failure, writable_dir
+from ichseg.arguments import output_dir
+from ichseg.atomic import created_folders_removed_on_failure
 from ichseg.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
 from ichseg.errors import IchsegError
 from ichseg.inference.summary_page import PNG_SUFFIX, png_bytes, summary_figure
@@ -56,11 +57,6 @@ def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
             "found none"
         )
     return checkpoints, scans
-
-
-def prepare_outdir(outdir: str | os.PathLike) -> Path:
-    """Create `outdir` if needed and check a file can be written there; one line otherwise."""
-    return writable_dir(outdir, "output folder")
 
 
 def _validation(ckpt: Checkpoint) -> dict | None:
@@ -183,7 +179,7 @@ def predict_scans(
             _warn_no_seg(f"scan {scan.path}: no DICOM SEG, {plan.why_not}", png)
     # A run that fails before writing anything leaves no folder it made.
     with created_folders_removed_on_failure(outdir):
-        out = prepare_outdir(outdir)
+        out = output_dir(outdir, "output folder", create=True)
         # The SEG names the checkpoints by their contents: hashed once, for DICOM inputs only.
         ids = checkpoint_ids(checkpoints) if any(s.dicom is not None for s in opened) else []
         summaries: list[dict] = []
