@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 from ichseg import cli
+from tests.unit.test_import_layers import PACKAGE, import_graph
 
 
 def _file(tmp: Path) -> Path:
@@ -70,6 +72,35 @@ def test_help_of_every_subcommand_shows_its_defaults(command, capsys):
     for action in shown:
         assert f"{action.default}" in text.replace("\n", " "), (command, action.dest)
     assert "default:" in text
+
+
+@pytest.mark.parametrize(
+    ("command", "stage"),
+    [
+        ("phantom", "data"),
+        ("prepare", "data"),
+        ("predict", "inference"),
+        ("evaluate", "inference"),
+        ("report", "report"),
+        ("dashboard", "dashboard"),
+        ("nnunet export", "nnunet"),
+        ("nnunet import", "nnunet"),
+        ("bench", "bench"),
+    ],
+)
+def test_every_command_is_declared_beside_its_stage(command, stage):
+    parser = cli.build_parser()
+    for word in command.split():
+        parser = next(
+            a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+        ).choices[word]
+    assert parser.get_default("func").__module__ == f"ichseg.{stage}.commands"
+
+
+def test_the_shared_argument_rules_import_no_stage():
+    """Stages import ichseg.arguments to declare their commands, never the other way round."""
+    stages = {f"ichseg.{init.parent.name}" for init in PACKAGE.glob("*/__init__.py")}
+    assert not import_graph()["ichseg.arguments"] & stages
 
 
 @pytest.mark.reliability(case="prepare --n-folds / --test-fraction", entry="ichseg prepare")
