@@ -1,21 +1,23 @@
-"""The declared types and ranges of train.py's config, checked once before a job does anything.
+"""The declared types and ranges of train.py's config: the one place a config value is checked.
 
 Each entry of SCHEMA is one key: a new key is one more line. Keys the schema does not name are
-left to the code that reads them.
+left to the code that reads them. `validate` checks a composed config before a job does anything;
+`check_section` checks the same keys for an object built without one (`ICHDataModule`,
+`PrepareConfig`), with the same line; `check_fold` is the fold's rule, which depends on
+`data.n_folds`.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ichseg.data.phantom import LAYOUTS
-from ichseg.data.phantom import MAX_SIZE as PHANTOM_MAX_SIZE
-from ichseg.data.phantom import MIN_SIZE as PHANTOM_MIN_SIZE
 from ichseg.errors import IchsegError, first_line
 from ichseg.seeds import MAX_SEED
 
@@ -40,6 +42,13 @@ PRECISIONS = (
     "transformer-engine",
     "transformer-engine-float16",
 )
+# The folder layouts the phantom writes, each that of the data source of the same name
+# (`ichseg.data.sources.LAYOUT_SOURCES` maps them to the classes that read them).
+PHANTOM_LAYOUTS = ("physionet", "instance22", "bhsd", "nnunet_raw")
+# In-plane pixels the phantom draws: below 16 the head has no room for a bleed; the CT-ICH
+# release is 512², and each slice is drawn as size² float64 arrays (2048²: 32 MiB each).
+PHANTOM_MIN_SIZE = 16
+PHANTOM_MAX_SIZE = 2048
 
 
 def _bound(value: float) -> str:
@@ -96,9 +105,9 @@ class Rule:
         if isinstance(value, bool) != (self.kind is bool):
             return False
         if self.kind is float:
-            if not isinstance(value, int | float) or not math.isfinite(value):
+            if not isinstance(value, numbers.Real) or not math.isfinite(value):
                 return False
-        elif not isinstance(value, self.kind):
+        elif not isinstance(value, numbers.Integral if self.kind is int else self.kind):
             return False
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
             return False
@@ -128,7 +137,6 @@ FOLDER_NAME = Rule(
 SCHEMA: dict[str, Rule] = {
     "experiment_name": FOLDER_NAME,
     "model.name": FOLDER_NAME,
-    "fold": Rule(int, ge=0),
     "seed": SEED,
     "checkpoint_every": POSITIVE_INT,
     "last_checkpoint_every_s": NON_NEGATIVE,
@@ -141,7 +149,7 @@ SCHEMA: dict[str, Rule] = {
     "phantom.patients": POSITIVE_INT,
     "phantom.size": Rule(int, ge=PHANTOM_MIN_SIZE, le=PHANTOM_MAX_SIZE),
     "phantom.seed": SEED,
-    "phantom.layout": Rule(str, choices=tuple(LAYOUTS)),
+    "phantom.layout": Rule(str, choices=PHANTOM_LAYOUTS),
     # The job records a checkpoint at its last epoch: 0 records nothing, -1 never ends.
     "trainer.max_epochs": POSITIVE_INT,
     "trainer.max_steps": Rule(int, ge=1, also=((-1, "no limit"),)),
@@ -260,20 +268,35 @@ def check_value(key: str, value: object, rule: Rule) -> None:
         raise IchsegError(f"{key}={value!r} is not allowed: expected {rule.allowed()}")
 
 
+def check_section(section: str, values: Mapping[str, object]) -> None:
+    """Check values an object is built with (`batch_size` of section `data`, ...) against the
+    schema's entries `<section>.<name>`, with the line `validate` gives."""
+    for name, value in values.items():
+        key = f"{section}.{name}"
+        check_value(key, value, SCHEMA[key])
+
+
+def check_fold(fold: object, n_folds: int, written: str | None = None) -> None:
+    """Raise one line unless `fold` is an integer 0..n_folds-1; `written` is the value as a
+    command line wrote it (default: its repr)."""
+    shown = repr(fold) if written is None else written
+    if isinstance(fold, bool) or not isinstance(fold, numbers.Integral):
+        raise IchsegError(f"fold={shown} is not an integer: expected 0..{n_folds - 1}")
+    if not 0 <= fold < n_folds:
+        raise IchsegError(f"fold={shown} is out of range: expected 0..{n_folds - 1}")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check every declared key of the composed config, the rules that tie keys together, every
+    """Check every declared key of the composed config, the fold against `data.n_folds`, every
     interpolation, the network (built on the meta device, one probe pass at `data.size`) and
     every other `_target_` (imported)."""
     for key, rule in SCHEMA.items():
         present, value = _lookup(cfg, key)
         if present:
             check_value(key, value, rule)
-    present, n_folds = _lookup(cfg, "data.n_folds")
-    if present and not 0 <= cfg.fold < n_folds:
-        raise IchsegError(
-            f"fold={cfg.fold} is out of range: expected an integer 0..{n_folds - 1} "
-            f"(data.n_folds={n_folds})"
-        )
+    (has_fold, fold), (has_n_folds, n_folds) = _lookup(cfg, "fold"), _lookup(cfg, "data.n_folds")
+    if has_fold and has_n_folds:
+        check_fold(fold, n_folds)
     tree = _resolved(cfg)
     # torch loads only for a config whose values passed: a refusal answers without it.
     from ichseg.config import locate_target

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ichseg.config_schema import check_fold, check_section
 from ichseg.data.augment import BatchAugment
 from ichseg.data.prepare import (
     PrepareConfig,
@@ -33,7 +33,7 @@ from ichseg.data.prepare import (
 )
 from ichseg.data.release import read_json_object
 from ichseg.data.sources import Source
-from ichseg.data.transforms import INTENSITIES, encode_intensity
+from ichseg.data.transforms import encode_intensity
 from ichseg.errors import IchsegError
 
 log = logging.getLogger("ichseg")
@@ -99,7 +99,8 @@ class ICHDataModule(pl.LightningDataModule):
     """One fold of the prepared balanced set: train/val from the fold, test from the hold-out.
 
     `source` gives the release (`ichseg.data.sources`); `augment` transforms training batches on
-    their device (None: no augmentation).
+    their device (None: no augmentation). The other values are checked by the config schema's
+    rules (`ichseg.config_schema`), with the line train.py gives.
     """
 
     def __init__(
@@ -131,46 +132,38 @@ class ICHDataModule(pl.LightningDataModule):
             raise IchsegError(
                 f"data.augment: expected a BatchAugment or null, found {type(augment).__name__}"
             )
-        self.n_folds = _positive_int("data.n_folds", n_folds)
-        if isinstance(fold, bool) or not isinstance(fold, numbers.Integral):
-            raise IchsegError(
-                f"fold={fold!r} is not an integer: expected an integer 0..{self.n_folds - 1}"
-            )
-        if not 0 <= fold < self.n_folds:
-            raise IchsegError(
-                f"fold={fold} is out of range: expected an integer 0..{self.n_folds - 1}"
-            )
-        self.fold = int(fold)
-        self.source = source
-        self.cache_root = Path(cache_root)
-        # PrepareConfig validates size, window, split, seed and fractions now, not mid-run.
+        check_section("data", {"n_folds": n_folds})
+        check_fold(fold, n_folds)
+        # PrepareConfig checks size, window, split, seed and fractions now, not mid-run.
         self.prepare_config = PrepareConfig(
             size=size,
             level=window_level,
             width=window_width,
             split=split,
             seed=seed,
-            n_folds=self.n_folds,
+            n_folds=n_folds,
             test_fraction=test_fraction,
         )
-        self.seed = seed
-        self.batch_size = _positive_int("data.batch_size", batch_size)
-        self.eval_batch_size = (
-            self.batch_size
-            if eval_batch_size is None
-            else _positive_int("data.eval_batch_size", eval_batch_size)
+        check_section(
+            "data",
+            {
+                "batch_size": batch_size,
+                "eval_batch_size": eval_batch_size,
+                "intensity": intensity,
+                "resident": resident,
+                "allow_non_hu": allow_non_hu,
+            },
         )
+        self.fold = int(fold)
+        self.n_folds = self.prepare_config.n_folds
+        self.source = source
+        self.cache_root = Path(cache_root)
+        self.seed = self.prepare_config.seed
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = self.batch_size if eval_batch_size is None else int(eval_batch_size)
         self.augmenter = augment
-        if intensity not in INTENSITIES:
-            raise IchsegError(
-                f"data.intensity: expected one of {', '.join(INTENSITIES)}, found {intensity!r}"
-            )
         self.intensity = intensity
-        if not isinstance(resident, bool):
-            raise IchsegError(f"data.resident={resident!r}: expected true or false")
         self.resident = resident
-        if not isinstance(allow_non_hu, bool):
-            raise IchsegError(f"data.allow_non_hu={allow_non_hu!r}: expected true or false")
         self.allow_non_hu = allow_non_hu
 
         self.cache_dir: Path | None = None
@@ -303,9 +296,3 @@ class ICHDataModule(pl.LightningDataModule):
     def row_patients(self, rows: Tensor | Sequence[int]) -> np.ndarray:
         """Patient numbers (n,) of cache rows."""
         return self._loaded().patients[torch.as_tensor(rows).flatten().numpy()]
-
-
-def _positive_int(key: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise IchsegError(f"{key}={value!r}: expected a positive integer")
-    return int(value)

@@ -28,6 +28,9 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.atomic import atomic_path, file_lock
+from ichseg.config_schema import PHANTOM_LAYOUTS as LAYOUTS
+from ichseg.config_schema import PHANTOM_MAX_SIZE as MAX_SIZE
+from ichseg.config_schema import PHANTOM_MIN_SIZE as MIN_SIZE
 from ichseg.data.release import (
     CSV_NAME,
     LABEL_CSV_COLUMNS,
@@ -568,18 +571,9 @@ the label statistics of PhysioNet CT-ICH 1.3.1, so the pipeline runs end to end 
 restricted real data.
 """
 
-# The folder layouts the phantom writes, each that of the data source of the same name
-# (`ichseg.data.sources.LAYOUT_SOURCES` maps them to the classes that read them).
-LAYOUTS = ("physionet", "instance22", "bhsd", "nnunet_raw")
 # BHSD's mask values (its paper: 1 epidural .. 5 subdural) for the phantom's subtype indices.
 _BHSD_VALUE = {IVH: 3, IPH: 2, SAH: 4, EDH: 1, SDH: 5}
 _BHSD_LUT = np.array([0, *(_BHSD_VALUE[i] for i in range(len(SUBTYPES)))], dtype=np.uint8)
-
-
-# In-plane pixels the generator draws: below 16 the head has no room for a bleed; the CT-ICH
-# release is 512², and each slice is drawn as size² float64 arrays (2048²: 32 MiB each).
-MIN_SIZE = 16
-MAX_SIZE = 2048
 
 
 def check_layout(layout: str) -> None:

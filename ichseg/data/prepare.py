@@ -23,8 +23,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import math
-import numbers
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,13 +32,13 @@ import numpy as np
 import torch
 
 from ichseg.atomic import atomic_path, file_lock
+from ichseg.config_schema import check_section
 from ichseg.data.release import SUBTYPES, SliceLabel, VolumeRelease, read_json_object, slice_id
 from ichseg.data.sources import PhysioNet, Source
-from ichseg.data.splits import MODES, make_splits
+from ichseg.data.splits import make_splits
 from ichseg.data.transforms import prepared_slices, resize_masks, to_slices
 from ichseg.errors import IchsegError
 from ichseg.paths import absolute
-from ichseg.seeds import check_seed
 
 # Bump whenever the arrays or files written for the same inputs change. 3: slices labelled
 # hemorrhage whose resized mask is empty are left out of the balanced set.
@@ -59,7 +57,8 @@ WARN_IDS = 5
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """Everything the prepared arrays depend on besides the release itself."""
+    """Everything the prepared arrays depend on besides the release itself; each field is
+    checked by the config schema's rule of its `data.*` key, with the line train.py gives."""
 
     size: int = 256
     level: float = 40.0
@@ -70,35 +69,23 @@ class PrepareConfig:
     test_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        def bad(key: str, expected: str) -> IchsegError:
-            return IchsegError(
-                f"prepare config {key}: expected {expected}, found {getattr(self, key)!r}"
-            )
-
-        object.__setattr__(self, "seed", check_seed(self.seed, "prepare config seed"))
-        for key in ("size", "n_folds"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise bad(key, "an integer")
-            # Plain Python numbers: 40 and 40.0 (or numpy ints) must give the same cache key.
-            object.__setattr__(self, key, int(value))
-        if self.size < 1:
-            raise bad("size", "a positive number of pixels")
-        if self.n_folds < 2:
-            raise bad("n_folds", "an integer >= 2")
+        check_section(
+            "data",
+            {
+                "size": self.size,
+                "window_level": self.level,
+                "window_width": self.width,
+                "split": self.split,
+                "seed": self.seed,
+                "n_folds": self.n_folds,
+                "test_fraction": self.test_fraction,
+            },
+        )
+        # Plain Python numbers: 40 and 40.0 (or numpy ints) must give the same cache key.
+        for key in ("size", "seed", "n_folds"):
+            object.__setattr__(self, key, int(getattr(self, key)))
         for key in ("level", "width", "test_fraction"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise bad(key, "a number")
-            if not math.isfinite(value):
-                raise bad(key, "a finite number")
-            object.__setattr__(self, key, float(value))
-        if self.width <= 0:
-            raise bad("width", "a positive window width in HU")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise bad("test_fraction", "a number in (0, 1)")
-        if self.split not in MODES:
-            raise bad("split", f"one of {', '.join(MODES)}")
+            object.__setattr__(self, key, float(getattr(self, key)))
 
 
 @dataclass

@@ -3,9 +3,10 @@
 Hydra reads `fold=0..9` as the string "0..9" (a plain app then runs two jobs, not twenty).
 `expand_ranges` turns every `key=a..b` into Hydra's `key=range(a,b+1)` (inclusive, as a
 researcher reads it), and `check_overrides` rejects, with one line and before a single job
-starts, folds and models that cannot run, keys renamed since the first release (naming the new
-spelling), keys the config does not have (naming the closest ones), and any other override the
-config cannot be composed with.
+starts, models that do not exist, keys renamed since the first release (naming the new
+spelling), keys the config does not have (naming the closest ones), any other override the
+config cannot be composed with, and folds the schema's fold rule refuses (`check_fold`, the
+rule `validate` applies to each job's config).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from ichseg.config_schema import SCHEMA, check_value
+from ichseg.config_schema import SCHEMA, check_fold, check_value
 from ichseg.errors import IchsegError
 
 RANGE = re.compile(r"^(?P<key>[+~]{0,2}[\w.\-/@]+)=(?P<a>-?\d+)\.\.(?P<b>-?\d+)$")
@@ -83,37 +84,31 @@ def _searchpath_folders(parsed: list) -> list[Path]:
 
 
 def check_overrides(argv: list[str], conf_dir: Path) -> None:
-    """Reject `fold` values outside 0..n_folds-1 or not integers, unknown `model=` names,
-    renamed or unknown keys, and overrides the config cannot be composed with."""
+    """Reject unknown `model=` names, renamed or unknown keys, overrides the config cannot be
+    composed with, and `fold` values outside 0..data.n_folds-1 (of the composed config) or not
+    integers."""
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as exc:
         raise IchsegError(f"cannot parse the overrides: {_one_line(exc)}") from None
-    n_folds = 10
-    for override in parsed:
-        if override.key_or_group == "data.n_folds" and not override.is_sweep_override():
-            n_folds = override.value()
-            check_value("data.n_folds", n_folds, SCHEMA["data.n_folds"])
     folders = [conf_dir, *_searchpath_folders(parsed)]
     models = sorted({p.stem for folder in folders for p in (folder / "model").glob("*.yaml")})
     for override in parsed:
-        if override.is_delete():
-            continue
-        if override.key_or_group == "fold":
-            for value in _override_values(override):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise IchsegError(f"fold={value} is not an integer: expected 0..{n_folds - 1}")
-                if not 0 <= value < n_folds:
-                    raise IchsegError(f"fold={value} is out of range: expected 0..{n_folds - 1}")
-        elif override.key_or_group == "model":
+        if override.key_or_group == "model" and not override.is_delete():
             for value in _override_values(override):
                 if value not in models:
                     raise IchsegError(
                         f"model={value} is unknown: expected one of {', '.join(models)} "
                         f"(files in {', '.join(str(f / 'model') for f in folders)})"
                     )
-    check_keys(parsed, conf_dir)
+    cfg = check_keys(parsed, conf_dir)
+    n_folds = OmegaConf.select(cfg, "data.n_folds", default=None)
+    check_value("data.n_folds", n_folds, SCHEMA["data.n_folds"])
+    for override in parsed:
+        if override.key_or_group == "fold" and not override.is_delete():
+            for value in _override_values(override):
+                check_fold(value, n_folds, written=str(value))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -164,9 +159,10 @@ def _parameter_of_target(cfg: DictConfig, key: str) -> bool:
         return False
 
 
-def check_keys(parsed: list[Override], conf_dir: Path) -> None:
+def check_keys(parsed: list[Override], conf_dir: Path) -> DictConfig:
     """Every key an override sets exists in the composed config (or, for `+key`, is a parameter
-    of the object its node builds); renamed keys name their new spelling."""
+    of the object its node builds); renamed keys name their new spelling. Returns the config
+    composed with every override that is not a sweep."""
     first = [o for o in parsed if _is_group(o, conf_dir)]
     groups = [f"{o.get_key_element()}={_override_values(o)[0]}" for o in first]
     # Config folders of the user's own (a data source written outside the package) first.
@@ -195,4 +191,4 @@ def check_keys(parsed: list[Override], conf_dir: Path) -> None:
         hint = f"closest: {', '.join(close)}" if close else "python train.py --cfg job lists them"
         raise IchsegError(f"{override.input_line}: {key} is not a key of the config ({hint})")
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
-    _compose(conf_dir, plain)
+    return _compose(conf_dir, plain)

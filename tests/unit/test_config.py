@@ -7,8 +7,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ichseg.config import register_resolvers, scale_filters
+from ichseg.config_schema import validate
 from ichseg.data.augment import BatchAugment
-from ichseg.data.sources import Phantom
+from ichseg.data.datamodule import ICHDataModule
+from ichseg.data.prepare import PrepareConfig
+from ichseg.data.sources import Phantom, PhysioNet
 from ichseg.errors import IchsegError
 from ichseg.jobs.config import config_hash
 from ichseg.models.unet import UNet
@@ -234,3 +237,34 @@ def test_auto_precision_follows_the_jobs_accelerator(monkeypatch, gpu, accelerat
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: gpu)
     assert training_precision("auto", accelerator) == expected
     assert training_precision("16-mixed", accelerator) == "16-mixed"
+
+
+# A bad value as train.py's override, and as the keyword a programmatic caller passes it by.
+BAD_VALUES = [
+    ("fold=10", ICHDataModule, {"fold": 10}),
+    ("data.n_folds=1", ICHDataModule, {"n_folds": 1}),
+    ("data.batch_size=0", ICHDataModule, {"batch_size": 0}),
+    ("data.eval_batch_size=0", ICHDataModule, {"eval_batch_size": 0}),
+    ("data.intensity=rgb", ICHDataModule, {"intensity": "rgb"}),
+    ("data.resident=yes", ICHDataModule, {"resident": "yes"}),
+    ("data.allow_non_hu=1", ICHDataModule, {"allow_non_hu": 1}),
+    ("data.size=1", ICHDataModule, {"size": 1}),
+    ("data.size=1", PrepareConfig, {"size": 1}),
+    ("data.window_level=nan", PrepareConfig, {"level": float("nan")}),
+    ("data.window_width=0", PrepareConfig, {"width": 0}),
+    ("data.split=random", PrepareConfig, {"split": "random"}),
+    ("data.seed=-1", PrepareConfig, {"seed": -1}),
+    ("data.test_fraction=1.5", PrepareConfig, {"test_fraction": 1.5}),
+]
+
+
+@pytest.mark.parametrize(("override", "built", "kwargs"), BAD_VALUES)
+def test_a_bad_value_gives_train_pys_line_when_built_in_code(override, built, kwargs, tmp_path):
+    with pytest.raises(IchsegError) as from_config:
+        validate(compose_train([override]))
+    if built is ICHDataModule:
+        kwargs = {"fold": 0, "source": PhysioNet(str(tmp_path))} | kwargs
+    with pytest.raises(IchsegError) as from_code:
+        built(**kwargs)
+    assert str(from_code.value) == str(from_config.value)
+    assert str(from_config.value).startswith(override.split("=")[0] + "="), from_config.value
