@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ichseg.data.release import SUBTYPES, Case, SliceLabel, VolumeRelease, _load_nifti
+from ichseg.data.release import SUBTYPES, Case, SliceLabel, VolumeRelease
 from ichseg.errors import IchsegError
+from ichseg.scans.nifti import load_nifti
 from ichseg.scans.orientation import Reorientation, reorientation
 
 # Names (lower case, letters only) a label map may give each of `SUBTYPES`, in its order.
@@ -110,7 +111,7 @@ class MaskRelease(VolumeRelease):
             labels, present = [], set()
             for patient in self.patients:
                 name = self._relative(self.mask_path(patient))
-                values, affine, _ = _load_nifti(self.mask_path(patient), name)
+                values, affine, _ = load_nifti(self.mask_path(patient), name)
                 found, held = self._slice_labels(patient, values, reorientation(affine, name), name)
                 labels += found
                 present |= held

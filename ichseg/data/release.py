@@ -22,12 +22,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from ichseg.errors import IchsegError, first_line
-from ichseg.scans.hounsfield import check_ct_size, check_hounsfield, check_stored_type
-from ichseg.scans.nifti import NIFTI_READ_ERRORS, NIFTI_SUFFIXES, nifti_stem, voxel_sizes
+from ichseg.errors import IchsegError
+from ichseg.scans.hounsfield import check_ct_size, check_finite, check_hounsfield
+from ichseg.scans.nifti import NIFTI_SUFFIXES, load_nifti, nifti_stem, read_nifti
 from ichseg.scans.orientation import Reorientation, reorientation
 
 SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
@@ -202,34 +201,6 @@ def _find_volume(folder: Path | None, patient: int) -> Path | None:
     return found[0] if found else None
 
 
-def _load_nifti(
-    path: Path, label: str
-) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Read a 3-D NIfTI through nibabel's scaling: float32 (H, W, N) data, affine and zooms."""
-    try:
-        with open(path, "rb"):
-            pass  # nibabel's file-type sniffing would hide why a file cannot be opened
-    except OSError as err:
-        raise IchsegError(f"{label}: cannot read the file ({err.strerror})") from None
-    try:
-        image = nib.load(path)
-        if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-            raise IchsegError(f"{label}: expected a NIfTI image, found {type(image).__name__}")
-        shape = image.shape
-        # A trailing singleton axis (H, W, N, 1) is still one volume; real 4-D data is not.
-        if len(shape) < 3 or any(extent != 1 for extent in shape[3:]):
-            raise IchsegError(f"{label}: expected a 3-D volume (H, W, slices), found shape {shape}")
-        check_stored_type(image.get_data_dtype(), label)
-        data = image.get_fdata(dtype=np.float32, caching="unchanged").reshape(shape[:3])
-        zooms = voxel_sizes(image, path, label)
-    except IchsegError:
-        raise
-    except NIFTI_READ_ERRORS as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise IchsegError(f"{label}: cannot read as NIfTI ({detail})") from err
-    return data, image.affine, zooms  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
 class Case:
     """One volume of a release: its name in the source's own terms and its two files."""
@@ -319,8 +290,8 @@ class VolumeRelease:
         size (`ichseg.scans.hounsfield`); the one loading path of every source."""
         scan_name = self._relative(self.scan_path(patient))
         mask_name = self._relative(self.mask_path(patient))
-        hu, affine, zooms = _load_nifti(self.scan_path(patient), scan_name)
-        values, mask_affine, _ = _load_nifti(self.mask_path(patient), mask_name)
+        hu, affine, zooms = load_nifti(self.scan_path(patient), scan_name)
+        values, mask_affine, _ = load_nifti(self.mask_path(patient), mask_name)
         if values.shape != hu.shape:
             raise IchsegError(
                 f"{mask_name}: shape {values.shape} differs from {scan_name} shape {hu.shape}"
@@ -330,9 +301,7 @@ class VolumeRelease:
                 f"{mask_name}: affine differs from {scan_name} "
                 f"(max difference {np.abs(mask_affine - affine).max():.4g})"
             )
-        bad = hu.size - int(np.count_nonzero(np.isfinite(hu)))
-        if bad:
-            raise IchsegError(f"{scan_name}: {bad} voxels are NaN or infinite (patient {patient})")
+        check_finite(hu, scan_name, f" (patient {patient})")
         turn = reorientation(affine, scan_name)
         self._check_volume(patient, values, turn, scan_name, mask_name)
         hu = turn.apply(hu)
@@ -357,11 +326,7 @@ class VolumeRelease:
         """The scan's shape and voxel sizes in the training orientation, from its header alone."""
         path = self.scan_path(patient)
         name = self._relative(path)
-        try:
-            image = nib.load(path)
-            zooms = voxel_sizes(image, path, name)
-        except NIFTI_READ_ERRORS as err:
-            raise IchsegError(f"{name}: cannot read as NIfTI ({first_line(err)})") from None
+        image, zooms = read_nifti(path, name)
         turn = reorientation(image.affine, name)
         shape = turn.zooms(tuple(float(n) for n in image.shape[:3]))
         return (int(shape[0]), int(shape[1]), int(shape[2])), turn.zooms(zooms)

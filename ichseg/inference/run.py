@@ -24,22 +24,22 @@ from ichseg.arguments import output_dir
 from ichseg.atomic import created_folders_removed_on_failure
 from ichseg.checkpoint import CHECKPOINT_SUFFIXES, Checkpoint
 from ichseg.errors import IchsegError
-from ichseg.inference.summary_page import PNG_SUFFIX, png_bytes, summary_figure
+from ichseg.inference.outputs import (
+    MASK_SUFFIX,
+    check_outputs_free,
+    output_paths,
+    png_path,
+    seg_path,
+    write_outputs,
+)
+from ichseg.inference.summary_page import png_bytes, summary_figure
 from ichseg.inference.volumes import VolumeEnsemble, summarize
 from ichseg.jobs.records import read_records
 from ichseg.metrics import COLLAPSED, collapsed
 from ichseg.runtime import pick_device
-from ichseg.scans.dicom import is_dicom_input, open_dicom
-from ichseg.scans.dicom_seg import SegPlan, checkpoint_ids, seg_bytes, seg_path, seg_plan
-from ichseg.scans.nifti import (
-    MASK_SUFFIX,
-    Scan,
-    check_outputs_free,
-    input_identity,
-    open_scan,
-    output_paths,
-    write_outputs,
-)
+from ichseg.scans import Scan, open_scan
+from ichseg.scans.dicom_seg import checkpoint_ids
+from ichseg.scans.scan import SegPlan
 
 
 def split_paths(paths: Sequence[str]) -> tuple[list[Path], list[Path]]:
@@ -143,13 +143,10 @@ def predict_scans(
     target = pick_device(device)
     model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
     warn_collapsed(model.ensemble.checkpoints, "predict")
-    opened = [
-        open_dicom(p, series, resample_tilt, allow_unreadable)
-        if is_dicom_input(p)
-        else open_scan(p)
-        for p in scans
-    ]
-    read = {s.dicom.uid: s.path for s in opened if s.dicom is not None}
+    opened = [open_scan(p, series, resample_tilt, allow_unreadable) for p in scans]
+    # The DICOM series read, by SeriesInstanceUID.
+    uids = {s.path: s.input_identity().get("series_instance_uid") for s in opened}
+    read = {uid: path for path, uid in uids.items() if uid is not None}
     unused = [uid for uid in series if uid not in read]
     if unused:
         found = "; ".join(f"{uid} from {path}" for uid, path in read.items()) or "none"
@@ -163,8 +160,8 @@ def predict_scans(
                 f"scans {seen[scan.stem]} and {scan.path} would both write {scan.stem}{MASK_SUFFIX}"
             )
         seen[scan.stem] = scan.path
-    # None: no SEG asked for (a NIfTI input, or --no-seg).
-    plans = {s.stem: seg_plan(s) if seg and s.dicom is not None else None for s in opened}
+    # None: a scan that carries no SEG (a NIfTI input).
+    plans = {s.stem: s.seg_plan(seg) for s in opened}
     earlier = check_outputs_free(
         Path(outdir), opened, lambda s: _extra_outputs(Path(outdir), s, png, plans[s.stem])
     )
@@ -175,13 +172,13 @@ def predict_scans(
         scan.read_hu(allow_non_hu)
     for scan in opened:
         plan = plans[scan.stem]
-        if plan is not None and plan.why_not is not None:
+        if plan is not None and plan.refused:
             _warn_no_seg(f"scan {scan.path}: no DICOM SEG, {plan.why_not}", png)
     # A run that fails before writing anything leaves no folder it made.
     with created_folders_removed_on_failure(outdir):
         out = output_dir(outdir, "output folder", create=True)
         # The SEG names the checkpoints by their contents: hashed once, for DICOM inputs only.
-        ids = checkpoint_ids(checkpoints) if any(s.dicom is not None for s in opened) else []
+        ids = checkpoint_ids(checkpoints) if any(p is not None for p in plans.values()) else []
         summaries: list[dict] = []
         with progress_bar(len(opened), "scans", progress) as advance:
             for index, scan in enumerate(opened):
@@ -200,16 +197,11 @@ def predict_scans(
     return summaries
 
 
-def _png_path(outdir: Path, scan: Scan) -> Path:
-    """Where the one-page PNG of `scan` goes."""
-    return outdir / f"{scan.stem}{PNG_SUFFIX}"
-
-
 def _extra_outputs(outdir: Path, scan: Scan, png: bool, plan: SegPlan | None) -> list[Path]:
     """What a scan gets besides its mask and JSON: a DICOM series' SEG when one can be made
     (`plan`), the PNG if asked."""
     seg = [seg_path(outdir, scan)] if plan is not None and plan.why_not is None else []
-    return seg + ([_png_path(outdir, scan)] if png else [])
+    return seg + ([png_path(outdir, scan)] if png else [])
 
 
 def _warn_no_seg(why: str, png: bool) -> None:
@@ -239,7 +231,7 @@ def _written_so_far(scans: Sequence[Scan], summaries: Sequence[dict], out: Path)
 @dataclass(frozen=True)
 class _Outputs:
     """Where and how one scan's outputs are written: the folder, the checkpoints' ids for its
-    SEG, whether a PNG is asked for, its SEG plan (None: no SEG asked for) and the summary of an
+    SEG, whether a PNG is asked for, its SEG plan (None: it carries no SEG) and the summary of an
     earlier prediction of the same input (None: none)."""
 
     folder: Path
@@ -253,7 +245,7 @@ class _Outputs:
         if self.earlier is None:
             return []
         named = {Path(str(self.earlier[k])).name for k in ("seg", "png") if self.earlier.get(k)}
-        possible = (seg_path(self.folder, scan), _png_path(self.folder, scan))
+        possible = (seg_path(self.folder, scan), png_path(self.folder, scan))
         return [p for p in possible if p.name in named and p not in written]
 
 
@@ -270,14 +262,15 @@ def _predict_one(
     hu = turn.apply(hu)
     mask = model.predict(hu)
     ensemble = model.ensemble
+    found = summarize(mask, turn.zooms(scan.zooms))
     summary = {
         "scan": str(scan.path),
-        "input": input_identity(scan),
+        "input": scan.input_identity(),
         "mask": str(output_paths(out, scan)[0]),
         "shape": list(scan.shape),
-        **({"dicom": scan.dicom.describe()} if scan.dicom is not None else {}),
+        **scan.describe(found["slices_with_hemorrhage"]),
         **turn.describe(),
-        **summarize(mask, turn.zooms(scan.zooms)),
+        **found,
         "checkpoints": [str(c.path) for c in ensemble.checkpoints],
         "networks": [c.net_config["_target_"] for c in ensemble.checkpoints],
         "preprocess": {
@@ -293,21 +286,15 @@ def _predict_one(
         "precision": ensemble.precision,
         "allow_non_hu": allow_non_hu,
     }
-    if scan.dicom is not None and turn.axial_axis == 2:
-        # The slices counted are the source images: what a DICOM viewer numbers them (the page
-        # and the console show both).
-        hits = scan.dicom.instances(summary["slices_with_hemorrhage"])
-        summary["dicom"]["instances_with_hemorrhage"] = hits
     extra = {}
     if outputs.png:
-        summary["png"] = str(_png_path(out, scan))
-        title = scan.stem if scan.dicom is None else f"{scan.stem}: {scan.dicom.description}"
+        summary["png"] = str(png_path(out, scan))
         window_hu = (model.preprocess.level, model.preprocess.width)
         zooms = turn.zooms(scan.zooms)
-        page = summary_figure(hu, mask, zooms, summary, title, window_hu)
-        extra[_png_path(out, scan)] = png_bytes(page)
+        page = summary_figure(hu, mask, zooms, summary, scan.title, window_hu)
+        extra[png_path(out, scan)] = png_bytes(page)
     mask = turn.undo(mask)
-    if scan.dicom is not None:
+    if (plan := outputs.seg_plan) is not None:
         summary["checkpoint_ids"] = list(outputs.checkpoint_ids)
         parameters = {
             "checkpoints": "; ".join(outputs.checkpoint_ids),
@@ -315,7 +302,7 @@ def _predict_one(
             "window": f"{model.preprocess.level:g}/{model.preprocess.width:g} HU",
             "flip_tta": str(ensemble.flip),
         }
-        summary.update(_seg(scan, mask, parameters, outputs, extra))
+        summary.update(_seg(scan, mask, parameters, plan, outputs, extra))
     summary["seconds"] = round(time.perf_counter() - start, 3)
     stale = outputs.stale(scan, list(extra))
     write_outputs(scan, mask, summary, out, extra, stale)
@@ -323,18 +310,20 @@ def _predict_one(
 
 
 def _seg(
-    scan: Scan, mask: np.ndarray, parameters: dict, outputs: _Outputs, extra: dict[Path, bytes]
+    scan: Scan,
+    mask: np.ndarray,
+    parameters: dict,
+    plan: SegPlan,
+    outputs: _Outputs,
+    extra: dict[Path, bytes],
 ) -> dict:
-    """Build the SEG of a DICOM series into `extra` when its plan allows; what the summary says
+    """Build the SEG of a DICOM series into `extra` when its `plan` allows; what the summary says
     of it. A SEG that fails to build is warned about: the mask and JSON are written all the same."""
-    plan = outputs.seg_plan
-    if plan is None:
-        return {"seg": None, "seg_not_written": "--no-seg"}
     if plan.why_not is not None:
         return {"seg": None, "seg_not_written": plan.why_not}
     path = seg_path(outputs.folder, scan)
     try:
-        extra[path] = seg_bytes(scan, mask, parameters, plan)
+        extra[path] = scan.seg_bytes(mask, parameters, plan)
     except IchsegError as err:
         _warn_no_seg(str(err), outputs.png)
         return {"seg": None, "seg_not_written": str(err)}

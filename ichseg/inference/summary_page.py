@@ -25,7 +25,6 @@ from ichseg.inference.slice_numbers import instance_numbers, slices_text
 from ichseg.visualize import overlay_rgb, wrap_to_width
 from ichseg.visualize import png_bytes as png_bytes
 
-PNG_SUFFIX = "_summary.png"
 MAX_PANELS = 8
 COLUMNS = 4
 DISCLAIMER = (

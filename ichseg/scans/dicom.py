@@ -1,9 +1,11 @@
-"""DICOM CT series of `ichseg predict`: a folder or a zip read into the same `Scan` as a NIfTI.
+"""DICOM CT series of `ichseg predict`: a folder or a zip read into a `Scan` (`DicomScan`).
 
 A series becomes an HU volume in DICOM's natural array order, `[column, row, slice]` (the
 transpose of each slice's pixel array, the slices sorted by their position along the slice
 normal), with the NIfTI-convention affine of that array. Reorientation, prediction, the summary
-and the NIfTI mask are then the NIfTI path's own code.
+and the NIfTI mask are then the same as a NIfTI file's; the summary describes the series
+(`DicomScan.describe`), outputs record its SeriesInstanceUID, and a DICOM SEG of the prediction
+is written from its headers (`ichseg.scans.dicom_seg`).
 
 Geometry (DICOM PS3.3 C.7.6.2.1.1): `ImageOrientationPatient` holds the row direction `r` (the
 direction in which the column index grows) and the column direction `c`, `PixelSpacing` the
@@ -15,7 +17,7 @@ normal is `n = r × c`; slices are sorted by `ImagePositionPatient · n` (never 
 `c · PixelSpacing[0]`, the slice step and the first slice's position; NIfTI's world is RAS+, so
 the RAS affine is the LPS one with its first two rows negated (`lps_to_ras`).
 
-Every file is accounted for (`DicomSeries.describe`). A file is DICOM when it holds `DICM` after
+Every file is accounted for (`DicomScan.describe`). A file is DICOM when it holds `DICM` after
 its 128-byte preamble, or, written without preamble, starts with a data element of group 0002
 or 0008 (then read with pydicom's `force`). A file that looks like DICOM but cannot be read is
 unreadable (`_read_header`): its header does not parse, ends inside its file meta or names no
@@ -81,8 +83,10 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from scipy import ndimage
 
 from ichseg.errors import IchsegError, first_line
-from ichseg.scans.nifti import NIFTI_SUFFIXES, Scan
+from ichseg.scans import dicom_seg
+from ichseg.scans.nifti import NIFTI_SUFFIXES
 from ichseg.scans.orientation import MAX_OBLIQUE_DEG, reorientation
+from ichseg.scans.scan import SEG_NOT_ASKED, ReadOptions, Scan, SegPlan
 
 ZIP_SUFFIX = ".zip"
 # A DICOM file's 128-byte preamble and the prefix after it (DICOM PS3.10 7.1).
@@ -143,13 +147,6 @@ LEFT_OUT = {
 def lps_to_ras(affine: np.ndarray) -> np.ndarray:
     """The NIfTI (RAS+) affine of a DICOM (LPS+) affine: its first two rows negated."""
     return LPS_TO_RAS @ np.asarray(affine, dtype=float)
-
-
-def is_dicom_input(path: str | os.PathLike) -> bool:
-    """True for what is read as DICOM: a folder, a `.zip`, or a single DICOM file (which
-    `open_dicom` refuses, naming the folder to give instead)."""
-    path = Path(path)
-    return path.is_dir() or path.name.lower().endswith(ZIP_SUFFIX) or _single_dicom_file(path)
 
 
 def _single_dicom_file(path: Path) -> bool:
@@ -226,11 +223,11 @@ def _opened(source: Path) -> Iterator[_Files]:
 
 
 @dataclass
-class DicomSeries:
-    """One CT series as read: its headers (no pixel data) sorted along the slice normal, and how
-    every other file of its folder or zip was accounted for."""
+class DicomScan(Scan):
+    """One CT series of a folder or zip (`path`) as read: its headers (no pixel data) sorted
+    along the slice normal, and how every other file of its folder or zip was accounted for;
+    `image` is a header-only image of its shape and affine, its voxels are read from its files."""
 
-    source: Path
     uid: str
     description: str
     headers: list[Dataset]
@@ -249,6 +246,18 @@ class DicomSeries:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     _files: list[_File] = field(repr=False, default_factory=list)
 
+    @staticmethod
+    def reads(path: Path) -> bool:
+        """True for what is read as DICOM: a folder, a `.zip`, or a single DICOM file (which
+        `open` refuses, naming the folder to give instead)."""
+        return path.is_dir() or path.name.lower().endswith(ZIP_SUFFIX) or _single_dicom_file(path)
+
+    @classmethod
+    def open(cls, path: Path, options: ReadOptions) -> DicomScan:
+        """Read the CT series of a DICOM folder or zip: the one of `options.series` it holds,
+        else its only CT series (`_read_series`)."""
+        return _read_series(path, options.series, options.resample_tilt, options.allow_unreadable)
+
     @property
     def labels(self) -> list[str]:
         """The files' names in messages, in slice order."""
@@ -258,15 +267,20 @@ class DicomSeries:
     def stem(self) -> str:
         """The folder's name, or the zip's without `.zip`, as an absolute path names it (so `.`
         and `..` name the folder they stand for): the outputs' names."""
-        name = Path(os.path.abspath(self.source)).name
+        name = Path(os.path.abspath(self.path)).name
         return name[: -len(ZIP_SUFFIX)] if name.lower().endswith(ZIP_SUFFIX) else name
 
-    def read_hu(self) -> np.ndarray:
+    @property
+    def title(self) -> str:
+        """The folder's name and the series' description."""
+        return f"{self.stem}: {self.description}"
+
+    def _voxels(self) -> np.ndarray:
         """The voxels in HU, float32 `[column, row, slice]`, through each file's rescale."""
         first = self.headers[0]
         shape = (int(first.Columns), int(first.Rows))
         hu = np.empty((*shape, len(self._files)), dtype=np.float32)
-        with _opened(self.source) as files:
+        with _opened(self.path) as files:
             for k, f in enumerate(self._files):
                 try:
                     with files.open(f) as fp:
@@ -287,7 +301,7 @@ class DicomSeries:
                     hu[:, :, k] = ndimage.shift(hu[:, :, k], shift, order=1, cval=AIR_HU)
         return hu
 
-    def instances(self, slices: Sequence[int]) -> list[dict]:
+    def _instances(self, slices: Sequence[int]) -> list[dict]:
         """The source images of these 1-based slice numbers: what a DICOM viewer shows."""
         return [
             {
@@ -298,10 +312,23 @@ class DicomSeries:
             for n in slices
         ]
 
-    def describe(self) -> dict:
-        """The series' identity, and every file of the input accounted for, for a JSON summary:
-        `n_files` slices, plus the `left_out` counts, plus the `unreadable_files_left_out`, make
-        `files_in_input`."""
+    def input_identity(self) -> dict:
+        """The resolved path and the SeriesInstanceUID (a folder exported again may hold another
+        patient)."""
+        return {**super().input_identity(), "series_instance_uid": self.uid}
+
+    def describe(self, slices_with_hemorrhage: Sequence[int]) -> dict:
+        """`dicom`: the series' identity, and every file of the input accounted for (`n_files`
+        slices, plus the `left_out` counts, plus the `unreadable_files_left_out`, make
+        `files_in_input`); where the slices counted are the source images, the images of the
+        slices with hemorrhage (what a DICOM viewer numbers them)."""
+        series = self._series()
+        if self.orientation.axial_axis == 2:
+            series["instances_with_hemorrhage"] = self._instances(slices_with_hemorrhage)
+        return {"dicom": series}
+
+    def _series(self) -> dict:
+        """The series' identity and its files' accounting, as `describe` gives them."""
         first = self.headers[0]
         return {
             "study_instance_uid": str(first.get("StudyInstanceUID", "")),
@@ -320,6 +347,14 @@ class DicomSeries:
             "gantry_tilt_deg": round(self.gantry_tilt_deg, 3),
             "resampled_for_tilt": self.tilt_shift_px is not None,
         }
+
+    def seg_plan(self, asked: bool) -> SegPlan:
+        """Whether a valid SEG can be made of the series' headers (`dicom_seg.seg_plan`)."""
+        return dicom_seg.seg_plan(self) if asked else SegPlan(SEG_NOT_ASKED)
+
+    def seg_bytes(self, mask: np.ndarray, parameters: dict[str, str], plan: SegPlan) -> bytes:
+        """The SEG of `mask` on the series' planes (`dicom_seg.seg_bytes`)."""
+        return dicom_seg.seg_bytes(self, mask, parameters, plan)
 
 
 def _with_transfer_syntax(dataset: Dataset) -> Dataset:
@@ -519,17 +554,13 @@ def _counted(left_out: Counter, unreadable: int) -> str:
     return ", ".join(parts + ([f"{unreadable} unreadable"] if unreadable else []))
 
 
-def open_dicom(
-    path: str | os.PathLike,
-    series: Sequence[str] = (),
-    resample_tilt: bool = False,
-    allow_unreadable: bool = False,
-) -> Scan:
-    """Read the CT series of a DICOM folder or zip into a `Scan`: the one of `series` it holds,
+def _read_series(
+    source: Path, series: Sequence[str], resample_tilt: bool, allow_unreadable: bool
+) -> DicomScan:
+    """Read the CT series of a DICOM folder or zip into a `DicomScan`: the one of `series` it holds,
     else its only CT series. Resampled onto an orthogonal grid if tilted and `resample_tilt`;
     files that look like DICOM but cannot be read left out only with `allow_unreadable`;
     IchsegError naming the file or tag for anything unsafe."""
-    source = Path(path)
     if source.is_file() and not source.name.lower().endswith(ZIP_SUFFIX):
         what = "a DICOMDIR" if source.name.upper() == DICOMDIR else "a single DICOM file"
         raise IchsegError(
@@ -639,9 +670,9 @@ def _scan(
     group: list[tuple[_File, Dataset]],
     resample_tilt: bool,
     accounting: dict,
-) -> Scan:
-    """Check the series' geometry, sort its slices and build the `Scan` (its `DicomSeries`
-    gets the `accounting` of the input's other files)."""
+) -> DicomScan:
+    """Check the series' geometry, sort its slices and build the `DicomScan` (with the
+    `accounting` of the input's other files)."""
     for f, header in group:
         if _multi_frame(header):
             sop = _sop_class(header)
@@ -750,8 +781,12 @@ def _scan(
     image = nib.Nifti1Image(np.broadcast_to(np.int16(0), shape), affine)
     image.header.set_xyzt_units("mm")
     zooms = tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0))
-    dicom = DicomSeries(
-        source=source,
+    return DicomScan(
+        path=source,
+        image=image,
+        shape=shape,
+        zooms=zooms,  # type: ignore[arg-type]
+        orientation=turn,
         uid=uid,
         description=str(group[0][1].get("SeriesDescription", "")).strip(),
         headers=[h for _, h in group],
@@ -763,7 +798,6 @@ def _scan(
         _files=[f for f, _ in group],
         **accounting,
     )
-    return Scan(source, image, shape, zooms, turn, dicom=dicom)  # type: ignore[arg-type]
 
 
 def _rescale_type(header: Dataset) -> str | None:

@@ -32,8 +32,8 @@ import io
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import highdicom as hd
 import numpy as np
@@ -43,9 +43,8 @@ from pydicom.uid import generate_uid
 
 from ichseg import __version__
 from ichseg.errors import IchsegError, first_line
-from ichseg.scans.nifti import Scan
+from ichseg.scans.scan import SegPlan
 
-SEG_SUFFIX = "_seg.dcm"
 CATEGORY = Code("49755003", "SCT", "Morphologically Altered Structure")
 INTRACRANIAL_HEMORRHAGE = Code("1386000", "SCT", "Intracranial hemorrhage")
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
@@ -79,13 +78,17 @@ _NAME_ADVICE = r"The string .* is unlikely to represent the intended person name
 _BUILD_ERRORS = (ValueError, TypeError, AttributeError, KeyError)
 
 
-@dataclass(frozen=True)
-class SegPlan:
-    """What a series' SEG will be made of: `why_not` says why no valid SEG can be made (None: one
-    can); `filled` is each value written into copies of its headers (keyword -> value)."""
+class Series(Protocol):
+    """What a SEG is made from: a DICOM series as `ichseg.scans.dicom.DicomScan` reads it."""
 
-    why_not: str | None = None
-    filled: dict[str, str | float] = field(default_factory=dict)
+    path: Path
+    shape: tuple[int, ...]
+    # The source images' headers in slice order.
+    headers: list[Dataset]
+    slice_step_mm: float
+    # The LPS affine of the scan's grid; resampled for gantry tilt when `tilt_shift_px` is set.
+    lps_affine: np.ndarray
+    tilt_shift_px: tuple[float, float] | None
 
 
 def _lacking(headers: Sequence[Dataset]) -> list[str]:
@@ -105,17 +108,17 @@ def _lacking(headers: Sequence[Dataset]) -> list[str]:
     return problems
 
 
-def seg_plan(scan: Scan) -> SegPlan:
-    """Decide from the headers alone, before anything is predicted, whether `scan` (a DICOM
-    series) can carry a valid SEG and which values its headers need filled; the SEG of an empty
-    mask is built as a trial, so that whatever else highdicom refuses is known now too."""
-    headers = scan.dicom.headers
+def seg_plan(scan: Series) -> SegPlan:
+    """Decide from the headers alone, before anything is predicted, whether `scan` can carry a
+    valid SEG and which values its headers need filled; the SEG of an empty mask is built as a
+    trial, so that whatever else highdicom refuses is known now too."""
+    headers = scan.headers
     lacking = _lacking(headers)
     if lacking:
         return SegPlan(f"its headers lack what a valid SEG must carry: {', '.join(lacking)}")
     filled: dict[str, str | float] = {k: "" for k in EMPTY_ALLOWED if k not in headers[0]}
     if any(not h.get("SliceThickness") for h in headers):
-        filled["SliceThickness"] = round(scan.dicom.slice_step_mm, 6)
+        filled["SliceThickness"] = round(scan.slice_step_mm, 6)
     plan = SegPlan(filled=filled)
     try:
         _seg_file(scan, np.zeros(scan.shape[:3], dtype=bool), {}, filled)
@@ -153,16 +156,10 @@ def checkpoint_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
     return ids
 
 
-def seg_path(outdir: Path, scan: Scan) -> Path:
-    """Where the SEG of `scan` goes."""
-    return outdir / f"{scan.stem}{SEG_SUFFIX}"
-
-
-def _resampled_geometry(scan: Scan, first: Dataset) -> dict:
+def _resampled_geometry(scan: Series, first: Dataset) -> dict:
     """highdicom's plane positions, orientation and pixel measures of a resampled grid (`first`:
     the first source header, its SliceThickness filled)."""
-    series = scan.dicom
-    lps = series.lps_affine
+    lps = scan.lps_affine
     patient = hd.CoordinateSystemNames.PATIENT
     return {
         "plane_positions": [
@@ -175,18 +172,17 @@ def _resampled_geometry(scan: Scan, first: Dataset) -> dict:
         "pixel_measures": hd.PixelMeasuresSequence(
             pixel_spacing=[float(v) for v in first.PixelSpacing],
             slice_thickness=float(first.SliceThickness),
-            spacing_between_slices=series.slice_step_mm,
+            spacing_between_slices=scan.slice_step_mm,
         ),
     }
 
 
-def seg_bytes(scan: Scan, mask: np.ndarray, parameters: dict[str, str], plan: SegPlan) -> bytes:
+def seg_bytes(scan: Series, mask: np.ndarray, parameters: dict[str, str], plan: SegPlan) -> bytes:
     """The SEG file of `mask` (boolean, in the scan's own `[column, row, slice]` grid) as bytes;
     `parameters` (the checkpoints' ids, threshold, ...) name how it was made, `plan`
     (`seg_plan`) which values its headers need filled."""
-    if scan.dicom is None or plan.why_not is not None:
-        why = "it is not a DICOM series" if scan.dicom is None else plan.why_not
-        raise IchsegError(f"scan {scan.path}: no DICOM SEG can be made, {why}")
+    if plan.why_not is not None:
+        raise IchsegError(f"scan {scan.path}: no DICOM SEG can be made, {plan.why_not}")
     try:
         return _seg_file(scan, mask, parameters, plan.filled)
     except _BUILD_ERRORS as err:
@@ -196,7 +192,7 @@ def seg_bytes(scan: Scan, mask: np.ndarray, parameters: dict[str, str], plan: Se
 
 
 def _seg_file(
-    scan: Scan, mask: np.ndarray, parameters: dict[str, str], filled: dict[str, str | float]
+    scan: Series, mask: np.ndarray, parameters: dict[str, str], filled: dict[str, str | float]
 ) -> bytes:
     """`seg_bytes` without its checks: highdicom's errors as they are."""
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -218,8 +214,8 @@ def _seg_file(
     )
     # One frame per source image, in the series' (sorted) order: [slice, row, column].
     frames = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8).transpose(2, 1, 0))
-    headers = _filled_headers(scan.dicom.headers, filled)
-    tilted = scan.dicom.tilt_shift_px is not None
+    headers = _filled_headers(scan.headers, filled)
+    tilted = scan.tilt_shift_px is not None
     geometry = _resampled_geometry(scan, headers[0]) if tilted else {}
     with warnings.catch_warnings():
         # A source PatientName of one component ("ANONYMOUS", as de-identification leaves it) is

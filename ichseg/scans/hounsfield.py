@@ -67,6 +67,14 @@ def check_stored_type(dtype: np.dtype, label: str) -> None:
         )
 
 
+def check_finite(volume: np.ndarray, label: str, context: str = "") -> None:
+    """Raise unless every voxel is a finite number: `label: N voxels are NaN or infinite` and
+    the `context` (e.g. the patient)."""
+    bad = volume.size - int(np.count_nonzero(np.isfinite(volume)))
+    if bad:
+        raise IchsegError(f"{label}: {bad} voxels are NaN or infinite{context}")
+
+
 def check_hounsfield(hu: np.ndarray, label: str, allow_non_hu: bool = False) -> None:
     """Raise with the likely cause unless the finite volume `hu` (any axis order) looks like
     head CT in HU by the module's rule; nothing is checked when `allow_non_hu`."""

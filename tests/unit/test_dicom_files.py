@@ -19,7 +19,7 @@ from pydicom.fileset import FileSet
 from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ichseg.errors import IchsegError
-from ichseg.scans.dicom import open_dicom
+from ichseg.scans import open_scan
 from tests.helpers.dicom_series import ZOOMS, synthetic_uid, write_series, zip_folder
 from tests.helpers.scans import with_air
 from tests.unit.test_dicom_input import FP32, _refused, bleeds_volume, run_cli
@@ -159,7 +159,7 @@ def test_damaged_middle_file_is_named_before_any_scan_is_predicted(
     damage(middle)
     # Found from the headers: opening the series, before any pixel data is decoded.
     with pytest.raises(IchsegError, match="1 of 6 file"):
-        open_dicom(tmp_path / "head")
+        open_scan(tmp_path / "head")
     out = tmp_path / "out"
     argv = ["predict", ckpts["pass"], tmp_path / "good", tmp_path / "head", "-o", out, *FP32]
     line = _refused(argv, capsys, out, "1 of 6 file(s) look like DICOM", str(middle))
@@ -380,7 +380,7 @@ def test_files_without_preamble_are_read(strip, ckpts, tmp_path, capsys, record_
         strip(path)
         assert path.read_bytes()[128:132] != b"DICM"
     (tmp_path / "head" / "notes.txt").write_text("not DICOM\n")
-    np.testing.assert_array_equal(open_dicom(tmp_path / "head").read_hu(), hu)
+    np.testing.assert_array_equal(open_scan(tmp_path / "head").read_hu(), hu)
     out = tmp_path / "out"
     summary = _predict(ckpts["pass"], [tmp_path / "head"], out, capsys)["head"]
     np.testing.assert_array_equal(_mask(out, "head"), bleeds)
@@ -472,7 +472,7 @@ def test_a_zip_is_opened_once_per_pass_and_other_members_read_132_bytes(tmp_path
         with monkeypatch.context() as patch:
             patch.setattr(zipfile, "ZipFile", CountingZipFile)
             patch.setattr(zipfile.ZipExtFile, "read", counting_read)
-            scan = open_dicom(archive)
+            scan = open_scan(archive)
             assert opened == [str(archive)]
             np.testing.assert_array_equal(scan.read_hu(), hu)
         assert opened == [str(archive)] * 2

@@ -17,7 +17,8 @@ from pydicom.uid import JPEGLosslessSV1, RLELossless, generate_uid
 
 import ichseg
 from ichseg.cli import main
-from ichseg.scans.dicom import lps_to_ras, open_dicom
+from ichseg.scans import open_scan
+from ichseg.scans.dicom import lps_to_ras
 from tests.helpers.dicom_series import read_positions, synthetic_uid, write_series, zip_folder
 from tests.helpers.scans import save_scan, with_air
 
@@ -55,11 +56,11 @@ def test_affine_maps_voxels_to_their_image_positions(tmp_path):
     hu = np.random.default_rng(1).integers(-400, 400, (20, 18, 5)).astype(float) * 2
     hu[0] = -1000.0  # air at one edge: a CT in HU
     paths = write_series(tmp_path / "s", hu, row_dir=row_dir, col_dir=col_dir, seed=3)
-    scan = open_dicom(tmp_path / "s")
+    scan = open_scan(tmp_path / "s")
     positions = read_positions(paths)
     spacing = {p: pydicom.dcmread(p).PixelSpacing for p in map(str, paths)}
     volume = scan.read_hu()
-    for k, label in enumerate(scan.dicom.labels):
+    for k, label in enumerate(scan.labels):
         for i, j in ((0, 0), (11, 0), (0, 9), (7, 4)):
             lps = (
                 positions[label] + i * row_dir * spacing[label][1] + j * col_dir * spacing[label][0]
@@ -74,7 +75,7 @@ def test_affine_maps_voxels_to_their_image_positions(tmp_path):
     # Written in order of position along the normal, so slice k is the writer's k.
     np.testing.assert_array_equal(volume, hu)
     assert scan.zooms == pytest.approx((0.5, 0.4, 5.0), rel=1e-5)  # positions: 4 decimals
-    assert (scan.shape, scan.dicom.slice_step_mm) == ((20, 18, 5), pytest.approx(5.0, rel=1e-5))
+    assert (scan.shape, scan.slice_step_mm) == ((20, 18, 5), pytest.approx(5.0, rel=1e-5))
 
 
 def test_lps_to_ras_negates_the_first_two_rows():
@@ -104,7 +105,7 @@ def test_pydicom_ct_sample_headers_read_as_a_series(tmp_path):
         position = np.array(sample.ImagePositionPatient, float) + 5.0 * k * normal
         ds.ImagePositionPatient = [round(float(v), 4) for v in position]
         ds.save_as(folder / f"slice{k}.dcm")
-    scan = open_dicom(folder)
+    scan = open_scan(folder)
     expected = sample.pixel_array * float(sample.RescaleSlope) + float(sample.RescaleIntercept)
     hu = scan.read_hu()
     assert hu.shape == (sample.Columns, sample.Rows, 3)
@@ -122,7 +123,7 @@ def test_rle_compressed_series_reads_the_same_hu(tmp_path):
         ds.compress(RLELossless)
         ds.save_as(path)
     assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == RLELossless
-    np.testing.assert_array_equal(open_dicom(tmp_path / "rle").read_hu(), hu)
+    np.testing.assert_array_equal(open_scan(tmp_path / "rle").read_hu(), hu)
 
 
 @pytest.mark.reliability(
@@ -497,11 +498,11 @@ def test_tilted_series_resampled_onto_the_orthogonal_grid(
         expected[:, : 2 * k, k] = -1024.0  # rows the tilted slice does not reach: air
     tilt = math.degrees(math.atan(0.8 / 5.0))
     write_series(tmp_path / "tilted", tilted, tilt_deg=tilt)
-    scan = open_dicom(tmp_path / "tilted", resample_tilt=True)
+    scan = open_scan(tmp_path / "tilted", resample_tilt=True)
     np.testing.assert_allclose(scan.read_hu(), expected, atol=0.05)
     # The grid is orthogonal: its slice axis is the normal, 5 mm per slice.
     np.testing.assert_allclose(scan.image.affine[:3, 2], [0, 0, 5.0], atol=1e-6)
-    assert scan.dicom.describe()["gantry_tilt_deg"] == pytest.approx(tilt, abs=1e-3)
+    assert scan.describe([])["dicom"]["gantry_tilt_deg"] == pytest.approx(tilt, abs=1e-3)
     out = tmp_path / "out"
     code, stdout, err = run_cli(
         ["predict", ckpts["pass"], tmp_path / "tilted", "--resample-tilt", "-o", out, *FP32],

@@ -31,7 +31,7 @@ from ichseg.inference.run import predict_scans
 from ichseg.inference.volume_metrics import dice_3d
 from ichseg.inference.volumes import VolumeEnsemble
 from ichseg.models.unet import unet_config
-from ichseg.scans.nifti import Scan, open_scan
+from ichseg.scans import Scan, open_scan
 from ichseg.training.module import SegmentationModule
 from tests.helpers.checkpoints import (
     FILTERS,

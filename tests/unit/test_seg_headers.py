@@ -17,8 +17,8 @@ import pytest
 
 from ichseg.cli import main
 from ichseg.errors import IchsegError
-from ichseg.inference import run as predict_run
 from ichseg.inference.volumes import VolumeEnsemble
+from ichseg.scans.dicom import DicomScan
 from tests.helpers.dicom_series import ZOOMS, write_series
 from tests.helpers.scans import with_air
 
@@ -183,14 +183,14 @@ def test_a_seg_failing_during_the_run_loses_neither_mask_nor_json(
     hu = bleed_volume()
     write_series(tmp_path / "first", hu)
     write_series(tmp_path / "second", hu)
-    build = predict_run.seg_bytes
+    build = DicomScan.seg_bytes
 
     def failing_for_first(scan, *args):
         if scan.path.name == "first":
             raise IchsegError(f"scan {scan.path}: cannot build a DICOM SEG from its headers (x)")
         return build(scan, *args)
 
-    monkeypatch.setattr(predict_run, "seg_bytes", failing_for_first)
+    monkeypatch.setattr(DicomScan, "seg_bytes", failing_for_first)
     argv = ["predict", ckpts["pass"], tmp_path / "first", tmp_path / "second", "-o", tmp_path / "o"]
     code, _, err = run_cli([*argv, *FP32], capsys)
     assert code == 0, err
