@@ -11,7 +11,9 @@ that same input: inputs of one name in different folders (PACS exports name ever
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +42,18 @@ def seg_path(outdir: Path, scan: Scan) -> Path:
 def png_path(outdir: Path, scan: Scan) -> Path:
     """Where the one-page PNG of `scan` goes."""
     return outdir / f"{scan.stem}{PNG_SUFFIX}"
+
+
+def checkpoint_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Each checkpoint as `name sha256:<first 16 hex digits of the file's SHA-256>`."""
+    ids = []
+    for path in map(Path, paths):
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+        ids.append(f"{path.name} sha256:{digest.hexdigest()[:16]}")
+    return ids
 
 
 def _recorded_input(summary: dict) -> dict:

@@ -27,6 +27,7 @@ from ichseg.errors import IchsegError
 from ichseg.inference.outputs import (
     MASK_SUFFIX,
     check_outputs_free,
+    checkpoint_ids,
     output_paths,
     png_path,
     seg_path,
@@ -38,7 +39,6 @@ from ichseg.jobs.records import read_records
 from ichseg.metrics import COLLAPSED, collapsed
 from ichseg.runtime import pick_device
 from ichseg.scans import Scan, open_scan
-from ichseg.scans.dicom_seg import checkpoint_ids
 from ichseg.scans.scan import SegPlan
 
 

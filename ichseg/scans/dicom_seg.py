@@ -27,9 +27,7 @@ The values are filled in copies of the headers: the user's files are never chang
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,18 +140,6 @@ def _filled_headers(headers: Sequence[Dataset], filled: dict[str, str | float]) 
                 setattr(copied, keyword, value)
         out.append(copied)
     return out
-
-
-def checkpoint_ids(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Each checkpoint as `name sha256:<first 16 hex digits of the file's SHA-256>`."""
-    ids = []
-    for path in map(Path, paths):
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
-        ids.append(f"{path.name} sha256:{digest.hexdigest()[:16]}")
-    return ids
 
 
 def _resampled_geometry(scan: Series, first: Dataset) -> dict:
