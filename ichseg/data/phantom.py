@@ -38,6 +38,7 @@ from ichseg.data.release import (
     SCAN_DIR,
     SUBTYPES,
     SliceLabel,
+    read_json_object,
 )
 from ichseg.errors import IchsegError
 from ichseg.seeds import check_seed
@@ -712,12 +713,7 @@ def is_phantom(root: Path, params: dict) -> bool:
             "written only into a new or empty folder: choose another one (a real release is "
             "read with its own data source, e.g. --source physionet)"
         )
-    try:
-        found = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IchsegError(f"{marker}: cannot read the phantom's parameters ({exc})") from None
-    if not isinstance(found, dict):
-        raise IchsegError(f"{marker}: expected the phantom's parameters, found {found!r}")
+    found = read_json_object(marker)
     if found != params:
         raise IchsegError(_other_phantom(root, found, params))
     return True

@@ -326,7 +326,9 @@ def evaluate(
     # is refused before any volume is scored, never written into.
     check_replaceable(Path(outdir), EVALUATION_FILES)
     target = pick_device(device)
-    model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
+    model = VolumeEnsemble.load(
+        checkpoints, target, flip=flip, batch_size=batch_size, precision=precision
+    )
     ensemble = model.ensemble
     warn_collapsed(ensemble.checkpoints, "evaluate")
     if source is None:

@@ -141,7 +141,9 @@ def predict_scans(
     predicted; a failure after that names the outputs already written.
     """
     target = pick_device(device)
-    model = VolumeEnsemble.load(checkpoints, target, flip, batch_size, precision)
+    model = VolumeEnsemble.load(
+        checkpoints, target, flip=flip, batch_size=batch_size, precision=precision
+    )
     warn_collapsed(model.ensemble.checkpoints, "predict")
     opened = [open_scan(p, series, resample_tilt, allow_unreadable) for p in scans]
     # The DICOM series read, by SeriesInstanceUID.

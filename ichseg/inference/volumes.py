@@ -43,15 +43,11 @@ class VolumeEnsemble:
 
     @classmethod
     def load(
-        cls,
-        paths: Sequence[str | os.PathLike],
-        device: torch.device,
-        flip: bool = False,
-        batch_size: int = 16,
-        precision: str = "fp32",
+        cls, paths: Sequence[str | os.PathLike], device: torch.device, **options
     ) -> VolumeEnsemble:
-        """Load every checkpoint and check they can be averaged over whole scans."""
-        return cls(Ensemble.load(paths, device, flip, batch_size, precision))
+        """Load every checkpoint (`Ensemble.load`'s `options`: flip, batch_size, precision) and
+        check they can be averaged over whole scans."""
+        return cls(Ensemble.load(paths, device, **options))
 
     def slices(self, hu: np.ndarray) -> torch.Tensor:
         """(H, W, N) HU -> (N, 1, S, S) network inputs, exactly as the prepared cache made them."""
