@@ -2,9 +2,9 @@
 
 Each entry of SCHEMA is one key: a new key is one more line. Keys the schema does not name are
 left to the code that reads them. `validate` checks a composed config before a job does anything;
-`check_section` checks the same keys for an object built without one (`ICHDataModule`,
-`PrepareConfig`), with the same line; `check_fold` is the fold's rule, which depends on
-`data.n_folds`.
+`check_section` and `check_keys` check the same keys for values given in code (`ICHDataModule`,
+`BatchAugment`, `make_splits`, ...), with the same line; `check_fold` is the fold's rule, which
+depends on `data.n_folds`.
 """
 
 from __future__ import annotations
@@ -268,12 +268,17 @@ def check_value(key: str, value: object, rule: Rule) -> None:
         raise IchsegError(f"{key}={value!r} is not allowed: expected {rule.allowed()}")
 
 
+def check_keys(values: Mapping[str, object]) -> None:
+    """Check values code was given (`{"checkpoint_every": 5}`, ...) against the schema's entries
+    of the same keys, with the line `validate` gives."""
+    for key, value in values.items():
+        check_value(key, value, SCHEMA[key])
+
+
 def check_section(section: str, values: Mapping[str, object]) -> None:
     """Check values an object is built with (`batch_size` of section `data`, ...) against the
     schema's entries `<section>.<name>`, with the line `validate` gives."""
-    for name, value in values.items():
-        key = f"{section}.{name}"
-        check_value(key, value, SCHEMA[key])
+    check_keys({f"{section}.{name}": value for name, value in values.items()})
 
 
 def check_fold(fold: object, n_folds: int, written: str | None = None) -> None:

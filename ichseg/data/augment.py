@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ichseg.errors import IchsegError
+from ichseg.config_schema import PROBABILITY, check_section, check_value
 
 # Columns of the single `torch.rand(B, 8)` draw.
 _ANGLE, _TX, _TY, _SHEAR, _ZX, _ZY, _FLIP, _APPLY = range(8)
-# `fill` names (Keras' fill_mode) -> grid_sample padding modes.
+# `fill` names (Keras' fill_mode, the schema's `data.augment.fill`) -> grid_sample padding modes.
 FILL_MODES = {"nearest": "border", "constant": "zeros"}
 
 
@@ -56,18 +56,19 @@ class BatchAugment(nn.Module):
         fill: str = "nearest",
     ) -> None:
         super().__init__()
-        if fill not in FILL_MODES:
-            raise IchsegError(f"augment.fill={fill!r}: expected one of {', '.join(FILL_MODES)}")
-        for name, value in (("rotation_deg", rotation_deg), ("shift", shift), ("zoom", zoom)):
-            if value < 0:
-                raise IchsegError(f"augment.{name}={value}: expected a range >= 0")
-        if not 0 <= shear_deg < 90:
-            raise IchsegError(f"augment.shear_deg={shear_deg}: expected 0 <= shear_deg < 90")
-        if zoom >= 1:
-            raise IchsegError(f"augment.zoom={zoom}: expected 0 <= zoom < 1 (factor 1 ± zoom)")
-        for name, value in (("hflip", hflip), ("p", p)):
-            if not 0 <= value <= 1:
-                raise IchsegError(f"augment.{name}={value}: expected a probability in [0, 1]")
+        check_section(
+            "data.augment",
+            {
+                "rotation_deg": rotation_deg,
+                "shift": shift,
+                "shear_deg": shear_deg,
+                "zoom": zoom,
+                "hflip": hflip,
+                "fill": fill,
+            },
+        )
+        # `p` is set only in code (the config applies every draw): a probability all the same.
+        check_value("data.augment.p", p, PROBABILITY)
         self.rotation_deg = float(rotation_deg)
         self.shift = float(shift)
         self.shear_deg = float(shear_deg)

@@ -7,7 +7,8 @@ import time
 import pytest
 import torch
 
-from ichseg.data.augment import BatchAugment
+from ichseg.config_schema import SCHEMA
+from ichseg.data.augment import FILL_MODES, BatchAugment
 from ichseg.errors import IchsegError
 
 
@@ -170,11 +171,19 @@ def test_channels_last_and_bf16_autocast() -> None:
     assert ((out_image.float() > 0.5) == out_mask.bool()).float().mean() >= 0.99
 
 
-def test_bad_ranges_raise_naming_the_key() -> None:
-    with pytest.raises(IchsegError, match=r"augment\.zoom"):
+def test_bad_ranges_raise_the_schema_line_naming_the_key() -> None:
+    with pytest.raises(IchsegError, match=r"^data\.augment\.zoom=1\.5 is not allowed: .* < 1$"):
         BatchAugment(zoom=1.5)
-    with pytest.raises(IchsegError, match=r"augment\.hflip"):
+    with pytest.raises(IchsegError, match=r"^data\.augment\.hflip=2\.0 is not allowed: .* <= 1$"):
         BatchAugment(hflip=2.0)
+    with pytest.raises(IchsegError, match=r"^data\.augment\.fill='wrap' is not allowed: "):
+        BatchAugment(fill="wrap")
+    with pytest.raises(IchsegError, match=r"^data\.augment\.p=-0\.1 is not allowed: .* <= 1$"):
+        BatchAugment(p=-0.1)
+
+
+def test_every_fill_the_schema_allows_has_a_padding_mode() -> None:
+    assert tuple(FILL_MODES) == SCHEMA["data.augment.fill"].choices
 
 
 def test_batch_of_32_at_64px_is_fast_on_cpu() -> None:
