@@ -9,14 +9,12 @@ Two modes:
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from ichseg.config_schema import check_section
 from ichseg.errors import IchsegError
-
-MODES = ("slice", "patient")
 
 
 def make_splits(
@@ -60,12 +58,7 @@ def _validate(
     n_folds: int,
     test_fraction: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    if mode not in MODES:
-        raise IchsegError(f"split: expected one of {', '.join(MODES)}, found {mode!r}")
-    if isinstance(n_folds, bool) or not isinstance(n_folds, numbers.Integral) or n_folds < 2:
-        raise IchsegError(f"n_folds: expected an integer >= 2, found {n_folds!r}")
-    if not 0.0 < test_fraction < 1.0:
-        raise IchsegError(f"test_fraction: expected a number in (0, 1), found {test_fraction!r}")
+    check_section("data", {"split": mode, "n_folds": n_folds, "test_fraction": test_fraction})
     y = np.asarray(has_ich, dtype=bool)
     groups = np.asarray(patients)
     if y.shape != (len(ids),) or groups.shape != (len(ids),):

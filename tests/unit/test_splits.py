@@ -79,8 +79,14 @@ def test_same_seed_same_split_other_seed_differs():
 
 def test_bad_inputs_raise_one_line_errors():
     ids, y, pats = _balanced_set()
-    with pytest.raises(IchsegError, match=r"split.*'bogus'"):
+    with pytest.raises(
+        IchsegError, match=r"^data\.split='bogus' is not allowed: expected one of slice, patient$"
+    ):
         make_splits(ids, y, pats, "bogus", seed=0)
+    with pytest.raises(IchsegError, match=r"^data\.n_folds=1 is not allowed: .* >= 2$"):
+        make_splits(ids, y, pats, "slice", seed=0, n_folds=1)
+    with pytest.raises(IchsegError, match=r"^data\.test_fraction=1\.0 is not allowed: "):
+        make_splits(ids, y, pats, "slice", seed=0, test_fraction=1.0)
     few = ids[:14]
     with pytest.raises(IchsegError, match="hemorrhage"):
         make_splits(few, np.arange(14) < 5, np.arange(14), "slice", seed=0, n_folds=10)
