@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ichseg.data.transforms import INTENSITIES
+from ichseg.config_schema import SCHEMA
 from ichseg.errors import IchsegError, first_line, require_file
 from ichseg.models.network import build_net
 from ichseg.models.unet import unet_config
@@ -94,12 +94,14 @@ class Preprocess:
                 or not math.isfinite(value)
             ):
                 raise IchsegError(f"{where}: {key}: expected a finite number, found {value!r}")
-        if width <= 0:
+        # The rules the training config's window and intensity were checked by.
+        if not SCHEMA["data.window_width"].accepts(width):
             raise IchsegError(f"{where}: width: expected a positive window width, found {width}")
         intensity = values.get("intensity", "linear")
-        if intensity not in INTENSITIES:
+        intensities = SCHEMA["data.intensity"]
+        if not intensities.accepts(intensity):
             raise IchsegError(
-                f"{where}: intensity: expected one of {', '.join(INTENSITIES)}, found {intensity!r}"
+                f"{where}: intensity: expected {intensities.allowed()}, found {intensity!r}"
             )
         return cls(int(size), float(level), float(width), intensity)
 

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ichseg.config_schema import check_keys
 from ichseg.errors import IchsegError
 
 
 def window(hu: np.ndarray | torch.Tensor, level: float = 40.0, width: float = 120.0):
     """Map Hounsfield units to [0, 1]: clip((hu - (level - width / 2)) / width, 0, 1), float32."""
-    if width <= 0:
-        raise IchsegError(f"window width: expected a positive number of HU, found {width}")
+    check_keys({"data.window_width": width})
     low = level - width / 2
     if isinstance(hu, torch.Tensor):
         return ((hu.to(torch.float32) - low) / width).clamp_(0.0, 1.0)
@@ -40,16 +40,16 @@ def from_slices(upright: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(upright.transpose(1, 2, 0), k=-1, axes=(0, 1)))
 
 
-def _check_stack(x: torch.Tensor, size: int, what: str) -> None:
+def _check_stack(x: torch.Tensor, what: str) -> None:
+    """Refuse anything but an (N, H, W) stack; the size comes checked (the schema's `data.size`
+    for a cache, a checkpoint's recorded size for inference)."""
     if x.ndim != 3:
         raise IchsegError(f"{what}: expected an (N, H, W) tensor, found shape {tuple(x.shape)}")
-    if size < 1:
-        raise IchsegError(f"{what}: expected a positive size, found {size}")
 
 
 def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
     """(N, H, W) float -> (N, size, size), bilinear with antialiasing; unchanged at that size."""
-    _check_stack(x, size, "resize_images")
+    _check_stack(x, "resize_images")
     if tuple(x.shape[1:]) == (size, size):
         return x
     out = F.interpolate(
@@ -64,7 +64,7 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def resize_masks(m: torch.Tensor, size: int) -> torch.Tensor:
     """(N, H, W) bool -> (N, size, size) bool: area interpolation, then a pixel is set at >= 0.5."""
-    _check_stack(m, size, "resize_masks")
+    _check_stack(m, "resize_masks")
     if tuple(m.shape[1:]) == (size, size):
         return m.bool()
     # Area averaging then 0.5 keeps masks binary and the lesion area roughly constant, where
@@ -84,9 +84,6 @@ def prepared_slices(hu: np.ndarray, level: float, width: float, size: int) -> to
     return scaled.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-INTENSITIES = ("linear", "viridis_png")
-
-
 def _viridis_grey_lut() -> torch.Tensor:
     """Grey level (0-255) of each of viridis' 256 colours as PIL's convert("L") computes it."""
     from matplotlib import colormaps
@@ -104,10 +101,7 @@ def encode_intensity(slices: torch.Tensor, intensity: str = "linear") -> torch.T
     each windowed slice with matplotlib's `imsave` (viridis colour map, scaled to the slice's own
     min..max) and read the PNG back as grey (PIL luma) / 255: values span about 0.12-0.85.
     """
-    if intensity not in INTENSITIES:
-        raise IchsegError(
-            f"data.intensity: expected one of {', '.join(INTENSITIES)}, found {intensity!r}"
-        )
+    check_keys({"data.intensity": intensity})
     if slices.dtype != torch.uint8 or slices.ndim != 3:
         raise IchsegError(
             f"encode_intensity: expected (N, H, W) uint8 slices, found {slices.dtype} "

@@ -31,7 +31,9 @@ def test_window_matches_hand_computation_numpy_and_torch():
 def test_window_custom_level_width_and_bad_width():
     hu = np.array([[0, 50, 100, 150]], dtype=np.int16)
     np.testing.assert_allclose(window(hu, level=50, width=200), [[0.25, 0.5, 0.75, 1.0]])
-    with pytest.raises(IchsegError, match="width"):
+    with pytest.raises(
+        IchsegError, match=r"^data\.window_width=0 is not allowed: expected a number > 0$"
+    ):
         window(hu, width=0)
 
 
@@ -132,7 +134,10 @@ def test_linear_intensity_and_bad_encodings():
     np.testing.assert_allclose(
         encode_intensity(slices).numpy().ravel(), np.arange(256) / 255, atol=1e-7
     )
-    with pytest.raises(IchsegError, match=r"data\.intensity: expected one of linear, viridis_png"):
+    with pytest.raises(
+        IchsegError,
+        match=r"^data\.intensity='jet' is not allowed: expected one of linear, viridis_png$",
+    ):
         encode_intensity(slices, "jet")
     with pytest.raises(IchsegError, match="uint8"):
         encode_intensity(slices.float(), "linear")
