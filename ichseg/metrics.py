@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ichseg.config_schema import check_keys
 from ichseg.errors import IchsegError
 
 # The authors' Keras `dice_coef` and `iou` add 100 to numerator and denominator.
@@ -265,8 +266,7 @@ class ProtocolAccumulator:
     """
 
     def __init__(self, min_area: int = 0, threshold: float = 0.5) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise IchsegError(f"threshold: expected a probability in (0, 1), found {threshold}")
+        check_keys({"model.module.threshold": threshold})
         self.min_area = int(min_area)
         self.threshold = float(threshold)
         self.reset()

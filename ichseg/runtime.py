@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from ichseg.config_schema import FLOAT32_MATMUL_PRECISIONS
+from ichseg.config_schema import check_keys
 from ichseg.errors import IchsegError
 
 # What `ichseg predict` and `ichseg evaluate` compute in.
@@ -72,11 +72,7 @@ def inference_precision(name: str, device: torch.device) -> str:
 
 def set_float32_precision(precision: str) -> None:
     """Internal precision of fp32 matmuls and cuDNN convolutions: "high" and "medium" allow TF32."""
-    if precision not in FLOAT32_MATMUL_PRECISIONS:
-        raise IchsegError(
-            f"float32_matmul_precision={precision!r}: expected one of "
-            f"{', '.join(FLOAT32_MATMUL_PRECISIONS)}"
-        )
+    check_keys({"float32_matmul_precision": precision})
     torch.set_float32_matmul_precision(precision)
     # The networks are convolutions, which that setting leaves alone: "highest" means fp32 here too.
     torch.backends.cudnn.allow_tf32 = precision != "highest"

@@ -15,6 +15,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ichseg.atomic import atomic_path
 from ichseg.checkpoint import LAST_CHECKPOINT, SPLIT_KEY, VALIDATION_KEY, split_provenance
+from ichseg.config_schema import check_keys
 from ichseg.errors import IchsegError
 from ichseg.jobs.records import read_records, upsert_history, upsert_record
 from ichseg.metrics import METRICS_VERSION, collapsed
@@ -61,10 +62,7 @@ class CheckpointRecorder(pl.Callback):
         overlay_count: int = 4,
         last_every_s: float = 0.0,
     ) -> None:
-        if every_n_epochs < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {every_n_epochs}")
-        if last_every_s < 0:
-            raise ValueError(f"last_checkpoint_every_s must be >= 0, got {last_every_s}")
+        check_keys({"checkpoint_every": every_n_epochs, "last_checkpoint_every_s": last_every_s})
         self.job_dir = Path(job_dir)
         self.model_name = model_name
         self.fold = fold

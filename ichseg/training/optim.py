@@ -20,9 +20,7 @@ from collections.abc import Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from ichseg.errors import IchsegError
-
-OPTIMIZERS = ("keras_adam", "adam")
+from ichseg.config_schema import check_keys
 
 
 class KerasAdam(torch.optim.Optimizer):
@@ -73,17 +71,13 @@ def build_optimizer(
     name: str, params: Iterable[torch.nn.Parameter], lr: float, eps: float, weight_decay: float
 ) -> torch.optim.Optimizer:
     """`keras_adam` or `adam` (torch.optim.Adam) with the given learning rate and epsilon."""
+    check_keys({"model.module.optimizer": name})
     if name == "keras_adam":
         return KerasAdam(params, lr=lr, eps=eps, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
-    raise IchsegError(
-        f"model.module.optimizer: expected one of {', '.join(OPTIMIZERS)}, found {name!r}"
-    )
+    return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
 
 
 def inverse_time_decay(optimizer: torch.optim.Optimizer, decay: float) -> LambdaLR:
     """Keras' `decay`: the learning rate of step k (0-based) is lr / (1 + decay·k)."""
-    if decay < 0:
-        raise IchsegError(f"model.module.lr_decay: expected >= 0, found {decay}")
+    check_keys({"model.module.lr_decay": decay})
     return LambdaLR(optimizer, lambda k: 1.0 / (1.0 + decay * k))

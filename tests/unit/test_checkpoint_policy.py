@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from ichseg.checkpoint import LAST_CHECKPOINT
+from ichseg.errors import IchsegError
 from ichseg.training import callbacks
 from ichseg.training.callbacks import CheckpointRecorder
 
@@ -47,5 +48,7 @@ def test_zero_seconds_writes_last_checkpoint_every_epoch(tmp_path, monkeypatch):
 
 
 def test_negative_interval_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="last_checkpoint_every_s"):
+    with pytest.raises(IchsegError, match=r"^last_checkpoint_every_s=-1 is not allowed: .* >= 0$"):
         CheckpointRecorder(tmp_path, model_name="dunet", fold=0, last_every_s=-1)
+    with pytest.raises(IchsegError, match=r"^checkpoint_every=0 is not allowed: .* >= 1$"):
+        CheckpointRecorder(tmp_path, model_name="dunet", fold=0, every_n_epochs=0)

@@ -188,7 +188,9 @@ def test_float32_precision_sets_matmuls_and_convolutions():
         set_float32_precision("high")
         assert torch.get_float32_matmul_precision() == "high"
         assert torch.backends.cudnn.allow_tf32
-        with pytest.raises(IchsegError, match=r"float32_matmul_precision='fast': expected one of"):
+        with pytest.raises(
+            IchsegError, match=r"^float32_matmul_precision='fast' is not allowed: expected one of"
+        ):
             set_float32_precision("fast")
     finally:
         torch.set_float32_matmul_precision(saved[0])

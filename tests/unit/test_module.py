@@ -86,6 +86,8 @@ def test_compiled_training_step_matches_eager() -> None:
 @pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5])
 def test_threshold_outside_zero_one_is_refused(threshold):
     with pytest.raises(
-        IchsegError, match=rf"threshold: expected a probability in \(0, 1\), found {threshold}"
+        IchsegError,
+        match=rf"^model\.module\.threshold={threshold} is not allowed: expected a number > 0 "
+        r"and < 1$",
     ):
         SegmentationModule(net=unet_config((4, 8)), threshold=threshold)

@@ -79,8 +79,11 @@ def test_keras_adam_state_survives_a_state_dict_round_trip():
 
 
 def test_bad_optimiser_settings_name_the_key():
-    with pytest.raises(IchsegError, match=r"model\.module\.optimizer: expected one of keras_adam"):
+    with pytest.raises(
+        IchsegError,
+        match=r"^model\.module\.optimizer='sgd' is not allowed: expected one of keras_adam, adam$",
+    ):
         build_optimizer("sgd", [torch.nn.Parameter(torch.zeros(1))], 1e-3, 1e-7, 0.0)
     optimizer = build_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], 1e-3, 1e-7, 0.0)
-    with pytest.raises(IchsegError, match=r"model\.module\.lr_decay"):
+    with pytest.raises(IchsegError, match=r"^model\.module\.lr_decay=-1\.0 is not allowed: "):
         inverse_time_decay(optimizer, -1.0)
