@@ -29,8 +29,7 @@ import numpy as np
 
 from ichseg.atomic import atomic_path, file_lock
 from ichseg.config_schema import PHANTOM_LAYOUTS as LAYOUTS
-from ichseg.config_schema import PHANTOM_MAX_SIZE as MAX_SIZE
-from ichseg.config_schema import PHANTOM_MIN_SIZE as MIN_SIZE
+from ichseg.config_schema import SCHEMA
 from ichseg.data.release import (
     CSV_NAME,
     LABEL_CSV_COLUMNS,
@@ -41,7 +40,6 @@ from ichseg.data.release import (
     read_json_object,
 )
 from ichseg.errors import IchsegError
-from ichseg.seeds import check_seed
 
 # Patient numbers of the real release: 49-130 were collected, 59-65 have no scans.
 PATIENT_NUMBERS = tuple(p for p in range(49, 131) if not 59 <= p <= 65)
@@ -120,10 +118,26 @@ class PatientPlan:
         return rows
 
 
+# How the phantom refuses a value its schema rule (`phantom.<name>`) refuses; the bounds are the
+# rule's.
+_REFUSALS = {
+    "patients": "phantom patients must be at least {rule.ge}, found {value}",
+    "seed": "phantom seed: expected an integer in 0..{rule.le}, found {value!r}",
+    "layout": "phantom layout: expected {allowed}, found {value!r}",
+    "size": "phantom size must be {rule.ge}..{rule.le} pixels, found {value}",
+}
+
+
+def _check(name: str, value: object) -> None:
+    """Refuse a value the schema's `phantom.<name>` rule refuses, in the phantom's own words."""
+    rule = SCHEMA[f"phantom.{name}"]
+    if not rule.accepts(value):
+        raise IchsegError(_REFUSALS[name].format(rule=rule, allowed=rule.allowed(), value=value))
+
+
 def patient_numbers(patients: int) -> list[int]:
     """The first `patients` real patient numbers, continuing past 130 for larger releases."""
-    if patients < 1:
-        raise IchsegError(f"phantom patients must be at least 1, found {patients}")
+    _check("patients", patients)
     extra = range(PATIENT_NUMBERS[-1] + 1, PATIENT_NUMBERS[-1] + 1 + patients)
     return [*PATIENT_NUMBERS, *extra][:patients]
 
@@ -579,17 +593,13 @@ _BHSD_LUT = np.array([0, *(_BHSD_VALUE[i] for i in range(len(SUBTYPES)))], dtype
 
 def check_layout(layout: str) -> None:
     """Refuse a layout the phantom does not write."""
-    if layout not in LAYOUTS:
-        raise IchsegError(f"phantom layout: expected one of {', '.join(LAYOUTS)}, found {layout!r}")
+    _check("layout", layout)
 
 
 def _check_params(patients: int, size: int, seed: int, layout: str = "physionet") -> None:
-    """Reject parameters the generator cannot honour."""
-    patient_numbers(patients)
-    check_seed(seed, "phantom seed")
-    check_layout(layout)
-    if not MIN_SIZE <= size <= MAX_SIZE:
-        raise IchsegError(f"phantom size must be {MIN_SIZE}..{MAX_SIZE} pixels, found {size}")
+    """Reject parameters the generator cannot honour (the schema's `phantom.*` rules)."""
+    for name, value in (("patients", patients), ("seed", seed), ("layout", layout), ("size", size)):
+        _check(name, value)
 
 
 def phantom_params(patients: int, size: int, seed: int, layout: str = "physionet") -> dict:

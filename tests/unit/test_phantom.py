@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,22 @@ def test_ensure_phantom_refuses_a_different_folder(tmp_path: Path) -> None:
         ensure_phantom(tmp_path / "other", patients=1, size=16, seed=0)
     with pytest.raises(IchsegError, match="size"):
         write_phantom(tmp_path / "tiny", patients=1, size=8)
+
+
+@pytest.mark.parametrize(
+    ("given", "line"),
+    [
+        ({"patients": 0}, "phantom patients must be at least 1, found 0"),
+        ({"seed": 2**32}, "phantom seed: expected an integer in 0..4294967295, found 4294967296"),
+        ({"layout": "dicom"}, "phantom layout: expected one of physionet, instance22, bhsd, "),
+        ({"size": 2049}, "phantom size must be 16..2048 pixels, found 2049"),
+        ({"size": 32.0}, "phantom size must be 16..2048 pixels, found 32.0"),
+    ],
+)
+def test_parameters_the_schema_refuses_are_refused_before_writing(
+    tmp_path: Path, given: dict, line: str
+) -> None:
+    params = {"patients": 1, "size": 16, "seed": 0, "layout": "physionet"} | given
+    with pytest.raises(IchsegError, match="^" + re.escape(line)):
+        ensure_phantom(tmp_path / "ph", **params)
+    assert not (tmp_path / "ph").exists()
