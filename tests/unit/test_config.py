@@ -1,5 +1,7 @@
 """The composed configs: the paper's two architectures and experiments, as the paper states them."""
 
+from functools import partial
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -14,6 +16,7 @@ from ichseg.data.prepare import PrepareConfig
 from ichseg.data.sources import Phantom, PhysioNet
 from ichseg.errors import IchsegError
 from ichseg.jobs.config import config_hash
+from ichseg.metrics import ProtocolAccumulator
 from ichseg.models.unet import UNet
 from ichseg.runtime import apply_torch_settings, set_float32_precision, training_precision
 from ichseg.training.callbacks import CheckpointRecorder, FiniteLossGuard, SplitProvenance
@@ -257,6 +260,16 @@ BAD_VALUES = [
     ("data.split=random", PrepareConfig, {"split": "random"}),
     ("data.seed=-1", PrepareConfig, {"seed": -1}),
     ("data.test_fraction=1.5", PrepareConfig, {"test_fraction": 1.5}),
+    ("data.augment.zoom=1.5", BatchAugment, {"zoom": 1.5}),
+    ("data.augment.fill=wrap", BatchAugment, {"fill": "wrap"}),
+    ("checkpoint_every=0", partial(CheckpointRecorder, "job", "unet", 0), {"every_n_epochs": 0}),
+    (
+        "last_checkpoint_every_s=-1",
+        partial(CheckpointRecorder, "job", "unet", 0),
+        {"last_every_s": -1},
+    ),
+    ("model.module.threshold=1.5", ProtocolAccumulator, {"threshold": 1.5}),
+    ("float32_matmul_precision=fast", set_float32_precision, {"precision": "fast"}),
 ]
 
 
