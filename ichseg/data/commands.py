@@ -7,6 +7,7 @@ import sys
 import time
 
 from ichseg.arguments import add_command, allow_non_hu_option, binary_labels_option, output_dir
+from ichseg.config_schema import SCHEMA
 from ichseg.data.phantom import LAYOUTS
 
 
@@ -36,7 +37,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--level", type=float, default=40.0, help="window level (HU)")
     p.add_argument("--width", type=float, default=120.0, help="window width (HU)")
-    p.add_argument("--split", choices=("slice", "patient"), default="slice")
+    p.add_argument("--split", choices=SCHEMA["data.split"].choices, default="slice")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-folds", type=int, default=10, help="cross-validation folds")
     p.add_argument("--test-fraction", type=float, default=0.1, help="held out per class")

@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
+from ichseg.config_schema import check_keys
 from ichseg.errors import IchsegError
 from ichseg.jobs.records import MULTIRUN_FILE
 from ichseg.metrics import METRICS_VERSION
@@ -103,11 +104,7 @@ class Job:
 
 def expected_epochs(max_epochs: int, checkpoint_every: int) -> list[int]:
     """Epochs 1-based as counted by the records: every `checkpoint_every`-th and the final one."""
-    if max_epochs < 1 or checkpoint_every < 1:
-        raise IchsegError(
-            f"trainer.max_epochs and checkpoint_every must be >= 1, found "
-            f"{max_epochs} and {checkpoint_every}"
-        )
+    check_keys({"trainer.max_epochs": max_epochs, "checkpoint_every": checkpoint_every})
     return sorted({*range(checkpoint_every, max_epochs + 1, checkpoint_every), max_epochs})
 
 
