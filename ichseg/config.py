@@ -11,13 +11,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ichseg.config_schema import check_keys
 from ichseg.errors import IchsegError, first_line
 
 
 def scale_filters(base: list[int], width: float) -> list[int]:
     """Filters per level multiplied by `width` (at least 1), keeping the doubling per level."""
-    if width <= 0:
-        raise ValueError(f"model.width must be > 0, got {width}")
+    check_keys({"model.width": width})
     scaled = [max(1, round(f * width)) for f in base]
     doubling = all(b == 2 * a for a, b in itertools.pairwise(base))
     if doubling and not all(b == 2 * a for a, b in itertools.pairwise(scaled)):

@@ -89,7 +89,9 @@ def test_demo_keeps_the_two_to_one_filter_ratio(model):
 
 def test_scale_filters_rejects_nonpositive_width():
     assert scale_filters([64, 128], 0.125) == [8, 16]
-    with pytest.raises(ValueError, match=r"model\.width"):
+    with pytest.raises(
+        IchsegError, match=r"^model\.width=0 is not allowed: expected a number > 0$"
+    ):
         scale_filters([64], 0)
 
 
