@@ -11,13 +11,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ichseg.config_schema import check_keys
 from ichseg.errors import IchsegError, first_line
 
 
 def scale_filters(base: list[int], width: float) -> list[int]:
-    """Filters per level multiplied by `width` (at least 1), keeping the doubling per level."""
-    check_keys({"model.width": width})
+    """Filters per level multiplied by `width` (at least 1), keeping the doubling per level;
+    `width` is a validated `model.width` (> 0, `ichseg.config_schema`)."""
     scaled = [max(1, round(f * width)) for f in base]
     doubling = all(b == 2 * a for a, b in itertools.pairwise(base))
     if doubling and not all(b == 2 * a for a, b in itertools.pairwise(scaled)):

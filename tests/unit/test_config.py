@@ -87,12 +87,10 @@ def test_demo_keeps_the_two_to_one_filter_ratio(model):
     assert cfg.checkpoint_every < cfg.trainer.max_epochs
 
 
-def test_scale_filters_rejects_nonpositive_width():
+def test_scale_filters_keeps_the_doubling_per_level():
     assert scale_filters([64, 128], 0.125) == [8, 16]
-    with pytest.raises(
-        IchsegError, match=r"^model\.width=0 is not allowed: expected a number > 0$"
-    ):
-        scale_filters([64], 0)
+    with pytest.raises(ValueError, match=r"model\.width=0\.01 gives filters \[1, 1\]"):
+        scale_filters([64, 128], 0.01)
 
 
 def test_physionet_config_needs_a_root_and_has_no_phantom_keys():
