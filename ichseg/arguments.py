@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ichseg.atomic import atomic_path, created_folders_removed_on_failure
 from ichseg.errors import IchsegError
-from ichseg.runtime import INFERENCE_PRECISIONS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -107,7 +106,7 @@ def inference_options(parser: argparse.ArgumentParser, precision: str) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU when present)")
     parser.add_argument(
         "--precision",
-        choices=INFERENCE_PRECISIONS,
+        choices=("auto", "fp32", "bf16"),
         default=precision,
         help="auto: bf16 where the GPU or CPU (AMX, AVX512-BF16) computes it natively, else fp32 "
         "(fp32: the same result on every machine)",

@@ -8,7 +8,6 @@ import time
 
 from ichseg.arguments import add_command, allow_non_hu_option, binary_labels_option, output_dir
 from ichseg.config_schema import SCHEMA
-from ichseg.data.phantom import LAYOUTS
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -20,7 +19,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=75)
     p.add_argument("--size", type=int, default=512, help="in-plane pixels (real: 512)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=tuple(LAYOUTS), default="physionet", help="folder layout")
+    p.add_argument(
+        "--layout",
+        choices=SCHEMA["phantom.layout"].choices,
+        default="physionet",
+        help="folder layout",
+    )
     p.set_defaults(func=phantom_entry)
 
     p = add_command(

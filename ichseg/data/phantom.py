@@ -9,7 +9,7 @@ smooth texture, ventricles — and stored rotated so that `np.rot90(slice, k=1)`
 as loaders of the real data do. The mask is exactly the painted bleed, so every hemorrhage slice
 has a non-empty mask and every clean slice an empty one. Same seed, same bytes.
 
-The same patients can be written in the layout of every data source (`LAYOUTS`): PhysioNet's
+The same patients can be written in the layout of every data source (`PHANTOM_LAYOUTS`): PhysioNet's
 (the default), INSTANCE 2022's (binary masks), BHSD's (masks valued by its five classes) and an
 nnU-Net v2 raw dataset (masks valued by subtype, named in dataset.json). Where a voxel belongs to
 two bleeds, the one painted last labels it.
@@ -28,8 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.atomic import atomic_path, file_lock
-from ichseg.config_schema import PHANTOM_LAYOUTS as LAYOUTS
-from ichseg.config_schema import SCHEMA
+from ichseg.config_schema import PHANTOM_LAYOUTS, SCHEMA
 from ichseg.data.release import (
     CSV_NAME,
     LABEL_CSV_COLUMNS,
@@ -700,7 +699,7 @@ def _other_phantom(root: Path, found: dict, asked: dict) -> str:
     read = (
         f"read that one as a release: --source {layout} (train.py: data={layout} "
         f"data.source.root={root})"
-        if layout in LAYOUTS
+        if layout in PHANTOM_LAYOUTS
         else "read that one with the ichseg that wrote it"
     )
     return (

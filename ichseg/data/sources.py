@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from ichseg.config_schema import PHANTOM_LAYOUTS
 from ichseg.data.mask_release import MaskRelease
-from ichseg.data.phantom import LAYOUTS, PHANTOM_MARKER, check_layout, ensure_phantom
+from ichseg.data.phantom import PHANTOM_MARKER, check_layout, ensure_phantom
 from ichseg.data.release import (
     Case,
     PhysioNetRelease,
@@ -387,9 +388,9 @@ class Phantom(Source):
         return {**super().facts(release), "layout": self.layout}
 
 
-# The source class that reads each layout the phantom writes (`ichseg.data.phantom.LAYOUTS`).
+# The source class that reads each layout the phantom writes (`PHANTOM_LAYOUTS`).
 LAYOUT_SOURCES: dict[str, type[Source]] = {
-    cls.name: cls for cls in (PhysioNet, Instance22, BHSD, NnunetRaw) if cls.name in LAYOUTS
+    cls.name: cls for cls in (PhysioNet, Instance22, BHSD, NnunetRaw) if cls.name in PHANTOM_LAYOUTS
 }
 
 

@@ -148,3 +148,16 @@ def test_bf16_mixed_trainer_trains_in_bf16_with_an_fp32_loss() -> None:
     assert any(not torch.equal(p, start[n]) for n, p in module.net.named_parameters())
     # The epoch's losses, accumulated from bf16 steps, are numbers.
     assert all(math.isfinite(module.epoch_metrics[stage]["loss"]) for stage in ("train", "val"))
+
+
+def test_the_precision_option_offers_exactly_the_precisions_inference_takes():
+    """The command line names them without importing torch; they must not drift apart."""
+    import argparse
+
+    from ichseg.arguments import inference_options
+    from ichseg.runtime import INFERENCE_PRECISIONS
+
+    parser = argparse.ArgumentParser()
+    inference_options(parser, "fp32")
+    option = next(a for a in parser._actions if a.dest == "precision")
+    assert tuple(option.choices) == INFERENCE_PRECISIONS

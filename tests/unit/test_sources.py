@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from ichseg.cli import main
+from ichseg.config_schema import PHANTOM_LAYOUTS
 from ichseg.data.mask_release import subtype_index
-from ichseg.data.phantom import LAYOUTS, write_phantom
+from ichseg.data.phantom import write_phantom
 from ichseg.data.prepare import PrepareConfig, load_prepared, prepare
 from ichseg.data.release import SUBTYPES
 from ichseg.data.sources import (
@@ -29,15 +30,18 @@ NEW_LAYOUTS = ("instance22", "bhsd", "nnunet_raw")
 
 
 def test_every_layout_the_phantom_writes_is_read_by_the_source_of_its_name():
-    assert tuple(LAYOUT_SOURCES) == LAYOUTS
-    assert all(LAYOUT_SOURCES[layout].name == layout for layout in LAYOUTS)
+    assert tuple(LAYOUT_SOURCES) == PHANTOM_LAYOUTS
+    assert all(LAYOUT_SOURCES[layout].name == layout for layout in PHANTOM_LAYOUTS)
 
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> dict[str, Path]:
     """The same 12 synthetic patients in every layout."""
     root = tmp_path_factory.mktemp("layouts")
-    return {name: write_phantom(root / name, patients=12, size=32, layout=name) for name in LAYOUTS}
+    return {
+        name: write_phantom(root / name, patients=12, size=32, layout=name)
+        for name in PHANTOM_LAYOUTS
+    }
 
 
 def _independent_labels(release, value_to_subtype: dict[int, int]) -> list[tuple]:
@@ -107,7 +111,7 @@ def test_a_folder_of_another_layout_is_refused_in_one_line(
     phantoms, tmp_path, capsys, record_behaviour
 ):
     seen = []
-    for source in LAYOUTS:
+    for source in PHANTOM_LAYOUTS:
         for layout, root in phantoms.items():
             if layout == source:
                 continue
@@ -199,7 +203,7 @@ def test_source_named_reads_conf_data_and_import_paths(phantoms, tmp_path):
 
 
 def test_phantom_source_in_every_layout(tmp_path):
-    for layout in LAYOUTS:
+    for layout in PHANTOM_LAYOUTS:
         source = Phantom(str(tmp_path / layout), patients=2, size=16, layout=layout)
         release = source.open()
         assert release.source == "phantom" and len(release.patients) == 2
