@@ -147,8 +147,8 @@ def predict_scans(
     warn_collapsed(model.ensemble.checkpoints, "predict")
     opened = [open_scan(p, series, resample_tilt, allow_unreadable) for p in scans]
     # The DICOM series read, by SeriesInstanceUID.
-    uids = {s.path: s.input_identity().get("series_instance_uid") for s in opened}
-    read = {uid: path for path, uid in uids.items() if uid is not None}
+    identities = [(s.input_identity().get("series_instance_uid"), s.path) for s in opened]
+    read = {uid: path for uid, path in identities if uid is not None}
     unused = [uid for uid in series if uid not in read]
     if unused:
         found = "; ".join(f"{uid} from {path}" for uid, path in read.items()) or "none"
